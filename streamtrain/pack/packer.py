@@ -1,0 +1,446 @@
+"""Pack a SOURCE into tar shards and an ``index.json``.
+
+Items are decoded, mixed to mono, resampled and encoded in a process pool
+(``imap`` keeps source order, so any worker count writes byte-identical
+shards), then appended to shards in order on the main process. Shards appear
+under their final name only when complete and the index is written last, so an
+interrupted pack never leaves an index that lists a partial shard.
+
+``part=(i, n)`` packs the i-th of n contiguous slices of the source, with file
+names that cannot collide with other parts; ``merge`` joins the parts' indexes.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from tqdm import tqdm
+
+from streamtrain.audio import AUDIO_EXTENSIONS, CODECS, OPUS_RATES, AudioError, decode, encode, probe, resample
+from streamtrain.dataset.index import INDEX_NAME, DatasetIndex, ShardInfo, load_index
+from streamtrain.dataset.shard import ShardWriter, list_shard_keys
+from streamtrain.pack.sources import Entry, Reject, SourceError, SourceItem, read_source
+
+PACK_CODECS = (*CODECS, "copy")
+DEFAULT_SHARD_SIZE = 256 * 10**6
+REJECTS_NAME = "rejects.jsonl"
+_PART_INDEX = re.compile(r"index\.part-(\d+)-of-(\d+)\.json")
+
+
+class PackError(ValueError):
+    """Bad packing options or an output folder that cannot be used."""
+
+
+@dataclass
+class PackSummary:
+    out_dir: str
+    index: str  # the index file written: index.json, or index.part-...json for a part
+    samples: int
+    seconds: float
+    shards: int
+    bytes: int
+    rejected: int
+    reencoded: int  # codec "copy" only: items re-encoded as flac because they could not be kept
+    elapsed_seconds: float
+
+    @property
+    def hours(self) -> float:
+        return self.seconds / 3600
+
+    def __str__(self) -> str:
+        text = (
+            f"packed {self.samples} samples ({self.hours:.3f} h) into {self.shards} shards, "
+            f"{self.bytes / 1e6:.1f} MB, in {self.elapsed_seconds:.1f} s; rejected {self.rejected}"
+        )
+        if self.reencoded:
+            text += f"; re-encoded as flac {self.reencoded}"
+        return f"{text} -> {Path(self.out_dir) / self.index}"
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """File names of a whole pack, or of part (i, n) of one."""
+
+    part: tuple[int, int] | None
+
+    @property
+    def _tag(self) -> str:
+        i, n = self.part
+        width = max(4, len(str(n)))
+        return f"{i:0{width}d}-of-{n:0{width}d}"
+
+    def shard_name(self, number: int) -> str:
+        if self.part is None:
+            return f"shard-{number:06d}.tar"
+        return f"shard-p{self._tag.replace('-of-', 'of')}-{number:06d}.tar"
+
+    @property
+    def index_name(self) -> str:
+        return INDEX_NAME if self.part is None else f"index.part-{self._tag}.json"
+
+    @property
+    def rejects_name(self) -> str:
+        return REJECTS_NAME if self.part is None else f"rejects.part-{self._tag}.jsonl"
+
+    def owns(self, name: str) -> bool:
+        """Whether ``name`` is a file this pack (or a serial pack, for part None) writes."""
+        if self.part is None:
+            pattern = r"(shard-.*\.tar(\.tmp)?|index(\.part-.*)?\.json|rejects(\.part-.*)?\.jsonl|\..*\.tmp-\d+)"
+        else:
+            stem = self.shard_name(0)[: -len("000000.tar")]
+            pattern = (
+                rf"({re.escape(stem)}\d+\.tar(\.tmp)?|{re.escape(self.index_name)}|"
+                rf"{re.escape(self.rejects_name)}|\.{re.escape(self.index_name)}\.tmp-\d+)"
+            )
+        return re.fullmatch(pattern, name) is not None
+
+    def belongs_to_sibling(self, name: str) -> bool:
+        """A file of another part of the same ``n``: parts share their output folder."""
+        if self.part is None:
+            return False
+        i, n = self.part
+        return any(_Layout((j, n)).owns(name) for j in range(n) if j != i)
+
+
+@dataclass
+class _Encoded:
+    key: str
+    members: dict[str, bytes]
+    seconds: float
+    reencoded: bool
+
+
+def pack(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    codec: str = "flac",
+    sample_rate: int | None = 16000,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    workers: int = 1,
+    part: tuple[int, int] | None = None,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    source_form: str | None = None,
+) -> PackSummary:
+    """Pack ``source`` into ``out_dir``; see the module docstring.
+
+    ``sample_rate=None`` keeps each item's rate. ``part=(i, n)`` is 0-based.
+    Bad items raise ``SourceError`` naming their origin, or with ``skip_bad``
+    are skipped and listed in ``rejects.jsonl``. ``workers > 1`` starts
+    processes with "spawn": a script calling it needs the usual
+    ``if __name__ == "__main__":`` guard.
+    """
+    started = time.monotonic()
+    _check_options(codec, sample_rate, shard_size, workers, part)
+    layout = _Layout(part)
+    out = Path(out_dir)
+    entries = _slice(read_source(source, source_form), part)
+    problems = [entry for entry in entries if isinstance(entry, Reject)]
+    if problems and not skip_bad:
+        raise SourceError(_first_problem(problems))
+    _prepare_out_dir(out, layout, overwrite)
+
+    rejects: list[Reject] = []
+    reencoded = 0
+    shards = _ShardSequence(out, layout, shard_size)
+    bar = tqdm(total=len(entries), unit=" samples", desc=_describe(layout), disable=not progress)
+    results = _encode_all(entries, codec, sample_rate, workers)
+    try:
+        for result in results:
+            bar.update()
+            if isinstance(result, Reject):
+                if not skip_bad:
+                    raise SourceError(result.message())
+                rejects.append(result)
+                continue
+            shards.add(result)
+            reencoded += result.reencoded
+            bar.set_postfix(hours=f"{shards.seconds / 3600:.3f}", refresh=False)
+        infos = shards.close()
+    except BaseException:
+        shards.abort()
+        raise
+    finally:
+        results.close()  # stops the worker pool now, not whenever the generator is collected
+        bar.close()
+
+    if rejects:
+        _write_atomic(out / layout.rejects_name, "".join(_reject_line(r) for r in rejects))
+    index = DatasetIndex(codec=codec, sample_rate=sample_rate, shards=infos, rejected=len(rejects), created_by=_created_by())
+    _guard_write(out / layout.index_name, lambda: index.save(out / layout.index_name))
+    return PackSummary(
+        out_dir=str(out),
+        index=layout.index_name,
+        samples=index.samples,
+        seconds=index.seconds,
+        shards=len(infos),
+        bytes=index.bytes,
+        rejected=len(rejects),
+        reencoded=reencoded,
+        elapsed_seconds=time.monotonic() - started,
+    )
+
+
+def merge(out_dir: str | os.PathLike) -> DatasetIndex:
+    """Join the part indexes in ``out_dir`` into ``index.json`` and remove them.
+
+    Checks that all n parts are there, that they agree on codec and sample rate,
+    and that no key is in two shards (read from the tar headers). Part rejects
+    files are joined into ``rejects.jsonl``.
+    """
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise PackError(f"{out}: no such folder")
+    found: dict[int, Path] = {}
+    counts: set[int] = set()
+    for path in out.iterdir():
+        match = _PART_INDEX.fullmatch(path.name)
+        if match:
+            found[int(match.group(1))] = path
+            counts.add(int(match.group(2)))
+    if not found:
+        raise PackError(f"{out}: no part indexes (index.part-*-of-*.json) to merge")
+    if len(counts) > 1:
+        raise PackError(f"{out}: part indexes of different part counts {sorted(counts)}; pack them into separate folders")
+    (n,) = counts
+    missing = sorted(set(range(n)) - set(found))
+    if missing:
+        names = ", ".join(_Layout((i, n)).index_name for i in missing)
+        raise PackError(f"{out}: {len(missing)} of {n} parts are missing ({names})")
+
+    layouts = [_Layout((i, n)) for i in range(n)]
+    indexes = [load_index(found[i]) for i in range(n)]
+    for layout, index in zip(layouts, indexes):
+        if (index.codec, index.sample_rate) != (indexes[0].codec, indexes[0].sample_rate):
+            raise PackError(
+                f"{out / layout.index_name}: codec {index.codec} at {index.sample_rate} Hz differs from "
+                f"part 0's {indexes[0].codec} at {indexes[0].sample_rate} Hz"
+            )
+    _check_unique_keys(out, [shard for index in indexes for shard in index.shards])
+
+    merged = DatasetIndex(
+        codec=indexes[0].codec,
+        sample_rate=indexes[0].sample_rate,
+        shards=[shard for index in indexes for shard in index.shards],
+        rejected=sum(index.rejected for index in indexes),
+        created_by=indexes[0].created_by,
+    )
+    reject_files = [out / layout.rejects_name for layout in layouts if (out / layout.rejects_name).is_file()]
+    if reject_files:
+        _write_atomic(out / REJECTS_NAME, "".join(path.read_text(encoding="utf-8") for path in reject_files))
+    _guard_write(out / INDEX_NAME, lambda: merged.save(out / INDEX_NAME))
+    for path in [*found.values(), *reject_files]:
+        path.unlink()
+    return merged
+
+
+def _check_options(codec: str, sample_rate: int | None, shard_size: int, workers: int, part: tuple[int, int] | None) -> None:
+    if codec not in PACK_CODECS:
+        raise PackError(f"unknown codec {codec!r}; expected one of {', '.join(PACK_CODECS)}")
+    if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0):
+        raise PackError(f"sample rate must be a positive integer or None (keep), not {sample_rate!r}")
+    if codec == "opus" and sample_rate not in OPUS_RATES:
+        raise PackError(f"opus needs a sample rate of {', '.join(map(str, OPUS_RATES))} Hz, not {sample_rate}")
+    if not isinstance(shard_size, int) or shard_size <= 0:
+        raise PackError(f"shard size must be a positive number of bytes, not {shard_size!r}")
+    if not isinstance(workers, int) or workers < 1:
+        raise PackError(f"workers must be at least 1, not {workers!r}")
+    if part is not None:
+        i, n = part
+        if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
+            raise PackError(f"part must be (i, n) with 0 <= i < n, not {part!r}")
+
+
+def _slice(entries: list[Entry], part: tuple[int, int] | None) -> list[Entry]:
+    """The i-th of n contiguous slices; bad entries included, so each part owns its rejects."""
+    if part is None:
+        return entries
+    i, n = part
+    return entries[len(entries) * i // n : len(entries) * (i + 1) // n]
+
+
+def _first_problem(problems: list[Reject]) -> str:
+    more = len(problems) - 1
+    suffix = f" ({more} more bad item{'s' * (more > 1)}; skip_bad / --skip-bad skips them)" if more else ""
+    return problems[0].message() + suffix
+
+
+def _describe(layout: _Layout) -> str:
+    return "pack" if layout.part is None else f"pack part {layout.part[0]}/{layout.part[1]}"
+
+
+def _prepare_out_dir(out: Path, layout: _Layout, overwrite: bool) -> None:
+    """Create ``out``; refuse files in the way unless ``overwrite``, which removes a previous pack's files.
+
+    Files this pack does not recognise are never removed. A stale index.json
+    goes first, so no index ever describes a half-replaced dataset.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        names = sorted(path.name for path in out.iterdir())
+    except OSError as error:
+        raise PackError(f"cannot use output folder {out}: {error.strerror or error}") from error
+    in_the_way = [name for name in names if not layout.belongs_to_sibling(name)]
+    if in_the_way and not overwrite:
+        raise PackError(
+            f"output folder {out} is not empty ({in_the_way[0]}{' ...' * (len(in_the_way) > 1)}); "
+            "pass overwrite / --overwrite to replace a previous pack"
+        )
+    if overwrite:
+        stale = [INDEX_NAME] + [name for name in in_the_way if name != INDEX_NAME and layout.owns(name)]
+        for name in stale:
+            _guard_write(out / name, lambda: (out / name).unlink(missing_ok=True))
+
+
+class _ShardSequence:
+    """Appends samples to shards, rolling over before a shard would pass ``shard_size``."""
+
+    def __init__(self, out: Path, layout: _Layout, shard_size: int):
+        self.out = out
+        self.layout = layout
+        self.shard_size = shard_size
+        self.infos: list[ShardInfo] = []
+        self.seconds = 0.0
+        self._writer: ShardWriter | None = None
+        self._shard_seconds: list[float] = []
+
+    def add(self, sample: _Encoded) -> None:
+        writer = self._writer
+        if writer is not None and writer.bytes_if_added(sample.key, sample.members) > self.shard_size:
+            self._finish()
+            writer = None
+        if writer is None:
+            path = self.out / self.layout.shard_name(len(self.infos))
+            writer = self._writer = _guard_write(path, lambda: ShardWriter(path))
+        _guard_write(writer.tmp_path, lambda: writer.add(sample.key, sample.members))
+        self._shard_seconds.append(sample.seconds)
+        self.seconds += sample.seconds
+
+    def close(self) -> list[ShardInfo]:
+        if self._writer is not None:
+            self._finish()
+        return self.infos
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+
+    def _finish(self) -> None:
+        writer, self._writer = self._writer, None
+        size, sha256 = _guard_write(writer.tmp_path, writer.close)
+        seconds = self._shard_seconds
+        self.infos.append(
+            ShardInfo(writer.path.name, len(seconds), round(sum(seconds), 6), size, sha256, round(max(seconds), 6),
+                      [round(s, 3) for s in seconds])
+        )
+        self._shard_seconds = []
+
+
+def _encode_all(entries: list[Entry], codec: str, sample_rate: int | None, workers: int) -> Iterator[_Encoded | Reject]:
+    """Encoded samples (or rejects) in source order, from ``workers`` processes."""
+    jobs = [(entry, codec, sample_rate) for entry in entries]
+    if workers == 1:
+        yield from map(_encode_job, jobs)
+        return
+    # spawn, not fork: the parent may already run torch's thread pools, which do not survive a fork.
+    context = multiprocessing.get_context("spawn")
+    chunksize = max(1, min(16, len(jobs) // (workers * 8)))
+    with context.Pool(workers, initializer=_init_worker) as pool:
+        yield from pool.imap(_encode_job, jobs, chunksize=chunksize)
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core; resampling threads would oversubscribe
+
+
+def _encode_job(job: tuple[Entry, str, int | None]) -> _Encoded | Reject:
+    entry, codec, sample_rate = job
+    if isinstance(entry, Reject):
+        return entry
+    try:
+        return _encode_item(entry, codec, sample_rate)
+    except AudioError as error:
+        return Reject(entry.origin, entry.key, f"{entry.audio}: {error}")
+
+
+def _encode_item(item: SourceItem, codec: str, sample_rate: int | None) -> _Encoded:
+    info = probe(item.audio)
+    start = round(item.start * info.sample_rate) if item.start is not None else 0
+    stop = round(item.end * info.sample_rate) if item.end is not None else None
+    if start and start >= info.frames:
+        raise AudioError(f"segment starts at {item.start} s, after the end of the recording ({info.frames / info.sample_rate:.3f} s)")
+    waveform, rate = decode(item.audio, start, stop)
+    if len(waveform) == 0:
+        raise AudioError("no audio samples")
+    target = sample_rate or rate
+    whole_file = item.start is None and item.end is None
+    reencoded = False
+    if codec == "copy" and whole_file and info.ext in AUDIO_EXTENSIONS and rate == target:
+        audio, ext = Path(item.audio).read_bytes(), info.ext
+        frames = len(waveform)
+    else:
+        reencoded = codec == "copy"
+        waveform = resample(waveform, rate, target)
+        audio, ext = encode(waveform, target, "flac" if codec == "copy" else codec)
+        frames = len(waveform)
+    meta = {**item.fields, "text": item.text, "seconds": round(frames / target, 6), "sample_rate": target}
+    if item.start is not None:
+        meta["start"] = item.start
+    if item.end is not None:
+        meta["end"] = item.end
+    members = {ext: audio, "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")}
+    return _Encoded(item.key, members, frames / target, reencoded)
+
+
+def _check_unique_keys(out: Path, shards: list[ShardInfo]) -> None:
+    first_shard: dict[str, str] = {}
+    for shard in shards:
+        path = out / shard.name
+        if not path.is_file():
+            raise PackError(f"{path}: shard listed in a part index is missing")
+        for key in list_shard_keys(path):
+            if key in first_shard:
+                raise PackError(f"{out}: key {key!r} is in both {first_shard[key]} and {shard.name}")
+            first_shard[key] = shard.name
+
+
+def _reject_line(reject: Reject) -> str:
+    return json.dumps({"origin": reject.origin, "key": reject.key, "reason": reject.reason}, ensure_ascii=False) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    def write() -> None:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+
+    _guard_write(path, write)
+
+
+def _guard_write(path: Path, action):
+    """Run a file-system write; an OSError becomes a one-line PackError naming ``path``."""
+    try:
+        return action()
+    except OSError as error:
+        raise PackError(f"cannot write {path}: {error.strerror or error}") from error
+
+
+def _created_by() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"streamtrain {version('streamtrain')}"
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "streamtrain"

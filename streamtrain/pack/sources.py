@@ -1,0 +1,312 @@
+"""Read a SOURCE (manifest, folder, LibriSpeech or Kaldi dir) into items to pack.
+
+Every item and every problem carries an ``origin`` ("manifest.jsonl line 12",
+"data/train/wav.scp line 3", a file path) so that any error, at read time or
+later when its audio is decoded, names the place a person must fix.
+
+Problems that belong to one item (missing audio file, empty transcript,
+duplicate key, a malformed line) are returned as ``Reject`` entries in source
+order, so the packer can raise on the first or skip them all, and a ``--part``
+slice owns exactly the rejects that fall in it. Problems with the source as a
+whole (no such file, a CSV without the needed columns) raise ``SourceError``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Union
+
+from streamtrain.audio import AUDIO_EXTENSIONS
+from streamtrain.dataset.shard import sanitize_key
+
+
+class SourceError(ValueError):
+    """Bad input: a source that cannot be read, or a bad item in it."""
+
+
+@dataclass
+class SourceItem:
+    key: str
+    audio: str  # absolute path of the audio file
+    text: str
+    origin: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    start: float | None = None  # segment bounds in seconds, None for the whole file
+    end: float | None = None
+
+
+@dataclass(frozen=True)
+class Reject:
+    origin: str
+    key: str | None  # None where the key could not be read
+    reason: str
+
+    def message(self) -> str:
+        return f"{self.origin}: {self.reason}"
+
+
+Entry = Union[SourceItem, Reject]
+
+FORMS = ("jsonl", "csv", "folder", "librispeech", "kaldi")
+_JSONL_SUFFIXES = (".jsonl", ".json-lines", ".jsonlines")
+
+
+def detect_form(source: str | os.PathLike) -> str:
+    """The form of ``source``: from a file's extension or a folder's contents."""
+    path = Path(source)
+    if not path.exists():
+        raise SourceError(f"{path}: no such file or directory")
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in _JSONL_SUFFIXES:
+            return "jsonl"
+        if suffix == ".csv":
+            return "csv"
+        raise SourceError(
+            f"{path}: cannot tell the manifest format from the extension {suffix!r} "
+            f"(use .jsonl or .csv, or name the form: one of {', '.join(FORMS)})"
+        )
+    if (path / "wav.scp").is_file():
+        return "kaldi"
+    if next(path.rglob("*.trans.txt"), None) is not None:
+        return "librispeech"
+    return "folder"
+
+
+def read_source(source: str | os.PathLike, form: str | None = None) -> list[Entry]:
+    """Items and per-item problems of ``source``, in source order.
+
+    A key seen twice makes the second occurrence a Reject naming both origins.
+    """
+    form = form or detect_form(source)
+    if form not in _READERS:
+        raise SourceError(f"unknown source form {form!r}; expected one of {', '.join(FORMS)}")
+    path = Path(source)
+    if not path.exists():
+        raise SourceError(f"{path}: no such file or directory")
+    entries: list[Entry] = []
+    first_origin: dict[str, str] = {}
+    for entry in _READERS[form](path):
+        if isinstance(entry, SourceItem):
+            if entry.key in first_origin:
+                entry = Reject(
+                    entry.origin, entry.key, f"duplicate key {entry.key!r} (first at {first_origin[entry.key]})"
+                )
+            else:
+                first_origin[entry.key] = entry.origin
+        entries.append(entry)
+    return entries
+
+
+def _item(
+    key: str, audio: Path, text: Any, origin: str, fields: dict[str, Any], source_root: Path, **segment: float
+) -> Entry:
+    """An item after the checks every form shares, or the Reject that explains it."""
+    if not isinstance(text, str) or not text.strip():
+        return Reject(origin, key, "missing or empty transcript")
+    if not audio.is_file():
+        return Reject(origin, key, f"audio file not found: {audio}")
+    fields = {**fields, "source": _relative(audio, source_root)}
+    return SourceItem(key, str(audio.resolve()), " ".join(text.split()), origin, fields, **segment)
+
+
+def _relative(path: Path, root: Path) -> str:
+    """Provenance stored in the shard: the path under the source root where possible.
+
+    Relative paths keep shards independent of where the corpus happened to be.
+    """
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())
+
+
+def _record_item(record: dict[str, Any], origin: str, base: Path) -> Entry:
+    """One JSONL object or CSV row: ``audio`` and ``text``, optional ``id``/``key``."""
+    audio_field = record.get("audio")
+    if not isinstance(audio_field, str) or not audio_field.strip():
+        return Reject(origin, None, "missing or empty 'audio' field")
+    audio = Path(audio_field)
+    if not audio.is_absolute():
+        audio = base / audio
+    raw_key = record.get("id", record.get("key"))
+    key = sanitize_key(str(raw_key)) if raw_key not in (None, "") else sanitize_key(audio.stem)
+    fields = {name: value for name, value in record.items() if name not in ("audio", "text")}
+    return _item(key, audio, record.get("text"), origin, fields, base)
+
+
+def _read_jsonl(path: Path) -> Iterator[Entry]:
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            origin = f"{path} line {number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                yield Reject(origin, None, f"invalid JSON: {error}")
+                continue
+            if not isinstance(record, dict):
+                yield Reject(origin, None, "expected a JSON object")
+                continue
+            yield _record_item(record, origin, path.parent)
+
+
+def _read_csv(path: Path) -> Iterator[Entry]:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"audio", "text"} - set(reader.fieldnames or ())
+        if missing:
+            raise SourceError(f"{path} line 1: CSV header lacks column(s) {', '.join(sorted(missing))}")
+        for row in reader:
+            yield _record_item(row, f"{path} line {reader.line_num}", path.parent)
+
+
+def _audio_files(root: Path) -> list[Path]:
+    return sorted(
+        p for p in root.rglob("*") if p.suffix.lower().lstrip(".") in AUDIO_EXTENSIONS and p.is_file()
+    )
+
+
+def _read_folder(root: Path) -> Iterator[Entry]:
+    """Audio files anywhere under ``root``, each with a same-named ``.txt``."""
+    files = _audio_files(root)
+    if not files:
+        raise SourceError(f"{root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
+    for audio in files:
+        relative = audio.relative_to(root).with_suffix("")
+        key = sanitize_key(relative.as_posix().replace("/", "_"))
+        transcript = audio.with_suffix(".txt")
+        if not transcript.is_file():
+            yield Reject(str(audio), key, f"no transcript: {transcript} does not exist")
+            continue
+        text = transcript.read_text(encoding="utf-8")
+        if not text.strip():
+            yield Reject(str(transcript), key, "empty transcript")
+            continue
+        yield _item(key, audio, text, str(audio), {}, root)
+
+
+def _read_librispeech(root: Path) -> Iterator[Entry]:
+    """``speaker/chapter/*.flac`` with ``speaker-chapter.trans.txt`` ("UTT-ID TEXT" lines)."""
+    for transcripts in sorted(root.rglob("*.trans.txt")):
+        chapter_dir = transcripts.parent
+        fields = {"speaker": chapter_dir.parent.name, "chapter": chapter_dir.name}
+        for number, line in enumerate(transcripts.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            origin = f"{transcripts} line {number}"
+            utterance, _, text = line.strip().partition(" ")
+            key = sanitize_key(utterance)
+            audio = _find_audio(chapter_dir, utterance)
+            if audio is None:
+                yield Reject(origin, key, f"no audio file {chapter_dir / utterance}.flac")
+                continue
+            yield _item(key, audio, text, origin, dict(fields), root)
+
+
+def _find_audio(folder: Path, stem: str) -> Path | None:
+    for ext in AUDIO_EXTENSIONS:
+        candidate = folder / f"{stem}.{ext}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _kaldi_lines(path: Path) -> Iterator[tuple[str, str, str]]:
+    """``id rest-of-line`` lines of a Kaldi file -> (id, rest, origin)."""
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            name, _, rest = line.strip().partition(" ")
+            yield name, rest.strip(), f"{path} line {number}"
+
+
+def _kaldi_table(path: Path) -> dict[str, tuple[str, str]]:
+    """A Kaldi lookup file -> {id: (rest, origin)}; a missing file gives {}."""
+    table: dict[str, tuple[str, str]] = {}
+    if not path.is_file():
+        return table
+    for name, rest, origin in _kaldi_lines(path):
+        if name in table:
+            raise SourceError(f"{origin}: duplicate id {name!r} (first at {table[name][1]})")
+        table[name] = (rest, origin)
+    return table
+
+
+def _read_kaldi(root: Path) -> Iterator[Entry]:
+    """``wav.scp`` + ``text``; ``segments`` and ``utt2spk`` when present.
+
+    Relative paths in wav.scp are taken relative to the data dir. Piped entries
+    (``cmd |``) are refused: packing runs no commands found in data.
+    """
+    if not (root / "text").is_file():
+        raise SourceError(f"{root}: Kaldi data dir without a 'text' file")
+    recordings = _kaldi_table(root / "wav.scp")
+    segments = _kaldi_table(root / "segments")
+    speakers = _kaldi_table(root / "utt2spk")
+    for utterance, text, origin in _kaldi_lines(root / "text"):
+        key = sanitize_key(utterance)
+        fields: dict[str, Any] = {}
+        if utterance in speakers:
+            fields["speaker"] = speakers[utterance][0]
+        bounds: dict[str, float] = {}
+        recording = utterance
+        if segments:
+            if utterance not in segments:
+                yield Reject(origin, key, f"utterance {utterance!r} is not in {root / 'segments'}")
+                continue
+            segment, segment_origin = segments[utterance]
+            parsed = _parse_segment(segment)
+            if isinstance(parsed, str):
+                yield Reject(segment_origin, key, parsed)
+                continue
+            recording, bounds["start"], end = parsed
+            if end is not None:
+                bounds["end"] = end
+            fields["recording"] = recording
+        if recording not in recordings:
+            yield Reject(origin, key, f"recording {recording!r} is not in {root / 'wav.scp'}")
+            continue
+        location, scp_origin = recordings[recording]
+        if location.endswith("|"):
+            yield Reject(scp_origin, key, "piped wav.scp entries ('cmd |') are not supported; decode to files first")
+            continue
+        audio = Path(location)
+        if not audio.is_absolute():
+            audio = root / audio
+        if not audio.is_file():
+            yield Reject(scp_origin, key, f"audio file not found: {audio}")
+            continue
+        yield _item(key, audio, text, origin, fields, root, **bounds)
+
+
+def _parse_segment(rest: str) -> tuple[str, float, float | None] | str:
+    """``rec start end`` -> (rec, start, end), or the reason it is malformed.
+
+    An end of -1 means "to the end of the recording", as in Kaldi.
+    """
+    parts = rest.split()
+    if len(parts) != 3:
+        return "expected 'utterance recording start end'"
+    try:
+        start, end = float(parts[1]), float(parts[2])
+    except ValueError:
+        return f"start/end are not numbers: {parts[1]!r} {parts[2]!r}"
+    if end == -1:
+        return (parts[0], start, None) if start >= 0 else f"bad segment start {start}"
+    if not 0 <= start < end:
+        return f"bad segment bounds {start} .. {end}"
+    return parts[0], start, end
+
+
+_READERS: dict[str, Callable[[Path], Iterator[Entry]]] = {
+    "jsonl": _read_jsonl,
+    "csv": _read_csv,
+    "folder": _read_folder,
+    "librispeech": _read_librispeech,
+    "kaldi": _read_kaldi,
+}

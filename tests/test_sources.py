@@ -1,0 +1,183 @@
+"""Reading every SOURCE form, and every per-item problem with the origin it names."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from streamtrain.pack.sources import Reject, SourceError, SourceItem, detect_form, read_source
+from streamtrain.testing.corpus import AudioSpec, CORPUS_WRITERS, utterances, write_corpus, write_jsonl, write_kaldi
+
+UTTS = utterances(6, seed=11)
+
+
+def items(entries) -> list[SourceItem]:
+    return [entry for entry in entries if isinstance(entry, SourceItem)]
+
+
+def rejects(entries) -> list[Reject]:
+    return [entry for entry in entries if isinstance(entry, Reject)]
+
+
+@pytest.mark.parametrize("form", sorted(CORPUS_WRITERS))
+def test_every_form_is_detected_and_read(tmp_path: Path, form: str):
+    corpus = write_corpus(form, tmp_path / form, UTTS)
+    assert detect_form(corpus.source) == form
+    entries = read_source(corpus.source)
+    assert rejects(entries) == []
+    assert {item.key: item.text for item in items(entries)} == corpus.texts
+    for item in items(entries):
+        assert Path(item.audio) == corpus.audio[item.key].resolve()
+        assert item.origin
+        assert not Path(item.fields["source"]).is_absolute()  # provenance relative to the source root
+
+
+def test_jsonl_keys_fields_and_paths(tmp_path: Path):
+    corpus = write_jsonl(tmp_path, UTTS[:3])
+    absolute = str(corpus.audio[UTTS[2].name].resolve())
+    lines = [
+        {"id": "first one", "audio": "audio/utt00000.wav", "text": "  one\ttwo  ", "lang": "en", "n": 3},
+        {"audio": "audio/utt00001.wav", "text": "three"},
+        {"key": "k3", "audio": absolute, "text": "four"},
+    ]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
+    first, second, third = read_source(tmp_path / "m.jsonl")
+    assert (first.key, first.text, first.fields["lang"], first.fields["n"]) == ("first_one", "one two", "en", 3)
+    assert first.origin == f"{tmp_path / 'm.jsonl'} line 1"
+    assert second.key == "utt00001"  # from the audio file name
+    assert (third.key, third.audio) == ("k3", absolute)
+
+
+def test_csv_keeps_columns_and_needs_audio_and_text(tmp_path: Path):
+    corpus = write_corpus("csv", tmp_path, UTTS[:2])
+    first = read_source(corpus.source)[0]
+    assert first.fields["speaker"] == UTTS[0].voice.name.replace("+", "_")
+    assert first.origin == f"{corpus.source} line 2"
+    (tmp_path / "bad.csv").write_text("path,text\nx.wav,one\n")
+    with pytest.raises(SourceError, match=r"bad\.csv line 1: CSV header lacks column\(s\) audio"):
+        read_source(tmp_path / "bad.csv")
+
+
+def test_librispeech_keeps_speaker_and_chapter(tmp_path: Path):
+    corpus = write_corpus("librispeech", tmp_path, UTTS[:4])
+    item = items(read_source(corpus.source))[0]
+    assert (item.key, item.fields["speaker"], item.fields["chapter"]) == ("100-2000-0000", "100", "2000")
+    assert item.origin.endswith("100-2000.trans.txt line 1")
+
+
+def test_kaldi_segments_and_speakers(tmp_path: Path):
+    corpus = write_kaldi(tmp_path, UTTS, per_recording=3)
+    entries = items(read_source(tmp_path))
+    assert [(e.start, e.end) for e in entries] == [corpus.segments[e.key] for e in entries]
+    assert entries[3].fields["recording"] == "rec0001"
+    assert entries[0].fields["speaker"] == UTTS[0].voice.name.replace("+", "_")
+    assert entries[0].origin == f"{tmp_path / 'text'} line 1"
+
+
+def test_kaldi_without_segments_reads_whole_files(tmp_path: Path):
+    corpus = write_kaldi(tmp_path, UTTS[:2], per_recording=1)
+    (tmp_path / "segments").unlink()
+    (tmp_path / "wav.scp").write_text(f"utt00000 {corpus.audio['utt00000']}\nutt00001 wav/rec0001.wav\n")
+    entries = items(read_source(tmp_path))
+    assert [(e.key, e.start, e.end) for e in entries] == [("utt00000", None, None), ("utt00001", None, None)]
+
+
+def test_kaldi_segment_to_end_of_recording(tmp_path: Path):
+    write_kaldi(tmp_path, UTTS[:1], per_recording=1)
+    (tmp_path / "segments").write_text("utt00000 rec0000 0.5 -1\n")
+    (item,) = read_source(tmp_path)
+    assert (item.start, item.end) == (0.5, None)
+
+
+def test_piped_wav_scp_is_refused_naming_the_line(tmp_path: Path):
+    write_kaldi(tmp_path, UTTS[:2], per_recording=1)
+    (tmp_path / "wav.scp").write_text("rec0000 wav/rec0000.wav\nrec0001 sox x.wav -t wav - |\n")
+    (reject,) = rejects(read_source(tmp_path))
+    assert reject.origin == f"{tmp_path / 'wav.scp'} line 2"
+    assert "piped" in reject.reason
+
+
+def test_kaldi_duplicate_recording_is_an_error(tmp_path: Path):
+    write_kaldi(tmp_path, UTTS[:1], per_recording=1)
+    (tmp_path / "wav.scp").write_text("rec0000 wav/rec0000.wav\nrec0000 wav/rec0000.wav\n")
+    with pytest.raises(SourceError, match=r"wav\.scp line 2: duplicate id 'rec0000' \(first at .*wav\.scp line 1\)"):
+        read_source(tmp_path)
+
+
+def _jsonl(tmp_path: Path, records: list[dict]) -> Path:
+    write_jsonl(tmp_path, UTTS[:2])
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.mark.parametrize(
+    "record, reason",
+    [
+        ({"audio": "audio/missing.wav", "text": "one"}, "audio file not found: .*missing.wav"),
+        ({"audio": "audio/utt00000.wav", "text": "   "}, "missing or empty transcript"),
+        ({"audio": "audio/utt00000.wav"}, "missing or empty transcript"),
+        ({"text": "one"}, "missing or empty 'audio' field"),
+    ],
+)
+def test_bad_manifest_lines_name_their_line(tmp_path: Path, record: dict, reason: str):
+    path = _jsonl(tmp_path, [{"audio": "audio/utt00001.wav", "text": "fine"}, record])
+    entries = read_source(path)
+    assert isinstance(entries[0], SourceItem)
+    assert isinstance(entries[1], Reject)
+    assert entries[1].message().startswith(f"{path} line 2: ")
+    assert re.search(reason, entries[1].reason)
+
+
+def test_invalid_json_line(tmp_path: Path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"audio": "a.wav", "text": "x"\n[1, 2]\n')
+    first, second = read_source(path)
+    assert first.message().startswith(f"{path} line 1: invalid JSON")
+    assert second.message() == f"{path} line 2: expected a JSON object"
+
+
+def test_duplicate_key_names_both_origins(tmp_path: Path):
+    path = _jsonl(tmp_path, [{"id": "a", "audio": "audio/utt00000.wav", "text": "one"}] * 2)
+    first, second = read_source(path)
+    assert isinstance(first, SourceItem)
+    assert second.message() == f"{path} line 2: duplicate key 'a' (first at {path} line 1)"
+
+
+def test_folder_missing_and_empty_transcripts_name_the_file(tmp_path: Path):
+    corpus = write_corpus("folder", tmp_path, UTTS[:3])
+    no_text = corpus.audio["group0_utt00000"]
+    no_text.with_suffix(".txt").unlink()
+    empty = corpus.audio["group1_utt00001"].with_suffix(".txt")
+    empty.write_text("\n")
+    by_key = {entry.key: entry for entry in read_source(tmp_path)}
+    assert by_key["group0_utt00000"].message() == f"{no_text}: no transcript: {no_text.with_suffix('.txt')} does not exist"
+    assert by_key["group1_utt00001"].message() == f"{empty}: empty transcript"
+    assert isinstance(by_key["group0_utt00002"], SourceItem)
+
+
+def test_librispeech_missing_audio_names_the_line(tmp_path: Path):
+    corpus = write_corpus("librispeech", tmp_path, UTTS[:1])
+    corpus.audio["100-2000-0000"].unlink()
+    (reject,) = read_source(tmp_path)
+    assert reject.origin.endswith("100-2000.trans.txt line 1")
+
+
+def test_source_level_errors(tmp_path: Path):
+    with pytest.raises(SourceError, match="no such file or directory"):
+        read_source(tmp_path / "nope.jsonl")
+    (tmp_path / "m.txt").write_text("")
+    with pytest.raises(SourceError, match=r"cannot tell the manifest format"):
+        read_source(tmp_path / "m.txt")
+    assert read_source(tmp_path / "m.txt", form="jsonl") == []
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="no audio files"):
+        read_source(tmp_path / "empty")
+
+
+def test_stereo_and_other_formats_are_listed(tmp_path: Path):
+    corpus = write_corpus("folder", tmp_path, UTTS[:2], AudioSpec(format="mp3", channels=2))
+    assert {item.key for item in items(read_source(tmp_path))} == set(corpus.texts)
