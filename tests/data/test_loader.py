@@ -1,0 +1,266 @@
+"""StreamLoader on local datasets: exactly once, resume, topology changes, bad data."""
+
+import collections
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import soundfile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamtrain.data import LoaderStateError, StreamLoader, merge_states
+from streamtrain.data.batch import SampleError
+from streamtrain.data.remote import ShardReadError
+from streamtrain.dataset.index import load_index
+from streamtrain.dataset.shard import read_shard
+from streamtrain.testing.datasets import write_dataset
+
+SEED = 5
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    """Datasets by shard layout, written once per module."""
+    root = tmp_path_factory.mktemp("datasets")
+    made = {}
+
+    def get(sizes, **kwargs):
+        name = "-".join(map(str, sizes)) + "".join(f"_{k}{v}" for k, v in sorted(kwargs.items()))
+        if name not in made:
+            write_dataset(root / name, list(sizes), **kwargs)
+            made[name] = root / name
+        return made[name]
+
+    return get
+
+
+def key_of(gid, counts):
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    shard = int(np.searchsorted(offsets, gid, side="right") - 1)
+    return f"utt-{shard:03d}-{gid - offsets[shard]:04d}"
+
+
+def all_keys(sizes):
+    return {f"utt-{s:03d}-{i:04d}" for s, n in enumerate(sizes) for i in range(n)}
+
+
+def run_ranks(path, state, world, workers, batching, stop_after=None, epochs=1):
+    """Simulate ``world`` ranks in one process; each takes up to ``stop_after`` batches."""
+    delivered, states, loaders = [], [], []
+    for rank in range(world):
+        loader = StreamLoader(path, seed=SEED, num_workers=workers, rank=rank, world_size=world, epochs=epochs, **batching)
+        if state is not None:
+            loader.load_state_dict(json.loads(json.dumps(state)))
+        count = 0
+        for batch in loader:
+            delivered += batch["keys"]
+            count += 1
+            if count == stop_after:
+                break
+        states.append(loader.state_dict())
+        loaders.append(loader)
+    return delivered, merge_states(states), loaders
+
+
+batchings = st.one_of(
+    st.builds(lambda n: {"batch_size": n}, st.integers(1, 7)),
+    st.builds(lambda s: {"batch_seconds": s}, st.floats(1.5, 6.0)),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    sizes=st.lists(st.integers(1, 12), min_size=1, max_size=6),
+    first=st.tuples(st.integers(1, 4), st.integers(0, 3), batchings),
+    second=st.tuples(st.integers(1, 4), st.integers(0, 3), batchings),
+    stop_after=st.integers(0, 6),
+)
+def test_resume_with_other_settings_delivers_every_sample_exactly_once(datasets, sizes, first, second, stop_after):
+    path = datasets(tuple(sizes))
+    world1, workers1, batching1 = first
+    world2, workers2, batching2 = second
+    keys1, state, loaders1 = run_ranks(path, None, world1, workers1, batching1, stop_after=stop_after)
+    keys2, _, loaders2 = run_ranks(path, state, world2, workers2, batching2)
+    delivered = keys1 + keys2
+    duplicates = [k for k, n in collections.Counter(delivered).items() if n > 1]
+    assert not duplicates
+    report = next(
+        (r for loaders in (loaders2, loaders1) for r in loaders[0].reports if r.epoch == 0), None
+    )
+    dropped = {key_of(g, sizes) for g in report.dropped_ids}
+    assert report.dropped_batches < world2 or report is loaders1[0].reports[0]
+    assert set(delivered) | dropped == all_keys(sizes)
+    assert not set(delivered) & dropped
+
+
+def test_batches_hold_the_stored_audio_text_and_lengths(datasets):
+    path = datasets((6, 5))
+    stored = {}
+    for shard in load_index(path).shards:
+        for sample in read_shard((path / shard.name).read_bytes(), shard.name):
+            audio, _ = soundfile.read(io.BytesIO(sample.members["flac"]), dtype="float32")
+            stored[sample.key] = (audio, json.loads(sample.members["json"]))
+    seen = set()
+    for batch in StreamLoader(path, batch_size=4, num_workers=2, epochs=1):
+        assert batch["audio"].dtype.is_floating_point and batch["audio"].ndim == 2
+        for row, key in enumerate(batch["keys"]):
+            audio, meta = stored[key]
+            length = int(batch["audio_lens"][row])
+            assert length == len(audio)
+            np.testing.assert_array_equal(batch["audio"][row, :length].numpy(), audio)
+            assert not batch["audio"][row, length:].any()
+            assert batch["text"][row] == meta["text"]
+            assert batch["meta"][row]["position"] == meta["position"]
+            seen.add(key)
+    assert seen == set(stored)
+
+
+def test_other_sample_rates_are_resampled(datasets):
+    path = datasets((3,), sample_rate=22050)
+    batch = next(iter(StreamLoader(path, batch_size=3, num_workers=0, sample_rate=16000)))
+    for row, seconds in enumerate(m["seconds"] for m in batch["meta"]):
+        assert abs(int(batch["audio_lens"][row]) - seconds * 16000) <= 9  # seconds are stored to the millisecond
+
+
+def keys_in_order(path, **kwargs):
+    return [tuple(b["keys"]) for b in StreamLoader(path, epochs=1, **kwargs)]
+
+
+def test_order_is_a_function_of_seed_and_batches_do_not_depend_on_workers(datasets):
+    path = datasets((8, 8, 8, 8, 8))
+    a = keys_in_order(path, batch_size=3, seed=1, num_workers=2)
+    assert a == keys_in_order(path, batch_size=3, seed=1, num_workers=2)
+    assert a != keys_in_order(path, batch_size=3, seed=2, num_workers=2)
+    no_workers = keys_in_order(path, batch_size=3, seed=1, num_workers=0)
+    assert a != no_workers and sorted(a) == sorted(no_workers)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_with_the_same_settings_continues_with_the_same_batches(datasets, workers):
+    path = datasets((8, 8, 8, 8, 8))
+    kwargs = dict(batch_seconds=3.0, seed=3, num_workers=workers, epochs=2)
+    uninterrupted = [tuple(b["keys"]) for b in StreamLoader(path, **kwargs)]
+    loader = StreamLoader(path, **kwargs)
+    first = []
+    for batch in loader:
+        first.append(tuple(batch["keys"]))
+        if len(first) == 7:
+            break
+    resumed = StreamLoader(path, **kwargs)
+    resumed.load_state_dict(json.loads(json.dumps(loader.state_dict())))
+    assert first + [tuple(b["keys"]) for b in resumed] == uninterrupted
+
+
+def test_epochs_count_from_zero_also_after_resume(datasets):
+    path = datasets((5, 4))
+    loader = StreamLoader(path, batch_size=2, num_workers=0, epochs=2)
+    keys, epochs = [], []
+    for batch in loader:
+        keys += batch["keys"]
+        epochs.append(loader.epoch)
+    assert collections.Counter(keys) == {k: 2 for k in all_keys((5, 4))}
+    assert epochs[0] == 0 and epochs[-1] == 1 and loader.epoch == 2
+    resumed = StreamLoader(path, batch_size=2, num_workers=0, epochs=2)
+    resumed.load_state_dict(loader.state_dict())
+    assert list(resumed) == []
+
+
+def test_duration_filter_is_counted(datasets):
+    path = datasets((10, 10))
+    loader = StreamLoader(path, batch_size=4, num_workers=0, epochs=1, min_seconds=0.5, max_seconds=1.2)
+    delivered = [m["seconds"] for b in loader for m in b["meta"]]
+    assert all(0.5 <= s <= 1.2 for s in delivered)
+    assert loader.reports[0].filtered_by_duration == 20 - len(delivered) > 0
+
+
+def test_fewer_shards_than_streams_and_a_single_shard(datasets):
+    path = datasets((5,))
+    keys, _, loaders = run_ranks(path, None, world=4, workers=3, batching={"batch_size": 1})
+    counts = [l.stats.batches for l in loaders]
+    assert len(set(counts)) == 1 and counts[0] == 1
+    assert set(keys) | {key_of(g, [5]) for g in loaders[0].reports[0].dropped_ids} == all_keys((5,))
+
+
+def test_resume_reads_only_the_blocks_in_flight(datasets):
+    path = datasets((6,) * 12)
+    loader = StreamLoader(path, batch_size=6, num_workers=0, block_shards=1, bucketing=False, epochs=1)
+    for n, _ in enumerate(loader, start=1):
+        if n == 11:  # 11 of 12 shards delivered
+            break
+    resumed = StreamLoader(path, batch_size=6, num_workers=0, block_shards=1, bucketing=False, epochs=1)
+    resumed.load_state_dict(loader.state_dict())
+    assert len(list(resumed)) == 1
+    assert resumed.stats.shards_read == 1
+
+
+def test_state_mismatches_are_refused(datasets):
+    state = StreamLoader(datasets((3, 3)), batch_size=2, seed=1).state_dict()
+    with pytest.raises(LoaderStateError, match="seed 1"):
+        StreamLoader(datasets((3, 3)), batch_size=2, seed=2).load_state_dict(state)
+    with pytest.raises(LoaderStateError, match="other data"):
+        StreamLoader(datasets((3, 4)), batch_size=2, seed=1).load_state_dict(state)
+
+
+def test_mixing_weights_is_deterministic_and_covers_the_fractional_dataset_over_epochs(datasets):
+    a, b = datasets((4, 4), key_prefix="a"), datasets((3, 3, 3, 3), key_prefix="b")
+    loader = StreamLoader({str(a): 1.0, str(b): 0.5}, batch_size=4, num_workers=0, epochs=2)
+    per_epoch = collections.defaultdict(list)
+    for batch in loader:
+        per_epoch[loader.epoch] += batch["keys"]
+    for epoch in (0, 1):
+        prefixes = collections.Counter(k[0] for k in per_epoch[epoch])
+        assert prefixes == {"a": 8, "b": 6}
+    b_keys = [k for e in (0, 1) for k in per_epoch[e] if k[0] == "b"]
+    assert len(set(b_keys)) == 12
+    again = StreamLoader({str(a): 1.0, str(b): 0.5}, batch_size=4, num_workers=0, epochs=2)
+    assert [k for bt in again for k in bt["keys"]] == per_epoch[0] + per_epoch[1]
+
+
+def corrupt_member(path, shard_name, key, data):
+    """Rewrite one shard with ``key``'s audio replaced, and fix the index to match."""
+    import hashlib
+
+    shard_path = path / shard_name
+    source = tarfile.open(shard_path)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for member in source:
+            payload = source.extractfile(member).read()
+            if member.name == f"{key}.flac":
+                payload = data
+                member.size = len(data)
+            tar.addfile(member, io.BytesIO(payload))
+    shard_path.write_bytes(out.getvalue())
+    index = json.loads((path / "index.json").read_text())
+    for shard in index["shards"]:
+        if shard["name"] == shard_name:
+            shard["bytes"] = len(out.getvalue())
+            shard["sha256"] = hashlib.sha256(out.getvalue()).hexdigest()
+    (path / "index.json").write_text(json.dumps(index))
+
+
+def test_bad_sample_raises_naming_shard_and_key_or_is_skipped_and_counted(tmp_path):
+    write_dataset(tmp_path, [4, 4])
+    corrupt_member(tmp_path, "shard-000001.tar", "utt-001-0002", b"not audio at all")
+    with pytest.raises(SampleError, match=r"shard-000001\.tar.*utt-001-0002"):
+        list(StreamLoader(tmp_path, batch_size=2, num_workers=0, epochs=1))
+    loader = StreamLoader(tmp_path, batch_size=2, num_workers=2, epochs=1, on_bad_sample="skip")
+    keys = [k for b in loader for k in b["keys"]]
+    assert sorted(keys) == sorted(all_keys((4, 4)) - {"utt-001-0002"})
+    assert loader.stats.skipped == 1
+    assert loader.state_dict()["counters"]["skipped_bad"] == 1
+
+
+def test_truncated_shard_is_an_error_naming_it_or_its_samples_are_skipped(tmp_path):
+    write_dataset(tmp_path, [4, 5, 3])
+    shard = tmp_path / "shard-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:3000])
+    with pytest.raises(ShardReadError, match=r"shard-000001\.tar"):
+        list(StreamLoader(tmp_path, batch_size=2, num_workers=1, epochs=1))
+    loader = StreamLoader(tmp_path, batch_size=2, num_workers=0, epochs=1, on_bad_sample="skip")
+    keys = [k for b in loader for k in b["keys"]]
+    assert set(keys) == all_keys((4, 5, 3)) - {f"utt-001-{i:04d}" for i in range(5)}
+    assert loader.stats.skipped == 5
