@@ -1,0 +1,124 @@
+"""Checkpoints: atomic directories in ``<run>/checkpoints/``, verified before loading.
+
+A checkpoint is written under ``.tmp-step-N`` and renamed to ``step-N`` when
+complete, so a crash mid-write leaves only a temporary folder, which the next
+run removes. ``manifest.json``, written last, lists every file's sha256; a
+checkpoint whose files do not match is damaged and skipped with a warning.
+Tensors load with ``weights_only=True``; the counters, loader state and recipe
+are JSON (``trainer.json``), readable with ``python -m json.tool``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("streamtrain.train")
+
+TENSORS = "state.pt"
+TRAINER = "trainer.json"
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is incomplete or damaged."""
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(run_dir: Path, step: int, tensors: dict, trainer: dict, keep: int) -> Path:
+    """Write atomically; then remove all but the newest ``keep`` checkpoints."""
+    root = checkpoint_root(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save(tensors, tmp / TENSORS)
+    (tmp / TRAINER).write_text(json.dumps(trainer, indent=1))
+    manifest = {name: _sha256(tmp / name) for name in (TENSORS, TRAINER)}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    for name in (TENSORS, TRAINER, MANIFEST):
+        _fsync(tmp / name)
+    if final.exists():  # a step saved twice (resumed exactly at a checkpoint): replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete-looking checkpoints, oldest first (temporary folders are not listed).
+
+    Names are zero-padded, so they sort in step order; the step itself is read
+    from each checkpoint's trainer.json, never from its name.
+    """
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    return sorted(path for path in root.glob("step-*") if path.is_dir())
+
+
+def remove_partial_checkpoints(run_dir: Path) -> None:
+    root = checkpoint_root(run_dir)
+    if root.is_dir():
+        for path in root.glob(".tmp-step-*"):
+            log.warning("removing incomplete checkpoint %s (a run stopped while writing it)", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def load_checkpoint(path: Path) -> tuple[dict, dict]:
+    """(tensors, trainer JSON) of a verified checkpoint; CheckpointError if damaged."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: no readable {MANIFEST}: {error}") from error
+    for name, digest in manifest.items():
+        if not (path / name).is_file() or _sha256(path / name) != digest:
+            raise CheckpointError(f"{path}: {name} is missing or does not match its checksum")
+    trainer = json.loads((path / TRAINER).read_text())
+    tensors = torch.load(path / TENSORS, map_location="cpu", weights_only=True)
+    return tensors, trainer
+
+
+def newest_valid_checkpoint(run_dir: Path) -> tuple[Path, dict, dict] | None:
+    """The newest checkpoint that verifies; damaged ones are skipped with a warning."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            tensors, trainer = load_checkpoint(path)
+        except CheckpointError as error:
+            log.warning("skipping damaged checkpoint: %s", error)
+            continue
+        return path, tensors, trainer
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,242 @@
+"""Recipes: YAML files mapped onto typed dataclasses, with dotted overrides.
+
+The dataclasses are the schema and hold every default. Loading binds the YAML
+to them field by field: an unknown key, or a value of the wrong type, is an
+error that names its dotted path (``optim.lr``). Nothing in a recipe is ever
+executed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class RecipeError(ValueError):
+    """A recipe key or value that does not fit the schema."""
+
+
+@dataclass
+class DataConfig:
+    train: str = "shards/train"  # dataset folder or URL (relative paths: to the working directory)
+    validation: str | None = "shards/validation"
+    batch_size: int | None = None
+    batch_seconds: float | None = 120.0
+    max_seconds: float | None = None  # longer utterances are left out (counted)
+    num_workers: int = 2
+    block_shards: int = 4
+    on_bad_sample: str = "raise"
+    cache_dir: str | None = None
+    cache_limit: int | None = None
+
+
+@dataclass
+class FeatureConfig:
+    name: str = "whisper_log_mel"
+    params: dict = field(default_factory=dict)
+    specaugment: dict | None = None  # SpecAugment arguments; None: off
+    cache: str | None = None  # a column written by `streamtrain featurize` with this featurizer
+
+
+@dataclass
+class ModelConfig:
+    pretrained: str | None = None  # a local Hugging Face model folder; None: build from `whisper`
+    whisper: dict = field(default_factory=dict)  # WhisperConfig fields for a model from scratch
+    tokenizer: str | None = "recipes/tokenizers/digits"  # a Hugging Face tokenizer folder; None: the pretrained model's
+    prompt: list[str] = field(default_factory=lambda: ["<|startoftranscript|>"])
+    eos_token: str = "<|endoftext|>"
+    max_target_tokens: int = 64
+    gradient_checkpointing: bool = False
+    compile: bool = False
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    warmup_steps: int = 100
+    schedule: str = "linear"  # linear | cosine | constant, after warm-up
+    grad_clip: float | None = 1.0
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/tiny"
+    seed: int = 0
+    max_steps: int = 1000
+    grad_accum: int = 1  # micro-batches per optimizer step (out-of-memory back-off raises it)
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    cpu: bool = False
+    deterministic: bool = False
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    every: int = 200  # steps; 0: only at the end
+    batch_size: int = 32
+    max_samples: int | None = None
+    at_start: bool = True
+
+
+@dataclass
+class DistillConfig:
+    """Distillation: targets from a pseudo-label column, plus a KL term against the teacher."""
+
+    labels: str | None = None  # a column written by `streamtrain label`; None: ground-truth targets
+    teacher: str | None = None  # teacher model folder for the KL term; must be the one that wrote `labels`
+    teacher_precision: str = "fp32"  # fp32 | bf16 | int8 (weight-only)
+    alpha: float = 1.0  # weight of the cross-entropy on the (pseudo-)labels
+    beta: float = 1.0  # weight of KL(teacher || student) * temperature^2
+    temperature: float = 2.0
+    allow_teacher_mismatch: bool = False  # train against a teacher other than the labeller (logged loudly)
+
+
+@dataclass
+class Recipe:
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_recipe(path_or_name: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Load a recipe file (or the name of one in recipes/) and apply ``key=value`` overrides."""
+    path = resolve_recipe_path(path_or_name)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path}: invalid YAML: {error}") from error
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"override {override!r} is not of the form key=value")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise RecipeError(f"override {override!r}: invalid value: {error}") from error
+        _set_dotted(data, key.strip(), parsed)
+    return bind(Recipe, data, "")
+
+
+def resolve_recipe_path(path_or_name: str | Path) -> Path:
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    bundled = Path(__file__).resolve().parents[2] / "recipes" / f"{path_or_name}.yaml"
+    if bundled.is_file():
+        return bundled
+    raise RecipeError(f"no recipe {str(path_or_name)!r} (not a file, nor a name in recipes/)")
+
+
+def bind(cls, data, where: str):
+    """Build dataclass ``cls`` from ``data``, checking every key and value."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where or 'recipe'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise RecipeError(f"unknown key {_join(where, unknown[0])!r} (known: {', '.join(fields)})")
+    hints = typing.get_type_hints(cls)
+    values = {name: _check(hints[name], value, _join(where, name)) for name, value in data.items()}
+    return cls(**values)
+
+
+def _check(hint, value, where: str):
+    if dataclasses.is_dataclass(hint):
+        return bind(hint, value, where)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _check(option, value, where)
+            except RecipeError as error:
+                errors.append(error)
+        raise errors[0]
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecipeError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_check(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
+        raise RecipeError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _set_dotted(data: dict, key: str, value) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"override {key!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def validate(recipe: Recipe) -> None:
+    """Checks across fields that the types alone do not express."""
+    choices = {
+        "train.mixed_precision": (recipe.train.mixed_precision, ("no", "bf16", "fp16")),
+        "optim.schedule": (recipe.optim.schedule, ("linear", "cosine", "constant")),
+        "data.on_bad_sample": (recipe.data.on_bad_sample, ("raise", "skip")),
+        "distill.teacher_precision": (recipe.distill.teacher_precision, ("fp32", "bf16", "int8")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise RecipeError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+    positive = {
+        "train.max_steps": recipe.train.max_steps,
+        "train.grad_accum": recipe.train.grad_accum,
+        "train.checkpoint_every": recipe.train.checkpoint_every,
+        "train.keep_checkpoints": recipe.train.keep_checkpoints,
+        "train.log_every": recipe.train.log_every,
+        "eval.batch_size": recipe.eval.batch_size,
+        "optim.lr": recipe.optim.lr,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            raise RecipeError(f"{key}: must be > 0, got {value!r}")
+    if recipe.data.batch_size is None and recipe.data.batch_seconds is None:
+        raise RecipeError("data: set batch_size or batch_seconds")
+    if recipe.eval.every < 0:
+        raise RecipeError(f"eval.every: must be >= 0, got {recipe.eval.every}")
+    if recipe.distill.temperature <= 0:
+        raise RecipeError(f"distill.temperature: must be > 0, got {recipe.distill.temperature}")
+    if recipe.distill.teacher is None and recipe.distill.labels is not None and recipe.distill.beta:
+        raise RecipeError("distill.teacher: the KL term (distill.beta > 0) needs the teacher that wrote distill.labels")
+    if len(recipe.optim.betas) != 2:
+        raise RecipeError(f"optim.betas: expected two numbers, got {recipe.optim.betas}")

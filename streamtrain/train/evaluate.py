@@ -1,0 +1,127 @@
+"""Evaluation: greedy transcripts, WER and CER, with a documented text normalisation.
+
+Normalisation (applied to references and hypotheses alike): Unicode NFKC,
+lower case, every character that is not a letter, digit, apostrophe or space
+becomes a space, runs of spaces collapse to one, ends are stripped. WER counts
+word edits over reference words; CER character edits over reference
+characters (spaces included), both summed over the whole set (not averaged
+per utterance).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+import jiwer
+import torch
+
+from streamtrain.data import StreamLoader
+from streamtrain.train.backoff import OomBackoff
+from streamtrain.train.model import TextCodec, greedy_generate
+
+_NOT_WORD = re.compile(r"[^\w' ]|_")
+
+
+def normalize(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).lower()
+    return " ".join(_NOT_WORD.sub(" ", text).split())
+
+
+@dataclass
+class ErrorCounts:
+    """Edit counts, summed; add them over ranks before taking rates."""
+
+    word_errors: int = 0
+    words: int = 0
+    char_errors: int = 0
+    chars: int = 0
+    utterances: int = 0
+
+    def add(self, reference: str, hypothesis: str) -> tuple[int, int]:
+        reference, hypothesis = normalize(reference), normalize(hypothesis)
+        word_errors = _edits(jiwer.process_words, reference, hypothesis)
+        char_errors = _edits(jiwer.process_characters, reference, hypothesis)
+        self.word_errors += word_errors
+        self.words += len(reference.split())
+        self.char_errors += char_errors
+        self.chars += len(reference)
+        self.utterances += 1
+        return word_errors, char_errors
+
+    def as_tensor(self) -> torch.Tensor:
+        return torch.tensor([self.word_errors, self.words, self.char_errors, self.chars, self.utterances], dtype=torch.float64)
+
+    @classmethod
+    def from_tensor(cls, values: torch.Tensor) -> "ErrorCounts":
+        return cls(*(int(v) for v in values.tolist()))
+
+    @property
+    def wer(self) -> float:
+        return self.word_errors / max(self.words, 1)
+
+    @property
+    def cer(self) -> float:
+        return self.char_errors / max(self.chars, 1)
+
+
+def _edits(process, reference: str, hypothesis: str) -> int:
+    if not reference:
+        return len(hypothesis.split()) if process is jiwer.process_words else len(hypothesis)
+    if not hypothesis:
+        return len(reference.split()) if process is jiwer.process_words else len(reference)
+    out = process(reference, hypothesis)
+    return out.substitutions + out.deletions + out.insertions
+
+
+@dataclass
+class Hypothesis:
+    key: str
+    reference: str
+    hypothesis: str
+    word_errors: int
+    char_errors: int
+
+
+@dataclass
+class EvalResult:
+    counts: ErrorCounts
+    hypotheses: list[Hypothesis] = field(default_factory=list)
+
+
+def evaluate(
+    model,
+    featurizer,
+    codec: TextCodec,
+    loader: StreamLoader,
+    device: torch.device,
+    autocast,
+    backoff: OomBackoff,
+    max_samples: int | None = None,
+) -> EvalResult:
+    """Transcribe every batch of ``loader`` (one pass) on this rank.
+
+    On an out-of-memory error the batch is transcribed in smaller pieces
+    (``backoff`` keeps the piece count for later batches and evaluations).
+    """
+    result = EvalResult(ErrorCounts())
+    model.eval()
+    for batch in loader:
+        audio, lengths = batch["audio"].to(device), batch["audio_lens"].to(device)
+
+        def transcribe(pieces: list[slice]) -> list[str]:
+            texts = []
+            for piece in pieces:
+                with autocast():
+                    features, _ = featurizer(audio[piece], lengths[piece])
+                    texts += [g.text for g in greedy_generate(model, features, codec)]
+            return texts
+
+        hypotheses = backoff.run(len(audio), transcribe)
+        for key, reference, hypothesis in zip(batch["keys"], batch["text"], hypotheses):
+            word_errors, char_errors = result.counts.add(reference, hypothesis)
+            result.hypotheses.append(Hypothesis(key, reference, hypothesis, word_errors, char_errors))
+        if max_samples is not None and result.counts.utterances >= max_samples:
+            break
+    return result

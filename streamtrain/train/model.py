@@ -1,0 +1,182 @@
+"""The model, its tokenizer, target encoding and greedy decoding.
+
+Any Whisper-architecture model (``WhisperForConditionalGeneration``): built
+from a ``WhisperConfig`` for training from scratch, or loaded from a local
+Hugging Face folder. Decoding is a plain greedy loop with the KV cache, so it
+works with any tokenizer and prompt (Whisper's ``generate`` assumes Whisper's
+own vocabulary and task tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, WhisperConfig, WhisperForConditionalGeneration
+
+from streamtrain.train.config import ModelConfig, RecipeError
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Targets:
+    decoder_input_ids: torch.Tensor  # B x L, padded with eos
+    labels: torch.Tensor  # B x L, IGNORE_INDEX where there is nothing to predict
+
+
+class TextCodec:
+    """Turns transcripts into decoder inputs and labels, and token ids back into text."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt: list[str], eos_token: str, max_tokens: int):
+        self.tokenizer = tokenizer
+        self.prompt_ids = [self._token_id(t) for t in prompt]
+        self.eos_id = self._token_id(eos_token)
+        self.max_tokens = max_tokens
+
+    def _token_id(self, token: str) -> int:
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise RecipeError(f"model: token {token!r} is not in the tokenizer's vocabulary")
+        return token_id
+
+    def targets(self, texts: list[str]) -> Targets:
+        """prompt + text + eos, cut to max_tokens; only text and eos are predicted."""
+        sequences = []
+        for text in texts:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            sequences.append((self.prompt_ids + ids)[: self.max_tokens - 1] + [self.eos_id])
+        width = max(len(s) for s in sequences) - 1
+        inputs = torch.full((len(texts), width), self.eos_id, dtype=torch.long)
+        labels = torch.full((len(texts), width), IGNORE_INDEX, dtype=torch.long)
+        first_predicted = len(self.prompt_ids) - 1
+        for row, seq in enumerate(sequences):
+            inputs[row, : len(seq) - 1] = torch.tensor(seq[:-1])
+            labels[row, first_predicted : len(seq) - 1] = torch.tensor(seq[first_predicted + 1 :])
+        return Targets(inputs, labels)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
+    source = config.tokenizer or config.pretrained
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise RecipeError(f"model.tokenizer: cannot load a tokenizer from {source!r}: {error}") from error
+    if len(tokenizer) < 3:  # offline hubs hand back a stub tokenizer instead of failing
+        raise RecipeError(f"model.tokenizer: {source!r} gave a tokenizer of {len(tokenizer)} tokens")
+    return tokenizer
+
+
+def build_model(config: ModelConfig, codec: TextCodec, n_mels: int, n_frames: int) -> WhisperForConditionalGeneration:
+    """A model whose input is ``n_mels`` x ``n_frames`` features."""
+    if config.pretrained:
+        try:
+            model = WhisperForConditionalGeneration.from_pretrained(config.pretrained)
+        except (OSError, ValueError) as error:
+            raise RecipeError(f"model.pretrained: cannot load {config.pretrained!r}: {error}") from error
+    else:
+        try:
+            whisper = WhisperConfig(
+                vocab_size=len(codec.tokenizer),
+                num_mel_bins=n_mels,
+                max_source_positions=n_frames // 2,
+                max_target_positions=config.max_target_tokens,
+                decoder_start_token_id=codec.prompt_ids[0],
+                pad_token_id=codec.eos_id,
+                bos_token_id=codec.prompt_ids[0],
+                eos_token_id=codec.eos_id,
+                **config.whisper,
+            )
+        except TypeError as error:
+            raise RecipeError(f"model.whisper: {error}") from error
+        model = WhisperForConditionalGeneration(whisper)
+    expected = (model.config.num_mel_bins, model.config.max_source_positions * 2)
+    if expected != (n_mels, n_frames):
+        raise RecipeError(
+            f"features give {n_mels} x {n_frames} inputs, the model expects {expected[0]} x {expected[1]}"
+        )
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    token_ids: list[int]  # without the prompt and the end token
+    avg_logprob: float  # mean log-probability of the generated tokens, the end token included
+
+
+@torch.no_grad()
+def greedy_generate(model, features: torch.Tensor, codec: TextCodec) -> list[Generation]:
+    """Greedy transcripts of a batch of features (B x M x F), with the KV cache."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    encoder = model.get_encoder()(features.to(model.dtype)).last_hidden_state
+    batch = features.shape[0]
+    step_input = torch.tensor([codec.prompt_ids] * batch, device=features.device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=features.device)
+    logprob_sum = torch.zeros(batch, dtype=torch.float64, device=features.device)
+    counts = torch.zeros(batch, dtype=torch.long, device=features.device)
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    generated: list[torch.Tensor] = []
+    for _ in range(codec.max_tokens - len(codec.prompt_ids)):
+        out = model(encoder_outputs=(encoder,), decoder_input_ids=step_input, past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        logprobs = out.logits[:, -1].float().log_softmax(-1)
+        next_ids = logprobs.argmax(-1)
+        next_ids = torch.where(finished, torch.full_like(next_ids, codec.eos_id), next_ids)
+        logprob_sum += torch.where(finished, 0.0, logprobs.gather(1, next_ids[:, None])[:, 0].double())
+        counts += (~finished).long()
+        generated.append(next_ids)
+        finished |= next_ids == codec.eos_id
+        if finished.all():
+            break
+        step_input = next_ids[:, None]
+    ids = torch.stack(generated, dim=1).tolist() if generated else [[] for _ in range(batch)]
+    results = []
+    for row, tokens in enumerate(ids):
+        tokens = tokens[: tokens.index(codec.eos_id)] if codec.eos_id in tokens else tokens
+        average = float(logprob_sum[row] / max(int(counts[row]), 1))
+        results.append(Generation(codec.decode(tokens), tokens, average))
+    return results
+
+
+def load_trained(path):
+    """(model, featurizer, codec) from a model folder written by ``streamtrain train``."""
+    try:
+        model = WhisperForConditionalGeneration.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise RecipeError(f"{path}: not a Hugging Face Whisper model folder: {error}") from error
+    return (model, *inference_config(path, model.config))
+
+
+def inference_config(path, model_config):
+    """(featurizer, codec) that a model folder was trained with.
+
+    A plain Hugging Face Whisper folder works too: its features default to
+    Whisper's log-mel with the model's mel count, its prompt to Whisper's
+    English transcription prompt.
+    """
+    import json
+    from pathlib import Path
+
+    from streamtrain.features import build_featurizer
+
+    saved = Path(path) / "streamtrain.json"
+    if saved.is_file():
+        config = json.loads(saved.read_text())
+    else:
+        config = {
+            "features": {"name": "whisper_log_mel", "params": {"n_mels": model_config.num_mel_bins}},
+            "prompt": ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"],
+            "eos_token": "<|endoftext|>",
+            "max_target_tokens": model_config.max_target_positions,
+        }
+    tokenizer = load_tokenizer(ModelConfig(tokenizer=str(path)))
+    featurizer = build_featurizer(config["features"]["name"], **config["features"]["params"])
+    codec = TextCodec(tokenizer, config["prompt"], config["eos_token"], config["max_target_tokens"])
+    return featurizer, codec

@@ -1,0 +1,190 @@
+"""The trainer, run as users run it (the CLI, in subprocesses): resume, signals, faults, audit."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from streamtrain.testing.runs import digit_dataset, micro_recipe
+from streamtrain.testing.servers import free_port
+from streamtrain.train.audit import AUDIT_DIR
+
+INJECT = Path(__file__).with_name("inject.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+       "TOKENIZERS_PARALLELISM": "false"}
+
+
+def streamtrain(*args, inject=(), check=True, timeout=300):
+    command = [sys.executable, str(INJECT), *inject, "--", *args]
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        pytest.fail(f"streamtrain {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    return digit_dataset(root / "train", 56, seed=1), digit_dataset(root / "validation", 12, seed=2)
+
+
+def final_parameters(run_dir):
+    newest = sorted((Path(run_dir) / "checkpoints").glob("step-*"))[-1]
+    return torch.load(newest / "state.pt", weights_only=True)["model"]
+
+
+def assert_bit_identical(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "uninterrupted"
+    streamtrain("train", str(micro_recipe(run, *data)))
+    return run
+
+
+def test_killed_twice_at_random_steps_and_resumed_is_bit_identical_and_audits_clean(data, uninterrupted, tmp_path):
+    run = tmp_path / "killed"
+    recipe = micro_recipe(run, *data)
+    rng = random.Random()
+    for _ in range(2):  # the step counts from wherever this process resumed
+        killed = streamtrain("train", str(recipe), inject=["--kill-at-step", str(rng.randint(2, 5))], check=False)
+        assert killed.returncode == -signal.SIGKILL
+    streamtrain("train", str(recipe))
+    assert_bit_identical(final_parameters(uninterrupted), final_parameters(run))
+    audit = streamtrain("audit", str(run))
+    assert "audit: OK" in audit.stdout and "3 session(s)" in audit.stdout
+
+
+def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(data, uninterrupted, tmp_path):
+    run = tmp_path / "killed-in-checkpoint"
+    recipe = micro_recipe(run, *data)
+    killed = streamtrain("train", str(recipe), inject=["--kill-in-checkpoint", "2"], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000004", ".tmp-step-00000008"] or sorted(
+        p.name for p in (run / "checkpoints").iterdir()) == [".tmp-step-00000008", "step-00000004"]
+    resumed = streamtrain("train", str(recipe))
+    assert "resumed from" in resumed.stdout and "step 4" in resumed.stdout
+    assert_bit_identical(final_parameters(uninterrupted), final_parameters(run))
+
+
+def test_out_of_memory_backs_off_to_micro_batches_with_the_same_result(data, tmp_path):
+    backed_off = tmp_path / "oom"
+    result = streamtrain("train", str(micro_recipe(backed_off, *data)), inject=["--oom-above", "3"])
+    assert "retrying the same batch in 4 pieces" in result.stderr
+    trainer = json.loads(sorted((backed_off / "checkpoints").glob("step-*"))[-1].joinpath("trainer.json").read_text())
+    assert trainer["progress"]["train_pieces"] == 4
+    accumulated = tmp_path / "accumulated"
+    streamtrain("train", str(micro_recipe(accumulated, *data, train={"grad_accum": 4})))
+    assert_bit_identical(final_parameters(backed_off), final_parameters(accumulated))
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_exits_zero(data, tmp_path):
+    run = tmp_path / "term"
+    recipe = micro_recipe(run, *data, train={"max_steps": 400, "checkpoint_every": 1000})
+    process = subprocess.Popen([sys.executable, "-m", "streamtrain", "train", str(recipe)], env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((run / AUDIT_DIR).glob("*.zst")) and not (run / "recipe.yaml").exists():
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.1)
+    time.sleep(3)  # some steps in
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert "stopped by signal" in out
+    checkpoints = list((run / "checkpoints").glob("step-*"))
+    assert len(checkpoints) == 1
+    step = json.loads((checkpoints[0] / "trainer.json").read_text())["step"]
+    assert 0 < step < 400
+
+
+def test_a_damaged_checkpoint_is_skipped_with_a_warning(data, uninterrupted, tmp_path):
+    run = tmp_path / "damaged"
+    recipe = micro_recipe(run, *data, train={"max_steps": 8})
+    streamtrain("train", str(recipe))
+    newest = run / "checkpoints" / "step-00000008" / "state.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    resumed = streamtrain("train", str(recipe), "train.max_steps=12")
+    assert "skipping damaged checkpoint" in resumed.stderr and "step-00000008" in resumed.stderr
+    assert "resumed from" in resumed.stdout and "(step 4," in resumed.stdout
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optim.lrr=1", "unknown key 'optim.lrr'"),
+        ("train.max_steps=many", "train.max_steps: expected int"),
+        ("train.mixed_precision=fp8", "train.mixed_precision: 'fp8' is not one of"),
+        ("optim.lr=0", "optim.lr: must be > 0"),
+    ],
+)
+def test_bad_recipe_values_are_named(data, tmp_path, override, message):
+    result = streamtrain("train", str(micro_recipe(tmp_path / "bad", *data)), override, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_two_processes_then_one_stays_exactly_once(data, tmp_path):
+    run = tmp_path / "ddp"
+    recipe = micro_recipe(run, *data, train={"max_steps": 6, "checkpoint_every": 3})
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), "-m", "streamtrain", "train", str(recipe)]
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    trainer = json.loads((run / "checkpoints" / "step-00000006" / "trainer.json").read_text())
+    assert trainer["world_size"] == 2
+    assert sorted(p.name for p in (run / AUDIT_DIR).iterdir()) == [
+        "session-0000-rank-00000.jsonl.zst", "session-0000-rank-00001.jsonl.zst"]
+    streamtrain("train", str(recipe), "train.max_steps=20")
+    audit = streamtrain("audit", str(run))
+    assert "audit: OK" in audit.stdout and "epoch 0 (complete)" in audit.stdout
+
+
+def test_audit_finds_a_duplicate_in_a_doctored_log(data, uninterrupted, tmp_path):
+    import shutil
+
+    import zstandard
+
+    run = tmp_path / "doctored"
+    shutil.copytree(uninterrupted, run)
+    log = run / AUDIT_DIR / "session-0000-rank-00000.jsonl.zst"
+    first_keys = None
+    for line in zstandard.ZstdDecompressor().stream_reader(log.read_bytes(), read_across_frames=True).read().decode().splitlines():
+        record = json.loads(line)
+        if record["event"] == "step":
+            first_keys = record["keys"]
+            break
+    forged = {"event": "step", "step": 13, "epoch": 0, "keys": first_keys[:1]}
+    with open(log, "ab") as f:
+        f.write(zstandard.ZstdCompressor().compress((json.dumps(forged) + "\n").encode()))
+    result = streamtrain("audit", str(run), check=False)
+    assert result.returncode == 1
+    assert f"duplicate: {first_keys[0]}" in result.stdout and "audit: FAILED" in result.stdout
+
+
+def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypotheses(data, uninterrupted):
+    from transformers import AutoFeatureExtractor, AutoModelForSpeechSeq2Seq, AutoTokenizer
+
+    model_dir = uninterrupted / "model"
+    model = AutoModelForSpeechSeq2Seq.from_pretrained(model_dir)
+    assert model.config.num_mel_bins == 40
+    assert len(AutoTokenizer.from_pretrained(model_dir)) == 13
+    assert AutoFeatureExtractor.from_pretrained(model_dir).feature_size == 40
+    result = streamtrain("eval", str(uninterrupted), str(data[1]), "--num-workers", "0")
+    assert "WER" in result.stdout
+    lines = (model_dir / "eval-validation.jsonl").read_text().splitlines()
+    assert len(lines) == 12
+    assert set(json.loads(lines[0])) == {"key", "reference", "hypothesis", "word_errors", "char_errors"}
