@@ -1,0 +1,78 @@
+"""The teacher: loaded frozen, optionally in bf16 or int8, and identified by a fingerprint.
+
+The fingerprint is a sha256 over the model's configuration and every weight as
+stored (before any cast or quantization), so the same teacher folder always
+has the same fingerprint whatever precision it later runs in, and any change
+of a weight changes it. Pseudo-labels carry it; distillation checks it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+from torch import nn
+
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    config = model.config.to_dict()
+    for volatile in ("transformers_version", "_name_or_path", "torch_dtype", "dtype"):
+        config.pop(volatile, None)
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class Int8Linear(nn.Module):
+    """Weight-only int8 linear layer: per-output-channel symmetric scales, bf16/fp32 compute.
+
+    Weights take a quarter of their fp32 memory; activations stay in the input's dtype.
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+        self.register_buffer("qweight", torch.round(weight / scale).to(torch.int8))
+        self.register_buffer("scale", scale.to(torch.float32))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = (self.qweight.to(x.dtype) * self.scale.to(x.dtype))
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return nn.functional.linear(x, weight, bias)
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Replace every nn.Linear (but the output projection, tied to the embeddings) with Int8Linear."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear) and name != "proj_out":
+                setattr(parent, name, Int8Linear(child))
+    return model
+
+
+def load_teacher(path: str, precision: str = "fp32", device: str | torch.device = "cpu"):
+    """(frozen teacher in eval mode on ``device``, its fingerprint)."""
+    from transformers import WhisperForConditionalGeneration
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"teacher precision must be one of {PRECISIONS}, got {precision!r}")
+    try:
+        model = WhisperForConditionalGeneration.from_pretrained(path, torch_dtype=torch.float32)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: cannot load the teacher: {error}") from error
+    fingerprint = model_fingerprint(model)
+    if precision == "int8":
+        quantize_int8(model)
+    elif precision == "bf16":
+        model = model.to(torch.bfloat16)
+    model.requires_grad_(False)
+    return model.eval().to(device), fingerprint
