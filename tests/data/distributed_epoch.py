@@ -42,3 +42,6 @@ else:
 if accelerator.is_main_process:
     with open(args.out, "w") as f:
         json.dump({"ranks": gathered, "state": merge_states([g["state"] for g in gathered])}, f)
+# Without this, gloo's threads are still joinable when the interpreter exits and
+# std::terminate aborts the process now and then, after the work is done.
+accelerator.end_training()
