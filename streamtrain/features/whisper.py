@@ -12,9 +12,9 @@ Frames that lie wholly in a sample's zero padding are all-zero windows whose
 value is known in advance (``log10(1e-10)``, then the same floor and scaling), so
 by default the STFT and the log run only over the frames that touch the batch's
 longest real audio and the rest are filled in (see ``WhisperLogMel._span``).
-Nothing is approximated: on the CPU the result is identical bit for bit (tested);
-on a GPU the mel matmul may pick another kernel for another frame count, so the
-two agree to float32 rounding.
+Nothing is approximated; the mel matmul may pick another BLAS kernel for another
+frame count (MKL does under 12 frames on an AMD EPYC; a GPU may too), so the two
+agree to float32 rounding, and bit for bit where the kernel is the same.
 
 Shape legend: B batch, T samples (padded width), N chunk samples
 (``chunk_seconds * sample_rate``), K frequency bins (``n_fft // 2 + 1``),

@@ -9,6 +9,10 @@ from streamtrain.data.batch import pad_waveforms
 
 #: Max abs difference allowed against transformers (float32; measured 1.2e-7).
 TOLERANCE = 1e-4
+#: Max abs difference allowed between two frame spans of the same audio: the mel
+#: matmul may take another BLAS kernel for another frame count (MKL on an AMD EPYC
+#: does under 12 frames: 1.2e-7, one float32 ulp at these magnitudes).
+ROUNDING = 1e-6
 #: A batch mixing every duration, twice over in another order, with garbage in the padding.
 ORDER = (45.0, 1.0, 30.0, 29.99, 1.0, 45.0)
 
@@ -52,10 +56,10 @@ def test_sample_independent_of_batch(speech, compared):
     for row, seconds in enumerate(ORDER):
         wave = torch.from_numpy(speech[seconds])
         alone, _ = featurizer(wave[None], torch.tensor([len(wave)]))
-        assert torch.equal(alone[0], features[row]), seconds
+        assert (alone[0] - features[row]).abs().max() <= ROUNDING, seconds
         wider = torch.cat([wave, torch.full((1000,), -0.3)])[None]
         padded_alone, _ = featurizer(wider, torch.tensor([len(wave)]))
-        assert torch.equal(padded_alone[0], features[row]), seconds
+        assert torch.equal(padded_alone[0], alone[0]), seconds  # same span: garbage past the length is ignored
 
 
 @pytest.mark.parametrize(
@@ -77,7 +81,7 @@ def test_shortcut_equals_full_computation(speech, lengths):
     audio, lengths = pad_waveforms([wave[:n] for n in lengths], fill=0.25)
     fast, fast_lengths = featurizer(audio, lengths)
     full, full_lengths = featurizer(audio, lengths, skip_padding=False)
-    assert torch.equal(fast, full)
+    assert (fast - full).abs().max() <= ROUNDING
     assert torch.equal(fast_lengths, full_lengths)
 
 
