@@ -6,7 +6,7 @@ import random
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -92,15 +92,23 @@ def test_out_of_memory_backs_off_to_micro_batches_with_the_same_result(data, tmp
 def test_sigterm_finishes_the_step_checkpoints_and_exits_zero(data, tmp_path):
     run = tmp_path / "term"
     recipe = micro_recipe(run, *data, train={"max_steps": 400, "checkpoint_every": 1000})
-    process = subprocess.Popen([sys.executable, "-m", "streamtrain", "train", str(recipe)], env=ENV,
+    process = subprocess.Popen([sys.executable, "-m", "streamtrain", "train", str(recipe)],
+                               env={**ENV, "PYTHONUNBUFFERED": "1"},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not list((run / AUDIT_DIR).glob("*.zst")) and not (run / "recipe.yaml").exists():
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.1)
-    time.sleep(3)  # some steps in
-    process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=120)
+    watchdog = threading.Timer(240, process.kill)
+    watchdog.start()
+    try:
+        seen = []
+        for line in process.stdout:  # wait for the first logged step (every 2 steps), however slow the machine
+            seen.append(line)
+            if line.startswith("step "):
+                break
+        assert any(line.startswith("step ") for line in seen), "".join(seen)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    finally:
+        watchdog.cancel()
+    out = "".join(seen) + out
     assert process.returncode == 0, err
     assert "stopped by signal" in out
     checkpoints = list((run / "checkpoints").glob("step-*"))
