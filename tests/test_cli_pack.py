@@ -119,3 +119,14 @@ def test_python_m_streamtrain_with_two_workers(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     assert "samples/s" in result.stderr and "hours=" in result.stderr  # the progress bar
     assert load_index(out).samples == len(UTTS)
+
+
+def test_kaldi_pipes_flag(tmp_path: Path, capsys):
+    corpus = write_corpus("kaldi", tmp_path / "src", utterances(3, seed=1))
+    scp = corpus.source / "wav.scp"
+    scp.write_text("".join(f"{rec} cat {corpus.source / path} |\n"
+                           for rec, path in (line.split() for line in scp.read_text().splitlines())))
+    assert main(["pack", str(corpus.source), str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "is a command; run it with --kaldi-pipes" in capsys.readouterr().err
+    assert main(["pack", str(corpus.source), str(tmp_path / "out"), "--no-progress", "--kaldi-pipes"]) == 0
+    assert load_index(tmp_path / "out").samples == 3

@@ -79,6 +79,38 @@ def test_every_form_packs_and_reads_back(tmp_path: Path, form: str):
     assert verify(out) == []
 
 
+def test_kaldi_pipes_pack_the_same_samples_as_the_files(tmp_path: Path, monkeypatch):
+    corpus = write_corpus("kaldi", tmp_path / "kaldi", UTTS[:6])
+    pack(corpus.source, tmp_path / "files", progress=False)
+    scp = corpus.source / "wav.scp"
+    scp.write_text("".join(f"{rec} sox {path} -t flac - |\n" for rec, path in
+                           (line.split() for line in scp.read_text().splitlines())))
+    monkeypatch.chdir(corpus.source)  # the commands' relative paths are taken from the current folder
+    pack(corpus.source, tmp_path / "piped", kaldi_pipes=True, workers=2, progress=False)
+    files, piped = read_tar_samples(tmp_path / "files"), read_tar_samples(tmp_path / "piped")
+    assert list(files) == list(piped)
+    for key, sample in piped.items():
+        assert sample["flac"] == files[key]["flac"]
+        meta = json.loads(sample["json"])
+        assert meta["source"] == f"sox wav/{meta['recording']}.wav -t flac - |"
+        assert (meta["start"], meta["end"]) == corpus.segments[key]
+
+
+def test_a_failing_kaldi_pipe_names_the_command_and_its_stderr(tmp_path: Path):
+    corpus = write_corpus("kaldi", tmp_path / "kaldi", UTTS[:6])
+    scp = corpus.source / "wav.scp"
+    lines = scp.read_text().splitlines()
+    lines[1] = "rec0001 echo no such recording >&2; exit 3 |"
+    scp.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SourceError, match=r"line 4: echo no such recording >&2; exit 3 \|: "
+                                          r"the command failed with exit status 3: no such recording"):
+        pack(corpus.source, tmp_path / "out", kaldi_pipes=True, progress=False)
+    summary = pack(corpus.source, tmp_path / "out", kaldi_pipes=True, skip_bad=True, overwrite=True, progress=False)
+    assert (summary.samples, summary.rejected) == (3, 3)  # the 3 utterances of rec0001
+    rejected = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in rejected] == ["utt00003", "utt00004", "utt00005"]
+
+
 def test_fields_and_segments_are_stored(tmp_path: Path):
     kaldi = write_corpus("kaldi", tmp_path / "kaldi", UTTS[:3])
     pack(kaldi.source, tmp_path / "k", progress=False)

@@ -97,7 +97,20 @@ def test_piped_wav_scp_is_refused_naming_the_line(tmp_path: Path):
     (tmp_path / "wav.scp").write_text("rec0000 wav/rec0000.wav\nrec0001 sox x.wav -t wav - |\n")
     (reject,) = rejects(read_source(tmp_path))
     assert reject.origin == f"{tmp_path / 'wav.scp'} line 2"
-    assert "piped" in reject.reason
+    assert "'sox x.wav -t wav - |' is a command; run it with --kaldi-pipes" in reject.reason
+
+
+def test_piped_wav_scp_with_kaldi_pipes_gives_command_items(tmp_path: Path):
+    corpus = write_kaldi(tmp_path, UTTS[:2], per_recording=1)
+    (tmp_path / "wav.scp").write_text("rec0000 wav/rec0000.wav\nrec0001 sox x.wav -t wav - |\nrec0002 |\n")
+    (tmp_path / "segments").write_text((tmp_path / "segments").read_text() + "utt00002 rec0002 0 -1\n")
+    (tmp_path / "text").write_text((tmp_path / "text").read_text() + "utt00002 one two\n")
+    first, second, empty = read_source(tmp_path, kaldi_pipes=True)
+    assert not first.piped and first.location == str(corpus.audio["utt00000"].resolve())
+    assert second.piped and second.audio == "sox x.wav -t wav -" and second.location == "sox x.wav -t wav - |"
+    assert (second.start, second.end) == corpus.segments["utt00001"]
+    assert second.fields["source"] == "sox x.wav -t wav - |"
+    assert empty.origin == f"{tmp_path / 'wav.scp'} line 3" and "without a command" in empty.reason
 
 
 def test_kaldi_duplicate_recording_is_an_error(tmp_path: Path):

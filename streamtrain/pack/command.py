@@ -61,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="decode/encode processes (default 1)")
     parser.add_argument("--part", type=parse_part, metavar="I/N", help="pack only slice I of N (0-based); then --merge")
     parser.add_argument("--source-form", choices=FORMS, help="the SOURCE's form, when its name does not tell")
+    parser.add_argument("--kaldi-pipes", action="store_true",
+                        help="run the 'cmd |' entries of a Kaldi wav.scp (in the shell, from the current folder)")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad items and list them in rejects.jsonl")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous pack in OUT_DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -88,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         source_form=args.source_form,
+        kaldi_pipes=args.kaldi_pipes,
     )
     print(summary)
     return 0

@@ -16,6 +16,7 @@ import json
 import multiprocessing
 import os
 import re
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,7 @@ def pack(
     overwrite: bool = False,
     progress: bool = True,
     source_form: str | None = None,
+    kaldi_pipes: bool = False,
 ) -> PackSummary:
     """Pack ``source`` into ``out_dir``; see the module docstring.
 
@@ -137,13 +139,14 @@ def pack(
     Bad items raise ``SourceError`` naming their origin, or with ``skip_bad``
     are skipped and listed in ``rejects.jsonl``. ``workers > 1`` starts
     processes with "spawn": a script calling it needs the usual
-    ``if __name__ == "__main__":`` guard.
+    ``if __name__ == "__main__":`` guard. ``kaldi_pipes`` runs the ``cmd |``
+    entries of a Kaldi ``wav.scp`` (refused otherwise).
     """
     started = time.monotonic()
     _check_options(codec, sample_rate, shard_size, workers, part)
     layout = _Layout(part)
     out = Path(out_dir)
-    entries = _slice(read_source(source, source_form), part)
+    entries = _slice(read_source(source, source_form, kaldi_pipes=kaldi_pipes), part)
     problems = [entry for entry in entries if isinstance(entry, Reject)]
     if problems and not skip_bad:
         raise SourceError(_first_problem(problems))
@@ -372,23 +375,24 @@ def _encode_job(job: tuple[Entry, str, int | None]) -> _Encoded | Reject:
     try:
         return _encode_item(entry, codec, sample_rate)
     except AudioError as error:
-        return Reject(entry.origin, entry.key, f"{entry.audio}: {error}")
+        return Reject(entry.origin, entry.key, f"{entry.location}: {error}")
 
 
 def _encode_item(item: SourceItem, codec: str, sample_rate: int | None) -> _Encoded:
-    info = probe(item.audio)
+    source = _piped_audio(item.audio) if item.piped else item.audio
+    info = probe(source)
     start = round(item.start * info.sample_rate) if item.start is not None else 0
     stop = round(item.end * info.sample_rate) if item.end is not None else None
     if start and start >= info.frames:
         raise AudioError(f"segment starts at {item.start} s, after the end of the recording ({info.frames / info.sample_rate:.3f} s)")
-    waveform, rate = decode(item.audio, start, stop)
+    waveform, rate = decode(source, start, stop)
     if len(waveform) == 0:
         raise AudioError("no audio samples")
     target = sample_rate or rate
     whole_file = item.start is None and item.end is None
     reencoded = False
     if codec == "copy" and whole_file and info.ext in AUDIO_EXTENSIONS and rate == target:
-        audio, ext = Path(item.audio).read_bytes(), info.ext
+        audio, ext = (source if item.piped else Path(source).read_bytes()), info.ext
         frames = len(waveform)
     else:
         reencoded = codec == "copy"
@@ -402,6 +406,17 @@ def _encode_item(item: SourceItem, codec: str, sample_rate: int | None) -> _Enco
         meta["end"] = item.end
     members = {ext: audio, "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")}
     return _Encoded(item.key, members, frames / target, reencoded)
+
+
+def _piped_audio(command: str) -> bytes:
+    """What a Kaldi ``cmd |`` entry writes to stdout; the shell runs it in the current folder, as Kaldi does."""
+    result = subprocess.run(command, shell=True, stdin=subprocess.DEVNULL, capture_output=True)
+    if result.returncode != 0:
+        stderr = result.stderr.decode("utf-8", "replace").strip()[-500:]
+        raise AudioError(f"the command failed with exit status {result.returncode}" + (f": {stderr}" if stderr else ""))
+    if not result.stdout:
+        raise AudioError("the command wrote no audio to stdout")
+    return result.stdout
 
 
 def _check_unique_keys(out: Path, shards: list[ShardInfo]) -> None:

@@ -31,12 +31,18 @@ class SourceError(ValueError):
 @dataclass
 class SourceItem:
     key: str
-    audio: str  # absolute path of the audio file
+    audio: str  # absolute path of the audio file; with ``piped``, the shell command that writes it
     text: str
     origin: str
     fields: dict[str, Any] = field(default_factory=dict)
     start: float | None = None  # segment bounds in seconds, None for the whole file
     end: float | None = None
+    piped: bool = False  # a Kaldi ``cmd |`` entry: the audio is the command's stdout
+
+    @property
+    def location(self) -> str:
+        """Where the audio comes from, as a person would write it."""
+        return f"{self.audio} |" if self.piped else self.audio
 
 
 @dataclass(frozen=True)
@@ -77,10 +83,12 @@ def detect_form(source: str | os.PathLike) -> str:
     return "folder"
 
 
-def read_source(source: str | os.PathLike, form: str | None = None) -> list[Entry]:
+def read_source(source: str | os.PathLike, form: str | None = None, *, kaldi_pipes: bool = False) -> list[Entry]:
     """Items and per-item problems of ``source``, in source order.
 
     A key seen twice makes the second occurrence a Reject naming both origins.
+    ``kaldi_pipes`` accepts Kaldi ``wav.scp`` entries of the form ``cmd |``
+    (refused otherwise: a data file's commands run only when asked for).
     """
     form = form or detect_form(source)
     if form not in _READERS:
@@ -90,7 +98,8 @@ def read_source(source: str | os.PathLike, form: str | None = None) -> list[Entr
         raise SourceError(f"{path}: no such file or directory")
     entries: list[Entry] = []
     first_origin: dict[str, str] = {}
-    for entry in _READERS[form](path):
+    entries_of_form = _read_kaldi(path, kaldi_pipes) if form == "kaldi" else _READERS[form](path)
+    for entry in entries_of_form:
         if isinstance(entry, SourceItem):
             if entry.key in first_origin:
                 entry = Reject(
@@ -106,12 +115,24 @@ def _item(
     key: str, audio: Path, text: Any, origin: str, fields: dict[str, Any], source_root: Path, **segment: float
 ) -> Entry:
     """An item after the checks every form shares, or the Reject that explains it."""
-    if not isinstance(text, str) or not text.strip():
+    if not _has_text(text):
         return Reject(origin, key, "missing or empty transcript")
     if not audio.is_file():
         return Reject(origin, key, f"audio file not found: {audio}")
     fields = {**fields, "source": _relative(audio, source_root)}
     return SourceItem(key, str(audio.resolve()), " ".join(text.split()), origin, fields, **segment)
+
+
+def _piped_item(key: str, command: str, text: Any, origin: str, fields: dict[str, Any], **segment: float) -> Entry:
+    """A Kaldi ``cmd |`` item; its command runs when the item is encoded."""
+    if not _has_text(text):
+        return Reject(origin, key, "missing or empty transcript")
+    fields = {**fields, "source": f"{command} |"}
+    return SourceItem(key, command, " ".join(text.split()), origin, fields, piped=True, **segment)
+
+
+def _has_text(text: Any) -> bool:
+    return isinstance(text, str) and bool(text.strip())
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -237,11 +258,13 @@ def _kaldi_table(path: Path) -> dict[str, tuple[str, str]]:
     return table
 
 
-def _read_kaldi(root: Path) -> Iterator[Entry]:
+def _read_kaldi(root: Path, pipes: bool = False) -> Iterator[Entry]:
     """``wav.scp`` + ``text``; ``segments`` and ``utt2spk`` when present.
 
     Relative paths in wav.scp are taken relative to the data dir. Piped entries
-    (``cmd |``) are refused: packing runs no commands found in data.
+    (``cmd |``) are refused unless ``pipes``: then, as in Kaldi, the command runs
+    in the shell from the current folder and its stdout is the recording (any
+    format soundfile reads), once per utterance.
     """
     if not (root / "text").is_file():
         raise SourceError(f"{root}: Kaldi data dir without a 'text' file")
@@ -273,7 +296,13 @@ def _read_kaldi(root: Path) -> Iterator[Entry]:
             continue
         location, scp_origin = recordings[recording]
         if location.endswith("|"):
-            yield Reject(scp_origin, key, "piped wav.scp entries ('cmd |') are not supported; decode to files first")
+            command = location[:-1].strip()
+            if not pipes:
+                yield Reject(scp_origin, key, f"piped wav.scp entry {location!r} is a command; run it with --kaldi-pipes")
+            elif not command:
+                yield Reject(scp_origin, key, "piped wav.scp entry without a command")
+            else:
+                yield _piped_item(key, command, text, origin, fields, **bounds)
             continue
         audio = Path(location)
         if not audio.is_absolute():
