@@ -26,6 +26,8 @@ CODECS = {
 
 #: Rates libsndfile's Opus encoder accepts.
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+#: The bitrates libsndfile's opus encoder takes (bit/s, per channel), lowest and highest.
+OPUS_BITRATES = (6000, 256000)
 
 _SOUNDFILE_FORMAT_TO_EXT = {"FLAC": "flac", "WAV": "wav", "MP3": "mp3"}
 
@@ -105,17 +107,27 @@ def quantize16(waveform: np.ndarray) -> np.ndarray:
     return np.clip(np.round(waveform * 32768.0), -32768, 32767).astype(np.int16)
 
 
-def encode(waveform: np.ndarray, sample_rate: int, codec: str) -> tuple[bytes, str]:
-    """Encode a mono float32 waveform; returns (bytes, member extension)."""
+def encode(waveform: np.ndarray, sample_rate: int, codec: str, bitrate: int | None = None) -> tuple[bytes, str]:
+    """Encode a mono float32 waveform; returns (bytes, member extension).
+
+    ``bitrate`` (opus only, bit/s) becomes libsndfile's compression level, which
+    its opus encoder maps linearly onto ``OPUS_BITRATES`` (0 = highest).
+    """
     if codec not in CODECS:
         raise AudioError(f"unknown codec {codec!r}; expected one of {sorted(CODECS)}")
     ext, file_format, subtype = CODECS[codec]
     if codec == "opus" and sample_rate not in OPUS_RATES:
         raise AudioError(f"opus cannot store {sample_rate} Hz audio; use one of {OPUS_RATES}")
+    level = None
+    if bitrate is not None:
+        low, high = OPUS_BITRATES
+        if codec != "opus" or not low <= bitrate <= high:
+            raise AudioError(f"a bitrate needs opus and {low} to {high} bit/s, not {codec} at {bitrate}")
+        level = (high - bitrate) / (high - low)
     buffer = io.BytesIO()
     data = quantize16(waveform) if subtype == "PCM_16" else waveform
     try:
-        soundfile.write(buffer, data, sample_rate, format=file_format, subtype=subtype)
+        soundfile.write(buffer, data, sample_rate, format=file_format, subtype=subtype, compression_level=level)
     except Exception as error:
         raise AudioError(f"cannot encode {codec} audio: {error}") from error
     return buffer.getvalue(), ext

@@ -12,7 +12,7 @@ import pytest
 
 from streamtrain.cli import main
 from streamtrain.dataset.index import load_index
-from streamtrain.pack.command import parse_part, parse_sample_rate, parse_size
+from streamtrain.pack.command import parse_bitrate, parse_part, parse_sample_rate, parse_size
 from streamtrain.testing.corpus import utterances, write_corpus, write_jsonl
 
 UTTS = utterances(8, seed=21)
@@ -41,6 +41,10 @@ def test_parse_sample_rate_and_part():
             parse_part(bad)
     with pytest.raises(argparse.ArgumentTypeError):
         parse_sample_rate("fast")
+    assert (parse_bitrate("24k"), parse_bitrate("24000"), parse_bitrate("12.5K")) == (24000, 24000, 12500)
+    for bad in ["24 kbps", "fast", "-8k", ""]:
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_bitrate(bad)
 
 
 def test_pack_then_inspect(tmp_path: Path, capsys):
@@ -102,7 +106,8 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path: Path, capsys, args: list[
 
 
 def test_bad_option_values_are_usage_errors(tmp_path: Path, capsys):
-    for args in (["--part", "2/2"], ["--shard-size", "lots"], ["--sample-rate", "fast"], ["--codec", "mp3"]):
+    for args in (["--part", "2/2"], ["--shard-size", "lots"], ["--sample-rate", "fast"], ["--codec", "mp3"],
+                 ["--bitrate", "high"]):
         with pytest.raises(SystemExit) as exit_info:
             main(["pack", "src.jsonl", str(tmp_path / "out"), *args])
         assert exit_info.value.code == 2
@@ -130,3 +135,12 @@ def test_kaldi_pipes_flag(tmp_path: Path, capsys):
     assert "is a command; run it with --kaldi-pipes" in capsys.readouterr().err
     assert main(["pack", str(corpus.source), str(tmp_path / "out"), "--no-progress", "--kaldi-pipes"]) == 0
     assert load_index(tmp_path / "out").samples == 3
+
+
+def test_bitrate_reaches_the_packer(tmp_path: Path, capsys):
+    corpus = write_jsonl(tmp_path / "src", UTTS[:2])
+    assert main(["pack", str(corpus.source), str(tmp_path / "flac"), "--bitrate", "24k", "--no-progress"]) == 2
+    assert "a bitrate applies to --codec opus only, not flac" in capsys.readouterr().err
+    assert main(["pack", str(corpus.source), str(tmp_path / "opus"), "--codec", "opus", "--bitrate", "24k",
+                 "--no-progress"]) == 0
+    assert load_index(tmp_path / "opus").codec == "opus"

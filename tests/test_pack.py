@@ -158,6 +158,32 @@ def test_opus_decodes_to_about_the_right_length(tmp_path: Path):
     assert verify(tmp_path / "out") == []
 
 
+def test_opus_bitrate_sets_the_encoder_target(tmp_path: Path):
+    corpus = write_jsonl(tmp_path / "src", UTTS)
+
+    def kbit_per_second(bitrate):
+        out = tmp_path / f"opus-{bitrate}"
+        pack(corpus.source, out, codec="opus", bitrate=bitrate, progress=False)
+        samples = read_tar_samples(out).values()
+        seconds = sum(json.loads(s["json"])["seconds"] for s in samples)
+        return sum(len(s["opus"]) for s in samples) * 8 / seconds / 1000
+
+    low, high = kbit_per_second(16000), kbit_per_second(64000)
+    assert 60 <= high <= 75  # variable bitrate plus ~0.5 kB of Ogg headers per utterance
+    assert 16 <= low <= 24 and high > 2.5 * low
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [({"codec": "flac", "bitrate": 24000}, "opus only"), ({"codec": "opus", "bitrate": 5000}, "6000 to 256000")],
+)
+def test_bad_bitrate_is_refused(tmp_path: Path, options, message):
+    corpus = write_jsonl(tmp_path / "src", UTTS[:1])
+    with pytest.raises(PackError, match=message):
+        pack(corpus.source, tmp_path / "out", progress=False, **options)
+    assert not (tmp_path / "out").exists()
+
+
 def test_copy_keeps_source_bytes_where_it_can(tmp_path: Path):
     at_16k = write_jsonl(tmp_path / "flac16", UTTS[:3], AudioSpec(format="flac", sample_rate=16000))
     summary = pack(at_16k.source, tmp_path / "a", codec="copy", progress=False)

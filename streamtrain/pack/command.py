@@ -38,6 +38,14 @@ def parse_sample_rate(text: str) -> int | None:
     return int(text)
 
 
+def parse_bitrate(text: str) -> int:
+    """'24k', '24000' -> bit/s."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kK]?)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"invalid bitrate {text!r}; use bits per second, e.g. 24k or 24000")
+    return round(float(match.group(1)) * (1000 if match.group(2) else 1))
+
+
 def parse_part(text: str) -> tuple[int, int]:
     """``"3/8"`` -> (3, 8): the 4th of 8 slices (0-based, for job array indexes)."""
     match = re.fullmatch(r"(\d+)/(\d+)", text)
@@ -54,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--merge", metavar="OUT_DIR", help="join the part indexes written by --part into index.json")
     parser.add_argument("--codec", choices=PACK_CODECS, default="flac",
                         help="flac (lossless 16-bit), opus, pcm16 (wav), or copy (keep source files where possible)")
+    parser.add_argument("--bitrate", type=parse_bitrate, metavar="BITS",
+                        help="opus target bitrate, e.g. 24k (6k to 256k; default: the encoder's choice, ~25k at 16 kHz)")
     parser.add_argument("--sample-rate", type=parse_sample_rate, default=16000, metavar="HZ|keep",
                         help="resample to this rate (default 16000), or 'keep'")
     parser.add_argument("--shard-size", type=parse_size, default="256MB", metavar="SIZE",
@@ -91,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         source_form=args.source_form,
         kaldi_pipes=args.kaldi_pipes,
+        bitrate=args.bitrate,
     )
     print(summary)
     return 0

@@ -24,7 +24,7 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from streamtrain.audio import AUDIO_EXTENSIONS, CODECS, OPUS_RATES, AudioError, decode, encode, probe, resample
+from streamtrain.audio import AUDIO_EXTENSIONS, CODECS, OPUS_BITRATES, OPUS_RATES, AudioError, decode, encode, probe, resample
 from streamtrain.dataset.index import INDEX_NAME, DatasetIndex, ShardInfo, load_index
 from streamtrain.dataset.shard import ShardWriter, list_shard_keys
 from streamtrain.pack.sources import Entry, Reject, SourceError, SourceItem, read_source
@@ -132,6 +132,7 @@ def pack(
     progress: bool = True,
     source_form: str | None = None,
     kaldi_pipes: bool = False,
+    bitrate: int | None = None,
 ) -> PackSummary:
     """Pack ``source`` into ``out_dir``; see the module docstring.
 
@@ -140,10 +141,12 @@ def pack(
     are skipped and listed in ``rejects.jsonl``. ``workers > 1`` starts
     processes with "spawn": a script calling it needs the usual
     ``if __name__ == "__main__":`` guard. ``kaldi_pipes`` runs the ``cmd |``
-    entries of a Kaldi ``wav.scp`` (refused otherwise).
+    entries of a Kaldi ``wav.scp`` (refused otherwise). ``bitrate`` (bit/s, opus
+    only) sets the encoder's target; by default libopus picks (about 25 kbit/s
+    for 16 kHz speech).
     """
     started = time.monotonic()
-    _check_options(codec, sample_rate, shard_size, workers, part)
+    _check_options(codec, sample_rate, bitrate, shard_size, workers, part)
     layout = _Layout(part)
     out = Path(out_dir)
     entries = _slice(read_source(source, source_form, kaldi_pipes=kaldi_pipes), part)
@@ -156,7 +159,7 @@ def pack(
     reencoded = 0
     shards = _ShardSequence(out, layout, shard_size)
     bar = tqdm(total=len(entries), unit=" samples", desc=_describe(layout), disable=not progress)
-    results = _encode_all(entries, codec, sample_rate, workers)
+    results = _encode_all(entries, codec, sample_rate, bitrate, workers)
     try:
         for result in results:
             bar.update()
@@ -246,13 +249,20 @@ def merge(out_dir: str | os.PathLike) -> DatasetIndex:
     return merged
 
 
-def _check_options(codec: str, sample_rate: int | None, shard_size: int, workers: int, part: tuple[int, int] | None) -> None:
+def _check_options(
+    codec: str, sample_rate: int | None, bitrate: int | None, shard_size: int, workers: int, part: tuple[int, int] | None
+) -> None:
     if codec not in PACK_CODECS:
         raise PackError(f"unknown codec {codec!r}; expected one of {', '.join(PACK_CODECS)}")
     if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0):
         raise PackError(f"sample rate must be a positive integer or None (keep), not {sample_rate!r}")
     if codec == "opus" and sample_rate not in OPUS_RATES:
         raise PackError(f"opus needs a sample rate of {', '.join(map(str, OPUS_RATES))} Hz, not {sample_rate}")
+    if bitrate is not None:
+        if codec != "opus":
+            raise PackError(f"a bitrate applies to --codec opus only, not {codec}")
+        if isinstance(bitrate, bool) or not isinstance(bitrate, int) or not OPUS_BITRATES[0] <= bitrate <= OPUS_BITRATES[1]:
+            raise PackError(f"opus bitrate must be {OPUS_BITRATES[0]} to {OPUS_BITRATES[1]} bit/s, not {bitrate!r}")
     if not isinstance(shard_size, int) or shard_size <= 0:
         raise PackError(f"shard size must be a positive number of bytes, not {shard_size!r}")
     if not isinstance(workers, int) or workers < 1:
@@ -349,9 +359,11 @@ class _ShardSequence:
         self._shard_seconds = []
 
 
-def _encode_all(entries: list[Entry], codec: str, sample_rate: int | None, workers: int) -> Iterator[_Encoded | Reject]:
+def _encode_all(
+    entries: list[Entry], codec: str, sample_rate: int | None, bitrate: int | None, workers: int
+) -> Iterator[_Encoded | Reject]:
     """Encoded samples (or rejects) in source order, from ``workers`` processes."""
-    jobs = [(entry, codec, sample_rate) for entry in entries]
+    jobs = [(entry, codec, sample_rate, bitrate) for entry in entries]
     if workers == 1:
         yield from map(_encode_job, jobs)
         return
@@ -368,17 +380,17 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # one process per core; resampling threads would oversubscribe
 
 
-def _encode_job(job: tuple[Entry, str, int | None]) -> _Encoded | Reject:
-    entry, codec, sample_rate = job
+def _encode_job(job: tuple[Entry, str, int | None, int | None]) -> _Encoded | Reject:
+    entry, codec, sample_rate, bitrate = job
     if isinstance(entry, Reject):
         return entry
     try:
-        return _encode_item(entry, codec, sample_rate)
+        return _encode_item(entry, codec, sample_rate, bitrate)
     except AudioError as error:
         return Reject(entry.origin, entry.key, f"{entry.location}: {error}")
 
 
-def _encode_item(item: SourceItem, codec: str, sample_rate: int | None) -> _Encoded:
+def _encode_item(item: SourceItem, codec: str, sample_rate: int | None, bitrate: int | None = None) -> _Encoded:
     source = _piped_audio(item.audio) if item.piped else item.audio
     info = probe(source)
     start = round(item.start * info.sample_rate) if item.start is not None else 0
@@ -397,7 +409,7 @@ def _encode_item(item: SourceItem, codec: str, sample_rate: int | None) -> _Enco
     else:
         reencoded = codec == "copy"
         waveform = resample(waveform, rate, target)
-        audio, ext = encode(waveform, target, "flac" if codec == "copy" else codec)
+        audio, ext = encode(waveform, target, "flac" if codec == "copy" else codec, bitrate=bitrate)
         frames = len(waveform)
     meta = {**item.fields, "text": item.text, "seconds": round(frames / target, 6), "sample_rate": target}
     if item.start is not None:
