@@ -144,14 +144,20 @@ def test_bad_recipe_values_are_named(data, tmp_path, override, message):
     assert "Traceback" not in result.stderr
 
 
+def two_processes(*args, inject=()):
+    """``streamtrain ARGS`` under ``accelerate launch`` with 2 CPU processes (gloo)."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), str(INJECT), *inject, "--", *args]
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def test_two_processes_then_one_stays_exactly_once(data, tmp_path):
     run = tmp_path / "ddp"
     recipe = micro_recipe(run, *data, train={"max_steps": 6, "checkpoint_every": 3})
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), "-m", "streamtrain", "train", str(recipe)]
-    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    two_processes("train", str(recipe))
     trainer = json.loads((run / "checkpoints" / "step-00000006" / "trainer.json").read_text())
     assert trainer["world_size"] == 2
     assert sorted(p.name for p in (run / AUDIT_DIR).iterdir()) == [
@@ -196,3 +202,24 @@ def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypothese
     lines = (model_dir / "eval-validation.jsonl").read_text().splitlines()
     assert len(lines) == 12
     assert set(json.loads(lines[0])) == {"key", "reference", "hypothesis", "word_errors", "char_errors"}
+
+
+def test_out_of_memory_on_one_rank_backs_off_there_only_and_keeps_ranks_in_step(data, tmp_path):
+    """Rank 0 runs each step in 4 micro-batches (3 without gradient sync), rank 1 in one:
+    both still meet at exactly one all-reduce per step, so nothing hangs and the result
+    is the undisturbed run's, up to the summation order of rank 0's gradients. (Dropout and
+    SpecAugment are off: micro-batches draw their random masks in other shapes.)"""
+    def recipe(run):
+        deterministic = micro_recipe(run, *data, train={"max_steps": 6, "checkpoint_every": 6})
+        return str(deterministic), "features.specaugment=null", "model.whisper.dropout=0.0"
+
+    plain, backed_off = tmp_path / "plain", tmp_path / "oom"
+    two_processes("train", *recipe(plain))
+    result = two_processes("train", *recipe(backed_off), inject=["--oom-above", "3", "--oom-rank", "0"])
+    assert result.stderr.count("retrying the same batch in 2 pieces") == 1
+    assert result.stderr.count("retrying the same batch in 4 pieces") == 1
+    expected, parameters = final_parameters(plain), final_parameters(backed_off)
+    assert expected.keys() == parameters.keys()
+    for name in expected:
+        torch.testing.assert_close(parameters[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+
