@@ -29,6 +29,8 @@ def summarize(dataset_dir: str | os.PathLike) -> dict[str, Any]:
         "bytes": index.bytes,
         "codec": index.codec,
         "sample_rate": index.sample_rate,
+        "bitrate": index.bitrate,
+        "kbit_per_second": round(index.bytes * 8 / index.seconds / 1000, 3) if index.seconds else 0.0,
         "mean_seconds": round(index.seconds / index.samples, 6) if index.samples else 0.0,
         "max_seconds": index.max_seconds,
         "rejected": index.rejected,
@@ -44,6 +46,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("audio", f"{summary['hours']:.3f} h (mean {summary['mean_seconds']:.2f} s, max {summary['max_seconds']:.2f} s)"),
         ("shards", f"{summary['shards']}, {summary['bytes'] / 1e6:.2f} MB"),
         ("codec", f"{summary['codec']}, {rate}"),
+        ("bitrate", f"{summary['kbit_per_second']:.1f} kbit/s stored, tar headers included"
+                    + ("" if summary["bitrate"] is None else f" (encoder target {summary['bitrate'] / 1000:g} kbit/s)")),
         ("rejected", f"{summary['rejected']}"),
     ]
     return "\n".join(f"{name:<9} {value}" for name, value in lines)

@@ -144,3 +144,6 @@ def test_bitrate_reaches_the_packer(tmp_path: Path, capsys):
     assert main(["pack", str(corpus.source), str(tmp_path / "opus"), "--codec", "opus", "--bitrate", "24k",
                  "--no-progress"]) == 0
     assert load_index(tmp_path / "opus").codec == "opus"
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "opus")]) == 0
+    assert "(encoder target 24 kbit/s)" in capsys.readouterr().out

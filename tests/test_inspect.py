@@ -44,6 +44,9 @@ def test_summarize(packed: Path):
     assert (summary["codec"], summary["sample_rate"], summary["rejected"]) == ("flac", 16000, 0)
     text = format_summary(summary)
     assert "samples   8" in text and "flac, 16000 Hz" in text
+    kbit_per_second = summary["bytes"] * 8 / (summary["hours"] * 3600) / 1000
+    assert summary["kbit_per_second"] == pytest.approx(kbit_per_second, rel=1e-4) and summary["bitrate"] is None
+    assert f"bitrate   {kbit_per_second:.1f} kbit/s stored, tar headers included\n" in text
 
 
 def test_a_good_dataset_verifies(packed: Path):

@@ -358,6 +358,19 @@ def test_merge_refuses_missing_parts_and_duplicate_keys(tmp_path: Path):
         merge(tmp_path / "src")
 
 
+def test_merge_refuses_parts_encoded_differently_and_keeps_the_bitrate(tmp_path: Path):
+    corpus = write_jsonl(tmp_path / "src", UTTS[:4])
+    out = tmp_path / "out"
+    pack(corpus.source, out, part=(0, 2), codec="opus", bitrate=24000, progress=False)
+    pack(corpus.source, out, part=(1, 2), codec="opus", bitrate=32000, progress=False)
+    with pytest.raises(PackError, match=r"index\.part-0001-of-0002\.json: codec opus at 32000 bit/s, 16000 Hz "
+                                        r"differs from part 0's codec opus at 24000 bit/s, 16000 Hz"):
+        merge(out)
+    pack(corpus.source, out, part=(1, 2), codec="opus", bitrate=24000, progress=False, overwrite=True)
+    assert merge(out).bitrate == 24000
+    assert load_index(out).bitrate == 24000
+
+
 def test_part_files_are_refused_unless_overwrite(tmp_path: Path):
     corpus = write_jsonl(tmp_path / "src", UTTS[:4])
     out = tmp_path / "out"

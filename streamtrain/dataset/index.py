@@ -41,6 +41,8 @@ class DatasetIndex:
     shards: list[ShardInfo] = field(default_factory=list)
     rejected: int = 0
     created_by: str = ""
+    #: The opus encoder's target (bit/s) when packed with --bitrate; None: the encoder's default.
+    bitrate: int | None = None
     #: Set for a sidecar column (cached features, pseudo-labels): its name and
     #: the fingerprint of what produced it; its shards align with a base dataset's.
     column: dict | None = None
@@ -69,6 +71,7 @@ class DatasetIndex:
             "format_version": self.format_version,
             "codec": self.codec,
             "sample_rate": self.sample_rate,
+            **({"bitrate": self.bitrate} if self.bitrate is not None else {}),
             "created_by": self.created_by,
             **({"column": self.column} if self.column is not None else {}),
             "totals": {
@@ -98,6 +101,7 @@ class DatasetIndex:
                 shards=shards,
                 rejected=data.get("totals", {}).get("rejected", 0),
                 created_by=data.get("created_by", ""),
+                bitrate=data.get("bitrate"),
                 column=data.get("column"),
             )
         except (KeyError, TypeError) as error:

@@ -181,7 +181,8 @@ def pack(
 
     if rejects:
         _write_atomic(out / layout.rejects_name, "".join(_reject_line(r) for r in rejects))
-    index = DatasetIndex(codec=codec, sample_rate=sample_rate, shards=infos, rejected=len(rejects), created_by=_created_by())
+    index = DatasetIndex(codec=codec, sample_rate=sample_rate, shards=infos, rejected=len(rejects),
+                         created_by=_created_by(), bitrate=bitrate)
     _guard_write(out / layout.index_name, lambda: index.save(out / layout.index_name))
     return PackSummary(
         out_dir=str(out),
@@ -199,7 +200,7 @@ def pack(
 def merge(out_dir: str | os.PathLike) -> DatasetIndex:
     """Join the part indexes in ``out_dir`` into ``index.json`` and remove them.
 
-    Checks that all n parts are there, that they agree on codec and sample rate,
+    Checks that all n parts are there, that they agree on codec, sample rate and bitrate,
     and that no key is in two shards (read from the tar headers). Part rejects
     files are joined into ``rejects.jsonl``.
     """
@@ -226,16 +227,16 @@ def merge(out_dir: str | os.PathLike) -> DatasetIndex:
     layouts = [_Layout((i, n)) for i in range(n)]
     indexes = [load_index(found[i]) for i in range(n)]
     for layout, index in zip(layouts, indexes):
-        if (index.codec, index.sample_rate) != (indexes[0].codec, indexes[0].sample_rate):
+        if _encoding(index) != _encoding(indexes[0]):
             raise PackError(
-                f"{out / layout.index_name}: codec {index.codec} at {index.sample_rate} Hz differs from "
-                f"part 0's {indexes[0].codec} at {indexes[0].sample_rate} Hz"
+                f"{out / layout.index_name}: {_encoding(index)} differs from part 0's {_encoding(indexes[0])}"
             )
     _check_unique_keys(out, [shard for index in indexes for shard in index.shards])
 
     merged = DatasetIndex(
         codec=indexes[0].codec,
         sample_rate=indexes[0].sample_rate,
+        bitrate=indexes[0].bitrate,
         shards=[shard for index in indexes for shard in index.shards],
         rejected=sum(index.rejected for index in indexes),
         created_by=indexes[0].created_by,
@@ -247,6 +248,13 @@ def merge(out_dir: str | os.PathLike) -> DatasetIndex:
     for path in [*found.values(), *reject_files]:
         path.unlink()
     return merged
+
+
+def _encoding(index: DatasetIndex) -> str:
+    """How a part was encoded, in words: what the parts of one dataset must share."""
+    rate = "kept rates" if index.sample_rate is None else f"{index.sample_rate} Hz"
+    target = "" if index.bitrate is None else f" at {index.bitrate} bit/s"
+    return f"codec {index.codec}{target}, {rate}"
 
 
 def _check_options(
