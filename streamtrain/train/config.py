@@ -230,6 +230,11 @@ def validate(recipe: Recipe) -> None:
     for key, value in positive.items():
         if not value > 0:
             raise RecipeError(f"{key}: must be > 0, got {value!r}")
+    if recipe.features.name != "whisper_log_mel":
+        raise RecipeError(
+            f"features.name: the trainer's Whisper models take whisper_log_mel features (mels x fixed frames), "
+            f"not {recipe.features.name!r}; kaldi_fbank is for `streamtrain featurize` and `stats`"
+        )
     if recipe.data.batch_size is None and recipe.data.batch_seconds is None:
         raise RecipeError("data: set batch_size or batch_seconds")
     if recipe.eval.every < 0:

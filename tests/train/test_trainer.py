@@ -135,6 +135,7 @@ def test_a_damaged_checkpoint_is_skipped_with_a_warning(data, uninterrupted, tmp
         ("train.max_steps=many", "train.max_steps: expected int"),
         ("train.mixed_precision=fp8", "train.mixed_precision: 'fp8' is not one of"),
         ("optim.lr=0", "optim.lr: must be > 0"),
+        ("features.name=kaldi_fbank", "features.name: the trainer's Whisper models take whisper_log_mel features"),
     ],
 )
 def test_bad_recipe_values_are_named(data, tmp_path, override, message):
