@@ -110,8 +110,7 @@ def quantize16(waveform: np.ndarray) -> np.ndarray:
 def encode(waveform: np.ndarray, sample_rate: int, codec: str, bitrate: int | None = None) -> tuple[bytes, str]:
     """Encode a mono float32 waveform; returns (bytes, member extension).
 
-    ``bitrate`` (opus only, bit/s) becomes libsndfile's compression level, which
-    its opus encoder maps linearly onto ``OPUS_BITRATES`` (0 = highest).
+    ``bitrate`` (bit/s) sets the opus encoder's target; other codecs take none.
     """
     if codec not in CODECS:
         raise AudioError(f"unknown codec {codec!r}; expected one of {sorted(CODECS)}")
@@ -120,10 +119,9 @@ def encode(waveform: np.ndarray, sample_rate: int, codec: str, bitrate: int | No
         raise AudioError(f"opus cannot store {sample_rate} Hz audio; use one of {OPUS_RATES}")
     level = None
     if bitrate is not None:
-        low, high = OPUS_BITRATES
-        if codec != "opus" or not low <= bitrate <= high:
-            raise AudioError(f"a bitrate needs opus and {low} to {high} bit/s, not {codec} at {bitrate}")
-        level = (high - bitrate) / (high - low)
+        if codec != "opus":
+            raise AudioError(f"a bitrate applies to opus only, not {codec}")
+        level = opus_compression_level(bitrate)
     buffer = io.BytesIO()
     data = quantize16(waveform) if subtype == "PCM_16" else waveform
     try:
@@ -131,6 +129,15 @@ def encode(waveform: np.ndarray, sample_rate: int, codec: str, bitrate: int | No
     except Exception as error:
         raise AudioError(f"cannot encode {codec} audio: {error}") from error
     return buffer.getvalue(), ext
+
+
+def opus_compression_level(bitrate: int) -> float:
+    """libsndfile's compression level for an opus target of ``bitrate`` bit/s: its
+    opus encoder maps the level linearly onto ``OPUS_BITRATES`` (0 = highest)."""
+    low, high = OPUS_BITRATES
+    if isinstance(bitrate, bool) or not isinstance(bitrate, int) or not low <= bitrate <= high:
+        raise AudioError(f"opus bitrate must be {low} to {high} bit/s, not {bitrate!r}")
+    return (high - bitrate) / (high - low)
 
 
 def _as_file(source: str | bytes):

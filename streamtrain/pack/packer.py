@@ -24,7 +24,17 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from streamtrain.audio import AUDIO_EXTENSIONS, CODECS, OPUS_BITRATES, OPUS_RATES, AudioError, decode, encode, probe, resample
+from streamtrain.audio import (
+    AUDIO_EXTENSIONS,
+    CODECS,
+    OPUS_RATES,
+    AudioError,
+    decode,
+    encode,
+    opus_compression_level,
+    probe,
+    resample,
+)
 from streamtrain.dataset.index import INDEX_NAME, DatasetIndex, ShardInfo, load_index
 from streamtrain.dataset.shard import ShardWriter, list_shard_keys
 from streamtrain.pack.sources import Entry, Reject, SourceError, SourceItem, read_source
@@ -269,8 +279,10 @@ def _check_options(
     if bitrate is not None:
         if codec != "opus":
             raise PackError(f"a bitrate applies to --codec opus only, not {codec}")
-        if isinstance(bitrate, bool) or not isinstance(bitrate, int) or not OPUS_BITRATES[0] <= bitrate <= OPUS_BITRATES[1]:
-            raise PackError(f"opus bitrate must be {OPUS_BITRATES[0]} to {OPUS_BITRATES[1]} bit/s, not {bitrate!r}")
+        try:
+            opus_compression_level(bitrate)
+        except AudioError as error:
+            raise PackError(str(error)) from None
     if not isinstance(shard_size, int) or shard_size <= 0:
         raise PackError(f"shard size must be a positive number of bytes, not {shard_size!r}")
     if not isinstance(workers, int) or workers < 1:
@@ -398,7 +410,7 @@ def _encode_job(job: tuple[Entry, str, int | None, int | None]) -> _Encoded | Re
         return Reject(entry.origin, entry.key, f"{entry.location}: {error}")
 
 
-def _encode_item(item: SourceItem, codec: str, sample_rate: int | None, bitrate: int | None = None) -> _Encoded:
+def _encode_item(item: SourceItem, codec: str, sample_rate: int | None, bitrate: int | None) -> _Encoded:
     source = _piped_audio(item.audio) if item.piped else item.audio
     info = probe(source)
     start = round(item.start * info.sample_rate) if item.start is not None else 0

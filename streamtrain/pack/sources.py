@@ -91,7 +91,7 @@ def read_source(source: str | os.PathLike, form: str | None = None, *, kaldi_pip
     (refused otherwise: a data file's commands run only when asked for).
     """
     form = form or detect_form(source)
-    if form not in _READERS:
+    if form not in FORMS:
         raise SourceError(f"unknown source form {form!r}; expected one of {', '.join(FORMS)}")
     path = Path(source)
     if not path.exists():
@@ -258,7 +258,7 @@ def _kaldi_table(path: Path) -> dict[str, tuple[str, str]]:
     return table
 
 
-def _read_kaldi(root: Path, pipes: bool = False) -> Iterator[Entry]:
+def _read_kaldi(root: Path, pipes: bool) -> Iterator[Entry]:
     """``wav.scp`` + ``text``; ``segments`` and ``utt2spk`` when present.
 
     Relative paths in wav.scp are taken relative to the data dir. Piped entries
@@ -332,10 +332,10 @@ def _parse_segment(rest: str) -> tuple[str, float, float | None] | str:
     return parts[0], start, end
 
 
+#: The forms read from their path alone; "kaldi" also takes the pipes option (``_read_kaldi``).
 _READERS: dict[str, Callable[[Path], Iterator[Entry]]] = {
     "jsonl": _read_jsonl,
     "csv": _read_csv,
     "folder": _read_folder,
     "librispeech": _read_librispeech,
-    "kaldi": _read_kaldi,
 }
