@@ -1,4 +1,4 @@
-"""Tiny training runs for tests and benchmarks: spoken-digit datasets and a micro recipe.
+"""Tiny training runs for tests and benchmarks: spoken-digit datasets, a micro recipe, multi-process launches.
 
 A run of the micro recipe takes seconds on a CPU, uses every part of the real
 trainer (loader workers, featurizer, SpecAugment, dropout, checkpoints) and is
@@ -7,6 +7,7 @@ deterministic, so tests can compare parameters bit for bit.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import yaml
 
 from streamtrain.pack.packer import pack
 from streamtrain.testing.corpus import utterances, write_corpus
+from streamtrain.testing.servers import free_port
 
 DIGITS_TOKENIZER = Path(__file__).resolve().parents[2] / "recipes" / "tokenizers" / "digits"
 
@@ -74,3 +76,14 @@ def random_whisper(out_dir: str | Path, decoder_layers: int = 4, seed: int = 0, 
         "features": {"name": "whisper_log_mel", "params": {"n_mels": 40, "chunk_seconds": 4}},
         "prompt": ["<|startoftranscript|>"], "eos_token": "<|endoftext|>", "max_target_tokens": 12}))
     return out
+
+
+def accelerate_launch(processes: int, *command: str) -> list[str]:
+    """The command line that runs ``python COMMAND...`` in ``processes`` CPU processes (gloo).
+
+    ``--multi_gpu``, not ``--cpu``: with ``--cpu`` accelerate starts a single process.
+    A free port per launch keeps concurrent or back-to-back launches apart.
+    """
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(free_port()), *command]

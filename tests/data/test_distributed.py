@@ -1,4 +1,4 @@
-"""Real multi-process runs: ``accelerate launch --num_processes 2 --cpu`` with gloo."""
+"""Real multi-process runs: ``accelerate launch --multi_gpu --num_processes 2`` on the CPU, with gloo."""
 
 import collections
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from streamtrain.testing.datasets import write_dataset
-from streamtrain.testing.servers import free_port
+from streamtrain.testing.runs import accelerate_launch
 
 SCRIPT = Path(__file__).with_name("distributed_epoch.py")
 SIZES = [7, 6, 8, 5]
@@ -21,10 +21,7 @@ def launch(processes, *args):
     if processes == 1:
         command = [sys.executable, str(SCRIPT), *args]
     else:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu",
-                   "--main_process_port", str(free_port()),
-                   str(SCRIPT), *args]
+        command = accelerate_launch(processes, str(SCRIPT), *args)
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         pytest.fail(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")

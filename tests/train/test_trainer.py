@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from streamtrain.testing.runs import digit_dataset, micro_recipe
-from streamtrain.testing.servers import free_port
+from streamtrain.testing.runs import accelerate_launch, digit_dataset, micro_recipe
 from streamtrain.train.audit import AUDIT_DIR
 
 INJECT = Path(__file__).with_name("inject.py")
@@ -147,9 +146,7 @@ def test_bad_recipe_values_are_named(data, tmp_path, override, message):
 
 def two_processes(*args, inject=()):
     """``streamtrain ARGS`` under ``accelerate launch`` with 2 CPU processes (gloo)."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), str(INJECT), *inject, "--", *args]
+    command = accelerate_launch(2, str(INJECT), *inject, "--", *args)
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     return result
