@@ -19,6 +19,7 @@ from types import ModuleType
 COMMANDS: dict[str, tuple[str, str]] = {
     "pack": ("streamtrain.pack.command", "pack a manifest, folder, LibriSpeech or Kaldi dir into tar shards"),
     "inspect": ("streamtrain.inspect", "summarize a packed dataset, or verify every shard"),
+    "index": ("streamtrain.dataset.index_command", "index maintenance: upgrade a format 1 index.json to format 2"),
     "featurize": ("streamtrain.features.featurize_command", "cache features as a fingerprinted sidecar column"),
     "stats": ("streamtrain.features.stats_command", "global CMVN statistics of a featurizer's output"),
     "train": ("streamtrain.train.train_command", "train from a recipe, resuming automatically"),
