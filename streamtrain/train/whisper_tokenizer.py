@@ -4,20 +4,44 @@ The pipeline turns generated ids into text with ``tokenizer._decode_asr``, which
 only ``WhisperTokenizer`` has, and that class rebuilds a byte-level BPE (GPT-2's
 pre-tokenizer, no unknown token) from a vocabulary and merges whenever it loads,
 whatever ``tokenizer.json`` says. So a model folder the pipeline reads must hold
-its vocabulary as byte-level BPE: ``as_whisper_tokenizer`` turns a recipe's
-tokenizer into one. A word-level vocabulary (the bundled digits tokenizer)
-becomes a BPE in which each word, with the space before it, is built by merges
-from its letters: the words and special tokens keep their ids, the letters and
-partial words needed for the merges take ids after them, where no id the model
-emits reaches. Every id decodes to the same text, and words of the vocabulary
-separated by single spaces encode to the same ids (other text may encode to
-those extra ids, where the word-level tokenizer gave its unknown token).
+its vocabulary as byte-level BPE:
+
+- ``published_tokenizer``: Whisper's own vocabularies, built from openai-whisper's
+  tiktoken files with the special tokens in the published order, so the ids are
+  those of the openai/whisper-* checkpoints.
+- ``as_whisper_tokenizer``: a recipe's tokenizer. A word-level vocabulary (the
+  bundled digits tokenizer) becomes a BPE in which each word, with the space
+  before it, is built by merges from its letters: the words and special tokens
+  keep their ids, the letters and partial words needed for the merges take ids
+  after them, where no id the model emits reaches. Every id decodes to the same
+  text, and words of the vocabulary separated by single spaces encode to the
+  same ids (other text may encode to those extra ids, where the word-level
+  tokenizer gave its unknown token).
 """
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+
 from transformers import AddedToken, PreTrainedTokenizerBase, WhisperTokenizer
-from transformers.convert_slow_tokenizer import bytes_to_unicode
+from transformers.convert_slow_tokenizer import TikTokenConverter, bytes_to_unicode
+from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+#: How to get openai-whisper's tokenizer files (``scripts/setup.sh`` runs it).
+OPENAI_WHISPER_INSTALL = "pip install --no-deps openai-whisper==20250625 tiktoken==0.14.0"
+
+#: Whisper's vocabularies: name -> (openai-whisper's tiktoken file, number of language tokens).
+VOCABULARIES = {
+    "english": ("gpt2", 99),  # the .en models
+    "multilingual": ("multilingual", 99),
+    "multilingual-v3": ("multilingual", 100),  # large-v3 and turbo: <|yue|> added
+}
+
+#: Timestamp tokens, 0.00 to 30.00 s: plain added tokens (not special), as published,
+#: because the pipeline reads every id above <|notimestamps|> that is not special as a time.
+TIMESTAMPS = [f"<|{i * 0.02:.2f}|>" for i in range(1501)]
 
 #: Tokens the pipeline's decoding looks up: ids above <|notimestamps|> are read as times,
 #: and what precedes <|startofprev|> is dropped as a prompt.
@@ -25,7 +49,38 @@ PIPELINE_TOKENS = ["<|notimestamps|>", "<|startofprev|>"]
 
 
 class WhisperTokenizerError(ValueError):
-    """A tokenizer with no WhisperTokenizer of the same ids and texts."""
+    """No WhisperTokenizer for this: a tokenizer with no equivalent one, or openai-whisper's files missing."""
+
+
+def language_tokens(num_languages: int) -> list[str]:
+    """<|en|>, <|zh|>, ...: the first ``num_languages`` of Whisper's languages, in their order."""
+    return [f"<|{code}|>" for code in list(LANGUAGES)[:num_languages]]
+
+
+def whisper_special_tokens(num_languages: int) -> list[str]:
+    """Whisper's special tokens in the order their ids follow the text tokens (openai-whisper's ``get_encoding``)."""
+    return ["<|endoftext|>", "<|startoftranscript|>", *language_tokens(num_languages), "<|translate|>",
+            "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+
+
+def openai_whisper_asset(name: str) -> Path:
+    """The path of openai-whisper's ``assets/<name>.tiktoken``, found without importing the package
+    (installed with ``--no-deps``, its ``__init__`` would need numba)."""
+    spec = importlib.util.find_spec("whisper")
+    path = Path(spec.origin).parent / "assets" / f"{name}.tiktoken" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise WhisperTokenizerError(f"openai-whisper's {name}.tiktoken is not installed: {OPENAI_WHISPER_INSTALL}")
+    return path
+
+
+def published_tokenizer(vocabulary: str) -> WhisperTokenizer:
+    """The tokenizer of the openai/whisper-* checkpoints of ``vocabulary`` (a key of VOCABULARIES)."""
+    asset, num_languages = VOCABULARIES[vocabulary]
+    path = str(openai_whisper_asset(asset))
+    vocab, merges = TikTokenConverter(vocab_file=path).extract_vocab_merges_from_model(path)
+    roles = dict.fromkeys(("unk_token", "bos_token", "eos_token", "pad_token"), "<|endoftext|>")
+    return _whisper_tokenizer(vocab, merges, whisper_special_tokens(num_languages), roles, add_prefix_space=False,
+                              plain=TIMESTAMPS)
 
 
 def as_whisper_tokenizer(tokenizer: PreTrainedTokenizerBase) -> WhisperTokenizer:
@@ -54,13 +109,15 @@ def as_whisper_tokenizer(tokenizer: PreTrainedTokenizerBase) -> WhisperTokenizer
 
 def _whisper_tokenizer(
     vocab: dict[str, int], merges: list[tuple[str, str]], special: list[str], roles: dict, add_prefix_space: bool,
+    plain: Sequence[str] = (),
 ) -> WhisperTokenizer:
-    """A WhisperTokenizer over ``vocab`` and ``merges``; the ``special`` added tokens keep their ids
-    in ``vocab``, or take the next ones in their order."""
-    tokenizer = WhisperTokenizer(vocab=_with_ids(vocab, special), merges=merges,
+    """A WhisperTokenizer over ``vocab`` and ``merges``; the ``special`` and ``plain`` added tokens
+    keep their ids in ``vocab``, or take the next ones in their order."""
+    tokenizer = WhisperTokenizer(vocab=_with_ids(vocab, [*special, *plain]), merges=merges,
                                  add_prefix_space=add_prefix_space, **roles)
     tokenizer.add_special_tokens({"additional_special_tokens": [
         AddedToken(token, normalized=False, special=True) for token in special if token not in roles.values()]})
+    tokenizer.add_tokens([AddedToken(token, normalized=False, special=False) for token in plain])
     return tokenizer
 
 
