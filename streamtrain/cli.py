@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stats": ("streamtrain.features.stats_command", "global CMVN statistics of a featurizer's output"),
     "train": ("streamtrain.train.train_command", "train from a recipe, resuming automatically"),
     "eval": ("streamtrain.train.eval_command", "WER/CER and per-utterance hypotheses of a model on a dataset"),
+    "init-model": ("streamtrain.train.init_model_command", "a randomly initialised Whisper of a published architecture"),
     "audit": ("streamtrain.train.audit_command", "check exactly-once delivery on a finished or killed run"),
     "label": ("streamtrain.distill.label_command", "pseudo-label a dataset with a teacher, once"),
     "make-student": ("streamtrain.distill.student_command", "initialize a smaller student from a teacher"),

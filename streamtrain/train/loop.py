@@ -8,7 +8,6 @@ clip -> step -> log -> maybe evaluate -> maybe checkpoint.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import shutil
@@ -39,7 +38,6 @@ from streamtrain.train.plot import plot_history
 log = logging.getLogger("streamtrain.train")
 
 MODEL_DIR = "model"
-STREAMTRAIN_MODEL_CONFIG = "streamtrain.json"
 
 
 @dataclass
@@ -346,24 +344,12 @@ def lr_factor(recipe: Recipe):
 
 
 def save_model(accelerator, model, tokenizer, featurizer, recipe: Recipe, out: Path) -> None:
-    """Hugging Face format (model, tokenizer, feature extractor) plus streamtrain's featurizer and prompt."""
-    from transformers import WhisperFeatureExtractor
+    """Hugging Face format that transformers' ASR pipeline reads as streamtrain does (see train/export.py)."""
+    from streamtrain.train.export import export_model
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        accelerator.unwrap_model(model).save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        WhisperFeatureExtractor(
-            feature_size=featurizer.n_mels, sampling_rate=featurizer.sample_rate, hop_length=featurizer.hop_length,
-            chunk_length=featurizer.chunk_seconds, n_fft=featurizer.n_fft,
-        ).save_pretrained(out)
-        (out / STREAMTRAIN_MODEL_CONFIG).write_text(json.dumps({
-            "features": {"name": recipe.features.name, "params": featurizer.config()},
-            "prompt": recipe.model.prompt,
-            "eos_token": recipe.model.eos_token,
-            "max_target_tokens": recipe.model.max_target_tokens,
-        }, indent=1))
+        export_model(accelerator.unwrap_model(model), tokenizer, featurizer, recipe, out)
         accelerator.print(f"model saved to {out}")
     accelerator.wait_for_everyone()
 
