@@ -147,3 +147,16 @@ def test_bitrate_reaches_the_packer(tmp_path: Path, capsys):
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "opus")]) == 0
     assert "(encoder target 24 kbit/s)" in capsys.readouterr().out
+
+
+def test_a_full_disk_is_a_one_line_error_that_leaves_nothing_behind(tmp_path: Path):
+    """A real fault: pack runs with a 150 kB file-size limit (RLIMIT_FSIZE): the first shard cannot be written."""
+    corpus = write_jsonl(tmp_path / "src", utterances(12, seed=5))
+    script = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (150000, 150000))\n"
+              "from streamtrain.cli import main; sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", script, "pack", str(corpus.source), str(tmp_path / "out"),
+                             "--no-progress"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"streamtrain: error: cannot write {tmp_path / 'out' / 'shard-000000.tar.tmp'}: " \
+                                    "File too large"
+    assert list((tmp_path / "out").iterdir()) == []

@@ -194,3 +194,46 @@ def test_source_level_errors(tmp_path: Path):
 def test_stereo_and_other_formats_are_listed(tmp_path: Path):
     corpus = write_corpus("folder", tmp_path, UTTS[:2], AudioSpec(format="mp3", channels=2))
     assert {item.key for item in items(read_source(tmp_path))} == set(corpus.texts)
+
+
+LATIN1 = "caf\xe9 one two".encode("latin-1")  # a transcript saved in Latin-1, not UTF-8
+
+
+def test_non_utf8_transcripts_are_bad_items_naming_their_line_in_every_form(tmp_path: Path):
+    jsonl = write_jsonl(tmp_path / "jsonl", UTTS[:3])
+    lines = jsonl.source.read_bytes().splitlines()
+    lines[1] = lines[1].replace(UTTS[1].text.encode(), LATIN1)
+    jsonl.source.write_bytes(b"\n".join(lines) + b"\n")
+    assert [(r.origin, r.reason[:18]) for r in rejects(read_source(jsonl.source))] == [
+        (f"{jsonl.source} line 2", "not UTF-8 text (by")]
+
+    csv_corpus = write_corpus("csv", tmp_path / "csv", UTTS[:3])
+    text = csv_corpus.source.read_bytes().replace(UTTS[2].text.encode(), LATIN1)
+    csv_corpus.source.write_bytes(text)
+    assert [(r.origin, r.reason) for r in rejects(read_source(csv_corpus.source))] == [
+        (f"{csv_corpus.source} line 4", "column 'text' is not UTF-8 text")]
+
+    folder = write_corpus("folder", tmp_path / "folder", UTTS[:2])
+    transcript = sorted((tmp_path / "folder").rglob("*.txt"))[0]
+    transcript.write_bytes(LATIN1)
+    assert [r.origin for r in rejects(read_source(folder.source))] == [str(transcript)]
+
+    libri = write_corpus("librispeech", tmp_path / "libri", UTTS[:2])
+    trans = next((tmp_path / "libri").rglob("*.trans.txt"))
+    trans.write_bytes(trans.read_bytes().splitlines()[0] + b" " + LATIN1 + b"\n")
+    assert [r.origin for r in rejects(read_source(libri.source))] == [f"{trans} line 1"]
+
+    kaldi = write_kaldi(tmp_path / "kaldi", UTTS[:3])
+    text_file = tmp_path / "kaldi" / "text"
+    lines = text_file.read_bytes().splitlines()
+    lines[2] = lines[2] + b" " + LATIN1
+    text_file.write_bytes(b"\n".join(lines) + b"\n")
+    assert [r.origin for r in rejects(read_source(kaldi.source))] == [f"{text_file} line 3"]
+
+
+def test_a_utf8_bom_is_accepted_in_csv_and_jsonl(tmp_path: Path):
+    for form in ("csv", "jsonl"):
+        corpus = write_corpus(form, tmp_path / form, UTTS[:2])
+        corpus.source.write_bytes(b"\xef\xbb\xbf" + corpus.source.read_bytes())
+        entries = read_source(corpus.source)
+        assert rejects(entries) == [] and len(items(entries)) == 2

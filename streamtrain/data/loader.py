@@ -266,6 +266,15 @@ class StreamLoader:
             return
         stream = BatchStream(table, plan.batches, ShardReader(self.sources, self.columns, self.read_settings), tasks)
         produced = iter(stream if self.num_workers == 0 else self._data_loader(stream))
+        try:
+            yield from self._in_order(produced, expected)
+        finally:  # stop the workers now, by the DataLoader's own protocol (they ignore SIGTERM)
+            shutdown = getattr(produced, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+
+    def _in_order(self, produced: Iterator[Batch], expected: list[int]) -> Iterator[Batch]:
+        """The workers' batches in plan order, each recorded as delivered as it is yielded."""
         pending: dict[int, Batch] = {}
         for n, sequence in enumerate(expected):
             while sequence not in pending:

@@ -1,8 +1,9 @@
 """What a DataLoader worker does: read the shards its batches need, decode, collate.
 
 A worker receives its list of planned batches (sample ids) and produces them in
-order. It holds the compressed bytes of the shards that its current and coming
-batches use, and lets a shard go after the last batch that needs it.
+order. It keeps open (as files, see ``streamtrain.data.shards``) the shards that
+its current and coming batches use, and lets a shard go after the last batch
+that needs it.
 """
 
 from __future__ import annotations
@@ -10,107 +11,66 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from streamtrain.data.batch import Sample, SampleError, collate, decode_column, decode_sample
-from streamtrain.storage.cache import ShardCache
-from streamtrain.storage.remote import RetryPolicy, ShardReadError, read_url
+from streamtrain.data.shards import OpenShard, ReadSettings, ReadStats, ShardOpener
 from streamtrain.data.sources import DatasetSource, EpochTable
 from streamtrain.dataset.dataset import Dataset
-from streamtrain.dataset.shard import ShardError, ShardSample, read_shard
+from streamtrain.dataset.shard import ShardError
 from streamtrain.plan import BatchList
+from streamtrain.storage.remote import ShardReadError
 
 log = logging.getLogger("streamtrain.data")
 
 ON_BAD_SAMPLE = ("raise", "skip")
 
 
-@dataclass(frozen=True)
-class ReadSettings:
-    sample_rate: int = 16000
-    on_bad_sample: str = "raise"
-    cache_dir: str | None = None
-    cache_limit: int | None = None
-    storage_options: dict | None = None
-    retry: RetryPolicy = RetryPolicy()
-    verify_checksums: bool = True
+class ShardWithColumns:
+    """A dataset shard opened with the aligned shards of its sidecar columns (checked key by key)."""
 
+    def __init__(self, base: OpenShard, columns: list[tuple[str, OpenShard]]):
+        self.base = base
+        self.columns = columns
+        for _, column in columns:
+            if column.keys != base.keys:
+                first = next(i for i, (a, b) in enumerate(zip(column.keys, base.keys)) if a != b)
+                self.close()
+                raise ShardError(f"{column.origin}: sample {first} is {column.keys[first]!r}, "
+                                 f"the dataset's is {base.keys[first]!r}")
 
-@dataclass
-class ReadStats:
-    bytes_read: int = 0
-    cache_hits: int = 0
-    shards_read: int = 0
-    read_seconds: float = 0.0
-    decode_seconds: float = 0.0
-    skipped: list[str] = field(default_factory=list)  # "dataset/shard.tar#index: reason"
+    def sample(self, position: int) -> tuple[str, dict[str, bytes], dict[str, dict[str, bytes]]]:
+        return (self.base.keys[position], self.base.members(position),
+                {name: column.members(position) for name, column in self.columns})
 
-    def take(self) -> dict:
-        """The counts since the last call, as plain data for the batch."""
-        out = {
-            "bytes_read": self.bytes_read,
-            "cache_hits": self.cache_hits,
-            "shards_read": self.shards_read,
-            "read_seconds": self.read_seconds,
-            "decode_seconds": self.decode_seconds,
-            "skipped": self.skipped,
-        }
-        self.__init__()
-        return out
+    def close(self) -> None:
+        for shard in [self.base, *(column for _, column in self.columns)]:
+            shard.close()
 
 
 class ShardReader:
-    """Reads whole shards (local, remote, cached) and parses them into samples."""
+    """Opens shards (local, remote, cached) with their sidecar columns."""
 
     def __init__(self, sources: list[DatasetSource], columns: list[Dataset], settings: ReadSettings):
         self.sources = sources
         self.columns = columns  # sidecar columns of sources[0]
         self.settings = settings
-        self.cache = ShardCache(settings.cache_dir, settings.cache_limit) if settings.cache_dir else None
         self.stats = ReadStats()
+        self.opener = ShardOpener(settings, self.stats)
 
-    def read(self, source: int, shard: int) -> list[tuple[ShardSample, dict[str, dict]]]:
-        """The shard's samples, each with its sidecar columns' members (joined by key)."""
-        samples = self._parse(self.sources[source].dataset, shard)
-        joined: list[dict[str, dict]] = [{} for _ in samples]
-        for column in self.columns:
-            by_key = {s.key: s.members for s in self._parse(column, shard)}
-            name = column.index.column["name"]
-            for sample, columns in zip(samples, joined):
-                if sample.key not in by_key:
-                    raise ShardError(f"{column.shard_origin(shard)}: no sample {sample.key!r}")
-                columns[name] = by_key[sample.key]
-        return list(zip(samples, joined))
-
-    def _parse(self, dataset: Dataset, shard: int) -> list[ShardSample]:
-        info = dataset.index.shards[shard]
-        url = dataset.shard_url(shard)
-        started = time.perf_counter()
-        data = self.cache.get(url, info.bytes) if self.cache else None
-        if data is not None:
-            self.stats.cache_hits += 1
-        else:
-            data = read_url(
-                url,
-                info.bytes,
-                info.sha256 if self.settings.verify_checksums else None,
-                self.settings.storage_options,
-                self.settings.retry,
-            )
-            self.stats.bytes_read += len(data)
-            if self.cache:
-                self.cache.put(url, data)
-        self.stats.shards_read += 1
-        self.stats.read_seconds += time.perf_counter() - started
-        origin = dataset.shard_origin(shard)
-        samples = read_shard(data, origin=origin)
-        if len(samples) != info.samples:
-            raise ShardError(f"{origin}: has {len(samples)} samples, the index says {info.samples}")
-        return samples
+    def open(self, source: int, shard: int) -> ShardWithColumns:
+        base = self.opener.open(self.sources[source].dataset, shard)
+        columns = []
+        try:
+            for column in self.columns:
+                columns.append((column.index.column["name"], self.opener.open(column, shard)))
+        except BaseException:
+            ShardWithColumns(base, columns).close()
+            raise
+        return ShardWithColumns(base, columns)
 
 
 class BatchStream(IterableDataset):
@@ -134,7 +94,15 @@ class BatchStream(IterableDataset):
         mine = self.batches.take(indices)
         shard_of, index_in_shard = self.table.locate(mine.order)
         release_after = _release_schedule(shard_of, mine.sizes)
-        loaded: dict[int, list[tuple[ShardSample, dict]] | Exception] = {}
+        loaded: dict[int, ShardWithColumns | Exception] = {}
+        try:
+            yield from self._batches(mine, sequences, shard_of, index_in_shard, release_after, loaded)
+        finally:
+            for entry in loaded.values():
+                if isinstance(entry, ShardWithColumns):
+                    entry.close()
+
+    def _batches(self, mine, sequences, shard_of, index_in_shard, release_after, loaded):
         for t, sequence in enumerate(sequences.tolist()):
             first, end = int(mine.starts[t]), int(mine.starts[t] + mine.sizes[t])
             samples, skipped_ids = [], []
@@ -146,7 +114,9 @@ class BatchStream(IterableDataset):
                 else:
                     samples.append(sample)
             for s in release_after.get(t, ()):
-                loaded.pop(s, None)
+                entry = loaded.pop(s, None)
+                if isinstance(entry, ShardWithColumns):
+                    entry.close()
             batch = collate(samples, self.reader.settings.sample_rate)
             batch["sequence"] = sequence
             batch["skipped_ids"] = torch.tensor(skipped_ids, dtype=torch.int64)
@@ -159,7 +129,7 @@ class BatchStream(IterableDataset):
         skip = self.reader.settings.on_bad_sample == "skip"
         if shard not in loaded:
             try:
-                loaded[shard] = self.reader.read(source, source_shard)
+                loaded[shard] = self.reader.open(source, source_shard)
             except (ShardError, ShardReadError) as error:
                 if not skip:
                     raise
@@ -169,12 +139,12 @@ class BatchStream(IterableDataset):
         if isinstance(entry, Exception):
             self.reader.stats.skipped.append(f"{origin}#{index}: {entry}")
             return None
-        stored, columns = entry[index]
         started = time.perf_counter()
         try:
-            audio, meta = decode_sample(stored.key, stored.members, origin, self.reader.settings.sample_rate)
-            columns = {name: decode_column(stored.key, members, origin) for name, members in columns.items()}
-        except SampleError as error:
+            key, members, columns = entry.sample(index)
+            audio, meta = decode_sample(key, members, origin, self.reader.settings.sample_rate)
+            columns = {name: decode_column(key, members, origin) for name, members in columns.items()}
+        except (SampleError, ShardError) as error:
             if not skip:
                 raise
             log.warning("skipping bad sample: %s", error)
@@ -182,7 +152,7 @@ class BatchStream(IterableDataset):
             return None
         finally:
             self.reader.stats.decode_seconds += time.perf_counter() - started
-        return Sample(stored.key, gid, audio, meta, columns)
+        return Sample(key, gid, audio, meta, columns)
 
 
 def _release_schedule(shard_of: np.ndarray, sizes: np.ndarray) -> dict[int, list[int]]:
@@ -199,7 +169,10 @@ def _release_schedule(shard_of: np.ndarray, sizes: np.ndarray) -> dict[int, list
 
 
 def worker_init(_worker_id: int) -> None:
-    """One intra-op thread per worker (the workers are the parallelism); Ctrl-C is
-    the main process's to handle (it finishes the step and checkpoints)."""
+    """One intra-op thread per worker (the workers are the parallelism). SIGINT and
+    SIGTERM are the main process's to handle: a scheduler that preempts a job signals
+    its whole process group, and the main process then finishes the step (with its
+    workers' batches), checkpoints, and stops the workers itself."""
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -35,6 +36,7 @@ FORMAT_NAME = "streamtrain-shards"
 FORMAT_VERSION = 2
 LEGACY_VERSION = 1
 INDEX_NAME = "index.json"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SHARD_FIELDS = ("name", "samples", "seconds", "bytes", "sha256", "max_seconds")
 
 log = logging.getLogger("streamtrain.dataset")
@@ -225,8 +227,10 @@ class DatasetIndex:
             if isinstance(error, DatasetIndexError):
                 raise DatasetIndexError(f"{origin}: {error}") from None
             raise DatasetIndexError(f"{origin}: malformed index: {type(error).__name__}: {error}") from error
-        for name in shards.names:
+        for name, digest in zip(shards.names, shards.sha256):
             check_file_name(name, origin, "shard")
+            if not isinstance(digest, str) or not _SHA256.match(digest):
+                raise DatasetIndexError(f"{origin}: the sha256 of shard {name!r} is not a sha256 digest: {digest!r}")
         for column in columns.values():
             check_file_name(column.file, origin, "column file")
             if column.length != index.samples:

@@ -14,6 +14,7 @@ import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 #: A key is a plain name: WebDataset splits member names at the first dot, and
 #: keys become parts of file names, so dots and slashes are not allowed.
@@ -102,8 +103,13 @@ class ShardWriter:
         return self._hasher.bytes, self._hasher.sha256.hexdigest()
 
     def abort(self) -> None:
-        self._file.close()
-        self.tmp_path.unlink(missing_ok=True)
+        """Drop the partial shard; never raises for the file (a full disk also fails the final flush)."""
+        try:
+            self._file.close()
+        except OSError:
+            pass
+        finally:
+            self.tmp_path.unlink(missing_ok=True)
 
 
 def _member_info(key: str, ext: str, size: int) -> tarfile.TarInfo:
@@ -123,41 +129,51 @@ def split_member_name(name: str) -> tuple[str, str]:
     return key, ext
 
 
-def read_shard(data: bytes, origin: str) -> list[ShardSample]:
-    """Parse a whole shard held in memory into its samples, in stored order.
+#: A sample's members as (extension, data offset in the shard, size).
+MemberLayout = list[tuple[str, int, int]]
 
-    Raises ShardError naming ``origin`` when the tar is truncated or corrupt.
+
+def sample_layout(file: BinaryIO, origin: str) -> tuple[list[str], list[MemberLayout]]:
+    """Keys in stored order, and where each sample's members lie, from the tar headers alone.
+
+    Raises ShardError naming ``origin`` when the tar is corrupt or a member has no extension.
     """
-    samples: list[ShardSample] = []
+    keys: list[str] = []
+    layout: list[MemberLayout] = []
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        file.seek(0)
+        with tarfile.open(fileobj=file, mode="r:") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
                 key, ext = split_member_name(member.name)
                 if not ext:
                     raise ShardError(f"{origin}: member {member.name!r} has no extension")
-                payload = tar.extractfile(member).read()
-                if len(payload) != member.size:
-                    raise ShardError(f"{origin}: member {member.name!r} is truncated")
-                if samples and samples[-1].key == key:
-                    samples[-1].members[ext] = payload
-                else:
-                    samples.append(ShardSample(key, {ext: payload}))
+                if not keys or keys[-1] != key:
+                    keys.append(key)
+                    layout.append([])
+                layout[-1].append((ext, member.offset_data, member.size))
     except tarfile.TarError as error:
         raise ShardError(f"{origin}: corrupt or truncated tar: {error}") from error
+    return keys, layout
+
+
+def read_shard(data: bytes, origin: str) -> list[ShardSample]:
+    """Parse a whole shard held in memory into its samples, in stored order.
+
+    Raises ShardError naming ``origin`` when the tar is truncated or corrupt.
+    """
+    keys, layout = sample_layout(io.BytesIO(data), origin)
+    samples = []
+    for key, members in zip(keys, layout):
+        for ext, offset, size in members:
+            if offset + size > len(data):
+                raise ShardError(f"{origin}: member {key}.{ext} is truncated")
+        samples.append(ShardSample(key, {ext: data[offset : offset + size] for ext, offset, size in members}))
     return samples
 
 
 def list_shard_keys(path: str | os.PathLike) -> list[str]:
     """Keys of a local shard, read from its headers only."""
-    keys: list[str] = []
-    try:
-        with tarfile.open(path, mode="r:") as tar:
-            for member in tar:
-                key, _ = split_member_name(member.name)
-                if not keys or keys[-1] != key:
-                    keys.append(key)
-    except tarfile.TarError as error:
-        raise ShardError(f"{path}: corrupt or truncated tar: {error}") from error
-    return keys
+    with open(path, "rb") as file:
+        return sample_layout(file, str(path))[0]

@@ -16,6 +16,8 @@ from streamtrain.dataset.dataset import Dataset
 from streamtrain.distill.label import LABELS_COLUMN
 from streamtrain.distill.teacher import load_teacher
 from streamtrain.train.config import DistillConfig, RecipeError
+from streamtrain.train.model import IGNORE_INDEX
+from streamtrain.train.objective import CrossEntropy, Objective, cross_entropy_sum
 
 log = logging.getLogger("streamtrain.train")
 
@@ -32,26 +34,37 @@ def kl_divergence(student_logits, teacher_logits, mask, temperature: float) -> t
 
 @dataclass
 class Distillation:
-    teacher: torch.nn.Module
+    """The trainer's objective when distilling: targets are the teacher's pseudo-labels (those that
+    passed ``label --max-wer``), loss is alpha * CE + beta * T^2 * KL(teacher || student)."""
+
+    teacher: torch.nn.Module | None  # None: pseudo-labels with cross-entropy only (beta = 0)
     alpha: float
     beta: float
     temperature: float
 
-    def loss(self, cross_entropy, student_logits, features, decoder_inputs, mask) -> torch.Tensor:
-        """alpha * the student's summed cross-entropy + beta * the summed KL term, on the same tokens."""
+    def texts(self, batch) -> tuple[list[str], torch.Tensor]:
+        column = batch["columns"][LABELS_COLUMN]
+        return [s["json"]["text"] for s in column], torch.tensor([s["json"]["keep"] for s in column], dtype=torch.bool)
+
+    def loss(self, logits, labels, features, decoder_inputs) -> torch.Tensor:
+        cross_entropy = cross_entropy_sum(logits, labels)
+        if self.teacher is None or not self.beta:
+            return self.alpha * cross_entropy
         with torch.no_grad():
             teacher_logits = self.teacher(
                 input_features=features.to(self.teacher.dtype), decoder_input_ids=decoder_inputs
             ).logits
         return self.alpha * cross_entropy + self.beta * kl_divergence(
-            student_logits, teacher_logits, mask, self.temperature
+            logits, teacher_logits, labels != IGNORE_INDEX, self.temperature
         )
 
 
-def load_distillation(config: DistillConfig, columns: list[Dataset], student, device) -> Distillation | None:
-    """The frozen teacher for the KL term, checked against the teacher that wrote the labels."""
+def objective_for(config: DistillConfig, columns: list[Dataset], student, device) -> Objective:
+    """The recipe's objective: plain cross-entropy, or distillation (checked against the labeller)."""
+    if config.labels is None:
+        return CrossEntropy()
     if config.teacher is None:
-        return None
+        return Distillation(None, config.alpha, 0.0, config.temperature)
     teacher, fingerprint = load_teacher(config.teacher, config.teacher_precision, device)
     if teacher.config.vocab_size != student.config.vocab_size:
         raise RecipeError(f"distill.teacher: vocabulary of {teacher.config.vocab_size} tokens, "
@@ -67,9 +80,3 @@ def load_distillation(config: DistillConfig, columns: list[Dataset], student, de
                 raise RecipeError(message + "; set distill.allow_teacher_mismatch=true to do it anyway")
             log.warning("!!! %s -- continuing because distill.allow_teacher_mismatch is set !!!", message)
     return Distillation(teacher, config.alpha, config.beta, config.temperature)
-
-
-def pseudo_labels(batch) -> tuple[list[str], torch.Tensor]:
-    """(the teacher's transcripts, whether each passed `label --max-wer`) of a batch."""
-    column = batch["columns"][LABELS_COLUMN]
-    return [sample["json"]["text"] for sample in column], torch.tensor([sample["json"]["keep"] for sample in column])

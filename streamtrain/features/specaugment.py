@@ -19,9 +19,10 @@ from torch import Tensor, nn
 from streamtrain.features.batch import length_mask
 
 
-def generator_for_step(seed: int, step: int) -> torch.Generator:
-    """A CPU generator seeded from (seed, step) alone, well mixed by SHA-256."""
-    digest = hashlib.sha256(f"specaugment:{int(seed)}:{int(step)}".encode()).digest()
+def generator_for_step(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """A CPU generator seeded from (seed, step, rank) alone, well mixed by SHA-256: a resumed run
+    draws the same masks, and each rank its own."""
+    digest = hashlib.sha256(f"specaugment:{int(seed)}:{int(step)}:{int(rank)}".encode()).digest()
     return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 

@@ -13,9 +13,11 @@ whole (no such file, a CSV without the needed columns) raise ``SourceError``.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Union
@@ -160,31 +162,54 @@ def _record_item(record: dict[str, Any], origin: str, base: Path) -> Entry:
     return _item(key, audio, record.get("text"), origin, fields, base)
 
 
+def _text_lines(path: Path) -> Iterator[tuple[int, str | None, str]]:
+    """(line number, text or None if not UTF-8, what is wrong) of each line; a UTF-8 BOM is allowed."""
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            yield number, raw.decode("utf-8"), ""
+        except UnicodeDecodeError as error:
+            yield number, None, f"not UTF-8 text (byte {error.start}: {raw[error.start:error.start + 1]!r})"
+
+
 def _read_jsonl(path: Path) -> Iterator[Entry]:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            origin = f"{path} line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                yield Reject(origin, None, f"invalid JSON: {error}")
-                continue
-            if not isinstance(record, dict):
-                yield Reject(origin, None, "expected a JSON object")
-                continue
-            yield _record_item(record, origin, path.parent)
+    for number, line, problem in _text_lines(path):
+        origin = f"{path} line {number}"
+        if line is None:
+            yield Reject(origin, None, problem)
+            continue
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            yield Reject(origin, None, f"invalid JSON: {error}")
+            continue
+        if not isinstance(record, dict):
+            yield Reject(origin, None, "expected a JSON object")
+            continue
+        yield _record_item(record, origin, path.parent)
+
+
+_UNDECODED = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by "surrogateescape"
 
 
 def _read_csv(path: Path) -> Iterator[Entry]:
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.DictReader(f)
         missing = {"audio", "text"} - set(reader.fieldnames or ())
         if missing:
             raise SourceError(f"{path} line 1: CSV header lacks column(s) {', '.join(sorted(missing))}")
         for row in reader:
-            yield _record_item(row, f"{path} line {reader.line_num}", path.parent)
+            origin = f"{path} line {reader.line_num}"
+            bad = next((name for name, value in row.items() if isinstance(value, str) and _UNDECODED.search(value)),
+                       None)
+            if bad is not None:
+                yield Reject(origin, None, f"column {bad!r} is not UTF-8 text")
+                continue
+            yield _record_item(row, origin, path.parent)
 
 
 def _audio_files(root: Path) -> list[Path]:
@@ -205,7 +230,11 @@ def _read_folder(root: Path) -> Iterator[Entry]:
         if not transcript.is_file():
             yield Reject(str(audio), key, f"no transcript: {transcript} does not exist")
             continue
-        text = transcript.read_text(encoding="utf-8")
+        try:
+            text = transcript.read_bytes().removeprefix(codecs.BOM_UTF8).decode("utf-8")
+        except UnicodeDecodeError as error:
+            yield Reject(str(transcript), key, f"not UTF-8 text (byte {error.start})")
+            continue
         if not text.strip():
             yield Reject(str(transcript), key, "empty transcript")
             continue
@@ -217,10 +246,13 @@ def _read_librispeech(root: Path) -> Iterator[Entry]:
     for transcripts in sorted(root.rglob("*.trans.txt")):
         chapter_dir = transcripts.parent
         fields = {"speaker": chapter_dir.parent.name, "chapter": chapter_dir.name}
-        for number, line in enumerate(transcripts.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line, problem in _text_lines(transcripts):
+            origin = f"{transcripts} line {number}"
+            if line is None:
+                yield Reject(origin, None, problem)
+                continue
             if not line.strip():
                 continue
-            origin = f"{transcripts} line {number}"
             utterance, _, text = line.strip().partition(" ")
             key = sanitize_key(utterance)
             audio = _find_audio(chapter_dir, utterance)
@@ -238,12 +270,15 @@ def _find_audio(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _kaldi_lines(path: Path) -> Iterator[tuple[str, str, str]]:
-    """``id rest-of-line`` lines of a Kaldi file -> (id, rest, origin)."""
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
+def _kaldi_lines(path: Path) -> Iterator[tuple[str, str | None, str]]:
+    """``id rest-of-line`` lines of a Kaldi file -> (id, rest, origin); rest is None for a line that is not UTF-8."""
+    for number, line, _ in _text_lines(path):
+        origin = f"{path} line {number}"
+        if line is None:
+            yield "", None, origin
+        elif line.strip():
             name, _, rest = line.strip().partition(" ")
-            yield name, rest.strip(), f"{path} line {number}"
+            yield name, rest.strip(), origin
 
 
 def _kaldi_table(path: Path) -> dict[str, tuple[str, str]]:
@@ -252,6 +287,8 @@ def _kaldi_table(path: Path) -> dict[str, tuple[str, str]]:
     if not path.is_file():
         return table
     for name, rest, origin in _kaldi_lines(path):
+        if rest is None:
+            raise SourceError(f"{origin}: not UTF-8 text")
         if name in table:
             raise SourceError(f"{origin}: duplicate id {name!r} (first at {table[name][1]})")
         table[name] = (rest, origin)
@@ -272,6 +309,9 @@ def _read_kaldi(root: Path, pipes: bool) -> Iterator[Entry]:
     segments = _kaldi_table(root / "segments")
     speakers = _kaldi_table(root / "utt2spk")
     for utterance, text, origin in _kaldi_lines(root / "text"):
+        if text is None:
+            yield Reject(origin, None, "not UTF-8 text")
+            continue
         key = sanitize_key(utterance)
         fields: dict[str, Any] = {}
         if utterance in speakers:

@@ -15,10 +15,12 @@ import hashlib
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
 from streamtrain.storage.atomic import atomic_file
@@ -40,10 +42,33 @@ def _read_error(url: str, reason: str) -> ShardReadError:
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """How remote reads are retried.
+
+    A read is abandoned when no byte arrives for ``stall_timeout`` seconds
+    (http(s) and s3; other backends keep their own timeouts) and retried, like
+    any transient fault, from the last complete chunk of ``chunk_bytes``.
+    """
+
     attempts: int = 6
     first_delay: float = 0.2  # seconds; doubled after each failure
     max_delay: float = 10.0
-    chunk_bytes: int = 16 * 2**20
+    chunk_bytes: int = 8 * 2**20
+    stall_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {self.attempts}")
+        if not self.stall_timeout > 0:
+            raise ValueError(f"stall_timeout must be > 0 seconds, got {self.stall_timeout}")
+
+
+_USER_INFO = re.compile(r"(?<=://)[^/\s@'\"]*@")
+_QUERY = re.compile(r"\?[^\s'\"<>)]*")
+
+
+def scrub(text: str) -> str:
+    """``text`` (e.g. a library's error message) with URLs' credentials and query strings removed."""
+    return _QUERY.sub("", _USER_INFO.sub("", text))
 
 
 def redact(url: str) -> str:
@@ -73,17 +98,40 @@ def child_url(base: str, name: str) -> str:
     return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + name))
 
 
-def filesystem(url: str, storage_options: dict | None = None):
+def filesystem(url: str, storage_options: dict | None = None, policy: RetryPolicy = RetryPolicy()):
+    """(fsspec filesystem, path) for ``url``, with ``policy.stall_timeout`` as the backend's
+    read timeout unless ``storage_options`` sets one."""
     import fsspec
 
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    return fs, path
+    options = dict(storage_options or {})
+    protocol = urlsplit(url).scheme
+    if protocol in ("http", "https"):
+        import aiohttp
+
+        client = dict(options.get("client_kwargs", {}))
+        client.setdefault("timeout", aiohttp.ClientTimeout(total=None, sock_connect=policy.stall_timeout,
+                                                           sock_read=policy.stall_timeout))
+        options["client_kwargs"] = client
+    elif protocol in ("s3", "s3a"):
+        config = dict(options.get("config_kwargs", {}))
+        config.setdefault("read_timeout", policy.stall_timeout)
+        config.setdefault("connect_timeout", policy.stall_timeout)
+        options["config_kwargs"] = config
+    return fsspec.core.url_to_fs(url, **options)
 
 
 def is_transient(error: BaseException) -> bool:
-    """Worth retrying: network faults and server-side errors, not missing files or bad requests."""
+    """Worth retrying: network faults and server-side errors, not missing files or bad requests.
+
+    A response that could not be parsed (e.g. garbage left on a keep-alive
+    connection by a previous response longer than its Content-Length, which
+    aiohttp reports as "400, Bad status line") is a fault of the connection:
+    the retry goes out on a fresh one.
+    """
     if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
+    if _unparsable_response(error):
+        return True
     status = getattr(error, "status", None) or getattr(error, "status_code", None)
     response = getattr(error, "response", None)
     if status is None and isinstance(response, dict):  # botocore ClientError
@@ -93,6 +141,18 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, (OSError, TimeoutError, ConnectionError)) or type(error).__module__.startswith(
         ("aiohttp", "botocore", "urllib3", "fsspec", "s3fs", "asyncio")
     )
+
+
+def _unparsable_response(error: BaseException) -> bool:
+    try:
+        from aiohttp.http_exceptions import HttpProcessingError
+    except ImportError:
+        return False
+    return isinstance(error, HttpProcessingError) or isinstance(error.__cause__, HttpProcessingError)
+
+
+class _WrongLength(IOError):
+    """A ranged read answered with another number of bytes than asked (transient: retried)."""
 
 
 def read_url(
@@ -120,9 +180,27 @@ def read_all(url: str, storage_options: dict | None = None, policy: RetryPolicy 
             return Path(local_path(url)).read_bytes()
         except OSError as error:
             raise _read_error(url, f"cannot read: {error.strerror or error}") from error
-    fs, path = filesystem(url, storage_options)
+    fs, path = filesystem(url, storage_options, policy)
     size = _with_retries(lambda: fs.size(path), url, policy, time.sleep, "cannot stat")
     return b"".join(_chunks(url, size, storage_options, policy, time.sleep))
+
+
+def fetch_into(
+    url: str,
+    size: int,
+    sha256: str | None,
+    out: IO[bytes],
+    storage_options: dict | None = None,
+    policy: RetryPolicy = RetryPolicy(),
+) -> None:
+    """Write ``url``'s bytes into ``out``, checking size and sha256 as they stream (one chunk in memory)."""
+    digest = hashlib.sha256()
+    written = 0
+    for chunk in _chunks(url, size, storage_options, policy, time.sleep):
+        digest.update(chunk)
+        out.write(chunk)
+        written += len(chunk)
+    _check(url, written, size, digest if sha256 else None, sha256)
 
 
 def fetch_to_file(
@@ -133,25 +211,21 @@ def fetch_to_file(
     storage_options: dict | None = None,
     policy: RetryPolicy = RetryPolicy(),
 ) -> None:
-    """Copy ``url`` to the local file ``dest`` (atomically), checking size and sha256 as it streams.
-
-    Memory stays at one chunk whatever the file's size.
-    """
-    digest = hashlib.sha256()
-    written = 0
+    """Copy ``url`` to the local file ``dest`` (atomically), checking size and sha256 as it streams."""
     with atomic_file(dest) as out:
-        for chunk in _chunks(url, size, storage_options, policy, time.sleep):
-            digest.update(chunk)
-            out.write(chunk)
-            written += len(chunk)
-        _check(url, written, size, digest if sha256 else None, sha256)
+        fetch_into(url, size, sha256, out, storage_options, policy)
 
 
-def sha256_of_file(path: str | os.PathLike, block: int = 4 * 2**20) -> str:
+def sha256_of_file(source: str | os.PathLike | BinaryIO, block: int = 4 * 2**20) -> str:
+    """The sha256 of a file, by path or open (an open file is read from the start and rewound)."""
+    if not hasattr(source, "read"):
+        with open(source, "rb") as file:
+            return sha256_of_file(file, block)
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
+    source.seek(0)
+    while chunk := source.read(block):
+        digest.update(chunk)
+    source.seek(0)
     return digest.hexdigest()
 
 
@@ -173,24 +247,34 @@ def _chunks(url: str, size: int, storage_options, policy: RetryPolicy, sleep) ->
         except OSError as error:
             raise _read_error(url, f"cannot read: {error.strerror or error}") from error
         return
-    fs, path = filesystem(url, storage_options)
+    fs, path = filesystem(url, storage_options, policy)
     position = 0
     while position < size:
         start, end = position, min(size, position + policy.chunk_bytes)
-        chunk = _with_retries(
-            lambda: fs.cat_file(path, start=start, end=end), url, policy, sleep, f"read failed at byte {start} of {size}"
-        )
+        chunk = _with_retries(lambda: _ranged(fs, path, start, end, size), url, policy, sleep,
+                              f"read failed at byte {start} of {size}")
         if not chunk:
             return
         position += len(chunk)
         yield chunk
 
 
+def _ranged(fs, path: str, start: int, end: int, size: int) -> bytes:
+    """Bytes [start, end) of the file; a server that ignores the range and sends the whole file
+    is answered by cutting the range out of it, any other length is a transient fault."""
+    chunk = fs.cat_file(path, start=start, end=end)
+    if len(chunk) == end - start or (len(chunk) < end - start and end == size):
+        return chunk
+    if len(chunk) == size and (start, end) != (0, size):
+        return chunk[start:end]
+    raise _WrongLength(f"asked for bytes {start}-{end}, got {len(chunk)} bytes")
+
+
 def read_text(url: str, storage_options: dict | None = None, policy: RetryPolicy = RetryPolicy()) -> str:
     """A small file (index.json), with the same retries."""
     if is_local(url):
         return Path(local_path(url)).read_text()
-    fs, path = filesystem(url, storage_options)
+    fs, path = filesystem(url, storage_options, policy)
     return _with_retries(lambda: fs.cat_file(path), url, policy, time.sleep, "cannot read").decode()
 
 
@@ -202,11 +286,9 @@ def _with_retries(action: Callable, url: str, policy: RetryPolicy, sleep, failur
             return action()
         except Exception as error:  # classified below; fsspec backends raise many types
             failures += 1
+            reason = scrub(f"{type(error).__name__}: {error}")
             if not is_transient(error) or failures >= policy.attempts:
-                raise _read_error(
-                    url, f"{failure} after {failures} attempt(s): {type(error).__name__}: {error}"
-                ) from None
+                raise _read_error(url, f"{failure} after {failures} attempt(s): {reason}") from None
             delay = min(policy.max_delay, policy.first_delay * 2 ** (failures - 1)) * (0.5 + random.random() / 2)
-            log.warning("%s: transient error (%s: %s), retry %d in %.2fs",
-                        redact(url), failure, type(error).__name__, failures, delay)
+            log.warning("%s: transient error (%s: %s), retry %d in %.2fs", redact(url), failure, reason, failures, delay)
             sleep(delay)

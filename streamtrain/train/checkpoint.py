@@ -11,6 +11,7 @@ are JSON (``trainer.json``), readable with ``python -m json.tool``.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -18,6 +19,8 @@ import shutil
 from pathlib import Path
 
 import torch
+
+from streamtrain.storage.atomic import fsync_dir
 
 log = logging.getLogger("streamtrain.train")
 
@@ -35,26 +38,65 @@ def checkpoint_root(run_dir: Path) -> Path:
 
 
 def save_checkpoint(run_dir: Path, step: int, tensors: dict, trainer: dict, keep: int) -> Path:
-    """Write atomically; then remove all but the newest ``keep`` checkpoints."""
+    """Write atomically; then remove all but the newest ``keep`` checkpoints.
+
+    A write that fails (a full disk, say) removes what it wrote and raises a
+    ``CheckpointError`` naming the checkpoint and the reason; the previous
+    checkpoints stay.
+    """
     root = checkpoint_root(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    torch.save(tensors, tmp / TENSORS)
-    (tmp / TRAINER).write_text(json.dumps(trainer, indent=1))
-    manifest = {name: _sha256(tmp / name) for name in (TENSORS, TRAINER)}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    for name in (TENSORS, TRAINER, MANIFEST):
-        _fsync(tmp / name)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        _save_tensors(tensors, tmp / TENSORS)
+        (tmp / TRAINER).write_text(json.dumps(trainer, indent=1))
+        manifest = {name: _sha256(tmp / name) for name in (TENSORS, TRAINER)}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        for name in (TENSORS, TRAINER, MANIFEST):
+            _fsync(tmp / name)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"cannot write checkpoint {final}: {error.strerror or error}") from None
     if final.exists():  # a step saved twice (resumed exactly at a checkpoint): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+class _RecordingWriter(io.RawIOBase):
+    """A file for ``torch.save`` that keeps the OSError behind its write failures: torch itself
+    reports them as "enforce fail at inline_container.cc", which says nothing of a full disk."""
+
+    def __init__(self, file):
+        self.file = file
+        self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+
+def _save_tensors(tensors: dict, path: Path) -> None:
+    with open(path, "wb") as f:
+        writer = _RecordingWriter(f)
+        try:
+            torch.save(tensors, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -77,8 +119,8 @@ def remove_partial_checkpoints(run_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def load_checkpoint(path: Path) -> tuple[dict, dict]:
-    """(tensors, trainer JSON) of a verified checkpoint; CheckpointError if damaged."""
+def verify_checkpoint(path: Path) -> None:
+    """CheckpointError if a file is missing or does not match the manifest."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -86,20 +128,25 @@ def load_checkpoint(path: Path) -> tuple[dict, dict]:
     for name, digest in manifest.items():
         if not (path / name).is_file() or _sha256(path / name) != digest:
             raise CheckpointError(f"{path}: {name} is missing or does not match its checksum")
+
+
+def load_checkpoint(path: Path) -> tuple[dict, dict]:
+    """(tensors, trainer JSON) of a verified checkpoint; CheckpointError if damaged."""
+    verify_checkpoint(path)
     trainer = json.loads((path / TRAINER).read_text())
     tensors = torch.load(path / TENSORS, map_location="cpu", weights_only=True)
     return tensors, trainer
 
 
-def newest_valid_checkpoint(run_dir: Path) -> tuple[Path, dict, dict] | None:
-    """The newest checkpoint that verifies; damaged ones are skipped with a warning."""
+def newest_valid_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint whose files match their manifest; damaged ones are skipped with a warning."""
     for path in reversed(list_checkpoints(run_dir)):
         try:
-            tensors, trainer = load_checkpoint(path)
+            verify_checkpoint(path)
         except CheckpointError as error:
             log.warning("skipping damaged checkpoint: %s", error)
             continue
-        return path, tensors, trainer
+        return path
     return None
 
 
@@ -116,9 +163,3 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

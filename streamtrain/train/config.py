@@ -9,6 +9,7 @@ executed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,7 +24,9 @@ class RecipeError(ValueError):
 
 @dataclass
 class DataConfig:
-    train: str = "shards/train"  # dataset folder or URL (relative paths: to the working directory)
+    #: a dataset folder or URL (relative paths: to the working directory), or a mapping of them to
+    #: mixing weights (passes per epoch, e.g. {s3://a/train: 1.0, s3://b/train: 0.5})
+    train: str | dict[str, float] = "shards/train"
     validation: str | None = "shards/validation"
     batch_size: int | None = None
     batch_seconds: float | None = 120.0
@@ -32,7 +35,9 @@ class DataConfig:
     block_shards: int = 4
     on_bad_sample: str = "raise"
     cache_dir: str | None = None
-    cache_limit: int | None = None
+    cache_limit: int | None = None  # bytes
+    storage_options: dict | None = None  # fsspec options, e.g. {client_kwargs: {endpoint_url: ...}}
+    stall_timeout: float = 60.0  # seconds without a byte before a remote read is abandoned and retried
 
 
 @dataclass
@@ -70,7 +75,8 @@ class TrainConfig:
     output_dir: str = "runs/tiny"
     seed: int = 0
     max_steps: int = 1000
-    grad_accum: int = 1  # micro-batches per optimizer step (out-of-memory back-off raises it)
+    grad_accum: int = 1  # loader batches accumulated into each optimizer step
+    micro_batches: int = 1  # pieces each batch is split into, for memory (the out-of-memory back-off raises it)
     mixed_precision: str = "no"  # no | bf16 | fp16
     cpu: bool = False
     deterministic: bool = False
@@ -115,11 +121,26 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key written twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise RecipeError(f"line {key_node.start_mark.line + 1}: key {key!r} is written twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_recipe(path_or_name: str | Path, overrides: list[str] = ()) -> Recipe:
     """Load a recipe file (or the name of one in recipes/) and apply ``key=value`` overrides."""
     path = resolve_recipe_path(path_or_name)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_StrictLoader) or {}
+    except RecipeError as error:
+        raise RecipeError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         raise RecipeError(f"{path}: invalid YAML: {error}") from error
     for override in overrides:
@@ -177,17 +198,23 @@ def _check(hint, value, where: str):
             raise RecipeError(f"{where}: expected a list, got {value!r}")
         (item,) = typing.get_args(hint)
         return [_check(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if hint is dict:
+    if hint is dict or origin is dict:
         if not isinstance(value, dict):
             raise RecipeError(f"{where}: expected a mapping, got {value!r}")
+        if origin is dict:
+            key_type, value_type = typing.get_args(hint)
+            return {_check(key_type, k, f"{where}.{k}"): _check(value_type, v, f"{where}.{k}")
+                    for k, v in value.items()}
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise RecipeError(f"{where}: must be a finite number, got {value!r}")
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):
         raise RecipeError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
@@ -219,8 +246,16 @@ def validate(recipe: Recipe) -> None:
         if value not in allowed:
             raise RecipeError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
     positive = {
+        "data.batch_size": recipe.data.batch_size,
+        "data.batch_seconds": recipe.data.batch_seconds,
+        "data.max_seconds": recipe.data.max_seconds,
+        "data.block_shards": recipe.data.block_shards,
+        "data.stall_timeout": recipe.data.stall_timeout,
+        "eval.max_samples": recipe.eval.max_samples,
+        "model.max_target_tokens": recipe.model.max_target_tokens,
         "train.max_steps": recipe.train.max_steps,
         "train.grad_accum": recipe.train.grad_accum,
+        "train.micro_batches": recipe.train.micro_batches,
         "train.checkpoint_every": recipe.train.checkpoint_every,
         "train.keep_checkpoints": recipe.train.keep_checkpoints,
         "train.log_every": recipe.train.log_every,
@@ -228,8 +263,24 @@ def validate(recipe: Recipe) -> None:
         "optim.lr": recipe.optim.lr,
     }
     for key, value in positive.items():
-        if not value > 0:
+        if value is not None and not value > 0:
             raise RecipeError(f"{key}: must be > 0, got {value!r}")
+    not_negative = {
+        "data.num_workers": recipe.data.num_workers,
+        "data.cache_limit": recipe.data.cache_limit,
+        "optim.weight_decay": recipe.optim.weight_decay,
+        "optim.warmup_steps": recipe.optim.warmup_steps,
+        "distill.alpha": recipe.distill.alpha,
+        "distill.beta": recipe.distill.beta,
+    }
+    for key, value in not_negative.items():
+        if value is not None and value < 0:
+            raise RecipeError(f"{key}: must be >= 0, got {value!r}")
+    for url, weight in (recipe.data.train.items() if isinstance(recipe.data.train, dict) else ()):
+        if not weight > 0:
+            raise RecipeError(f"data.train.{url}: a mixing weight must be > 0, got {weight!r}")
+    if isinstance(recipe.data.train, dict) and not recipe.data.train:
+        raise RecipeError("data.train: an empty mapping (name at least one dataset)")
     if recipe.features.name != "whisper_log_mel":
         raise RecipeError(
             f"features.name: the trainer's Whisper models take whisper_log_mel features (mels x fixed frames), "

@@ -1,53 +1,69 @@
-"""The training loop: one function, read top to bottom.
+"""The training loop, read top to bottom like a torchtune recipe.
 
-get batch -> featurize on the device (+ SpecAugment) -> forward -> loss ->
-backward (in micro-batches; more of them after an out-of-memory error) ->
-clip -> step -> log -> maybe evaluate -> maybe checkpoint.
+    trainer = Trainer(recipe, objective_for)   # set up: accelerator, model, optimizer, loader
+    trainer.restore()                          # the newest valid checkpoint, chosen by rank 0
+    trainer.fit(stop)                          # until max_steps or a signal
+
+One optimizer step (``step``): take ``grad_accum`` batches from the loader ->
+their target texts from the objective -> for each batch, in ``micro_batches``
+pieces (more after an out-of-memory error): features on the device (+
+SpecAugment) -> forward -> loss -> backward -> clip -> step. Then log, maybe
+evaluate, maybe checkpoint. Distillation and the feature cache are objects the
+step calls (``Objective``, ``LiveFeatures`` / ``CachedFeatures``), not branches.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
+import hashlib
 import logging
 import math
 import shutil
-import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
-from streamtrain.data import StreamLoader
-from streamtrain.distill.objective import Distillation, load_distillation, pseudo_labels
+from streamtrain.data import Batch, StreamLoader
 from streamtrain.features import SpecAugment, build_featurizer, generator_for_step
-from streamtrain.features.cache import cached_features, check_feature_column
+from streamtrain.features.cache import check_feature_column
+from streamtrain.storage.remote import RetryPolicy
 from streamtrain.train import checkpoint as ckpt
 from streamtrain.train.audit import AuditLog, encode_ids, next_session
 from streamtrain.train.backoff import OomBackoff
 from streamtrain.train.config import Recipe, validate
 from streamtrain.train.evaluate import ErrorCounts, evaluate
+from streamtrain.train.export import export_model
+from streamtrain.train.inputs import CachedFeatures, LiveFeatures
 from streamtrain.train.model import IGNORE_INDEX, TextCodec, build_model, load_tokenizer
+from streamtrain.train.objective import CrossEntropy, Objective
 from streamtrain.train.plot import plot_history
+from streamtrain.train.run_dir import RunLock, recipe_changes
+from streamtrain.train.signals import StopRequest
 
 log = logging.getLogger("streamtrain.train")
 
 MODEL_DIR = "model"
 
+#: (distill config, sidecar columns, the model, device) -> the objective; the default trains on transcripts
+ObjectiveFactory = Callable[..., Objective]
+
 
 @dataclass
 class Progress:
-    """Counters saved in every checkpoint (trainer.json)."""
+    """Counters saved in every checkpoint (trainer.json); samples and audio are over all ranks."""
 
     step: int = 0
     samples: int = 0
     audio_seconds: float = 0.0
-    train_pieces: int = 1
+    micro_batches: int = 1  # pieces each batch is split into (the out-of-memory back-off raises it)
     eval_pieces: int = 1
     history: list[dict] = field(default_factory=list)
     evaluations: list[dict] = field(default_factory=list)
@@ -60,271 +76,335 @@ class TrainResult:
     stopped_by_signal: bool
 
 
-class StopRequest:
-    """SIGTERM / SIGINT ask the loop to finish the step, checkpoint and exit 0."""
+class Trainer:
+    """One training run of a recipe, on every rank that accelerate started."""
 
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
+    def __init__(self, recipe: Recipe, objective_for: ObjectiveFactory = lambda *args: CrossEntropy()):
+        validate(recipe)
+        self.recipe, cfg = recipe, recipe.train
+        self.run_dir = Path(cfg.output_dir)
+        self.accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision, log_with="tensorboard",
+                                       project_dir=str(self.run_dir))
+        self.device = self.accelerator.device
+        self.rank = self.accelerator.process_index
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        torch.manual_seed(cfg.seed)  # model initialisation: the same on every rank
+        self.tokenizer = load_tokenizer(recipe.model)
+        self.codec = TextCodec(self.tokenizer, recipe.model.prompt, recipe.model.eos_token,
+                               recipe.model.max_target_tokens)
+        self.featurizer = build_featurizer(recipe.features.name, **recipe.features.params).to(self.device)
+        self.specaugment = SpecAugment(**recipe.features.specaugment).to(self.device) \
+            if recipe.features.specaugment else None
+        model = build_model(recipe.model, self.codec, self.featurizer.n_mels, self.featurizer.n_frames)
+        torch.manual_seed(_rank_seed(cfg.seed, self.rank))  # dropout: each rank draws its own masks
+        if recipe.model.compile:
+            model = torch.compile(model)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.optim.lr, betas=tuple(recipe.optim.betas),
+                                      weight_decay=recipe.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(recipe))
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.loader = self._train_loader()
+        self.features = CachedFeatures() if recipe.features.cache else LiveFeatures(self.featurizer)
+        if recipe.features.cache:
+            check_feature_column(self.loader.columns[0], self.featurizer)
+        self.objective = objective_for(recipe.distill, self.loader.columns, self.accelerator.unwrap_model(self.model),
+                                       self.device)
+        self.progress = Progress(micro_batches=cfg.micro_batches)
+        self.audit: AuditLog | None = None
+        if cfg.grad_accum > 1:
+            log.warning("train.grad_accum=%d: each optimizer step accumulates %d loader batches (before streamtrain "
+                        "0.2 grad_accum split each batch, which is now train.micro_batches)", cfg.grad_accum,
+                        cfg.grad_accum)
 
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
+    def _train_loader(self) -> StreamLoader:
+        data = self.recipe.data
+        return StreamLoader(
+            data.train, batch_size=data.batch_size, batch_seconds=data.batch_seconds, max_seconds=data.max_seconds,
+            seed=self.recipe.train.seed, num_workers=data.num_workers, block_shards=data.block_shards,
+            sample_rate=self.featurizer.sample_rate, on_bad_sample=data.on_bad_sample, cache_dir=data.cache_dir,
+            cache_limit=data.cache_limit, storage_options=data.storage_options,
+            retry=RetryPolicy(stall_timeout=data.stall_timeout),
+            columns=[c for c in (self.recipe.features.cache, self.recipe.distill.labels) if c],
+            pin_memory=self.device.type == "cuda",
+        )  # rank and world size: torch.distributed's, so state_dict() merges over ranks
 
-    def _handle(self, signum, frame):
-        log.warning("received %s: finishing this step, then checkpointing", signal.Signals(signum).name)
-        self.requested = True
+    # -- restore -------------------------------------------------------------------------
 
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+    def restore(self, resume: bool = True) -> None:
+        """Continue from the newest valid checkpoint (rank 0 chooses it for every rank), or start over."""
+        accelerator = self.accelerator
+        if accelerator.is_main_process:
+            ckpt.remove_partial_checkpoints(self.run_dir)
+            if not resume:
+                for stale in (ckpt.checkpoint_root(self.run_dir), self.run_dir / "audit"):
+                    if stale.exists():
+                        log.warning("--no-resume: removing %s from an earlier run", stale)
+                        shutil.rmtree(stale)
+        newest = ckpt.newest_valid_checkpoint(self.run_dir) if resume and accelerator.is_main_process else None
+        chosen = _broadcast(None if newest is None else str(newest))
+        if chosen is not None:
+            self._load(Path(chosen))
+        session = _broadcast(next_session(self.run_dir) if accelerator.is_main_process else None)
+        self.audit = AuditLog(self.run_dir, session, self.rank, accelerator.num_processes, self.progress.step)
+        if accelerator.is_main_process:
+            (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
+            accelerator.init_trackers("streamtrain", config=_flat(self.recipe.to_dict()))
 
-
-def train(recipe: Recipe, resume: bool = True) -> TrainResult:
-    validate(recipe)
-    cfg = recipe.train
-    run_dir = Path(cfg.output_dir)
-    accelerator = Accelerator(
-        cpu=cfg.cpu, mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(run_dir)
-    )
-    device = accelerator.device
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
-    torch.manual_seed(cfg.seed)  # model initialisation; dropout continues from here
-
-    # -- the pieces ----------------------------------------------------------------
-    tokenizer = load_tokenizer(recipe.model)
-    codec = TextCodec(tokenizer, recipe.model.prompt, recipe.model.eos_token, recipe.model.max_target_tokens)
-    featurizer = build_featurizer(recipe.features.name, **recipe.features.params).to(device)
-    specaugment = SpecAugment(**recipe.features.specaugment).to(device) if recipe.features.specaugment else None
-    model = build_model(recipe.model, codec, featurizer.n_mels, featurizer.n_frames)
-    if recipe.model.compile:
-        model = torch.compile(model)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=recipe.optim.lr, betas=tuple(recipe.optim.betas), weight_decay=recipe.optim.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(recipe))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    loader = StreamLoader(
-        recipe.data.train,
-        batch_size=recipe.data.batch_size,
-        batch_seconds=recipe.data.batch_seconds,
-        max_seconds=recipe.data.max_seconds,
-        seed=cfg.seed,
-        num_workers=recipe.data.num_workers,
-        block_shards=recipe.data.block_shards,
-        sample_rate=featurizer.sample_rate,
-        on_bad_sample=recipe.data.on_bad_sample,
-        cache_dir=recipe.data.cache_dir,
-        cache_limit=recipe.data.cache_limit,
-        columns=[c for c in (recipe.features.cache, recipe.distill.labels) if c],
-        pin_memory=device.type == "cuda",
-    )
-    if recipe.features.cache:
-        check_feature_column(loader.columns[0], featurizer)
-    distillation = load_distillation(recipe.distill, loader.columns, model, device)
-
-    # -- resume or start -----------------------------------------------------------
-    progress = Progress(train_pieces=cfg.grad_accum)
-    if accelerator.is_main_process:
-        ckpt.remove_partial_checkpoints(run_dir)
-        if not resume:
-            for stale in (ckpt.checkpoint_root(run_dir), run_dir / "audit"):
-                if stale.exists():
-                    log.warning("--no-resume: removing %s from an earlier run", stale)
-                    shutil.rmtree(stale)
-    accelerator.wait_for_everyone()
-    found = ckpt.newest_valid_checkpoint(run_dir) if resume else None
-    if found is not None:
-        path, tensors, trainer = found
-        accelerator.unwrap_model(model).load_state_dict(tensors["model"])
-        optimizer.load_state_dict(tensors["optimizer"])
-        scheduler.load_state_dict(tensors["scheduler"])
-        if accelerator.scaler is not None and tensors.get("scaler"):
-            accelerator.scaler.load_state_dict(tensors["scaler"])
+    def _load(self, path: Path) -> None:
+        tensors, trainer = ckpt.load_checkpoint(path)
+        self.accelerator.unwrap_model(self.model).load_state_dict(tensors["model"])
+        self.optimizer.load_state_dict(tensors["optimizer"])
+        self.scheduler.load_state_dict(tensors["scheduler"])
+        if self.accelerator.scaler is not None and tensors.get("scaler"):
+            self.accelerator.scaler.load_state_dict(tensors["scaler"])
         rng = tensors["rng"]
-        if accelerator.process_index < len(rng["torch"]):  # exact only with the same number of ranks
-            torch.set_rng_state(rng["torch"][accelerator.process_index])
+        if self.rank < len(rng["torch"]):  # exact only with the same number of ranks
+            torch.set_rng_state(rng["torch"][self.rank])
             if torch.cuda.is_available() and rng.get("cuda"):
-                torch.cuda.set_rng_state(rng["cuda"][accelerator.process_index])
-        loader.load_state_dict(trainer["loader"])
-        progress = Progress(**trainer["progress"])
-        accelerator.print(f"resumed from {path} (step {progress.step}, epoch {loader.epoch})")
-    session = _broadcast(next_session(run_dir) if accelerator.is_main_process else None)
-    audit = AuditLog(run_dir, session, accelerator.process_index, accelerator.num_processes, progress.step)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        accelerator.init_trackers("streamtrain", config=_flat(recipe.to_dict()))
-    train_backoff = OomBackoff("the training step", progress.train_pieces)
-    eval_backoff = OomBackoff("evaluation", progress.eval_pieces)
+                torch.cuda.set_rng_state(rng["cuda"][self.rank])
+        self.loader.load_state_dict(trainer["loader"])
+        self.progress = Progress(**trainer["progress"])
+        del tensors  # the model and optimizer hold their own copies now
+        gc.collect()
+        self.accelerator.print(f"resumed from {path} (step {self.progress.step}, epoch {self.loader.epoch})")
+        changes = recipe_changes(trainer["recipe"], self.recipe.to_dict())
+        if changes:
+            self.accelerator.print("the recipe changed since that checkpoint:\n  " + "\n  ".join(changes))
 
-    def run_evaluation() -> dict | None:
+    # -- the loop ------------------------------------------------------------------------
+
+    def fit(self, stop: StopRequest) -> TrainResult:
+        cfg, progress = self.recipe.train, self.progress
+        if self.recipe.eval.at_start and progress.step == 0 and not stop.requested:
+            self.evaluate()
+        self.model.train()
+        bar = tqdm(total=cfg.max_steps, initial=progress.step, unit="step", dynamic_ncols=True,
+                   disable=not (cfg.progress and self.accelerator.is_main_process))
+        meter = _Meter(self.accelerator)
+        batches = iter(self.loader)
+        while progress.step < cfg.max_steps and not _any_rank(self.accelerator, stop.requested):
+            taken = [self._next(batches, meter) for _ in range(cfg.grad_accum)]
+            loss = self.step(taken)
+            progress.step += 1
+            meter.add(taken)
+            for batch in taken:
+                self.audit.add({"event": "step", "step": progress.step, "epoch": batch["epoch"],
+                                "ids": encode_ids(batch["sample_ids"])})
+            if progress.step % cfg.log_every == 0 or progress.step == cfg.max_steps:
+                self._log(loss, meter, bar, taken[-1]["epoch"])
+            bar.update(1)
+            if self.recipe.eval.every and progress.step % self.recipe.eval.every == 0 \
+                    and progress.step < cfg.max_steps:
+                self.evaluate()
+            if progress.step % cfg.checkpoint_every == 0 or progress.step == cfg.max_steps:
+                meter.settle(progress)
+                self.save()
+        bar.close()
+        batches.close()  # the loader's workers stop here, not at interpreter exit
+        meter.settle(progress)
+        return self.finish(stop)
+
+    def _next(self, batches, meter: "_Meter") -> Batch:
+        waited = time.perf_counter()
+        batch = next(batches)
+        meter.wait += time.perf_counter() - waited
+        for event in self.loader.pop_events():  # the epoch's plan, samples left out or skipped, epoch ends
+            self.audit.add({**event, "step": self.progress.step + 1})
+        return batch
+
+    def step(self, batches: list[Batch]) -> float:
+        """One optimizer step over ``batches``; the mean loss per target token."""
+        work = []
+        for batch in (b for b in batches if b.size):
+            texts, keep = self.objective.texts(batch)
+            targets = self.codec.targets(texts)
+            labels = targets.labels if keep is None else targets.labels.masked_fill(~keep[:, None], IGNORE_INDEX)
+            work.append((batch.size, self.features.prepare(batch, self.device),
+                         targets.decoder_input_ids.to(self.device), labels.to(self.device)))
+        tokens = max(sum(int(labels.ne(IGNORE_INDEX).sum()) for *_, labels in work), 1)
+        backoff = OomBackoff("the training step", self.progress.micro_batches)
+        loss = backoff.run(max((size for size, *_ in work), default=1),
+                           lambda pieces: self._forward_backward(work, pieces, tokens),
+                           before_retry=lambda: self.optimizer.zero_grad(set_to_none=True))
+        self.progress.micro_batches = backoff.pieces
+        if self.recipe.optim.grad_clip:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.recipe.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def _forward_backward(self, work, pieces: list[slice], tokens: int) -> float:
+        """Backward over every piece of every batch; gradients sync across ranks on the last piece only.
+
+        A rank whose batches hold no sample (all skipped as bad) runs one sample of silence with zero
+        weight, so it still meets the other ranks at the gradient all-reduce.
+        """
+        if not work:
+            return self._empty_step()
+        generator = generator_for_step(self.recipe.train.seed, self.progress.step, self.rank)  # SpecAugment's
+        steps = [(features_of, inputs[piece], labels[piece], piece) for size, features_of, inputs, labels in work
+                 for piece in pieces if piece.start < size]
+        total = 0.0
+        for number, (features_of, inputs, labels, piece) in enumerate(steps):
+            with contextlib.nullcontext() if number == len(steps) - 1 else self.accelerator.no_sync(self.model):
+                with self.accelerator.autocast():
+                    features, frames = features_of(piece)
+                    if self.specaugment is not None:
+                        features = self.specaugment(features, frames, generator)
+                    logits = self.model(input_features=features, decoder_input_ids=inputs).logits
+                loss = self.objective.loss(logits, labels, features, inputs)
+                self.accelerator.backward(loss / tokens)
+            total += float(loss.detach())
+        return total / tokens
+
+    def _empty_step(self) -> float:
+        silence = torch.zeros(1, self.featurizer.sample_rate // 10, device=self.device)
+        features, _ = self.featurizer(silence, torch.tensor([silence.shape[1]], device=self.device))
+        inputs = torch.tensor([self.codec.prompt_ids], device=self.device)
+        with self.accelerator.autocast():
+            logits = self.model(input_features=features, decoder_input_ids=inputs).logits
+        self.accelerator.backward(logits.float().sum() * 0.0)
+        return 0.0
+
+    def _log(self, loss: float, meter: "_Meter", bar, epoch: int) -> None:
+        entry = {"step": self.progress.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                 **meter.take(), "epoch": epoch}
+        self.progress.history.append(entry)
+        shown = dict(loss=f"{loss:.3f}", lr=f"{entry['lr']:.2e}", sps=f"{entry['samples_per_s']:.1f}",
+                     audio_h_s=f"{entry['audio_hours_per_s']:.4f}", wait=f"{100 * entry['data_wait']:.0f}%")
+        if bar.disable:  # no bar (not a terminal, or train.progress=false): a plain line instead
+            self.accelerator.print(f"step {self.progress.step}/{self.recipe.train.max_steps} epoch {epoch} "
+                                   + " ".join(f"{k}={v}" for k, v in shown.items()))
+        else:
+            bar.set_postfix(**shown)
+        self.accelerator.log({f"train/{k}": v for k, v in entry.items() if k != "step"}, step=self.progress.step)
+
+    def evaluate(self) -> dict | None:
+        """WER / CER on the validation set, over all ranks."""
+        recipe, accelerator = self.recipe, self.accelerator
         if not recipe.data.validation:
             return None
-        eval_loader = StreamLoader(
-            recipe.data.validation, batch_size=recipe.eval.batch_size, epochs=1, num_workers=recipe.data.num_workers,
-            sample_rate=featurizer.sample_rate, rank=accelerator.process_index,
-            world_size=accelerator.num_processes, equalize_ranks=False,
-        )
-        result = evaluate(accelerator.unwrap_model(model), featurizer, codec, eval_loader, device,
-                          accelerator.autocast, eval_backoff, recipe.eval.max_samples)
-        model.train()
-        counts = ErrorCounts.from_tensor(accelerator.reduce(result.counts.as_tensor().to(device), "sum").cpu())
-        record = {"step": progress.step, "wer": counts.wer, "cer": counts.cer, "utterances": counts.utterances}
-        progress.evaluations.append(record)
-        progress.eval_pieces = eval_backoff.pieces
-        accelerator.print(f"step {progress.step}: validation WER {100 * counts.wer:.2f}% CER {100 * counts.cer:.2f}% "
-                          f"on {counts.utterances} utterances")
+        loader = StreamLoader(recipe.data.validation, batch_size=recipe.eval.batch_size, epochs=1,
+                              num_workers=recipe.data.num_workers, sample_rate=self.featurizer.sample_rate,
+                              rank=self.rank, world_size=accelerator.num_processes, equalize_ranks=False,
+                              storage_options=recipe.data.storage_options)
+        backoff = OomBackoff("evaluation", self.progress.eval_pieces)
+        result = evaluate(accelerator.unwrap_model(self.model), self.featurizer, self.codec, loader, self.device,
+                          accelerator.autocast, backoff, recipe.eval.max_samples)
+        self.model.train()
+        counts = ErrorCounts.from_tensor(accelerator.reduce(result.counts.as_tensor().to(self.device), "sum").cpu())
+        record = {"step": self.progress.step, "wer": counts.wer, "cer": counts.cer, "utterances": counts.utterances}
+        self.progress.evaluations.append(record)
+        self.progress.eval_pieces = backoff.pieces
+        accelerator.print(f"step {self.progress.step}: validation WER {100 * counts.wer:.2f}% "
+                          f"CER {100 * counts.cer:.2f}% on {counts.utterances} utterances")
         if accelerator.is_main_process:
-            accelerator.log({"eval/wer": counts.wer, "eval/cer": counts.cer}, step=progress.step)
-            plot_history(progress.history, progress.evaluations, run_dir / "metrics.png")
+            accelerator.log({"eval/wer": counts.wer, "eval/cer": counts.cer}, step=self.progress.step)
+            plot_history(self.progress.history, self.progress.evaluations, self.run_dir / "metrics.png")
         return record
 
-    def save_checkpoint() -> None:
-        loader_state = loader.state_dict()  # a collective: merged over ranks
+    def save(self) -> None:
+        """A checkpoint: model, optimizer, scheduler, scaler, every rank's RNG, counters, loader state, recipe."""
+        accelerator = self.accelerator
+        loader_state = self.loader.state_dict()  # a collective: merged over ranks
         rng = gather_object([torch.get_rng_state()])
         cuda_rng = gather_object([torch.cuda.get_rng_state()]) if torch.cuda.is_available() else []
-        audit.flush()
-        progress.train_pieces = train_backoff.pieces
+        self.audit.flush()
         if accelerator.is_main_process:
             tensors = {
-                "model": accelerator.unwrap_model(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
+                "model": accelerator.unwrap_model(self.model).state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                 "rng": {"torch": rng, "cuda": cuda_rng},
             }
             trainer = {
-                "step": progress.step,
-                "epoch": loader.epoch,
+                "step": self.progress.step,
+                "epoch": self.loader.epoch,
                 "world_size": accelerator.num_processes,
-                "progress": asdict(progress),
+                "progress": asdict(self.progress),
                 "loader": loader_state,
-                "recipe": recipe.to_dict(),
+                "recipe": self.recipe.to_dict(),
             }
-            ckpt.save_checkpoint(run_dir, progress.step, tensors, trainer, cfg.keep_checkpoints)
+            ckpt.save_checkpoint(self.run_dir, self.progress.step, tensors, trainer, self.recipe.train.keep_checkpoints)
         accelerator.wait_for_everyone()
 
-    # -- the loop ------------------------------------------------------------------
-    if recipe.eval.at_start and progress.step == 0:
-        run_evaluation()
-    model.train()
-    bar = tqdm(total=cfg.max_steps, initial=progress.step, disable=not (cfg.progress and accelerator.is_main_process),
-               unit="step", dynamic_ncols=True)
-    window = {"start": time.perf_counter(), "wait": 0.0, "samples": 0, "audio": 0.0}
-    stopped_by_signal = False
-    batches = iter(loader)
-    with StopRequest() as stop:
-        while progress.step < cfg.max_steps:
-            waited = time.perf_counter()
-            batch = next(batches)
-            window["wait"] += time.perf_counter() - waited
-            epoch = batch["epoch"]
-            for event in loader.pop_events():  # the epoch's plan, samples left out or skipped, epoch ends
-                audit.add({**event, "step": progress.step + 1})
-
-            audio, lengths = batch["audio"].to(device, non_blocking=True), batch["audio_lens"].to(device)
-            cached = cached_features(batch, device) if recipe.features.cache else None
-            texts, keep = pseudo_labels(batch) if recipe.distill.labels else (batch["text"], None)
-            targets = codec.targets(texts)
-            inputs, labels = targets.decoder_input_ids.to(device), targets.labels.to(device)
-            if keep is not None:  # pseudo-labels filtered out by `label --max-wer` add nothing
-                labels = labels.masked_fill(~keep.to(device)[:, None], IGNORE_INDEX)
-            total_tokens = max(int((labels != IGNORE_INDEX).sum()), 1)
-            augment_generator = generator_for_step(cfg.seed, progress.step)
-
-            def forward_backward(pieces: list[slice]) -> float:
-                loss_sum = 0.0
-                for number, piece in enumerate(pieces):
-                    last = number == len(pieces) - 1
-                    with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                        loss = micro_batch_loss(model, featurizer, specaugment, augment_generator, accelerator,
-                                                audio[piece], lengths[piece], inputs[piece], labels[piece],
-                                                cached=None if cached is None else (cached[0][piece], cached[1][piece]),
-                                                distillation=distillation)
-                        accelerator.backward(loss / total_tokens)
-                    loss_sum += float(loss.detach())
-                return loss_sum / total_tokens
-
-            loss = train_backoff.run(len(audio), forward_backward, before_retry=lambda: optimizer.zero_grad(set_to_none=True))
-            if recipe.optim.grad_clip:
-                accelerator.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
-            progress.step += 1
-            progress.samples += len(batch["keys"])
-            progress.audio_seconds += float(batch["seconds"].sum())
-            window["samples"] += len(batch["keys"])
-            window["audio"] += float(batch["seconds"].sum())
-            audit.add({"event": "step", "step": progress.step, "epoch": epoch, "ids": encode_ids(batch["sample_ids"])})
-
-            if progress.step % cfg.log_every == 0 or progress.step == cfg.max_steps:
-                elapsed = time.perf_counter() - window["start"]
-                entry = {
-                    "step": progress.step,
-                    "loss": loss,
-                    "lr": scheduler.get_last_lr()[0],
-                    "samples_per_s": window["samples"] / elapsed * accelerator.num_processes,
-                    "audio_hours_per_s": window["audio"] / 3600 / elapsed * accelerator.num_processes,
-                    "data_wait": window["wait"] / elapsed,
-                    "epoch": epoch,
-                }
-                progress.history.append(entry)
-                postfix = dict(loss=f"{loss:.3f}", lr=f"{entry['lr']:.2e}", sps=f"{entry['samples_per_s']:.1f}",
-                               audio_h_s=f"{entry['audio_hours_per_s']:.4f}", wait=f"{100 * entry['data_wait']:.0f}%")
-                if bar.disable:  # no bar (not a terminal, or train.progress=false): a plain line instead
-                    accelerator.print(f"step {progress.step}/{cfg.max_steps} epoch {epoch} "
-                                      + " ".join(f"{k}={v}" for k, v in postfix.items()))
-                else:
-                    bar.set_postfix(**postfix)
-                accelerator.log({f"train/{k}": v for k, v in entry.items() if k != "step"}, step=progress.step)
-                window = {"start": time.perf_counter(), "wait": 0.0, "samples": 0, "audio": 0.0}
-            bar.update(1)
-
-            if recipe.eval.every and progress.step % recipe.eval.every == 0 and progress.step < cfg.max_steps:
-                run_evaluation()
-            stop_now = _any_rank(accelerator, stop.requested)
-            if stop_now or progress.step % cfg.checkpoint_every == 0 or progress.step == cfg.max_steps:
-                save_checkpoint()
-            if stop_now:
-                stopped_by_signal = True
-                accelerator.print(f"stopped by signal at step {progress.step}; checkpoint saved")
-                break
-    bar.close()
-
-    if not stopped_by_signal:
-        run_evaluation()
-        save_model(accelerator, model, tokenizer, featurizer, recipe, run_dir / MODEL_DIR)
-        if progress.evaluations:
-            save_checkpoint()  # keep the final evaluation in the counters
-    audit.flush()
-    accelerator.end_training()
-    return TrainResult(run_dir, progress, stopped_by_signal)
+    def finish(self, stop: StopRequest) -> TrainResult:
+        """Stopped by a signal: a checkpoint (if a step was taken since the last). Done: evaluate, export."""
+        stopped = self.progress.step < self.recipe.train.max_steps
+        if stopped:
+            saved = any(c.name == f"step-{self.progress.step:08d}" for c in ckpt.list_checkpoints(self.run_dir))
+            if self.progress.step and not saved:
+                self.save()
+            self.accelerator.print(f"stopped by signal at step {self.progress.step}; "
+                                   + ("checkpoint saved" if self.progress.step else "nothing to save"))
+        else:
+            self.evaluate()
+            self.accelerator.wait_for_everyone()
+            if self.accelerator.is_main_process:
+                export_model(self.accelerator.unwrap_model(self.model), self.tokenizer, self.featurizer, self.recipe,
+                             self.run_dir / MODEL_DIR)
+                self.accelerator.print(f"model saved to {self.run_dir / MODEL_DIR}")
+            if self.progress.evaluations:
+                self.save()  # keep the final evaluation in the counters
+        self.audit.flush()
+        self.accelerator.end_training()
+        return TrainResult(self.run_dir, self.progress, stopped)
 
 
-def micro_batch_loss(
-    model, featurizer, specaugment, generator, accelerator, audio, lengths, inputs, labels, cached=None,
-    distillation: Distillation | None = None,
-) -> torch.Tensor:
-    """Summed token loss of one micro-batch (the caller divides by the batch's tokens).
+def train(recipe: Recipe, resume: bool = True, objective_for: ObjectiveFactory | None = None,
+          stop: StopRequest | None = None) -> TrainResult:
+    """Set up, restore and run a recipe; the run folder is locked for the run's duration (by rank 0)."""
+    with contextlib.ExitStack() as stack:
+        stop = stop or stack.enter_context(StopRequest())
+        trainer = Trainer(recipe, *(() if objective_for is None else (objective_for,)))
+        if trainer.accelerator.is_main_process:
+            stack.enter_context(RunLock(trainer.run_dir))
+        trainer.accelerator.wait_for_everyone()
+        trainer.restore(resume)
+        return trainer.fit(stop)
 
-    Cross-entropy on ``labels``; with ``distillation``, alpha * CE + beta * T^2 *
-    KL(teacher || student) at temperature T over the same tokens. ``cached``:
-    (features, frame lengths) from a feature column, used instead of the featurizer.
-    """
-    with accelerator.autocast():
-        features, frame_lengths = cached if cached is not None else featurizer(audio, lengths)
-        if specaugment is not None:
-            features = specaugment(features, frame_lengths, generator)
-        logits = model(input_features=features, decoder_input_ids=inputs).logits
-    cross_entropy = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    if distillation is None:
-        return cross_entropy
-    return distillation.loss(cross_entropy, logits, features, inputs, labels != IGNORE_INDEX)
+
+class _Meter:
+    """Throughput since the last log line, and samples not yet added to the progress; summed over ranks."""
+
+    def __init__(self, accelerator: Accelerator):
+        self.accelerator = accelerator
+        self.started = time.perf_counter()
+        self.wait = 0.0
+        self.window = [0, 0.0]  # samples, audio seconds since the last log line
+        self.unsettled = [0, 0.0]  # since the last settle
+
+    def add(self, batches: list[Batch]) -> None:
+        samples, audio = sum(b.size for b in batches), sum(float(b["seconds"].sum()) for b in batches)
+        for counts in (self.window, self.unsettled):
+            counts[0] += samples
+            counts[1] += audio
+
+    def settle(self, progress: Progress) -> None:
+        """Add every rank's samples and audio since the last call to ``progress`` (a collective)."""
+        totals = torch.tensor(self.unsettled, dtype=torch.float64, device=self.accelerator.device)
+        samples, audio = self.accelerator.reduce(totals, "sum").tolist()
+        progress.samples += int(samples)
+        progress.audio_seconds += audio
+        self.unsettled = [0, 0.0]
+
+    def take(self) -> dict:
+        """samples/s and audio hours/s over all ranks, and the share of time this rank waited for data."""
+        elapsed = time.perf_counter() - self.started
+        totals = torch.tensor(self.window, dtype=torch.float64, device=self.accelerator.device)
+        samples, audio = self.accelerator.reduce(totals, "sum").tolist()
+        figures = {"samples_per_s": samples / elapsed, "audio_hours_per_s": audio / 3600 / elapsed,
+                   "data_wait": self.wait / elapsed}
+        self.started, self.wait, self.window = time.perf_counter(), 0.0, [0, 0.0]
+        return figures
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    digest = hashlib.sha256(f"dropout:{seed}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def lr_factor(recipe: Recipe):
@@ -343,28 +423,15 @@ def lr_factor(recipe: Recipe):
     return factor
 
 
-def save_model(accelerator, model, tokenizer, featurizer, recipe: Recipe, out: Path) -> None:
-    """Hugging Face format that transformers' ASR pipeline reads as streamtrain does (see train/export.py)."""
-    from streamtrain.train.export import export_model
-
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        export_model(accelerator.unwrap_model(model), tokenizer, featurizer, recipe, out)
-        accelerator.print(f"model saved to {out}")
-    accelerator.wait_for_everyone()
-
-
 def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
     if accelerator.num_processes == 1:
-        return flag
+        return bool(flag)
     value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(value, "sum").item() > 0)
 
 
 def _broadcast(value):
     """Rank 0's value, on every rank."""
-    from accelerate.utils import broadcast_object_list
-
     return broadcast_object_list([value])[0]
 
 

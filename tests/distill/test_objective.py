@@ -84,17 +84,32 @@ class FixedTeacher(torch.nn.Module):
         return Output()
 
 
+LABELS = torch.tensor([[2, 0, -100], [1, 3, 2]])  # the targets where MASK holds; -100 (ignored) elsewhere
+
+
+def reference_cross_entropy(student, labels):
+    return F.cross_entropy(student.reshape(-1, 4), labels.reshape(-1), ignore_index=-100, reduction="sum")
+
+
 @pytest.mark.parametrize("alpha,beta", [(0.5, 1.0), (1.0, 0.3), (0.0, 2.0)])
 def test_distillation_loss_weighs_ce_and_kl_and_its_gradient_carries_beta(alpha, beta):
     teacher = FixedTeacher()
     distillation = Distillation(teacher, alpha=alpha, beta=beta, temperature=T)
     student = STUDENT.clone().requires_grad_(True)
-    cross_entropy = torch.tensor(3.0, requires_grad=True)
     inputs = torch.tensor([[1, 4, 5], [1, 6, 7]])
-    loss = distillation.loss(cross_entropy, student, torch.zeros(2, 40, 10), inputs, MASK)
-    torch.testing.assert_close(loss, alpha * 3.0 + beta * reference_kl(STUDENT, TEACHER, MASK, T), rtol=1e-5, atol=1e-6)
+    loss = distillation.loss(student, LABELS, torch.zeros(2, 40, 10), inputs)
+    expected = alpha * reference_cross_entropy(STUDENT, LABELS) + beta * reference_kl(STUDENT, TEACHER, MASK, T)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     loss.backward()
-    torch.testing.assert_close(student.grad, beta * reference_gradient(STUDENT, TEACHER, MASK, T), rtol=1e-5, atol=1e-6)
-    assert float(cross_entropy.grad) == pytest.approx(alpha)
+    reference = STUDENT.clone().requires_grad_(True)
+    (alpha * reference_cross_entropy(reference, LABELS)).backward()
+    torch.testing.assert_close(student.grad, reference.grad + beta * reference_gradient(STUDENT, TEACHER, MASK, T),
+                               rtol=1e-5, atol=1e-6)
     assert teacher.weight.grad is None  # the teacher is run without gradients
     assert teacher.calls == [((2, 40, 10), inputs.tolist(), False)]
+
+
+def test_pseudo_labels_without_a_teacher_are_cross_entropy_only():
+    distillation = Distillation(None, alpha=0.7, beta=0.0, temperature=T)
+    loss = distillation.loss(STUDENT, LABELS, torch.zeros(2, 40, 10), torch.zeros(2, 3, dtype=torch.long))
+    torch.testing.assert_close(loss, 0.7 * reference_cross_entropy(STUDENT, LABELS))

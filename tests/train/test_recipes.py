@@ -37,3 +37,34 @@ def test_errors_name_the_key(override, message):
 def test_unknown_recipe_name():
     with pytest.raises(RecipeError, match="no recipe 'nope'"):
         load_recipe("nope")
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("data.batch_size=0", "data.batch_size: must be > 0, got 0"),
+        ("data.num_workers=-1", "data.num_workers: must be >= 0, got -1"),
+        ("optim.lr=inf", "optim.lr: must be a finite number, got inf"),
+        ("optim.lr=.nan", "optim.lr: must be a finite number, got nan"),
+        ("data.stall_timeout=0", "data.stall_timeout: must be > 0"),
+        ("data.train={a: 1.0, b: 0}", "data.train.b: a mixing weight must be > 0"),
+    ],
+)
+def test_values_out_of_range_are_named(override, message):
+    with pytest.raises(RecipeError, match=message):
+        validate(load_recipe("tiny", [override]))
+
+
+def test_a_key_written_twice_is_an_error_naming_it_and_its_line(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("data:\n  batch_size: 8\ntrain:\n  max_steps: 3\ndata:\n  batch_size: 16\n")
+    with pytest.raises(RecipeError, match=rf"{path}: line 5: key 'data' is written twice"):
+        load_recipe(path)
+
+
+def test_a_mixture_and_storage_options_bind():
+    recipe = load_recipe("tiny", ["data.train={shards/train: 1.0, s3://bucket/extra: 0.5}",
+                                  "data.storage_options={client_kwargs: {endpoint_url: 'http://127.0.0.1:9000'}}"])
+    validate(recipe)
+    assert recipe.data.train == {"shards/train": 1.0, "s3://bucket/extra": 0.5}
+    assert recipe.data.storage_options["client_kwargs"]["endpoint_url"] == "http://127.0.0.1:9000"

@@ -1,16 +1,31 @@
-"""``streamtrain train RECIPE [key=value ...]``: train from a recipe, resuming automatically."""
+"""``streamtrain train RECIPE [key=value ...]``: train from a recipe, resuming automatically.
+
+This command sits above the train and distill layers: it hands the trainer the
+objective the recipe asks for (``streamtrain.distill.objective.objective_for``).
+SIGTERM / SIGINT are caught from the moment it starts, so a job preempted while
+it imports and sets up stops cleanly too.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 
-from streamtrain.data.state import LoaderStateError
-from streamtrain.dataset.index import DatasetIndexError
-from streamtrain.features.cache import FeatureCacheError
-from streamtrain.train.config import RecipeError, load_recipe
+from streamtrain.train.signals import StopRequest
 
-ERRORS = (RecipeError, DatasetIndexError, LoaderStateError, FeatureCacheError, FileNotFoundError)
+
+def __getattr__(name: str):
+    """``ERRORS`` is imported on first use: importing this module must stay light, so that the
+    signal handler is in place before torch and the rest load (see ``run``)."""
+    if name != "ERRORS":
+        raise AttributeError(name)
+    from streamtrain.data.state import LoaderStateError
+    from streamtrain.dataset.index import DatasetIndexError
+    from streamtrain.features.cache import FeatureCacheError
+    from streamtrain.train.checkpoint import CheckpointError
+    from streamtrain.train.config import RecipeError
+
+    return RecipeError, DatasetIndexError, LoaderStateError, FeatureCacheError, CheckpointError, FileNotFoundError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +49,14 @@ def take_extra_arguments(args: argparse.Namespace, extra: list[str], parser: arg
 
 
 def run(args: argparse.Namespace) -> int:
+    with StopRequest() as stop:
+        return _train(args, stop)
+
+
+def _train(args: argparse.Namespace, stop: StopRequest) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from streamtrain.distill.objective import objective_for
+    from streamtrain.train.config import load_recipe
     from streamtrain.train.loop import train
 
     flags = {
@@ -45,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
     }
     overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
     recipe = load_recipe(args.recipe, overrides)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    result = train(recipe, resume=not args.no_resume)
+    result = train(recipe, resume=not args.no_resume, objective_for=objective_for, stop=stop)
     evaluations = result.progress.evaluations
     if evaluations and not result.stopped_by_signal:
         first, last = evaluations[0], evaluations[-1]

@@ -1,0 +1,43 @@
+"""What the loop trains toward: the target texts of a batch, and the loss of a micro-batch.
+
+The loop calls an ``Objective`` and knows nothing of what is behind it: plain
+cross-entropy on the transcripts (here), or distillation on a teacher's
+pseudo-labels with a KL term (``streamtrain.distill.objective``), which plugs in
+from the layer above.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from streamtrain.train.model import IGNORE_INDEX
+
+
+class Objective(Protocol):
+    def texts(self, batch) -> tuple[list[str], torch.Tensor | None]:
+        """The batch's target texts, and which samples count (bool, B; None: all)."""
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, features: torch.Tensor,
+             decoder_inputs: torch.Tensor) -> torch.Tensor:
+        """Summed loss of a micro-batch (the loop divides by the batch's target tokens).
+
+        logits: B x L x V; labels: B x L (IGNORE_INDEX where nothing is predicted);
+        features: B x M x F as the model saw them; decoder_inputs: B x L.
+        """
+
+
+def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+class CrossEntropy:
+    """Cross-entropy on the transcripts stored with the audio."""
+
+    def texts(self, batch) -> tuple[list[str], torch.Tensor | None]:
+        return batch["text"], None
+
+    def loss(self, logits, labels, features, decoder_inputs) -> torch.Tensor:
+        return cross_entropy_sum(logits, labels)

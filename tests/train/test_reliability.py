@@ -1,0 +1,120 @@
+"""The trainer against what goes wrong in real clusters: ranks, locks, bad batches, full disks.
+Every fault is real (processes, signals, file-size limits); nothing is mocked."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from streamtrain.testing.datasets import write_dataset
+from streamtrain.testing.runs import accelerate_launch, digit_dataset, micro_recipe
+
+INJECT = Path(__file__).with_name("inject.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+       "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run(*args, inject=(), processes=1, limit=None, timeout=300):
+    """``streamtrain ARGS`` (through inject.py) in 1 or 2 processes; ``limit``: a file-size limit in bytes."""
+    command = [str(INJECT), *inject, "--", *args]
+    if limit is not None:
+        command = ["-c", f"import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}));"
+                         f"sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')", *command]
+    command = accelerate_launch(processes, *command) if processes > 1 else [sys.executable, *command]
+    return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    return digit_dataset(root / "train", 40, seed=4), digit_dataset(root / "validation", 8, seed=5)
+
+
+def test_each_rank_draws_its_own_masks_and_rank_0_chooses_the_checkpoint(data, tmp_path):
+    run_dir, log = tmp_path / "ranks", tmp_path / "random"
+    log.mkdir()
+    recipe = micro_recipe(run_dir, *data, train={"max_steps": 6, "checkpoint_every": 3})
+    first = run("train", str(recipe), inject=["--random-log", str(log)], processes=2)
+    assert first.returncode == 0, first.stderr
+    ranks = [[json.loads(line) for line in (log / f"rank-{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    for zero, one in zip(*ranks):
+        assert zero["step"] == one["step"]
+        assert zero["torch"] != one["torch"] and zero["specaugment"] != one["specaugment"]
+    # rank 1 now sees the oldest checkpoint as the newest: it must follow rank 0's choice anyway
+    resumed = run("train", str(recipe), "train.max_steps=8", inject=["--stale-rank", "1"], processes=2)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout and "step-00000006 (step 6," in resumed.stdout
+    trainer = json.loads((run_dir / "checkpoints" / "step-00000008" / "trainer.json").read_text())
+    assert trainer["step"] == 8
+
+
+def test_batches_whose_samples_are_all_bad_still_make_every_rank_step(tmp_path):
+    """Shard 1 is truncated: with on_bad_sample=skip its 4 samples are skipped, and the batch made of
+    them is empty on the rank that gets it; both ranks still take every step, and the audit counts them."""
+    data = tmp_path / "data"
+    write_dataset(data, [4, 4, 4, 4], seed=3, min_seconds=0.5)
+    shard = data / "shard-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:2000])
+    recipe = micro_recipe(tmp_path / "skip", data, None, data={"batch_size": 4, "block_shards": 1,
+                                                              "on_bad_sample": "skip"},
+                          train={"max_steps": 4, "checkpoint_every": 4})
+    result = run("train", str(recipe), processes=2)
+    assert result.returncode == 0, result.stderr
+    trainer = json.loads((tmp_path / "skip" / "checkpoints" / "step-00000004" / "trainer.json").read_text())
+    assert trainer["step"] == 4 and trainer["loader"]["counters"]["skipped_bad"] == 8  # two epochs
+    audit = run("audit", str(tmp_path / "skip"))
+    assert audit.returncode == 0, audit.stdout
+    assert "epoch 0 (complete): 16 samples, 12 seen, 0 duplicates, 0 missing" in audit.stdout
+    assert "4 skipped as bad" in audit.stdout
+
+
+def test_a_second_trainer_on_the_same_folder_is_refused_and_a_killed_one_leaves_no_lock(data, tmp_path):
+    run_dir = tmp_path / "locked"
+    recipe = micro_recipe(run_dir, *data, train={"max_steps": 400, "checkpoint_every": 1000})
+    first = subprocess.Popen([sys.executable, "-m", "streamtrain", "train", str(recipe)], env=ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in first.stdout:  # the first trainer is stepping
+            if line.startswith("step "):
+                break
+        second = run("train", str(recipe))
+        assert second.returncode == 2
+        assert f"run folder {run_dir} is in use by another `streamtrain train` (pid {first.pid}" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+    third = run("train", str(recipe), "train.max_steps=2", "optim.lr=0.002")
+    assert third.returncode == 0, third.stderr
+
+
+def test_a_resume_says_what_changed_in_the_recipe(data, tmp_path):
+    recipe = micro_recipe(tmp_path / "changed", *data, train={"max_steps": 4, "checkpoint_every": 2})
+    assert run("train", str(recipe)).returncode == 0
+    resumed = run("train", str(recipe), "train.max_steps=6", "optim.lr=0.001")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "the recipe changed since that checkpoint:" in resumed.stdout
+    assert "optim.lr: 0.003 -> 0.001" in resumed.stdout and "train.max_steps: 4 -> 6" in resumed.stdout
+
+
+def test_a_full_disk_at_a_checkpoint_is_a_one_line_error_that_leaves_nothing_half_written(data, tmp_path):
+    run_dir = tmp_path / "full"  # no workers: the limit would also stop the workers' shared-memory files
+    recipe = micro_recipe(run_dir, *data, data={"num_workers": 0}, train={"max_steps": 4, "checkpoint_every": 2})
+    result = run("train", str(recipe), limit=150_000)
+    assert result.returncode == 2
+    assert f"streamtrain: error: cannot write checkpoint {run_dir / 'checkpoints' / 'step-00000002'}: " \
+           "File too large" in result.stderr
+    assert "Traceback" not in result.stderr and "inline_container" not in result.stderr
+    assert list((run_dir / "checkpoints").iterdir()) == []
+
+
+def test_an_output_dir_that_is_a_file_is_named(data, tmp_path):
+    (tmp_path / "afile").write_text("")
+    recipe = micro_recipe(tmp_path / "x", *data)
+    result = run("train", str(recipe), f"train.output_dir={tmp_path / 'afile'}")
+    assert result.returncode == 2
+    assert f"train.output_dir {tmp_path / 'afile'} is a file, not a folder" in result.stderr
