@@ -1,9 +1,10 @@
 """Audio decoding, encoding and resampling.
 
-soundfile (libsndfile) decodes and encodes. Resampling is numpy (torchaudio's
-Kaiser sinc kernel, applied as matrix products), so neither the packer's workers
-nor the loader's need torch for audio. Waveforms are float32 numpy arrays of shape
-(T,) in [-1, 1) once mixed to mono.
+soundfile (libsndfile) decodes, and encodes flac and wav; opus is encoded by
+libopus itself where the system has it (``streamtrain.opus``), so its complexity
+can be chosen. Resampling is numpy (torchaudio's Kaiser sinc kernel, applied as
+matrix products), so neither the packer's workers nor the loader's need torch for
+audio. Waveforms are float32 numpy arrays of shape (T,) in [-1, 1) once mixed to mono.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from functools import lru_cache
 import numpy as np
 import soundfile
 from numpy.lib.stride_tricks import as_strided
+
+from streamtrain.opus import OpusError, encode_opus, libopus
 
 #: Extensions the loader and packer decode as audio. Nothing else in a shard is
 #: ever decoded as audio, and nothing is ever unpickled.
@@ -32,6 +35,10 @@ CODECS = {
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 #: The bitrates libsndfile's opus encoder takes (bit/s, per channel), lowest and highest.
 OPUS_BITRATES = (6000, 256000)
+#: libopus's complexity for opus when none is given. Measured on espeak-ng speech at the
+#: default bitrate (benchmarks/pack_bench.py): 4 encodes about 2x faster than 10 and keeps
+#: most of its quality; 0-3 are 2x faster again but lose as much as 16 kbit/s does at 10.
+DEFAULT_OPUS_COMPLEXITY = 4
 
 _SOUNDFILE_FORMAT_TO_EXT = {"FLAC": "flac", "WAV": "wav", "MP3": "mp3"}
 
@@ -199,28 +206,59 @@ def quantize16(waveform: np.ndarray) -> np.ndarray:
     return np.clip(np.round(waveform * 32768.0), -32768, 32767).astype(np.int16)
 
 
-def encode(waveform: np.ndarray, sample_rate: int, codec: str, bitrate: int | None = None) -> tuple[bytes, str]:
+def encode(
+    waveform: np.ndarray, sample_rate: int, codec: str, bitrate: int | None = None, complexity: int | None = None
+) -> tuple[bytes, str]:
     """Encode a mono float32 waveform; returns (bytes, member extension).
 
-    ``bitrate`` (bit/s) sets the opus encoder's target; other codecs take none.
+    ``bitrate`` (bit/s) sets the opus encoder's target and ``complexity`` (0-10)
+    libopus's complexity (see ``opus_complexity``); other codecs take neither.
     """
     if codec not in CODECS:
         raise AudioError(f"unknown codec {codec!r}; expected one of {sorted(CODECS)}")
-    ext, file_format, subtype = CODECS[codec]
-    if codec == "opus" and sample_rate not in OPUS_RATES:
+    ext = CODECS[codec][0]
+    if codec != "opus":
+        for name, value in (("bitrate", bitrate), ("complexity", complexity)):
+            if value is not None:
+                raise AudioError(f"a {name} applies to opus only, not {codec}")
+        return _soundfile_bytes(quantize16(waveform), sample_rate, codec), ext
+    if sample_rate not in OPUS_RATES:
         raise AudioError(f"opus cannot store {sample_rate} Hz audio; use one of {OPUS_RATES}")
-    level = None
-    if bitrate is not None:
-        if codec != "opus":
-            raise AudioError(f"a bitrate applies to opus only, not {codec}")
-        level = opus_compression_level(bitrate)
+    level = None if bitrate is None else opus_compression_level(bitrate)
+    chosen = opus_complexity(complexity)
+    if chosen is None:
+        return _soundfile_bytes(waveform, sample_rate, codec, level), ext
+    try:
+        return encode_opus(waveform, sample_rate, chosen, bitrate), ext
+    except OpusError as error:
+        raise AudioError(f"cannot encode opus audio: {error}") from error
+
+
+def _soundfile_bytes(data: np.ndarray, sample_rate: int, codec: str, level: float | None = None) -> bytes:
+    _, file_format, subtype = CODECS[codec]
     buffer = io.BytesIO()
-    data = quantize16(waveform) if subtype == "PCM_16" else waveform
     try:
         soundfile.write(buffer, data, sample_rate, format=file_format, subtype=subtype, compression_level=level)
     except Exception as error:
         raise AudioError(f"cannot encode {codec} audio: {error}") from error
-    return buffer.getvalue(), ext
+    return buffer.getvalue()
+
+
+def opus_complexity(complexity: int | None) -> int | None:
+    """The libopus complexity opus is encoded with: ``complexity``, or
+    ``DEFAULT_OPUS_COMPLEXITY`` for None. Without a system libopus it is None:
+    soundfile's own encoder runs then, fixed at complexity 10, and asking for
+    a complexity is an error."""
+    if complexity is not None and (
+        isinstance(complexity, bool) or not isinstance(complexity, int) or not 0 <= complexity <= 10
+    ):
+        raise AudioError(f"opus complexity must be an integer 0 to 10, not {complexity!r}")
+    if libopus() is None:
+        if complexity is not None:
+            raise AudioError("an opus complexity needs the system's libopus (libopus0 on Debian and Ubuntu, "
+                             "opus on Homebrew); without it soundfile encodes at complexity 10")
+        return None
+    return DEFAULT_OPUS_COMPLEXITY if complexity is None else complexity
 
 
 def opus_compression_level(bitrate: int) -> float:

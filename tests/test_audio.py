@@ -1,16 +1,31 @@
-"""streamtrain.audio: resampling against torchaudio's Resample."""
+"""streamtrain.audio: resampling against torchaudio's Resample; opus through libopus."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 from torchaudio.transforms import Resample
 
-from streamtrain.audio import _PRODUCT_SIZE, _polyphase, resample
+import streamtrain.audio
+from streamtrain.audio import (
+    _PRODUCT_SIZE,
+    DEFAULT_OPUS_COMPLEXITY,
+    OPUS_RATES,
+    AudioError,
+    _polyphase,
+    decode,
+    encode,
+    opus_complexity,
+    probe,
+    resample,
+)
+from streamtrain.opus import ogg_crc
 from streamtrain.testing.corpus import speech, utterances
 
 #: Rate pairs: down, up, integer and awkward ratios, and a gcd of 5 (a 3200-phase kernel).
@@ -58,3 +73,55 @@ def test_resampling_does_not_import_torch():
     code = ("import sys, numpy as np; from streamtrain.audio import resample; "
             "resample(np.ones(1000, dtype=np.float32), 44100, 16000); assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def speech_at(rate: int, seed: int = 2) -> np.ndarray:
+    return speech(utterances(1, seed=seed)[0], rate)
+
+
+@pytest.mark.parametrize("rate", OPUS_RATES)
+def test_opus_decodes_to_the_exact_length(rate: int):
+    waveform = speech_at(rate)
+    data, ext = encode(waveform, rate, "opus")
+    decoded, decoded_rate = decode(data)
+    assert (ext, decoded_rate, len(decoded), probe(data).frames) == ("opus", rate, len(waveform), len(waveform))
+    assert np.corrcoef(waveform, decoded)[0, 1] > 0.9  # lossy, but the same speech
+
+
+def test_opus_bytes_depend_on_the_audio_and_the_complexity_only():
+    waveform = speech_at(16000)
+    fast, slow = (encode(waveform, 16000, "opus", complexity=c)[0] for c in (0, 10))
+    assert encode(waveform, 16000, "opus", complexity=0)[0] == fast  # no random Ogg serial number
+    assert fast != slow
+    assert encode(waveform, 16000, "opus")[0] == encode(waveform, 16000, "opus", complexity=DEFAULT_OPUS_COMPLEXITY)[0]
+
+
+def test_ogg_crc_is_the_one_libsndfile_writes():
+    buffer = io.BytesIO()
+    soundfile.write(buffer, speech_at(16000), 16000, format="OGG", subtype="OPUS")
+    data = buffer.getvalue()
+    size = 27 + data[26] + sum(data[27 : 27 + data[26]])  # header, lacing values, body
+    page = data[:size]
+    assert ogg_crc(page[:22] + bytes(4) + page[26:]) == int.from_bytes(page[22:26], "little")
+
+
+@pytest.mark.parametrize("complexity", [-1, 11, 2.5, True, "4"])
+def test_bad_opus_complexity_is_refused(complexity):
+    with pytest.raises(AudioError, match="opus complexity must be an integer 0 to 10"):
+        encode(speech_at(16000), 16000, "opus", complexity=complexity)
+
+
+def test_complexity_applies_to_opus_only():
+    with pytest.raises(AudioError, match="a complexity applies to opus only, not flac"):
+        encode(speech_at(16000), 16000, "flac", complexity=4)
+
+
+def test_without_libopus_soundfile_encodes_opus(monkeypatch):
+    monkeypatch.setattr(streamtrain.audio, "libopus", lambda: None)
+    waveform = speech_at(16000)
+    assert opus_complexity(None) is None
+    data, _ = encode(waveform, 16000, "opus", bitrate=24000)
+    assert soundfile.info(io.BytesIO(data)).subtype == "OPUS"
+    assert abs(len(decode(data)[0]) - len(waveform)) <= 1
+    with pytest.raises(AudioError, match="an opus complexity needs the system's libopus"):
+        encode(waveform, 16000, "opus", complexity=4)

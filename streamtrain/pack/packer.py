@@ -31,6 +31,7 @@ from streamtrain.audio import (
     AudioError,
     decode,
     encode,
+    opus_complexity,
     opus_compression_level,
     probe,
     resample,
@@ -120,6 +121,16 @@ class _Layout:
         return any(_Layout((j, n)).owns(name) for j in range(n) if j != i)
 
 
+@dataclass(frozen=True)
+class _Encoding:
+    """How every item of a pack is encoded."""
+
+    codec: str
+    sample_rate: int | None  # None keeps each item's rate
+    bitrate: int | None  # opus only
+    complexity: int | None  # opus only; None for the default
+
+
 @dataclass
 class _Encoded:
     key: str
@@ -143,6 +154,7 @@ def pack(
     source_form: str | None = None,
     kaldi_pipes: bool = False,
     bitrate: int | None = None,
+    opus_complexity: int | None = None,
 ) -> PackSummary:
     """Pack ``source`` into ``out_dir``; see the module docstring.
 
@@ -153,10 +165,12 @@ def pack(
     ``if __name__ == "__main__":`` guard. ``kaldi_pipes`` runs the ``cmd |``
     entries of a Kaldi ``wav.scp`` (refused otherwise). ``bitrate`` (bit/s, opus
     only) sets the encoder's target; by default libopus picks (about 25 kbit/s
-    for 16 kHz speech).
+    for 16 kHz speech). ``opus_complexity`` (0-10, opus only) is libopus's
+    complexity, by default ``audio.DEFAULT_OPUS_COMPLEXITY``.
     """
     started = time.monotonic()
-    _check_options(codec, sample_rate, bitrate, shard_size, workers, part)
+    encoding = _Encoding(codec, sample_rate, bitrate, opus_complexity)
+    _check_options(encoding, shard_size, workers, part)
     layout = _Layout(part)
     out = Path(out_dir)
     entries = _slice(read_source(source, source_form, kaldi_pipes=kaldi_pipes), part)
@@ -169,7 +183,7 @@ def pack(
     reencoded = 0
     shards = _ShardSequence(out, layout, shard_size)
     bar = tqdm(total=len(entries), unit=" samples", desc=_describe(layout), disable=not progress)
-    results = _encode_all(entries, codec, sample_rate, bitrate, workers)
+    results = _encode_all(entries, encoding, workers)
     try:
         for result in results:
             bar.update()
@@ -267,22 +281,23 @@ def _encoding(index: DatasetIndex) -> str:
     return f"codec {index.codec}{target}, {rate}"
 
 
-def _check_options(
-    codec: str, sample_rate: int | None, bitrate: int | None, shard_size: int, workers: int, part: tuple[int, int] | None
-) -> None:
+def _check_options(encoding: _Encoding, shard_size: int, workers: int, part: tuple[int, int] | None) -> None:
+    codec, sample_rate = encoding.codec, encoding.sample_rate
     if codec not in PACK_CODECS:
         raise PackError(f"unknown codec {codec!r}; expected one of {', '.join(PACK_CODECS)}")
     if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0):
         raise PackError(f"sample rate must be a positive integer or None (keep), not {sample_rate!r}")
     if codec == "opus" and sample_rate not in OPUS_RATES:
         raise PackError(f"opus needs a sample rate of {', '.join(map(str, OPUS_RATES))} Hz, not {sample_rate}")
-    if bitrate is not None:
-        if codec != "opus":
-            raise PackError(f"a bitrate applies to --codec opus only, not {codec}")
-        try:
-            opus_compression_level(bitrate)
-        except AudioError as error:
-            raise PackError(str(error)) from None
+    for name, value, check in (("bitrate", encoding.bitrate, opus_compression_level),
+                               ("complexity", encoding.complexity, opus_complexity)):
+        if value is not None:
+            if codec != "opus":
+                raise PackError(f"a {name} applies to --codec opus only, not {codec}")
+            try:
+                check(value)
+            except AudioError as error:
+                raise PackError(str(error)) from None
     if not isinstance(shard_size, int) or shard_size <= 0:
         raise PackError(f"shard size must be a positive number of bytes, not {shard_size!r}")
     if not isinstance(workers, int) or workers < 1:
@@ -379,11 +394,9 @@ class _ShardSequence:
         self._shard_seconds = []
 
 
-def _encode_all(
-    entries: list[Entry], codec: str, sample_rate: int | None, bitrate: int | None, workers: int
-) -> Iterator[_Encoded | Reject]:
+def _encode_all(entries: list[Entry], encoding: _Encoding, workers: int) -> Iterator[_Encoded | Reject]:
     """Encoded samples (or rejects) in source order, from ``workers`` processes."""
-    jobs = [(entry, codec, sample_rate, bitrate) for entry in entries]
+    jobs = [(entry, encoding) for entry in entries]
     if workers == 1:
         yield from map(_encode_job, jobs)
         return
@@ -400,17 +413,17 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # one process per core; resampling threads would oversubscribe
 
 
-def _encode_job(job: tuple[Entry, str, int | None, int | None]) -> _Encoded | Reject:
-    entry, codec, sample_rate, bitrate = job
+def _encode_job(job: tuple[Entry, _Encoding]) -> _Encoded | Reject:
+    entry, encoding = job
     if isinstance(entry, Reject):
         return entry
     try:
-        return _encode_item(entry, codec, sample_rate, bitrate)
+        return _encode_item(entry, encoding)
     except AudioError as error:
         return Reject(entry.origin, entry.key, f"{entry.location}: {error}")
 
 
-def _encode_item(item: SourceItem, codec: str, sample_rate: int | None, bitrate: int | None) -> _Encoded:
+def _encode_item(item: SourceItem, encoding: _Encoding) -> _Encoded:
     source = _piped_audio(item.audio) if item.piped else item.audio
     info = probe(source)
     start = round(item.start * info.sample_rate) if item.start is not None else 0
@@ -420,7 +433,8 @@ def _encode_item(item: SourceItem, codec: str, sample_rate: int | None, bitrate:
     waveform, rate = decode(source, start, stop)
     if len(waveform) == 0:
         raise AudioError("no audio samples")
-    target = sample_rate or rate
+    codec = encoding.codec
+    target = encoding.sample_rate or rate
     whole_file = item.start is None and item.end is None
     reencoded = False
     if codec == "copy" and whole_file and info.ext in AUDIO_EXTENSIONS and rate == target:
@@ -429,7 +443,7 @@ def _encode_item(item: SourceItem, codec: str, sample_rate: int | None, bitrate:
     else:
         reencoded = codec == "copy"
         waveform = resample(waveform, rate, target)
-        audio, ext = encode(waveform, target, "flac" if codec == "copy" else codec, bitrate=bitrate)
+        audio, ext = encode(waveform, target, "flac" if codec == "copy" else codec, encoding.bitrate, encoding.complexity)
         frames = len(waveform)
     meta = {**item.fields, "text": item.text, "seconds": round(frames / target, 6), "sample_rate": target}
     if item.start is not None:
