@@ -20,6 +20,7 @@ from streamtrain.audio import (
     AudioError,
     _polyphase,
     decode,
+    decode_segment,
     encode,
     opus_complexity,
     probe,
@@ -73,6 +74,26 @@ def test_resampling_does_not_import_torch():
     code = ("import sys, numpy as np; from streamtrain.audio import resample; "
             "resample(np.ones(1000, dtype=np.float32), 44100, 16000); assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 6])
+@pytest.mark.parametrize("file_format, subtype", [("WAV", "PCM_16"), ("FLAC", "PCM_16"), ("WAV", "PCM_24"),
+                                                  ("WAV", "FLOAT")])
+def test_decode_equals_libsndfiles_float_conversion(file_format: str, subtype: str, channels: int):
+    """16-bit audio is read as integers and scaled by 2**-15: the same floats, to the bit."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.random.default_rng(channels).uniform(-1, 1, (5000, channels)), 16000,
+                    format=file_format, subtype=subtype)
+    data = buffer.getvalue()
+    floats = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)[0].mean(axis=1, dtype=np.float32)
+    assert np.array_equal(decode(data)[0], floats)
+    assert np.array_equal(decode(data, 100, 400)[0], floats[100:400])
+    assert np.array_equal(decode(data, 4900, 6000)[0], floats[4900:])
+    waveform, info = decode_segment(data, 100 / 16000, 400 / 16000)
+    assert np.array_equal(waveform, floats[100:400]) and (info.frames, info.channels) == (5000, channels)
+    assert np.array_equal(decode_segment(data, None, None)[0], floats)
+    with pytest.raises(AudioError, match=r"segment starts at 1.0 s, after the end of the recording \(0.312 s\)"):
+        decode_segment(data, 1.0, None)
 
 
 def speech_at(rate: int, seed: int = 2) -> np.ndarray:

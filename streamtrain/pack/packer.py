@@ -29,11 +29,10 @@ from streamtrain.audio import (
     CODECS,
     OPUS_RATES,
     AudioError,
-    decode,
+    decode_segment,
     encode,
     opus_complexity,
     opus_compression_level,
-    probe,
     resample,
 )
 from streamtrain.dataset.index import INDEX_NAME, DatasetIndex, ShardInfo, load_index
@@ -425,15 +424,10 @@ def _encode_job(job: tuple[Entry, _Encoding]) -> _Encoded | Reject:
 
 def _encode_item(item: SourceItem, encoding: _Encoding) -> _Encoded:
     source = _piped_audio(item.audio) if item.piped else item.audio
-    info = probe(source)
-    start = round(item.start * info.sample_rate) if item.start is not None else 0
-    stop = round(item.end * info.sample_rate) if item.end is not None else None
-    if start and start >= info.frames:
-        raise AudioError(f"segment starts at {item.start} s, after the end of the recording ({info.frames / info.sample_rate:.3f} s)")
-    waveform, rate = decode(source, start, stop)
+    waveform, info = decode_segment(source, item.start, item.end)
     if len(waveform) == 0:
         raise AudioError("no audio samples")
-    codec = encoding.codec
+    codec, rate = encoding.codec, info.sample_rate
     target = encoding.sample_rate or rate
     whole_file = item.start is None and item.end is None
     reencoded = False
