@@ -340,6 +340,15 @@ def test_two_workers_write_byte_identical_shards(tmp_path: Path, codec: str):
         assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "parallel" / name).read_bytes(), name
 
 
+def test_packing_with_workers_does_not_import_torch(tmp_path: Path):
+    """Resampling is numpy and workers are forked: torch's 1-2 s import is paid nowhere."""
+    corpus = write_jsonl(tmp_path / "src", UTTS[:4])  # 22.05 kHz: every item is resampled
+    code = ("import sys; from streamtrain.pack import pack; "
+            "pack(sys.argv[1], sys.argv[2], codec='opus', workers=2, progress=False); "
+            "assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code, str(corpus.source), str(tmp_path / "out")], check=True)
+
+
 def test_parts_and_merge_equal_a_serial_pack(tmp_path: Path):
     manifest, _ = _bad_manifest(tmp_path)
     pack(manifest, tmp_path / "serial", skip_bad=True, progress=False)

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import re
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,9 +160,9 @@ def pack(
 
     ``sample_rate=None`` keeps each item's rate. ``part=(i, n)`` is 0-based.
     Bad items raise ``SourceError`` naming their origin, or with ``skip_bad``
-    are skipped and listed in ``rejects.jsonl``. ``workers > 1`` starts
-    processes with "spawn": a script calling it needs the usual
-    ``if __name__ == "__main__":`` guard. ``kaldi_pipes`` runs the ``cmd |``
+    are skipped and listed in ``rejects.jsonl``. ``workers > 1`` forks worker
+    processes on Linux and spawns them elsewhere, where a script calling it needs
+    the usual ``if __name__ == "__main__":`` guard. ``kaldi_pipes`` runs the ``cmd |``
     entries of a Kaldi ``wav.scp`` (refused otherwise). ``bitrate`` (bit/s, opus
     only) sets the encoder's target; by default libopus picks (about 25 kbit/s
     for 16 kHz speech). ``opus_complexity`` (0-10, opus only) is libopus's
@@ -399,17 +400,18 @@ def _encode_all(entries: list[Entry], encoding: _Encoding, workers: int) -> Iter
     if workers == 1:
         yield from map(_encode_job, jobs)
         return
-    # spawn, not fork: the parent may already run torch's thread pools, which do not survive a fork.
-    context = multiprocessing.get_context("spawn")
     chunksize = max(1, min(16, len(jobs) // (workers * 8)))
-    with context.Pool(workers, initializer=_init_worker) as pool:
+    with _start_method().Pool(workers) as pool:
         yield from pool.imap(_encode_job, jobs, chunksize=chunksize)
 
 
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one process per core; resampling threads would oversubscribe
+def _start_method() -> multiprocessing.context.BaseContext:
+    """fork on Linux: a worker starts in milliseconds with the modules it needs
+    already loaded (spawn took 1-2 s per worker to import torch, which workers no
+    longer use). Workers run no torch and no thread pool (resampling keeps BLAS on
+    the calling thread), so threads the parent may run, torch's included, are never
+    waited for in a worker. Elsewhere spawn, as macOS's system libraries want."""
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
 def _encode_job(job: tuple[Entry, _Encoding]) -> _Encoded | Reject:
