@@ -19,6 +19,7 @@ import webdataset
 from streamtrain.audio import decode, quantize16, resample
 from streamtrain.dataset.index import load_index
 from streamtrain.inspect import verify
+import streamtrain.pack.packer as packer
 from streamtrain.pack import PackError, SourceError, merge, pack
 from streamtrain.testing.corpus import AudioSpec, CORPUS_WRITERS, Corpus, utterances, write_corpus, write_jsonl
 
@@ -338,6 +339,31 @@ def test_two_workers_write_byte_identical_shards(tmp_path: Path, codec: str):
     assert names == sorted(os.listdir(tmp_path / "parallel"))
     for name in names:
         assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "parallel" / name).read_bytes(), name
+
+
+def test_a_failing_worker_stops_the_pack(tmp_path: Path, monkeypatch):
+    """A bug in a worker is raised in the main process; a worker that dies is an error, not a hang."""
+    corpus = write_jsonl(tmp_path / "src", UTTS)
+    encode = packer._encode_item
+
+    def failing(item, encoding):
+        if item.key == "utt00007":
+            raise ZeroDivisionError("a bug")
+        return encode(item, encoding)
+
+    monkeypatch.setattr(packer, "_encode_item", failing)  # workers are forked: they see it too
+    with pytest.raises(ZeroDivisionError, match="a bug"):
+        pack(corpus.source, tmp_path / "bug", workers=2, progress=False)
+
+    def dying(item, encoding):
+        if item.key == "utt00007":
+            os._exit(3)
+        return encode(item, encoding)
+
+    monkeypatch.setattr(packer, "_encode_item", dying)
+    with pytest.raises(PackError, match=r"a pack worker process ended unexpectedly \(exit code 3\)"):
+        pack(corpus.source, tmp_path / "died", workers=2, progress=False)
+    assert not (tmp_path / "died" / "index.json").exists()
 
 
 def test_packing_with_workers_does_not_import_torch(tmp_path: Path):

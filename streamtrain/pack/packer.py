@@ -1,7 +1,7 @@
 """Pack a SOURCE into tar shards and an ``index.json``.
 
-Items are decoded, mixed to mono, resampled and encoded in a process pool
-(``imap`` keeps source order, so any worker count writes byte-identical
+Items are decoded, mixed to mono, resampled and encoded in worker processes
+(results are taken in source order, so any worker count writes byte-identical
 shards), then appended to shards in order on the main process. Shards appear
 under their final name only when complete and the index is written last, so an
 interrupted pack never leaves an index that lists a partial shard.
@@ -16,10 +16,13 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Iterator
 
@@ -400,9 +403,74 @@ def _encode_all(entries: list[Entry], encoding: _Encoding, workers: int) -> Iter
     if workers == 1:
         yield from map(_encode_job, jobs)
         return
-    chunksize = max(1, min(16, len(jobs) // (workers * 8)))
-    with _start_method().Pool(workers) as pool:
-        yield from pool.imap(_encode_job, jobs, chunksize=chunksize)
+    size = max(1, min(16, len(jobs) // (workers * 8)))
+    chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+    context = _start_method()
+    processes: dict[Connection, BaseProcess] = {}  # the main process's end of each worker's pipe -> the worker
+    try:
+        for _ in range(workers):
+            pipe, theirs = context.Pipe()
+            processes[pipe] = context.Process(target=_serve, args=(theirs,), daemon=True)
+            processes[pipe].start()
+            theirs.close()
+        for chunk in _in_order(processes, chunks):
+            yield from chunk
+    finally:
+        for process in processes.values():
+            process.terminate()  # idle in recv() by now, or abandoned mid-chunk when packing stopped early
+            process.join()
+        for pipe in processes:
+            pipe.close()
+
+
+def _in_order(processes: dict[Connection, BaseProcess], chunks: list[list]) -> Iterator[list]:
+    """Each chunk's results, in order. A worker holds at most two chunks and gets
+    the next as soon as it returns one; results that come early wait here. So at
+    most 2 x workers chunks of encoded audio are in memory however slow the shard
+    writes are, and no thread polls (multiprocessing.Pool's worker handler wakes
+    for every result not yet read: 0.25 s of CPU per 2000 flac items, measured,
+    which on 2 cores comes out of the workers' time)."""
+    pending = iter(enumerate(chunks))
+    for pipe in [*processes, *processes]:
+        _send_next(pipe, pending)
+    done: dict[int, list] = {}
+    for number in range(len(chunks)):
+        while number not in done:
+            for pipe in wait(list(processes)):
+                index, results = _receive(pipe, processes[pipe])
+                done[index] = results
+                _send_next(pipe, pending)
+        yield done.pop(number)
+
+
+def _send_next(pipe: Connection, pending: Iterator[tuple[int, list]]) -> None:
+    job = next(pending, None)
+    if job is not None:
+        pipe.send(job)
+
+
+def _receive(pipe: Connection, process: BaseProcess) -> tuple[int, list]:
+    try:
+        index, results = pipe.recv()
+    except (EOFError, ConnectionResetError):  # the worker is gone, killed or crashed
+        process.join(timeout=5)
+        raise PackError(f"a pack worker process ended unexpectedly (exit code {process.exitcode})") from None
+    if isinstance(results, BaseException):
+        raise results
+    return index, results
+
+
+def _serve(pipe: Connection) -> None:
+    """A worker: encode each chunk of jobs the main process sends and send back the
+    results, or the exception that stopped it (a bug: bad audio is a Reject)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches all; the main process stops the workers
+    while True:
+        index, jobs = pipe.recv()
+        try:
+            results = [_encode_job(job) for job in jobs]
+        except Exception as error:
+            results = error
+        pipe.send((index, results))
 
 
 def _start_method() -> multiprocessing.context.BaseContext:
