@@ -8,8 +8,9 @@ would hold them; ``--cache DIR`` keeps them for later runs), then prints:
   folder), each pack in a fresh interpreter. Audio hours per minute of wall time
   per worker ("per core": a run uses as many cores as it has workers, plus the
   main process writing shards) and per CPU-minute (main process and workers),
-  which other load on the machine disturbs less. Starting the workers is timed;
-  loading torch for a revision that resampled with it is not;
+  which other load on the machine disturbs less, and how many cores other jobs
+  kept busy meanwhile (Linux). Starting the workers is timed; loading torch for a
+  revision that resampled with it is not;
 - opus complexity: CPU time, bitrate and the distance to the source (mean
   absolute difference of Whisper log-mel features, what a model is fed) of
   libopus at each complexity, and of soundfile's own encoder (complexity 10);
@@ -53,7 +54,7 @@ WHISPER_FEATURE_BYTES = 80 * 3000 * 4  # n_mels x frames x float32, per 30 s win
 #: resampling call loads what the packer's resampler needs (torch, for revisions before
 #: the numpy resampler) before the clock starts; starting worker processes is timed.
 RUNNER = """
-import json, resource, sys, time
+import json, os, resource, sys, time
 import numpy as np
 from streamtrain.audio import resample
 from streamtrain.pack import pack
@@ -66,11 +67,17 @@ def cpu():
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
+def machine():
+    # CPU seconds every process on the machine has used (Linux): user .. steal, less idle and iowait
+    ticks = [int(t) for t in open("/proc/stat").readline().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
 source, out, codec, workers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-started, cpu_started = time.perf_counter(), cpu()
+started, cpu_started, machine_started = time.perf_counter(), cpu(), machine()
 summary = pack(source, out, codec=codec, workers=workers, progress=False)
-print(json.dumps({"wall": time.perf_counter() - started, "cpu": cpu() - cpu_started, "hours": summary.hours,
-                  "bytes": summary.bytes}))
+wall, used = time.perf_counter() - started, cpu() - cpu_started
+print(json.dumps({"wall": wall, "cpu": used, "others": max(0.0, machine() - machine_started - used) / wall,
+                  "hours": summary.hours, "bytes": summary.bytes}))
 """
 
 
@@ -147,22 +154,26 @@ def pack_runs(corpus: Corpus, codecs: list[str], trees: dict[str, Path], scratch
                     tries[name].append(_pack(corpus, codec, workers, tree, scratch / f"{codec}-{workers}"))
             for name, results in tries.items():
                 runs.append({"codec": codec, "workers": workers, "tree": name, **min(results, key=lambda r: r["wall"])})
-                walls = ", ".join(f"{r['wall']:.1f}" for r in results)
-                print(f"  {codec}, {workers} worker(s), {name}: {walls} s", flush=True)
+                walls = ", ".join(f"{r['wall']:.1f} ({r['others']:.1f})" for r in results)
+                print(f"  {codec}, {workers} worker(s), {name}: {walls} s (cores other jobs used)", flush=True)
     return runs
 
 
 def _pack(corpus: Corpus, codec: str, workers: int, tree: Path, out: Path) -> dict:
     result = subprocess.run([sys.executable, "-c", RUNNER, str(corpus.source), str(out), codec, str(workers)],
-                            cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True,
-                            check=True)  # cwd: -c puts it first on the path
+                            cwd=tree, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), *_python_path()])},
+                            capture_output=True, text=True, check=True)  # cwd: -c puts it first on the path
     shutil.rmtree(out)
     return json.loads(result.stdout)
 
 
+def _python_path() -> list[str]:
+    return [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+
+
 def print_speed(runs: list[dict]) -> None:
     print(f"{'codec':<6} {'packer':<18} {'workers':>7} {'wall s':>8} {'audio h/min/core':>17} "
-          f"{'audio h/CPU-min':>16} {'x baseline':>11} {'2 workers / 1':>14}")
+          f"{'audio h/CPU-min':>16} {'x baseline':>11} {'2 workers / 1':>14} {'other jobs, cores':>18}")
     for run in runs:
         per_core = run["hours"] / (run["wall"] / 60) / run["workers"]
         baseline = _find(runs, run["codec"], run["workers"], baseline=True)
@@ -170,7 +181,7 @@ def print_speed(runs: list[dict]) -> None:
         single = _find(runs, run["codec"], 1, tree=run["tree"])
         speedup = f"{single['wall'] / run['wall']:.2f}x" if run["workers"] == 2 else "-"
         print(f"{run['codec']:<6} {run['tree']:<18} {run['workers']:>7} {run['wall']:>8.1f} {per_core:>17.2f} "
-              f"{run['hours'] / (run['cpu'] / 60):>16.2f} {versus:>11} {speedup:>14}")
+              f"{run['hours'] / (run['cpu'] / 60):>16.2f} {versus:>11} {speedup:>14} {run['others']:>18.2f}")
 
 
 def _find(runs: list[dict], codec: str, workers: int, tree: str | None = None, baseline: bool = False) -> dict | None:
