@@ -36,8 +36,8 @@ OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 #: The bitrates libsndfile's opus encoder takes (bit/s, per channel), lowest and highest.
 OPUS_BITRATES = (6000, 256000)
 #: libopus's complexity for opus when none is given. Measured on espeak-ng speech at the
-#: default bitrate (benchmarks/pack_bench.py): 4 encodes about 2x faster than 10 and keeps
-#: most of its quality; 0-3 are 2x faster again but lose as much as 16 kbit/s does at 10.
+#: default bitrate (benchmarks/pack_bench.py): 4 encodes 1.7x faster than 10 and keeps most
+#: of its fidelity; 0-3 are faster still but as far from the source as 10 at 16 kbit/s.
 DEFAULT_OPUS_COMPLEXITY = 4
 
 _SOUNDFILE_FORMAT_TO_EXT = {"FLAC": "flac", "WAV": "wav", "MP3": "mp3"}
