@@ -19,10 +19,12 @@ from types import ModuleType
 COMMANDS: dict[str, tuple[str, str]] = {
     "pack": ("streamtrain.pack.command", "pack a manifest, folder, LibriSpeech or Kaldi dir into tar shards"),
     "inspect": ("streamtrain.inspect", "summarize a packed dataset, or verify every shard"),
+    "index": ("streamtrain.dataset.index_command", "index maintenance: upgrade a format 1 index.json to format 2"),
     "featurize": ("streamtrain.features.featurize_command", "cache features as a fingerprinted sidecar column"),
     "stats": ("streamtrain.features.stats_command", "global CMVN statistics of a featurizer's output"),
     "train": ("streamtrain.train.train_command", "train from a recipe, resuming automatically"),
     "eval": ("streamtrain.train.eval_command", "WER/CER and per-utterance hypotheses of a model on a dataset"),
+    "init-model": ("streamtrain.train.init_model_command", "a randomly initialised Whisper of a published architecture"),
     "audit": ("streamtrain.train.audit_command", "check exactly-once delivery on a finished or killed run"),
     "label": ("streamtrain.distill.label_command", "pseudo-label a dataset with a teacher, once"),
     "make-student": ("streamtrain.distill.student_command", "initialize a smaller student from a teacher"),

@@ -1,4 +1,4 @@
-"""Summarize and verify a packed dataset (``streamtrain inspect``)."""
+"""Summarize and verify a packed dataset, local or at a URL (``streamtrain inspect``)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,31 @@ import argparse
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from streamtrain.audio import AUDIO_EXTENSIONS, AudioError, probe
-from streamtrain.dataset.index import DatasetIndex, DatasetIndexError, ShardInfo, load_index
+from streamtrain.dataset.columns import DURATIONS, KEYS, find_duplicate_key
+from streamtrain.dataset.dataset import Dataset, open_dataset
+from streamtrain.dataset.index import DatasetIndex, DatasetIndexError
 from streamtrain.dataset.shard import ShardError, ShardSample, read_shard
+from streamtrain.storage.remote import ShardReadError, read_all
 
 #: How far a sample's stored ``seconds`` may be from its audio header's length.
 #: Lossy codecs and mp3 copies report lengths that can differ by a few frames.
 SECONDS_TOLERANCE = 0.05
+#: How far a shard's ``seconds`` may be from the sum of its samples' durations, per sample
+#: (format 1 indexes stored each duration to the millisecond).
+SAMPLE_SECONDS_ROUNDING = 0.0005
 
 
-def summarize(dataset_dir: str | os.PathLike) -> dict[str, Any]:
-    """Totals of a dataset from its index alone (no shard is opened)."""
-    index = load_index(dataset_dir)
+def summarize(dataset: str | os.PathLike) -> dict[str, Any]:
+    """Totals of a dataset from its index alone (no shard or column file is opened)."""
+    index = open_dataset(str(dataset)).index
     return {
-        "path": str(dataset_dir),
+        "path": str(dataset),
+        "format_version": index.format_version,
         "samples": index.samples,
         "hours": round(index.seconds / 3600, 6),
         "shards": len(index.shards),
@@ -35,6 +43,7 @@ def summarize(dataset_dir: str | os.PathLike) -> dict[str, Any]:
         "max_seconds": index.max_seconds,
         "rejected": index.rejected,
         "created_by": index.created_by,
+        "fingerprint": index.fingerprint,
     }
 
 
@@ -49,48 +58,85 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("bitrate", f"{summary['kbit_per_second']:.1f} kbit/s stored, tar headers included"
                     + ("" if summary["bitrate"] is None else f" (encoder target {summary['bitrate'] / 1000:g} kbit/s)")),
         ("rejected", f"{summary['rejected']}"),
+        ("index", f"format {summary['format_version']}, fingerprint {summary['fingerprint']}"
+                  + (" (run `streamtrain index upgrade` for format 2)" if summary["format_version"] < 2 else "")),
     ]
     return "\n".join(f"{name:<9} {value}" for name, value in lines)
 
 
-def verify(dataset_dir: str | os.PathLike) -> list[str]:
-    """Re-read every shard; a list of problems, each naming its shard (empty: all good).
+def verify(dataset: str | os.PathLike) -> list[str]:
+    """Re-read every shard and column file; a list of problems, each naming its file (empty: all good).
 
-    Checks each shard's size, sha256 and sample count against the index, and that
-    every sample has an audio member whose header agrees with a json member
-    holding text, seconds and sample_rate. Keys must be unique across shards.
+    Checks the column files' size and sha256, that durations add up to each
+    shard's seconds and keys are unique; each shard's size, sha256 and sample
+    count against the index, its keys against the keys column, and that every
+    sample has an audio member whose header agrees with a json member holding
+    text, seconds and sample_rate.
     """
-    root = Path(dataset_dir)
-    index = load_index(root)
-    problems: list[str] = []
-    first_shard: dict[str, str] = {}
-    for shard in index.shards:
-        for sample in _verify_shard(root, shard, problems):
-            problems += [f"{shard.name}: {p}" for p in _sample_problems(sample, index)]
-            if sample.key in first_shard:
-                problems.append(f"{shard.name}: key {sample.key!r} is also in {first_shard[sample.key]}")
-            first_shard.setdefault(sample.key, shard.name)
+    opened = open_dataset(str(dataset))
+    index = opened.index
+    problems, keys = _column_problems(opened)
+    offsets = index.shards.offsets
+    for shard in range(len(index.shards)):
+        name = index.shards.names[shard]
+        samples = _verify_shard(opened, shard, problems)
+        problems += [f"{name}: {p}" for sample in samples for p in _sample_problems(sample, index)]
+        if keys is not None and samples and len(samples) == index.shards.samples[shard]:
+            listed = keys.range(int(offsets[shard]), int(offsets[shard + 1]))
+            stored = [sample.key for sample in samples]
+            if listed != stored:
+                at = next(i for i, (a, b) in enumerate(zip(listed, stored)) if a != b)
+                problems.append(f"{name}: sample {at} has key {stored[at]!r}, the keys column says {listed[at]!r}")
     return problems
 
 
-def _verify_shard(root: Path, shard: ShardInfo, problems: list[str]) -> list[ShardSample]:
+def _column_problems(opened: Dataset):
+    """Problems of the per-sample columns, and the keys column (None if unusable)."""
+    index, problems = opened.index, []
+    if index.format_version < 2:
+        problems.append("index.json: format 1, without column files (run `streamtrain index upgrade`)")
+    try:
+        durations = opened.durations
+    except DatasetIndexError as error:
+        return [*problems, str(error)], None
+    sums = np.add.reduceat(durations.astype(np.float64), index.shards.offsets[:-1]) if len(durations) else []
+    for name, total, seconds, count in zip(index.shards.names, np.asarray(sums).tolist(),
+                                           index.shards.seconds.tolist(), index.shards.samples.tolist()):
+        if abs(total - seconds) > SAMPLE_SECONDS_ROUNDING * count + 1e-3:
+            problems.append(f"{name}: durations add up to {total:.3f} s, the index says {seconds:.3f} s")
+    if KEYS not in index.columns:
+        return problems, None
+    try:
+        keys = opened.keys
+        duplicate = find_duplicate_key([keys])
+    except DatasetIndexError as error:
+        return [*problems, str(error)], None
+    if duplicate is not None:
+        key, first, second = duplicate
+        shard_of = np.searchsorted(index.shards.offsets, [first, second], side="right") - 1
+        problems.append(f"{index.shards.names[shard_of[1]]}: key {key!r} is also in {index.shards.names[shard_of[0]]}")
+    return problems, keys
+
+
+def _verify_shard(opened: Dataset, shard: int, problems: list[str]) -> list[ShardSample]:
     """Check one shard file against its index entry; its samples, or [] if unreadable."""
+    info = opened.index.shards[shard]
     try:
-        data = (root / shard.name).read_bytes()
-    except OSError as error:
-        problems.append(f"{shard.name}: cannot read: {error.strerror or error}")
+        data = read_all(opened.shard_url(shard), opened.storage_options, opened.retry)
+    except ShardReadError as error:
+        problems.append(f"{info.name}: {error.reason}")
         return []
-    if len(data) != shard.bytes:
-        problems.append(f"{shard.name}: {len(data)} bytes, index says {shard.bytes}")
-    if hashlib.sha256(data).hexdigest() != shard.sha256:
-        problems.append(f"{shard.name}: sha256 differs from the index")
+    if len(data) != info.bytes:
+        problems.append(f"{info.name}: {len(data)} bytes, index says {info.bytes}")
+    if hashlib.sha256(data).hexdigest() != info.sha256:
+        problems.append(f"{info.name}: sha256 differs from the index")
     try:
-        samples = read_shard(data, shard.name)
+        samples = read_shard(data, info.name)
     except ShardError as error:
         problems.append(str(error))
         return []
-    if len(samples) != shard.samples:
-        problems.append(f"{shard.name}: {len(samples)} samples, index says {shard.samples}")
+    if len(samples) != info.samples:
+        problems.append(f"{info.name}: {len(samples)} samples, index says {info.samples}")
     return samples
 
 
@@ -134,7 +180,7 @@ ERRORS = (DatasetIndexError, ShardError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", metavar="DATASET", help="a packed dataset folder (with index.json)")
+    parser.add_argument("dataset", metavar="DATASET", help="a packed dataset folder or URL (with index.json)")
     parser.add_argument("--verify", action="store_true", help="re-read every shard and check it against the index")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 

@@ -3,52 +3,76 @@
 Everything here is a pure function of (shard table, seed, epoch, settings,
 samples already delivered) and reads no data. Samples are named by a global id
 (``gid``): the position of the sample in the concatenation of every shard of
-every dataset, in index order.
+the epoch's table, in table order. There is no per-sample Python loop: work is
+numpy over whole arrays, per block of shards, or per batch across all blocks
+at once, so a plan of 10^8 samples takes seconds.
 
 An epoch is planned in four steps:
 
-1. ``shuffle_blocks``: shards are permuted, grouped into blocks of a few
-   shards, and the samples of each block are permuted. Concatenating the
-   blocks gives the epoch's sample order.
-2. ``make_batches``: samples not yet delivered (and within the duration limits)
-   are cut into batches, block by block; with bucketing the samples of a block
-   are sorted by duration first and the block's batches are then shuffled, so
-   padding stays small and lengths stay mixed. Batch composition does not
-   depend on the number of ranks or workers.
+1. ``block_runs``: shards are permuted and grouped into blocks of
+   ``block_shards``; the samples of each block are permuted; samples already
+   delivered or outside the duration limits are left out; with bucketing each
+   block's samples are then sorted by duration (ties stay in random order).
+2. ``cut_batches``: each block's run is cut into batches; what remains of a
+   block (less than a batch) joins the other blocks' remains, in block order,
+   and these are cut the same way (such a batch spans neighbouring blocks), so
+   only the epoch's last batch can be smaller than the settings allow. With
+   bucketing the batches of a block are shuffled, so lengths stay mixed over
+   steps. Batch composition does not depend on the number of ranks or workers.
 3. ``split_for_ranks``: the batch list is cut into one contiguous run per rank,
    of equal length (DDP needs every rank to take the same number of steps);
    the few batches left over (fewer than the number of ranks) are dropped for
    this epoch and reported.
-4. ``split_for_workers``: a rank's batches are cut into contiguous runs, one
+4. ``delivery_sequence``: a rank's batches are cut into contiguous runs, one
    per DataLoader worker, so each worker reads about its share of the blocks
    once; the delivery order interleaves the workers round-robin.
+
+How a run is cut: with bucketing (or with a fixed ``batch_size`` only) a batch
+is taken from the long end of the sorted run: its longest sample fixes how many
+fit (``batch_seconds // longest``, capped by ``batch_size``). Without bucketing
+and with ``batch_seconds``, batches are cut greedily in run order, each as long
+as its padded cost (longest x count) stays within ``batch_seconds``.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import numpy as np
+
+#: Bucketing sorts durations by a 16-bit key (a linear-time radix sort): the
+#: logarithm of the duration over 1 ms .. 10^5 s, so a bucket spans 0.03 % of its
+#: durations. A batch's count is then fixed by its top bucket's upper edge, which
+#: no sample of the batch exceeds: the padded cost stays within batch_seconds.
+_MAX_BUCKET = np.iinfo(np.uint16).max
+_BUCKET_FLOOR = 1e-3
+_BUCKETS_PER_E = _MAX_BUCKET / np.log(1e5 / _BUCKET_FLOOR)
 
 
 @dataclass(frozen=True)
 class ShardTable:
     """Sample counts and durations of every shard, in a fixed global order."""
 
-    counts: np.ndarray  # (S,) samples per shard
-    durations: np.ndarray  # (N,) seconds per sample, by gid
+    counts: np.ndarray  # (S,) int64 samples per shard
+    durations: np.ndarray  # (N,) float32 seconds per sample, by gid (may be a read-only memory map)
 
-    @property
+    @cached_property
     def offsets(self) -> np.ndarray:
         """(S + 1,) gid of the first sample of each shard, plus the total."""
-        return np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        offsets = np.zeros(len(self.counts) + 1, dtype=np.int64)
+        np.cumsum(self.counts, out=offsets[1:])
+        return offsets
+
+    @property
+    def samples(self) -> int:
+        return int(self.offsets[-1])
 
     def locate(self, gids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """gids -> (shard index, sample index within the shard)."""
-        offsets = self.offsets
-        shard = np.searchsorted(offsets, gids, side="right") - 1
-        return shard, gids - offsets[shard]
+        shard = np.searchsorted(self.offsets, gids, side="right") - 1
+        return shard, gids - self.offsets[shard]
 
 
 @dataclass(frozen=True)
@@ -69,15 +93,31 @@ class BatchSettings:
     def __post_init__(self) -> None:
         if self.batch_size is None and self.batch_seconds is None:
             raise ValueError("give batch_size, batch_seconds, or both (batch_size then caps the count)")
-        if self.batch_size is not None and self.batch_size < 1:
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or self.batch_size < 1):
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.batch_seconds is not None and self.batch_seconds <= 0:
-            raise ValueError(f"batch_seconds must be > 0, got {self.batch_seconds}")
+        if self.batch_seconds is not None and not (0 < self.batch_seconds < float("inf")):
+            raise ValueError(f"batch_seconds must be a positive finite number, got {self.batch_seconds}")
         if self.block_shards < 1:
             raise ValueError(f"block_shards must be >= 1, got {self.block_shards}")
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def offsets_of(sizes: np.ndarray) -> np.ndarray:
+    """(len(sizes) + 1,) int64 running total starting at 0."""
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    return offsets
+
+
+def ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The concatenation of ``arange(start, start + size)`` for each pair, vectorised."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    offsets = offsets_of(sizes)
+    out = np.repeat(np.asarray(starts, dtype=np.int64) - offsets[:-1], sizes)
+    out += np.arange(offsets[-1], dtype=np.int64)
+    return out
 
 
 def epoch_rng(seed: int, epoch: int, purpose: str) -> np.random.Generator:
@@ -86,93 +126,279 @@ def epoch_rng(seed: int, epoch: int, purpose: str) -> np.random.Generator:
     return np.random.Generator(np.random.Philox(key=int.from_bytes(digest[:16], "little")))
 
 
-def shuffle_blocks(table: ShardTable, seed: int, epoch: int, block_shards: int) -> list[np.ndarray]:
-    """The epoch's sample order as a list of blocks, each an array of gids."""
-    rng = epoch_rng(seed, epoch, "blocks")
-    offsets = table.offsets
-    shard_order = rng.permutation(len(table.counts))
-    blocks = []
-    for start in range(0, len(shard_order), block_shards):
-        members = shard_order[start : start + block_shards]
-        gids = np.concatenate([np.arange(offsets[s], offsets[s + 1]) for s in members])
-        blocks.append(rng.permutation(gids))
-    return blocks
+def shard_blocks(table: ShardTable, seed: int, epoch: int, block_shards: int) -> list[np.ndarray]:
+    """The epoch's blocks: shard indices, permuted and grouped by ``block_shards``."""
+    order = epoch_rng(seed, epoch, "shards").permutation(len(table.counts))
+    return [order[start : start + block_shards] for start in range(0, len(order), block_shards)]
 
 
-def make_batches(
-    blocks: list[np.ndarray],
-    table: ShardTable,
-    settings: BatchSettings,
-    excluded: np.ndarray,
-    seed: int,
-    epoch: int,
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """Cut the samples not ``excluded`` (a bool mask by gid) into batches.
+@dataclass(frozen=True)
+class Runs:
+    """Each block's planned samples as one contiguous run of ``order``."""
 
-    Returns (batches, gids filtered out by the duration limits). A partial
-    batch at the end of a block is carried into the next block, so only the
-    epoch's last batch can be smaller than the settings allow.
-    """
-    rng = epoch_rng(seed, epoch, "batches")
-    durations = table.durations
-    too_short = durations < settings.min_seconds if settings.min_seconds is not None else False
-    too_long = durations > settings.max_seconds if settings.max_seconds is not None else False
-    filtered_mask = (too_short | too_long) & ~excluded
-    keep = ~excluded & ~filtered_mask
+    order: np.ndarray  # gids, block after block
+    bounds: np.ndarray  # (blocks + 1,) where each block's run starts in ``order``
+    filtered: int  # samples outside the duration limits (not counting those already delivered)
 
-    batches: list[np.ndarray] = []
-    carry = np.zeros(0, dtype=np.int64)
-    for block in blocks:
-        pending = np.concatenate([carry, block[keep[block]]])
+
+def block_runs(table: ShardTable, settings: BatchSettings, excluded: np.ndarray | None, seed: int, epoch: int
+               ) -> Runs:
+    """Step 1: the permuted (and, with bucketing, duration-sorted) samples of every block."""
+    rng = epoch_rng(seed, epoch, "samples")
+    durations, offsets = table.durations, table.offsets
+    id_type = np.int32 if table.samples < 2**31 else np.int64
+    order = np.empty(table.samples, dtype=id_type)
+    bounds = [0]
+    filtered = 0
+    for shards in shard_blocks(table, seed, epoch, settings.block_shards):
+        gids = ranges(offsets[shards], table.counts[shards])
+        if excluded is not None:
+            gids = gids[~excluded[gids]]
+        seconds = durations[gids]
+        inside = _within_limits(seconds, settings)
+        if inside is not None:
+            filtered += len(gids) - int(inside.sum())
+            gids, seconds = gids[inside], seconds[inside]
         if settings.bucketing:
-            pending = pending[np.argsort(durations[pending], kind="stable")]
-        cut = _cut_points(durations[pending], settings)
-        block_batches = np.split(pending, cut)
-        carry = block_batches.pop() if block_batches else carry[:0]
-        if settings.bucketing:
-            block_batches = [block_batches[i] for i in rng.permutation(len(block_batches))]
-        batches.extend(block_batches)
-    if len(carry):
-        batches.append(carry)
-    return batches, np.flatnonzero(filtered_mask)
-
-
-def _cut_points(durations: np.ndarray, settings: BatchSettings) -> list[int]:
-    """Indices at which to split a run of samples into batches.
-
-    The run's last piece is returned too (it may be partial); the caller
-    decides whether it is carried over. With ``batch_seconds`` a batch's cost
-    is its padded length: longest sample x number of samples.
-    """
-    if settings.batch_seconds is None:
-        return list(range(settings.batch_size, len(durations), settings.batch_size))
-    cuts, start, longest = [], 0, 0.0
-    for i, seconds in enumerate(durations.tolist()):
-        longest_with = max(longest, seconds)
-        count = i - start + 1
-        full = settings.batch_size is not None and count > settings.batch_size
-        if i > start and (longest_with * count > settings.batch_seconds or full):
-            cuts.append(i)
-            start, longest = i, seconds
+            # sorted by duration, equal durations in random order: two linear-time 16-bit radix sorts
+            shuffled = np.argsort(rng.integers(0, _MAX_BUCKET + 1, len(gids), dtype=np.uint16), kind="stable")
+            gids = gids[shuffled[np.argsort(_bucket(seconds[shuffled]), kind="stable")]]
         else:
-            longest = longest_with
-    return cuts
+            gids = gids[rng.permutation(len(gids))]
+        order[bounds[-1] : bounds[-1] + len(gids)] = gids
+        bounds.append(bounds[-1] + len(gids))
+    return Runs(order[: bounds[-1]], np.asarray(bounds, dtype=np.int64), filtered)
 
 
-def split_for_ranks(
-    batches: list[np.ndarray], world_size: int, equalize: bool = True
-) -> tuple[list[list[np.ndarray]], list[np.ndarray]]:
-    """Contiguous runs of batches per rank, and the leftover batches dropped.
+def _within_limits(seconds: np.ndarray, settings: BatchSettings) -> np.ndarray | None:
+    if settings.min_seconds is None and settings.max_seconds is None:
+        return None
+    inside = np.ones(len(seconds), dtype=bool)
+    if settings.min_seconds is not None:
+        inside &= seconds >= settings.min_seconds
+    if settings.max_seconds is not None:
+        inside &= seconds <= settings.max_seconds
+    return inside
+
+
+def _bucket(seconds: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        position = np.log(np.maximum(seconds.astype(np.float64), _BUCKET_FLOOR) / _BUCKET_FLOOR) * _BUCKETS_PER_E
+    return np.minimum(position, _MAX_BUCKET).astype(np.uint16)
+
+
+def _bucket_ceiling(buckets: np.ndarray) -> np.ndarray:
+    """An upper bound of the durations in each bucket (infinite for the last, open-ended one)."""
+    edge = _BUCKET_FLOOR * np.exp((buckets.astype(np.float64) + 1) / _BUCKETS_PER_E) * (1 + 1e-9)
+    return np.where(buckets == _MAX_BUCKET, np.inf, edge)
+
+
+@dataclass(frozen=True)
+class BatchList:
+    """Batches as slices of two gid arrays: ``order`` (blocks' runs) and ``leftovers``.
+
+    Batch i is ``(leftovers if from_leftovers[i] else order)[starts[i] : starts[i] + sizes[i]]``.
+    The epoch's batches stay slices of the arrays the plan built (no copy);
+    ``take`` makes a compact list of some of them.
+    """
+
+    order: np.ndarray
+    leftovers: np.ndarray
+    from_leftovers: np.ndarray  # (B,) bool
+    starts: np.ndarray  # (B,) int64
+    sizes: np.ndarray  # (B,) int64
+
+    @classmethod
+    def of(cls, batches: list[np.ndarray]) -> "BatchList":
+        sizes = np.asarray([len(b) for b in batches], dtype=np.int64)
+        gids = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
+        return cls(gids, gids[:0], np.zeros(len(sizes), dtype=bool), offsets_of(sizes)[:-1], sizes)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        source = self.leftovers if self.from_leftovers[i] else self.order
+        return source[self.starts[i] : self.starts[i] + self.sizes[i]]
+
+    def to_list(self) -> list[np.ndarray]:
+        return [self[i] for i in range(len(self))]
+
+    def window(self, first: int, end: int) -> "BatchList":
+        """Batches ``first .. end - 1``, sharing the gid arrays."""
+        return BatchList(self.order, self.leftovers, self.from_leftovers[first:end], self.starts[first:end],
+                         self.sizes[first:end])
+
+    def take(self, indices: np.ndarray) -> "BatchList":
+        """The batches at ``indices``, in that order, copied into one compact gid array."""
+        indices = np.asarray(indices, dtype=np.int64)
+        sizes = self.sizes[indices]
+        order = self.order
+        # one index space: order, then leftovers; gather from order, then patch in the leftovers
+        where = ranges(self.starts[indices] + self.from_leftovers[indices] * len(order), sizes)
+        gids = np.zeros(len(where), dtype=np.int64)
+        if len(order):
+            gids[:] = order[np.minimum(where, len(order) - 1)]
+        patch = np.flatnonzero(where >= len(order))
+        gids[patch] = self.leftovers[where[patch] - len(order)]
+        return BatchList(gids, gids[:0], np.zeros(len(sizes), dtype=bool), offsets_of(sizes)[:-1], sizes)
+
+    def gids(self) -> np.ndarray:
+        """Every batch's gids, concatenated in batch order."""
+        return self.take(np.arange(len(self))).order
+
+
+def cut_batches(table: ShardTable, runs: Runs, settings: BatchSettings, seed: int, epoch: int) -> BatchList:
+    """Step 2: cut every run into batches, cut the leftovers, order the batches block by block."""
+    durations = table.durations
+    if settings.bucketing or settings.batch_seconds is None:
+        block, starts, sizes, rest_start, rest_end = _cut_from_long_end(runs, durations, settings)
+    else:
+        block, starts, sizes, rest_start, rest_end = _cut_in_order(runs, durations, settings)
+    leftovers, left_block, left_starts, left_sizes = _cut_leftovers(runs, durations, settings, rest_start, rest_end)
+    from_leftovers = np.concatenate([np.zeros(len(block), dtype=bool), np.ones(len(left_block), dtype=bool)])
+    block = np.concatenate([block, left_block])
+    starts = np.concatenate([starts, left_starts])
+    sizes = np.concatenate([sizes, left_sizes])
+    if settings.bucketing:  # block by block, each block's batches in random order
+        order = np.argsort(block + epoch_rng(seed, epoch, "batches").random(len(block)))
+    else:  # block by block, in cutting order
+        order = np.argsort(block, kind="stable")
+    return BatchList(runs.order, leftovers, from_leftovers[order], starts[order], sizes[order])
+
+
+def _count_for(longest: np.ndarray, settings: BatchSettings) -> np.ndarray:
+    """How many samples fit in a batch whose longest sample lasts at most ``longest`` seconds (at least 1)."""
+    count = np.full(len(longest), np.iinfo(np.int64).max, dtype=np.int64)
+    if settings.batch_seconds is not None:
+        with np.errstate(divide="ignore"):
+            fit = np.floor(settings.batch_seconds / np.asarray(longest, dtype=np.float64))
+        count = np.minimum(count, np.where(np.isfinite(fit), fit, count).astype(np.int64))
+    if settings.batch_size is not None:
+        count = np.minimum(count, settings.batch_size)
+    return np.maximum(count, 1)
+
+
+def _cut_from_long_end(runs: Runs, durations: np.ndarray, settings: BatchSettings):
+    """Batches taken from the top (longest end) of each run, all runs advanced together.
+
+    Each pass takes one batch from every run that still holds a full one, so
+    the number of passes is the largest number of batches in one block.
+    Returns (block, start, size) of each batch and each run's remaining range.
+    """
+    low = runs.bounds[:-1].copy()
+    high = runs.bounds[1:].copy()
+    blocks, starts, sizes = [], [], []
+    active = np.flatnonzero(high > low)
+    while len(active):
+        top = high[active]
+        longest = durations[runs.order[top - 1]]
+        if settings.bucketing:  # the run is sorted by bucket: its top bucket bounds the batch's longest sample
+            longest = _bucket_ceiling(_bucket(longest))
+        count = _count_for(longest, settings)
+        full = top - low[active] >= count
+        active, top, count = active[full], top[full], count[full]
+        blocks.append(active)
+        starts.append(top - count)
+        sizes.append(count)
+        high[active] = top - count
+        active = active[high[active] > low[active]]
+    return (*_joined(blocks, starts, sizes), low, high)
+
+
+def _cut_in_order(runs: Runs, durations: np.ndarray, settings: BatchSettings):
+    """Greedy batches in run order (no bucketing, by seconds): one sample per pass across all runs.
+
+    A batch grows while its padded cost (longest x count) stays within
+    ``batch_seconds`` and its count within ``batch_size``.
+    """
+    start = runs.bounds[:-1].copy()
+    end = runs.bounds[1:]
+    longest = np.zeros(len(start), dtype=np.float64)
+    position = start.copy()
+    blocks, starts, sizes = [], [], []
+    active = np.flatnonzero(position < end)
+    while len(active):
+        seconds = durations[runs.order[position[active]]].astype(np.float64)
+        grown = np.maximum(longest[active], seconds)
+        count = position[active] - start[active] + 1
+        over = grown * count > settings.batch_seconds
+        if settings.batch_size is not None:
+            over |= count > settings.batch_size
+        cut = over & (count > 1)
+        closing = active[cut]
+        blocks.append(closing)
+        starts.append(start[closing])
+        sizes.append(position[closing] - start[closing])
+        start[closing] = position[closing]
+        longest[active] = np.where(cut, seconds, grown)
+        position[active] += 1
+        active = active[position[active] < end[active]]
+    return (*_joined(blocks, starts, sizes), start, end)
+
+
+def _joined(blocks, starts, sizes):
+    if not blocks:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    return (np.concatenate(blocks).astype(np.int64), np.concatenate(starts).astype(np.int64),
+            np.concatenate(sizes).astype(np.int64))
+
+
+def _cut_leftovers(runs: Runs, durations: np.ndarray, settings: BatchSettings, rest_start: np.ndarray,
+                   rest_end: np.ndarray):
+    """Cut the blocks' leftover samples (less than a batch each), joined in block order.
+
+    The joined leftovers are cut greedily in order, each batch as long as its
+    padded cost (longest x count) stays within the settings; a batch belongs to
+    the block of its last sample (it is delivered with that block). What
+    remains at the end is the epoch's last, possibly partial, batch, placed
+    after every block. Returns (the leftover gids, and block, start, size of
+    each batch, starts indexing the leftover gids).
+    """
+    sizes_left = rest_end - rest_start
+    leftovers = runs.order[ranges(rest_start, sizes_left)].astype(np.int64)
+    owner = np.repeat(np.arange(len(sizes_left)), sizes_left)
+    if settings.batch_seconds is None:
+        starts = np.arange(0, len(leftovers), settings.batch_size, dtype=np.int64)
+    else:
+        starts = _greedy_starts(durations[leftovers].astype(np.float64), settings)
+    sizes = np.diff(np.append(starts, len(leftovers)))
+    blocks = owner[starts + sizes - 1] if len(starts) else np.zeros(0, dtype=np.int64)
+    if len(starts):
+        blocks[-1] = len(runs.bounds) - 1  # the last batch, full or not, comes after every block
+    return leftovers, blocks, starts, sizes
+
+
+def _greedy_starts(seconds: np.ndarray, settings: BatchSettings) -> np.ndarray:
+    """Where each batch starts when ``seconds`` are cut greedily in order, batch by batch."""
+    starts: list[int] = []
+    position, window = 0, 64
+    while position < len(seconds):
+        starts.append(position)
+        while True:
+            piece = seconds[position : position + window]
+            over = np.maximum.accumulate(piece) * np.arange(1, len(piece) + 1) > settings.batch_seconds
+            if settings.batch_size is not None:
+                over[settings.batch_size :] = True
+            if over.any() or position + window >= len(seconds):
+                break
+            window *= 2
+        position += max(int(np.argmax(over)), 1) if over.any() else len(piece)
+    return np.asarray(starts, dtype=np.int64)
+
+
+def split_for_ranks(count: int, world_size: int, equalize: bool = True) -> tuple[list[range], range]:
+    """Contiguous ranges of batch indices per rank, and the leftover range dropped.
 
     With ``equalize`` every rank gets the same count and the leftover (fewer
     than ``world_size`` batches) is dropped; without it (evaluation, where no
     rank waits for another) nothing is dropped and counts differ by at most one.
     """
-    per_rank, leftover = divmod(len(batches), world_size)
+    per_rank, leftover = divmod(count, world_size)
     extra = 0 if equalize else leftover
     bounds = [r * per_rank + min(r, extra) for r in range(world_size + 1)]
-    runs = [batches[bounds[r] : bounds[r + 1]] for r in range(world_size)]
-    return runs, batches[bounds[-1] :]
+    return [range(bounds[r], bounds[r + 1]) for r in range(world_size)], range(bounds[-1], count)
 
 
 def split_for_workers(count: int, num_workers: int) -> list[range]:
@@ -182,16 +408,42 @@ def split_for_workers(count: int, num_workers: int) -> list[range]:
     return [range(bounds[w], bounds[w + 1]) for w in range(workers)]
 
 
-def delivery_order(ranges: list[range]) -> list[int]:
-    """Batch indices in the order a round-robin over the workers' ranges yields them."""
-    order = []
-    iterators = [iter(r) for r in ranges]
-    while iterators:
-        alive = []
-        for it in iterators:
-            index = next(it, None)
-            if index is not None:
-                order.append(index)
-                alive.append(it)
-        iterators = alive
-    return order
+def delivery_sequence(ranges_: list[range]) -> np.ndarray:
+    """Each batch index's place in a round-robin over the workers' ranges (vectorised)."""
+    count = ranges_[-1].stop if ranges_ else 0
+    worker = np.repeat(np.arange(len(ranges_)), [len(r) for r in ranges_])
+    within = np.arange(count) - np.asarray([r.start for r in ranges_], dtype=np.int64)[worker]
+    order = np.lexsort((worker, within))  # batch indices in delivery order
+    sequence = np.empty(count, dtype=np.int64)
+    sequence[order] = np.arange(count)
+    return sequence
+
+
+@dataclass(frozen=True)
+class RankPlan:
+    """One rank's share of an epoch."""
+
+    batches: BatchList  # this rank's batches, in plan order
+    total_batches: int  # over all ranks, the dropped ones included
+    dropped: BatchList  # the leftover batches no rank takes (equalized ranks only)
+    filtered: int  # samples outside the duration limits
+
+
+def plan_epoch(
+    table: ShardTable,
+    settings: BatchSettings,
+    excluded: np.ndarray | None,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    equalize: bool = True,
+) -> RankPlan:
+    """Steps 1 to 3 for one rank. ``excluded``: bool mask by gid of samples not to plan (delivered)."""
+    runs = block_runs(table, settings, excluded, seed, epoch)
+    batches = cut_batches(table, runs, settings, seed, epoch)
+    per_rank, dropped = split_for_ranks(len(batches), world_size, equalize)
+    mine = batches.window(per_rank[rank].start, per_rank[rank].stop)
+    if 2 * len(mine) < len(batches):  # a small share: copy it out and let the epoch's arrays go
+        mine = mine.take(np.arange(len(mine)))
+    return RankPlan(mine, len(batches), batches.take(np.arange(dropped.start, dropped.stop)), runs.filtered)

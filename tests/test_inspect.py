@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from streamtrain.dataset.index import DatasetIndex, DatasetIndexError, ShardInfo, load_index
+import numpy as np
+
+from streamtrain.dataset.columns import save_index
+from streamtrain.dataset.dataset import open_dataset
+from streamtrain.dataset.index import DatasetIndex, DatasetIndexError, ShardInfo, ShardList, load_index
 from streamtrain.dataset.shard import ShardWriter, read_shard
 from streamtrain.inspect import format_summary, summarize, verify
 from streamtrain.pack import pack
@@ -84,14 +88,22 @@ def test_missing_shard(dataset: Path):
 
 def test_sample_count_and_duplicate_keys(dataset: Path):
     index = load_index(dataset)
-    first, second = index.shards[:2]
+    first, second = index.shards[0], index.shards[1]
+    keys = open_dataset(str(dataset)).keys.range(0, index.samples)
+    durations = np.fromfile(dataset / "index.durations.f32", dtype="<f4")
+    # shard 1 becomes a copy of shard 0, and shard 0 claims one sample more than it has
     (dataset / second.name).write_bytes((dataset / first.name).read_bytes())
-    index.shards[0] = ShardInfo(**{**first.__dict__, "samples": first.samples + 1, "durations": [*first.durations, 1.0]})
-    index.shards[1] = ShardInfo(**{**first.__dict__, "name": second.name})
-    index.save(dataset / "index.json")
+    keys = [*keys[: first.samples], "extra", *keys[: first.samples], *keys[first.samples + second.samples :]]
+    durations = np.concatenate([durations[: first.samples], [1.0], durations[: first.samples],
+                                durations[first.samples + second.samples :]])
+    shards = [ShardInfo(first.name, first.samples + 1, first.seconds + 1.0, first.bytes, first.sha256, first.max_seconds),
+              ShardInfo(second.name, first.samples, first.seconds, first.bytes, first.sha256, first.max_seconds),
+              *list(index.shards)[2:]]
+    save_index(dataset, DatasetIndex("flac", 16000, ShardList.of(shards)), durations, keys)
     problems = verify(dataset)
-    assert problems[0] == f"{first.name}: {first.samples} samples, index says {first.samples + 1}"
-    assert problems[1].startswith(f"{second.name}: key ") and problems[1].endswith(f"is also in {first.name}")
+    assert problems[0].startswith(f"{second.name}: key ") and problems[0].endswith(f"is also in {first.name}")
+    assert problems[1] == f"{first.name}: {first.samples} samples, index says {first.samples + 1}"
+    assert len(problems) == 2
 
 
 def test_bad_samples_are_named(packed: Path, tmp_path: Path):
@@ -105,7 +117,8 @@ def test_bad_samples_are_named(packed: Path, tmp_path: Path):
     writer.add("long", {"flac": good_audio, "json": json.dumps(meta).encode()})
     writer.add("junk", {"flac": b"not audio", "json": b"{not json"})
     size, sha256 = writer.close()
-    DatasetIndex("flac", 16000, [ShardInfo("shard-000000.tar", 6, 99.0, size, sha256, 99.0, [99.0] * 6)]).save(tmp_path / "index.json")
+    index = DatasetIndex("flac", 16000, ShardList.of([ShardInfo("shard-000000.tar", 6, 594.0, size, sha256, 99.0)]))
+    save_index(tmp_path, index, np.full(6, 99.0), ["no_audio", "no_json", "no_text", "bad_rate", "long", "junk"])
     problems = verify(tmp_path)
     name = "shard-000000.tar: sample"
     assert problems[0] == f"{name} 'no_audio': expected one audio member, found none"

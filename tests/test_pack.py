@@ -25,6 +25,7 @@ from streamtrain.testing.corpus import AudioSpec, CORPUS_WRITERS, Corpus, uttera
 
 UTTS = utterances(12, seed=5)
 SMALL_SHARDS = 120_000  # a few utterances per shard, so every test crosses shard boundaries
+INDEX_FILES = ("index.json", "index.durations.f32", "index.keys.txt")
 
 
 def read_tar_samples(out: Path) -> dict[str, dict[str, bytes]]:
@@ -326,7 +327,7 @@ def test_sigkill_midway_leaves_no_index(tmp_path: Path):
     assert not (out / "index.json").exists()
     assert (out / "shard-000000.tar").exists()
     summary = pack(corpus.source, out, shard_size=SMALL_SHARDS, overwrite=True, progress=False)
-    assert sorted(os.listdir(out)) == sorted(["index.json", *(f"shard-{i:06d}.tar" for i in range(summary.shards))])
+    assert sorted(os.listdir(out)) == sorted([*INDEX_FILES, *(f"shard-{i:06d}.tar" for i in range(summary.shards))])
 
 
 @pytest.mark.parametrize("codec", ["flac", "opus"])
@@ -444,7 +445,7 @@ def test_non_empty_output_is_refused_and_overwrite_replaces_the_old_pack(tmp_pat
         pack(corpus.source, out, progress=False)
     second = pack(corpus.source, out, progress=False, overwrite=True)  # one big shard now
     assert first.shards > second.shards == 1
-    assert sorted(os.listdir(out)) == ["index.json", "shard-000000.tar"]
+    assert sorted(os.listdir(out)) == sorted([*INDEX_FILES, "shard-000000.tar"])
 
 
 def test_unwritable_output_names_the_path(tmp_path: Path):

@@ -2,7 +2,7 @@
 
 from streamtrain.data.batch import Batch
 from streamtrain.data.loader import StreamLoader
-from streamtrain.data.remote import RetryPolicy
+from streamtrain.storage.remote import RetryPolicy
 from streamtrain.data.state import LoaderStateError, merge_states
 
 __all__ = ["Batch", "LoaderStateError", "RetryPolicy", "StreamLoader", "merge_states"]

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from streamtrain.data.batch import decode_sample, pad_waveforms
-from streamtrain.data.remote import read_url
-from streamtrain.data.sources import DatasetSource
+from streamtrain.dataset.dataset import Dataset
 from streamtrain.dataset.index import ShardInfo
 from streamtrain.dataset.shard import ShardWriter, read_shard
+from streamtrain.storage.remote import read_url
 
 
 @dataclass
@@ -30,8 +30,8 @@ class DecodedChunk:
 
 
 def write_column_shard(
-    source: DatasetSource,
-    shard: ShardInfo,
+    source: Dataset,
+    shard: int,
     path: Path,
     *,
     sample_rate: int,
@@ -39,15 +39,20 @@ def write_column_shard(
     device: str | torch.device,
     members_for: Callable[[DecodedChunk], list[dict[str, bytes]]],
     on_chunk: Callable[[int], object] = lambda samples: None,
-) -> ShardInfo:
-    """Write ``path`` (atomically) with ``members_for(chunk)[i]`` for the chunk's i-th sample."""
-    url = source.shard_url(shard)
-    samples = read_shard(read_url(url, shard.bytes, shard.sha256), url)
+) -> tuple[ShardInfo, list[str]]:
+    """Write ``path`` (atomically) with ``members_for(chunk)[i]`` for the chunk's i-th sample.
+
+    Returns the column shard's index entry and its samples' keys.
+    """
+    info = source.index.shards[shard]
+    origin = source.shard_origin(shard)
+    data = read_url(source.shard_url(shard), info.bytes, info.sha256, source.storage_options, source.retry)
+    samples = read_shard(data, origin)
     writer = ShardWriter(path)
     try:
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
-            decoded = [decode_sample(s.key, s.members, url, sample_rate) for s in chunk]
+            decoded = [decode_sample(s.key, s.members, origin, sample_rate) for s in chunk]
             audio, lengths = pad_waveforms([wave for wave, _ in decoded])
             members = members_for(
                 DecodedChunk([s.key for s in chunk], [meta for _, meta in decoded], audio.to(device), lengths.to(device))
@@ -59,9 +64,9 @@ def write_column_shard(
     except BaseException:
         writer.abort()
         raise
-    return aligned_shard_info(shard, size, sha256)
+    return aligned_shard_info(info, size, sha256), [s.key for s in samples]
 
 
 def aligned_shard_info(base: ShardInfo, size: int, sha256: str) -> ShardInfo:
-    """A column shard's index entry: the base shard's counts and durations, its own bytes and checksum."""
-    return ShardInfo(base.name, base.samples, base.seconds, size, sha256, base.max_seconds, list(base.durations))
+    """A column shard's index entry: the base shard's counts and seconds, its own bytes and checksum."""
+    return ShardInfo(base.name, base.samples, base.seconds, size, sha256, base.max_seconds)

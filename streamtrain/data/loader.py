@@ -4,6 +4,12 @@ The main process plans the epoch (``streamtrain.plan``), hands each DataLoader
 worker its list of batches, puts the workers' batches back in plan order and
 records every sample it yields in the loader state. Only what was yielded to
 the caller counts as delivered; what workers prefetched does not.
+
+Under torch.distributed the loader owns its checkpoint: ``state_dict()`` is a
+collective that returns the state merged over all ranks, which
+``load_state_dict()`` accepts on any world size. What the plan leaves out on
+purpose and where epochs end are *events* (``pop_events()``) that name samples
+by id, for logs and audits.
 """
 
 from __future__ import annotations
@@ -19,40 +25,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from streamtrain.data.batch import Batch
-from streamtrain.data.remote import RetryPolicy
 from streamtrain.data.sources import EpochTable, epoch_table, open_column, open_source
-from streamtrain.data.state import LoaderState, LoaderStateError, Schedule, table_fingerprint
+from streamtrain.data.state import LoaderState, LoaderStateError, SampleSet, Schedule, merge_states
 from streamtrain.data.worker import ON_BAD_SAMPLE, BatchStream, ReadSettings, ShardReader, worker_init
-from streamtrain.plan import (
-    BatchSettings,
-    delivery_order,
-    make_batches,
-    shuffle_blocks,
-    split_for_ranks,
-    split_for_workers,
-)
+from streamtrain.plan import BatchList, BatchSettings, RankPlan, delivery_sequence, plan_epoch, split_for_workers
+from streamtrain.storage.remote import RetryPolicy
 
 log = logging.getLogger("streamtrain.data")
 
 DatasetSpec = str | os.PathLike | Sequence | Mapping
 
 
-@dataclass
-class EpochReport:
-    """What the plan left out of an epoch on purpose, for logs and audits."""
-
-    epoch: int
-    dropped_batches: int = 0
-    dropped_ids: list[int] = field(default_factory=list)  # samples in the leftover batches no rank takes
-    filtered_ids: list[int] = field(default_factory=list)  # samples outside min/max_seconds
-
-    @property
-    def dropped_to_equalize(self) -> int:
-        return len(self.dropped_ids)
-
-    @property
-    def filtered_by_duration(self) -> int:
-        return len(self.filtered_ids)
+class EmptyEpochError(ValueError):
+    """An epoch in which this rank has no batch: iterating would never yield."""
 
 
 @dataclass
@@ -88,12 +73,33 @@ class LoaderStats:
         }
 
 
+@dataclass(frozen=True)
+class _EpochPlan:
+    """This rank's plan of the current epoch under the current schedule."""
+
+    table: EpochTable
+    plan: RankPlan
+    sequence: np.ndarray  # batch index -> place in delivery order
+    workers: list[range]  # batch indices per worker
+    pending: np.ndarray  # (B,) bool: batches not yet delivered
+
+    def tasks(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per worker: (sequence numbers, batch indices) of the batches it still has to deliver."""
+        tasks = []
+        for r in self.workers:
+            indices = np.arange(r.start, r.stop)[self.pending[r.start : r.stop]]
+            tasks.append((self.sequence[indices], indices))
+        return tasks
+
+
 class StreamLoader:
     """Iterate batches of a packed dataset (or a weighted mix of several).
 
     dataset: a folder or URL (file://, http(s)://, s3://, any fsspec URL) of a
     packed dataset; a list of them; or a mapping / list of (url, weight) pairs
     to mix, where a weight is the number of passes over that dataset per epoch.
+    rank / world_size: this process's place among the ranks; by default
+    torch.distributed's, and then ``state_dict()`` is a collective.
     equalize_ranks: every rank yields the same number of batches (training under
     DDP needs it); False deals the leftover batches too (evaluation).
     columns: folders or URLs of sidecar columns (cached features, pseudo-labels)
@@ -142,15 +148,15 @@ class StreamLoader:
         )
         self.seed = int(seed)
         self.num_workers = num_workers
-        self.rank, self.world_size = _topology(rank, world_size)
+        self.rank, self.world_size, self.collective = _topology(rank, world_size)
         self.epochs = epochs
         self.prefetch_factor = prefetch_factor
         self.pin_memory = pin_memory
         self.equalize_ranks = equalize_ranks
-        self.sources = [open_source(url, weight, storage_options) for url, weight in _dataset_specs(dataset)]
+        self.sources = [open_source(url, weight, storage_options, retry) for url, weight in _dataset_specs(dataset)]
         if columns and len(self.sources) != 1:
             raise ValueError("sidecar columns need a single dataset (not a mix)")
-        self.columns = [open_column(str(url), self.sources[0], storage_options) for url in columns]
+        self.columns = [open_column(str(url), self.sources[0], storage_options, retry) for url in columns]
         self.read_settings = ReadSettings(
             sample_rate=sample_rate,
             on_bad_sample=on_bad_sample,
@@ -160,8 +166,9 @@ class StreamLoader:
             retry=retry,
         )
         self.stats = LoaderStats()
-        self.reports: list[EpochReport] = []
+        self._events: list[dict] = []
         self._table_cache: tuple[int, EpochTable] | None = None
+        self._plan_cache: _EpochPlan | None = None
         self._state = self._fresh_state(0, counters={})
 
     # -- state -----------------------------------------------------------------
@@ -171,44 +178,48 @@ class StreamLoader:
         return self._state.epoch
 
     def state_dict(self) -> dict:
-        """JSON-serializable: the epoch and which of its samples were delivered."""
-        return self._state.to_json(self._table(self._state.epoch).table.counts)
+        """JSON: the epoch and which of its samples were delivered (merged over ranks under torch.distributed)."""
+        state = self._state.to_json()
+        if not self.collective:
+            return state
+        gathered: list[dict | None] = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, state)
+        return merge_states(gathered)
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from ``state`` (one rank's, or ``merge_states`` of all ranks')."""
-        loaded = LoaderState.from_json(state, lambda epoch: self._table(epoch).table.counts)
+        """Continue from ``state``: one rank's, ``merge_states`` of all ranks', or a collective ``state_dict()``."""
+        loaded = LoaderState.from_json(state, lambda epoch: self._table(epoch).counts)
         if loaded.seed != self.seed:
             raise LoaderStateError(f"the state was saved with seed {loaded.seed}, this loader has seed {self.seed}")
-        expected = self._fresh_state(loaded.epoch, counters={}).fingerprint
-        if loaded.fingerprint != expected:
+        if loaded.fingerprint != self._table(loaded.epoch).fingerprint:
             raise LoaderStateError(
                 "the state belongs to other data (its shard table differs from this loader's datasets)"
             )
         if self.rank != 0:  # counters are summed over ranks when merged: keep them once
             loaded.counters = {}
         self._state = loaded
+        self._plan_cache = None
+
+    def pop_events(self) -> list[dict]:
+        """What happened since the last call, oldest first: epochs planned and ended, samples
+        left out to equalize ranks, samples skipped as bad. Plain JSON values; samples by id."""
+        events, self._events = self._events, []
+        return events
 
     def _fresh_state(self, epoch: int, counters: dict[str, int]) -> LoaderState:
         table = self._table(epoch)
-        return LoaderState(
-            seed=self.seed,
-            epoch=epoch,
-            fingerprint=table_fingerprint(table.names, table.table.counts),
-            delivered=np.zeros(len(table.table.durations), dtype=bool),
-            counters=dict(counters),
-        )
+        return LoaderState(self.seed, epoch, table.fingerprint, SampleSet(table.counts), counters=dict(counters))
 
     def _table(self, epoch: int) -> EpochTable:
         if self._table_cache is None or self._table_cache[0] != epoch:
             self._table_cache = (epoch, epoch_table(self.sources, self.seed, epoch))
         return self._table_cache[1]
 
-    # -- iteration -------------------------------------------------------------
+    # -- planning --------------------------------------------------------------
 
-    def __iter__(self) -> Iterator[Batch]:
-        while self.epochs is None or self.epoch < self.epochs:
-            yield from self._epoch_batches()
-            self._state = self._fresh_state(self.epoch + 1, self._state.counters)
+    def __len__(self) -> int:
+        """This rank's batches still to come in the current epoch (from the plan; no shard is read)."""
+        return int(self._current_plan().pending.sum())
 
     def _schedule_settings(self) -> dict:
         return {
@@ -218,63 +229,45 @@ class StreamLoader:
             "equalize_ranks": self.equalize_ranks,
         }
 
-    def plan_epoch(self) -> tuple[EpochTable, list[list[tuple[int, np.ndarray]]], EpochReport]:
-        """This rank's remaining batches for the current epoch, per worker, with sequence numbers."""
+    def _current_plan(self) -> _EpochPlan:
         state = self._state
-        table = self._table(state.epoch)
         settings = self._schedule_settings()
         if state.schedule is None or state.schedule.settings != settings:
-            state.schedule = Schedule(settings, state.delivered.copy())
-        blocks = shuffle_blocks(table.table, self.seed, state.epoch, self.settings.block_shards)
-        batches, filtered = make_batches(
-            blocks, table.table, self.settings, state.schedule.base, self.seed, state.epoch
-        )
-        runs, dropped = split_for_ranks(batches, self.world_size, self.equalize_ranks)
-        mine = runs[self.rank]
-        ranges = split_for_workers(len(mine), self.num_workers)
-        sequence_of = {batch: n for n, batch in enumerate(delivery_order(ranges))}
-        tasks = [
-            [(sequence_of[i], mine[i]) for i in r if not state.delivered[mine[i]].all()] for r in ranges
-        ]
-        report = EpochReport(
-            epoch=state.epoch,
-            filtered_ids=filtered.tolist(),
-            dropped_batches=len(dropped),
-            dropped_ids=[int(g) for batch in dropped for g in batch],
-        )
-        return table, tasks, report
+            state.schedule = Schedule(settings, SampleSet(state.delivered.counts, state.delivered.mask.copy()))
+            self._plan_cache = None
+        if self._plan_cache is None:
+            table = self._table(state.epoch)
+            base = state.schedule.base
+            plan = plan_epoch(table, self.settings, base.mask if len(base) else None, self.seed, state.epoch,
+                              self.rank, self.world_size, self.equalize_ranks)
+            workers = split_for_workers(len(plan.batches), self.num_workers)
+            pending = _undelivered(plan.batches, state.delivered.mask, len(state.delivered) > len(base))
+            self._plan_cache = _EpochPlan(table, plan, delivery_sequence(workers), workers, pending)
+        return self._plan_cache
+
+    # -- iteration -------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Batch]:
+        while self.epochs is None or self.epoch < self.epochs:
+            yield from self._epoch_batches()
+            self._state = self._fresh_state(self.epoch + 1, self._state.counters)
+            self._plan_cache = None
 
     def _epoch_batches(self) -> Iterator[Batch]:
-        table, tasks, report = self.plan_epoch()
-        self.reports.append(report)
-        if report.dropped_batches:
-            log.info(
-                "epoch %d: %d samples in %d leftover batches are left out so that all %d ranks take the same number of steps",
-                report.epoch, report.dropped_to_equalize, report.dropped_batches, self.world_size,
-            )
-        if not any(tasks):
+        current = self._current_plan()
+        plan, table = current.plan, current.table
+        self._announce(current)
+        tasks = current.tasks()
+        expected = np.sort(np.concatenate([sequences for sequences, _ in tasks])).tolist()
+        if not expected:
+            if self.epochs is None and not len(plan.batches) and not len(self._state.schedule.base):
+                raise EmptyEpochError(self._why_empty(plan, table))  # every epoch would be empty: never yields
+            self._events.append({"event": "epoch_end", "epoch": self.epoch})
             return
-        stream = BatchStream(table, ShardReader(self.sources, self.columns, self.read_settings), tasks)
-        if self.num_workers == 0:
-            produced = iter(stream)
-        else:
-            produced = iter(
-                DataLoader(
-                    stream,
-                    batch_size=None,
-                    num_workers=self.num_workers,
-                    prefetch_factor=self.prefetch_factor,
-                    pin_memory=self.pin_memory,
-                    worker_init_fn=worker_init,
-                    # its own generator: creating the workers must not draw from the global
-                    # RNG, or a resumed run's dropout would differ from an uninterrupted one
-                    generator=torch.Generator().manual_seed(self.seed),
-                    multiprocessing_context="fork" if "fork" in torch.multiprocessing.get_all_start_methods() else None,
-                )
-            )
-        expected = sorted(sequence for worker in tasks for sequence, _ in worker)
+        stream = BatchStream(table, plan.batches, ShardReader(self.sources, self.columns, self.read_settings), tasks)
+        produced = iter(stream if self.num_workers == 0 else self._data_loader(stream))
         pending: dict[int, Batch] = {}
-        for sequence in expected:
+        for n, sequence in enumerate(expected):
             while sequence not in pending:
                 waited = time.perf_counter()
                 batch = next(produced)
@@ -282,28 +275,72 @@ class StreamLoader:
                 pending[batch.pop("sequence")] = batch
             batch = pending.pop(sequence)
             self._record(batch)
+            if n == len(expected) - 1:
+                self._events.append({"event": "epoch_end", "epoch": self.epoch})
             yield batch
 
-    def describe(self, epoch: int, sample_ids) -> list[str]:
-        """``dataset/shard.tar#index`` of each of an epoch's sample ids."""
-        table = self._table(epoch)
-        shards, indices = table.table.locate(np.asarray(sample_ids, dtype=np.int64))
-        names = []
-        for shard, index in zip(shards.tolist(), indices.tolist()):
-            virtual = table.shards[shard]
-            source = self.sources[virtual.source]
-            names.append(f"{source.display}/{source.index.shards[virtual.shard].name}#{index}")
-        return names
+    def _data_loader(self, stream: BatchStream) -> DataLoader:
+        return DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=self.num_workers,
+            prefetch_factor=self.prefetch_factor,
+            pin_memory=self.pin_memory,
+            worker_init_fn=worker_init,
+            # its own generator: creating the workers must not draw from the global
+            # RNG, or a resumed run's dropout would differ from an uninterrupted one
+            generator=torch.Generator().manual_seed(self.seed),
+            multiprocessing_context="fork" if "fork" in torch.multiprocessing.get_all_start_methods() else None,
+        )
+
+    def _announce(self, current: _EpochPlan) -> None:
+        """Record the epoch's plan (and, on rank 0, the batches no rank takes) as events."""
+        plan, table = current.plan, current.table
+        self._events.append({
+            "event": "epoch",
+            "epoch": self.epoch,
+            "seed": self.seed,
+            "sources": [{"url": s.display, "fingerprint": s.index.fingerprint, "weight": s.weight}
+                        for s in self.sources],
+            "min_seconds": self.settings.min_seconds,
+            "max_seconds": self.settings.max_seconds,
+            "samples": table.samples,
+            "table": table.fingerprint,
+            "world_size": self.world_size,
+            "batches": plan.total_batches,
+            "filtered": plan.filtered,
+        })
+        if self.rank == 0 and len(plan.dropped):
+            dropped = plan.dropped.gids()
+            self._events.append({"event": "dropped", "epoch": self.epoch, "world_size": self.world_size,
+                                 "batches": len(plan.dropped), "ids": dropped.tolist()})
+            log.info("epoch %d: %d samples in %d leftover batches are left out so that all %d ranks take the "
+                     "same number of steps", self.epoch, len(dropped), len(plan.dropped), self.world_size)
+
+    def _why_empty(self, plan: RankPlan, table: EpochTable) -> str:
+        if plan.total_batches == 0:
+            return (f"epoch {self.epoch} has no batch: all {table.samples} samples are outside "
+                    f"min_seconds={self.settings.min_seconds} / max_seconds={self.settings.max_seconds}")
+        return (f"epoch {self.epoch} has {plan.total_batches} batches for {self.world_size} ranks: rank {self.rank} "
+                f"gets none (use a smaller batch, or fewer ranks)")
+
+    def describe(self, sample_id: int, epoch: int | None = None) -> str:
+        """``dataset/shard.tar#position (key)`` of a sample id of ``epoch`` (default: the current one)."""
+        return self._table(self.epoch if epoch is None else epoch).describe(int(sample_id))
 
     def _record(self, batch: Batch) -> None:
         """Mark the batch's samples (and the bad ones it skipped) delivered."""
         skipped = batch.pop("skipped_ids")
         read = batch.pop("loader_stats")
-        self._state.delivered[batch["sample_ids"].numpy()] = True
-        self._state.delivered[skipped.numpy()] = True
+        self._state.delivered.add(batch["sample_ids"].numpy())
+        self._state.delivered.add(skipped.numpy())
         counters = self._state.counters
         counters["delivered"] = counters.get("delivered", 0) + batch.size
         counters["skipped_bad"] = counters.get("skipped_bad", 0) + len(skipped)
+        if len(skipped):
+            self._events.append({"event": "skipped", "epoch": self.epoch, "ids": skipped.tolist(),
+                                 "reasons": read["skipped"]})
+        batch["epoch"] = self.epoch
         stats = self.stats
         stats.batches += 1
         stats.samples += batch.size
@@ -318,14 +355,27 @@ class StreamLoader:
         batch["skipped"] = read["skipped"]
 
 
-def _topology(rank: int | None, world_size: int | None) -> tuple[int, int]:
+def _undelivered(batches: BatchList, delivered: np.ndarray, any_delivered: bool, chunk: int = 2**16) -> np.ndarray:
+    """(B,) bool: the batches holding a sample not yet delivered; vectorised, chunk by chunk."""
+    pending = np.ones(len(batches), dtype=bool)
+    if not any_delivered:
+        return pending
+    for first in range(0, len(batches), chunk):
+        part = batches.take(np.arange(first, min(first + chunk, len(batches))))
+        done = np.logical_and.reduceat(delivered[part.order], part.starts) if len(part.order) else []
+        pending[first : first + len(done)] = ~np.asarray(done, dtype=bool)
+    return pending
+
+
+def _topology(rank: int | None, world_size: int | None) -> tuple[int, int, bool]:
+    """(rank, world size, whether the state is merged by a torch.distributed collective)."""
     if rank is None and world_size is None and torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return torch.distributed.get_rank(), torch.distributed.get_world_size(), True
     rank = 0 if rank is None else int(rank)
     world_size = 1 if world_size is None else int(world_size)
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in a world of size {world_size}")
-    return rank, world_size
+    return rank, world_size, False
 
 
 def _dataset_specs(dataset: DatasetSpec) -> list[tuple[str, float]]:

@@ -10,91 +10,120 @@ so "exactly once" means exactly once per pass.
 
 from __future__ import annotations
 
-import json
+import hashlib
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
-from streamtrain.data.remote import read_text, redact
-from streamtrain.dataset.index import INDEX_NAME, DatasetIndex, ShardInfo
-from streamtrain.plan import ShardTable, epoch_rng
+from streamtrain.dataset.dataset import Dataset, open_dataset
+from streamtrain.plan import ShardTable, epoch_rng, ranges
+from streamtrain.storage.remote import RetryPolicy, redact
 
 
 @dataclass(frozen=True)
 class DatasetSource:
-    url: str  # folder path or URL of the dataset root, without a trailing slash
-    index: DatasetIndex
+    dataset: Dataset
     weight: float = 1.0
-
-    def shard_url(self, shard: ShardInfo) -> str:
-        return f"{self.url}/{shard.name}"
 
     @property
     def display(self) -> str:
-        return redact(self.url)
+        return self.dataset.display
+
+    @property
+    def index(self):
+        return self.dataset.index
 
 
-def open_source(url: str, weight: float = 1.0, storage_options: dict | None = None) -> DatasetSource:
-    url = str(url).rstrip("/")
+def open_source(url: str, weight: float = 1.0, storage_options: dict | None = None,
+                retry: RetryPolicy = RetryPolicy()) -> DatasetSource:
     if not (weight > 0 and math.isfinite(weight)):
-        raise ValueError(f"{redact(url)}: mixing weight must be a positive number, got {weight!r}")
-    text = read_text(f"{url}/{INDEX_NAME}", storage_options)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{redact(url)}/{INDEX_NAME}: invalid JSON: {error}") from error
-    index = DatasetIndex.from_json(data, origin=f"{redact(url)}/{INDEX_NAME}")
-    if index.samples == 0:
-        raise ValueError(f"{redact(url)}: the dataset has no samples")
-    return DatasetSource(url, index, weight)
+        raise ValueError(f"{redact(str(url))}: mixing weight must be a positive number, got {weight!r}")
+    dataset = open_dataset(url, storage_options, retry)
+    if dataset.index.samples == 0:
+        raise ValueError(f"{dataset.display}: the dataset has no samples")
+    return DatasetSource(dataset, weight)
 
 
-def open_column(url: str, base: DatasetSource, storage_options: dict | None = None) -> DatasetSource:
+def open_column(url: str, base: DatasetSource, storage_options: dict | None = None,
+                retry: RetryPolicy = RetryPolicy()) -> Dataset:
     """A sidecar column of ``base``: same shard names and sample counts, in the same order."""
-    column = open_source(url, 1.0, storage_options)
+    column = open_dataset(url, storage_options, retry)
     if column.index.column is None or "name" not in column.index.column:
         raise ValueError(f"{column.display}: not a sidecar column (its index.json has no 'column' entry)")
-    base_layout = [(s.name, s.samples) for s in base.index.shards]
-    column_layout = [(s.name, s.samples) for s in column.index.shards]
-    if base_layout != column_layout:
+    if column.index.shards.names != base.index.shards.names or not np.array_equal(
+        column.index.shards.samples, base.index.shards.samples
+    ):
         raise ValueError(f"{column.display}: its shards do not align with {base.display} (names or sample counts differ)")
     return column
 
 
 @dataclass(frozen=True)
-class VirtualShard:
-    source: int  # index into the loader's sources
-    shard: int  # index into that source's shards
-    copy: int  # which pass of this shard in the epoch
+class EpochTable(ShardTable):
+    """The virtual shards of one epoch, in a fixed order (the plan shuffles them).
 
+    Virtual shard v is pass ``copy[v]`` over shard ``shard[v]`` of source ``source[v]``.
+    """
 
-@dataclass(frozen=True)
-class EpochTable:
-    shards: list[VirtualShard]
-    table: ShardTable
-    names: list[str]  # "source:shard name:copy", for the state's fingerprint
+    source: np.ndarray  # (V,) int64
+    shard: np.ndarray  # (V,) int64
+    copy: np.ndarray  # (V,) int64
+    sources: tuple[DatasetSource, ...]
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Identifies the table's contents: the datasets (by what they hold) and the virtual shards."""
+        digest = hashlib.sha256()
+        for source in self.sources:
+            digest.update(source.index.fingerprint.encode())
+        for column in (self.source, self.shard, self.copy):
+            digest.update(np.ascontiguousarray(column, dtype="<i8").tobytes())
+        return digest.hexdigest()[:16]
+
+    def origin(self, virtual: int) -> str:
+        """``dataset/shard.tar`` of a virtual shard, for messages."""
+        return self.sources[int(self.source[virtual])].dataset.shard_origin(int(self.shard[virtual]))
+
+    def describe(self, gid: int) -> str:
+        """``dataset/shard.tar#position (key)`` of one sample id."""
+        virtual, position = (int(x[0]) for x in self.locate(np.asarray([gid])))
+        return self.sources[int(self.source[virtual])].dataset.describe(int(self.shard[virtual]), position)
 
 
 def epoch_table(sources: list[DatasetSource], seed: int, epoch: int) -> EpochTable:
-    """The virtual shards of one epoch, in a fixed order (the plan shuffles them)."""
-    shards: list[VirtualShard] = []
+    """Which shards of which sources one epoch passes over, and their samples' durations."""
+    parts = []
     for s, source in enumerate(sources):
         count = len(source.index.shards)
         whole, fraction = divmod(source.weight, 1.0)
-        for copy in range(int(whole)):
-            shards.extend(VirtualShard(s, i, copy) for i in range(count))
+        shards = [np.arange(count)] * int(whole)
+        copies = [np.full(count, c) for c in range(int(whole))]
         take = round(fraction * count)
         if take:
             # A fixed permutation of this source's shards, walked in windows epoch by epoch.
             order = epoch_rng(seed, 0, f"mix:{s}").permutation(count)
             start = (epoch * take) % count
-            window = np.roll(order, -start)[:take]
-            shards.extend(VirtualShard(s, int(i), int(whole)) for i in sorted(window))
-    infos = [sources[v.source].index.shards[v.shard] for v in shards]
-    table = ShardTable(
-        counts=np.array([info.samples for info in infos], dtype=np.int64),
-        durations=np.array([d for info in infos for d in info.durations], dtype=np.float64),
-    )
-    names = [f"{v.source}:{sources[v.source].index.shards[v.shard].name}:{v.copy}" for v in shards]
-    return EpochTable(shards, table, names)
+            shards.append(np.sort(np.roll(order, -start)[:take]))
+            copies.append(np.full(take, int(whole)))
+        shard = np.concatenate(shards).astype(np.int64)
+        parts.append((np.full(len(shard), s), shard, np.concatenate(copies).astype(np.int64)))
+    source_of = np.concatenate([p[0] for p in parts]).astype(np.int64)
+    shard_of = np.concatenate([p[1] for p in parts])
+    copy_of = np.concatenate([p[2] for p in parts])
+    counts = np.concatenate([src.index.shards.samples[shard] for src, (_, shard, _) in zip(sources, parts)])
+    return EpochTable(counts, _durations(sources, parts), source_of, shard_of, copy_of, tuple(sources))
+
+
+def _durations(sources: list[DatasetSource], parts) -> np.ndarray:
+    """The durations of the virtual shards' samples, in table order.
+
+    A single dataset read once per epoch uses its column as it is (memory-mapped, no copy).
+    """
+    if len(sources) == 1 and np.array_equal(parts[0][1], np.arange(len(sources[0].index.shards))):
+        return sources[0].dataset.durations
+    pieces = []
+    for source, (_, shard, _) in zip(sources, parts):
+        offsets = source.index.shards.offsets
+        pieces.append(source.dataset.durations[ranges(offsets[shard], source.index.shards.samples[shard])])
+    return np.concatenate(pieces)

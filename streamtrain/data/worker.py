@@ -17,10 +17,12 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from streamtrain.data.batch import Sample, SampleError, collate, decode_column, decode_sample
-from streamtrain.data.cache import ShardCache
-from streamtrain.data.remote import RetryPolicy, ShardReadError, read_url, redact
+from streamtrain.storage.cache import ShardCache
+from streamtrain.storage.remote import RetryPolicy, ShardReadError, read_url
 from streamtrain.data.sources import DatasetSource, EpochTable
+from streamtrain.dataset.dataset import Dataset
 from streamtrain.dataset.shard import ShardError, ShardSample, read_shard
+from streamtrain.plan import BatchList
 
 log = logging.getLogger("streamtrain.data")
 
@@ -64,7 +66,7 @@ class ReadStats:
 class ShardReader:
     """Reads whole shards (local, remote, cached) and parses them into samples."""
 
-    def __init__(self, sources: list[DatasetSource], columns: list[DatasetSource], settings: ReadSettings):
+    def __init__(self, sources: list[DatasetSource], columns: list[Dataset], settings: ReadSettings):
         self.sources = sources
         self.columns = columns  # sidecar columns of sources[0]
         self.settings = settings
@@ -73,20 +75,20 @@ class ShardReader:
 
     def read(self, source: int, shard: int) -> list[tuple[ShardSample, dict[str, dict]]]:
         """The shard's samples, each with its sidecar columns' members (joined by key)."""
-        samples = self._parse(self.sources[source], shard)
+        samples = self._parse(self.sources[source].dataset, shard)
         joined: list[dict[str, dict]] = [{} for _ in samples]
         for column in self.columns:
             by_key = {s.key: s.members for s in self._parse(column, shard)}
             name = column.index.column["name"]
             for sample, columns in zip(samples, joined):
                 if sample.key not in by_key:
-                    raise ShardError(f"{column.display}/{column.index.shards[shard].name}: no sample {sample.key!r}")
+                    raise ShardError(f"{column.shard_origin(shard)}: no sample {sample.key!r}")
                 columns[name] = by_key[sample.key]
         return list(zip(samples, joined))
 
-    def _parse(self, source: DatasetSource, shard: int) -> list[ShardSample]:
-        info = source.index.shards[shard]
-        url = source.shard_url(info)
+    def _parse(self, dataset: Dataset, shard: int) -> list[ShardSample]:
+        info = dataset.index.shards[shard]
+        url = dataset.shard_url(shard)
         started = time.perf_counter()
         data = self.cache.get(url, info.bytes) if self.cache else None
         if data is not None:
@@ -104,55 +106,47 @@ class ShardReader:
                 self.cache.put(url, data)
         self.stats.shards_read += 1
         self.stats.read_seconds += time.perf_counter() - started
-        samples = read_shard(data, origin=f"{redact(url)}")
+        origin = dataset.shard_origin(shard)
+        samples = read_shard(data, origin=origin)
         if len(samples) != info.samples:
-            raise ShardError(f"{redact(url)}: has {len(samples)} samples, the index says {info.samples}")
+            raise ShardError(f"{origin}: has {len(samples)} samples, the index says {info.samples}")
         return samples
 
 
 class BatchStream(IterableDataset):
-    """Produces planned batches; worker ``w`` produces ``tasks[w]``.
+    """Produces planned batches; worker ``w`` produces the batches of ``tasks[w]``.
 
-    Each task is (sequence number, sample ids); the loader puts the batches
-    back in sequence order.
+    A task list is (sequence numbers, batch indices into ``batches``); the
+    loader puts the batches back in sequence order. A worker keeps a shard's
+    samples until the last of its batches that needs them.
     """
 
-    def __init__(self, table: EpochTable, reader: ShardReader, tasks: list[list[tuple[int, np.ndarray]]]):
+    def __init__(self, table: EpochTable, batches: BatchList, reader: ShardReader,
+                 tasks: list[tuple[np.ndarray, np.ndarray]]):
         self.table = table
+        self.batches = batches
         self.reader = reader
         self.tasks = tasks
 
     def __iter__(self):
         info = get_worker_info()
-        tasks = self.tasks[info.id if info is not None else 0]
-        shard_of, index_in_shard = self.table.table.locate(
-            np.concatenate([gids for _, gids in tasks]) if tasks else np.zeros(0, dtype=np.int64)
-        )
-        last_use: dict[int, int] = {}
-        position = 0
-        for t, (_, gids) in enumerate(tasks):
-            for s in shard_of[position : position + len(gids)].tolist():
-                last_use[s] = t
-            position += len(gids)
-
+        sequences, indices = self.tasks[info.id if info is not None else 0]
+        mine = self.batches.take(indices)
+        shard_of, index_in_shard = self.table.locate(mine.order)
+        release_after = _release_schedule(shard_of, mine.sizes)
         loaded: dict[int, list[tuple[ShardSample, dict]] | Exception] = {}
-        position = 0
-        for t, (sequence, gids) in enumerate(tasks):
+        for t, sequence in enumerate(sequences.tolist()):
+            first, end = int(mine.starts[t]), int(mine.starts[t] + mine.sizes[t])
             samples, skipped_ids = [], []
-            for gid, s, i in zip(
-                gids.tolist(),
-                shard_of[position : position + len(gids)].tolist(),
-                index_in_shard[position : position + len(gids)].tolist(),
-            ):
+            for gid, s, i in zip(mine.order[first:end].tolist(), shard_of[first:end].tolist(),
+                                 index_in_shard[first:end].tolist()):
                 sample = self._sample(loaded, gid, s, i)
                 if sample is None:
                     skipped_ids.append(gid)
                 else:
                     samples.append(sample)
-            position += len(gids)
-            for s in [s for s, last in last_use.items() if last == t]:
+            for s in release_after.get(t, ()):
                 loaded.pop(s, None)
-                del last_use[s]
             batch = collate(samples, self.reader.settings.sample_rate)
             batch["sequence"] = sequence
             batch["skipped_ids"] = torch.tensor(skipped_ids, dtype=torch.int64)
@@ -160,13 +154,12 @@ class BatchStream(IterableDataset):
             yield batch
 
     def _sample(self, loaded: dict, gid: int, shard: int, index: int) -> Sample | None:
-        virtual = self.table.shards[shard]
-        source = self.reader.sources[virtual.source]
-        origin = f"{source.display}/{source.index.shards[virtual.shard].name}"
+        source, source_shard = int(self.table.source[shard]), int(self.table.shard[shard])
+        origin = self.table.origin(shard)
         skip = self.reader.settings.on_bad_sample == "skip"
         if shard not in loaded:
             try:
-                loaded[shard] = self.reader.read(virtual.source, virtual.shard)
+                loaded[shard] = self.reader.read(source, source_shard)
             except (ShardError, ShardReadError) as error:
                 if not skip:
                     raise
@@ -190,6 +183,19 @@ class BatchStream(IterableDataset):
         finally:
             self.reader.stats.decode_seconds += time.perf_counter() - started
         return Sample(stored.key, gid, audio, meta, columns)
+
+
+def _release_schedule(shard_of: np.ndarray, sizes: np.ndarray) -> dict[int, list[int]]:
+    """task number -> the shards whose last use is that task."""
+    if not len(shard_of):
+        return {}
+    task_of = np.repeat(np.arange(len(sizes)), sizes)
+    shards, last_index = np.unique(shard_of[::-1], return_index=True)
+    last_task = task_of[::-1][last_index]
+    schedule: dict[int, list[int]] = {}
+    for shard, task in zip(shards.tolist(), last_task.tolist()):
+        schedule.setdefault(task, []).append(shard)
+    return schedule
 
 
 def worker_init(_worker_id: int) -> None:

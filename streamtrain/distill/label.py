@@ -24,14 +24,11 @@ from streamtrain.data.columns import (
     aligned_shard_info,
     write_column_shard,
 )
-from streamtrain.data.sources import open_source
-from streamtrain.dataset.index import (
-    INDEX_NAME,
-    DatasetIndex,
-    ShardInfo,
-    write_json_atomic,
-)
+from streamtrain.dataset.columns import save_index
+from streamtrain.dataset.dataset import open_dataset
+from streamtrain.dataset.index import DatasetIndex, ShardInfo, ShardList
 from streamtrain.dataset.shard import read_shard
+from streamtrain.storage.atomic import write_json_atomic
 from streamtrain.distill.teacher import load_teacher
 from streamtrain.train.backoff import OomBackoff
 from streamtrain.train.evaluate import ErrorCounts, normalize
@@ -72,7 +69,7 @@ def label_dataset(
     overwrite: bool = False,
     progress: bool = True,
 ) -> LabelSummary:
-    source = open_source(dataset)
+    source = open_dataset(dataset)
     teacher, fingerprint = load_teacher(teacher_dir, settings.precision, device)
     featurizer, codec = inference_config(teacher_dir, teacher.config)
     if settings.max_tokens is not None:
@@ -86,6 +83,7 @@ def label_dataset(
     backoff = OomBackoff("labelling")
     counts, kept, written, skipped = ErrorCounts(), 0, 0, 0
     infos: list[ShardInfo] = []
+    keys: list[str] = []
     bar = tqdm(total=source.index.samples, unit=" samples", disable=not progress, desc="label")
 
     def label_chunk(chunk: DecodedChunk) -> list[dict[str, bytes]]:
@@ -112,27 +110,32 @@ def label_dataset(
             members.append({"json": json.dumps(label).encode()})
         return members
 
-    for shard in source.index.shards:
+    for number, shard in enumerate(source.index.shards):
         path = out / shard.name
         if path.is_file():  # complete: shards appear under their name only once closed
-            infos.append(_existing_info(shard, path))
+            data = path.read_bytes()
+            infos.append(aligned_shard_info(shard, len(data), hashlib.sha256(data).hexdigest()))
             skipped += 1
-            for line in _labels_of(path):
+            for sample in read_shard(data, str(path)):
+                line = json.loads(sample.members["json"])
                 counts.word_errors += line["word_errors"]
                 counts.words += line["words"]
                 kept += line["keep"]
+                keys.append(sample.key)
             bar.update(shard.samples)
             continue
-        infos.append(write_column_shard(
-            source, shard, path, sample_rate=featurizer.sample_rate, batch_size=batch_size, device=device,
+        info, shard_keys = write_column_shard(
+            source, number, path, sample_rate=featurizer.sample_rate, batch_size=batch_size, device=device,
             members_for=label_chunk, on_chunk=bar.update,
-        ))
+        )
+        infos.append(info)
+        keys += shard_keys
         written += 1
     bar.close()
-    index = DatasetIndex(codec="column", sample_rate=None, shards=infos, created_by="streamtrain label",
+    index = DatasetIndex(codec="column", sample_rate=None, shards=ShardList.of(infos), created_by="streamtrain label",
                          column={"name": LABELS_COLUMN, "kind": "pseudo_labels", **run,
                                  "kept": kept, "label_wer": counts.wer})
-    index.save(out / INDEX_NAME)
+    save_index(out, index, source.durations, keys)
     return LabelSummary(source.index.samples, kept, written, skipped, counts.wer)
 
 
@@ -154,12 +157,3 @@ def _prepare(out: Path, run: dict, overwrite: bool) -> None:
             return
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_file, run)
-
-
-def _labels_of(path: Path) -> list[dict]:
-    return [json.loads(s.members["json"]) for s in read_shard(path.read_bytes(), str(path))]
-
-
-def _existing_info(shard: ShardInfo, path: Path) -> ShardInfo:
-    data = path.read_bytes()
-    return aligned_shard_info(shard, len(data), hashlib.sha256(data).hexdigest())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from streamtrain.data.remote import ShardReadError
+from streamtrain.storage.remote import ShardReadError
 from streamtrain.dataset.index import DatasetIndexError
 from streamtrain.distill.label import LabelError
 from streamtrain.train.config import RecipeError

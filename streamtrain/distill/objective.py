@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from streamtrain.data.sources import DatasetSource
+from streamtrain.dataset.dataset import Dataset
 from streamtrain.distill.label import LABELS_COLUMN
 from streamtrain.distill.teacher import load_teacher
 from streamtrain.train.config import DistillConfig, RecipeError
@@ -48,7 +48,7 @@ class Distillation:
         )
 
 
-def load_distillation(config: DistillConfig, columns: list[DatasetSource], student, device) -> Distillation | None:
+def load_distillation(config: DistillConfig, columns: list[Dataset], student, device) -> Distillation | None:
     """The frozen teacher for the KL term, checked against the teacher that wrote the labels."""
     if config.teacher is None:
         return None

@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 
 from streamtrain.data.batch import FEATURES_EXT
 from streamtrain.data.columns import DecodedChunk, write_column_shard
-from streamtrain.data.sources import DatasetSource, open_source
-from streamtrain.dataset.index import INDEX_NAME, DatasetIndex
+from streamtrain.dataset.columns import save_index
+from streamtrain.dataset.dataset import Dataset, open_dataset
+from streamtrain.dataset.index import DatasetIndex, ShardList
 from streamtrain.features.codec import encode_features
 from streamtrain.features.registry import FEATURIZER_VERSION, featurizer_fingerprint
 
@@ -44,7 +45,7 @@ def write_feature_column(
     progress: bool = True,
 ) -> DatasetIndex:
     """Featurize every sample of ``dataset`` (on the featurizer's device) into a column at ``out_dir``."""
-    source = open_source(dataset)
+    source = open_dataset(dataset)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -76,17 +77,20 @@ def write_feature_column(
             for row in range(len(chunk.keys))
         ]
 
-    for shard in source.index.shards:
-        index.shards.append(write_column_shard(
-            source, shard, out / shard.name, sample_rate=featurizer.sample_rate, batch_size=batch_size,
+    infos, keys = [], []
+    for shard, name in enumerate(source.index.shards.names):
+        info, shard_keys = write_column_shard(
+            source, shard, out / name, sample_rate=featurizer.sample_rate, batch_size=batch_size,
             device=device, members_for=members_for, on_chunk=bar.update,
-        ))
+        )
+        infos.append(info)
+        keys += shard_keys
     bar.close()
-    index.save(out / INDEX_NAME)
-    return index
+    index.shards = ShardList.of(infos)
+    return save_index(out, index, source.durations, keys)
 
 
-def check_feature_column(column: DatasetSource, featurizer: nn.Module) -> None:
+def check_feature_column(column: Dataset, featurizer: nn.Module) -> None:
     """Refuse a column made by another featurizer (or another version of it)."""
     info = column.index.column or {}
     expected = featurizer_fingerprint(featurizer)

@@ -6,7 +6,7 @@ import argparse
 
 import yaml
 
-from streamtrain.data.remote import ShardReadError
+from streamtrain.storage.remote import ShardReadError
 from streamtrain.dataset.index import DatasetIndexError
 from streamtrain.features.cache import FeatureCacheError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from streamtrain.data.remote import ShardReadError
+from streamtrain.storage.remote import ShardReadError
 from streamtrain.dataset.index import DatasetIndexError
 from streamtrain.features.featurize_command import add_featurizer_arguments, featurizer_from_args
 

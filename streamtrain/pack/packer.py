@@ -26,6 +26,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 from tqdm import tqdm
 
 from streamtrain.audio import (
@@ -39,8 +40,10 @@ from streamtrain.audio import (
     opus_compression_level,
     resample,
 )
-from streamtrain.dataset.index import INDEX_NAME, DatasetIndex, ShardInfo, load_index
-from streamtrain.dataset.shard import ShardWriter, list_shard_keys
+from streamtrain.dataset.columns import DURATIONS, KEYS, column_file_name, concatenate_columns, find_duplicate_key, \
+    key_column, save_index
+from streamtrain.dataset.index import INDEX_NAME, DatasetIndex, ShardInfo, ShardList, load_index
+from streamtrain.dataset.shard import ShardWriter
 from streamtrain.pack.sources import Entry, Reject, SourceError, SourceItem, read_source
 
 PACK_CODECS = (*CODECS, "copy")
@@ -107,12 +110,14 @@ class _Layout:
     def owns(self, name: str) -> bool:
         """Whether ``name`` is a file this pack (or a serial pack, for part None) writes."""
         if self.part is None:
-            pattern = r"(shard-.*\.tar(\.tmp)?|index(\.part-.*)?\.json|rejects(\.part-.*)?\.jsonl|\..*\.tmp-\d+)"
+            pattern = (r"(shard-.*\.tar(\.tmp)?|index(\.part-.*)?\.(json|durations\.f32|keys\.txt)|"
+                       r"rejects(\.part-.*)?\.jsonl|\..*\.tmp-\d+)")
         else:
             stem = self.shard_name(0)[: -len("000000.tar")]
+            index_stem = re.escape(self.index_name[: -len(".json")])
             pattern = (
-                rf"({re.escape(stem)}\d+\.tar(\.tmp)?|{re.escape(self.index_name)}|"
-                rf"{re.escape(self.rejects_name)}|\.{re.escape(self.index_name)}\.tmp-\d+)"
+                rf"({re.escape(stem)}\d+\.tar(\.tmp)?|{index_stem}\.(json|durations\.f32|keys\.txt)|"
+                rf"{re.escape(self.rejects_name)}|\.{index_stem}\.[^/]*\.tmp-\d+)"
             )
         return re.fullmatch(pattern, name) is not None
 
@@ -198,7 +203,7 @@ def pack(
             shards.add(result)
             reencoded += result.reencoded
             bar.set_postfix(hours=f"{shards.seconds / 3600:.3f}", refresh=False)
-        infos = shards.close()
+        shards.close()
     except BaseException:
         shards.abort()
         raise
@@ -208,15 +213,17 @@ def pack(
 
     if rejects:
         _write_atomic(out / layout.rejects_name, "".join(_reject_line(r) for r in rejects))
-    index = DatasetIndex(codec=codec, sample_rate=sample_rate, shards=infos, rejected=len(rejects),
-                         created_by=_created_by(), bitrate=bitrate)
-    _guard_write(out / layout.index_name, lambda: index.save(out / layout.index_name))
+    index = DatasetIndex(codec=codec, sample_rate=sample_rate, shards=ShardList.of(shards.infos),
+                         rejected=len(rejects), created_by=_created_by(), bitrate=bitrate)
+    _guard_write(out / layout.index_name,
+                 lambda: save_index(out, index, np.asarray(shards.durations, dtype=np.float32), shards.keys,
+                                    layout.index_name))
     return PackSummary(
         out_dir=str(out),
         index=layout.index_name,
         samples=index.samples,
         seconds=index.seconds,
-        shards=len(infos),
+        shards=len(shards.infos),
         bytes=index.bytes,
         rejected=len(rejects),
         reencoded=reencoded,
@@ -258,23 +265,45 @@ def merge(out_dir: str | os.PathLike) -> DatasetIndex:
             raise PackError(
                 f"{out / layout.index_name}: {_encoding(index)} differs from part 0's {_encoding(indexes[0])}"
             )
-    _check_unique_keys(out, [shard for index in indexes for shard in index.shards])
+        missing_columns = {DURATIONS, KEYS} - set(index.columns)
+        if missing_columns:
+            raise PackError(f"{out / layout.index_name}: lists no {', '.join(sorted(missing_columns))} column")
+    shards = ShardList.of([])
+    for index in indexes:
+        shards = shards + index.shards
+    for name in shards.names:
+        if not (out / name).is_file():
+            raise PackError(f"{out / name}: shard listed in a part index is missing")
+    duplicate = find_duplicate_key([key_column(out, index) for index in indexes])
+    if duplicate is not None:
+        key, first, second = duplicate
+        raise PackError(f"{out}: key {key!r} is in both {_shard_at(shards, first)} and {_shard_at(shards, second)}")
 
     merged = DatasetIndex(
         codec=indexes[0].codec,
         sample_rate=indexes[0].sample_rate,
         bitrate=indexes[0].bitrate,
-        shards=[shard for index in indexes for shard in index.shards],
+        shards=shards,
         rejected=sum(index.rejected for index in indexes),
         created_by=indexes[0].created_by,
     )
+    part_columns = {name: [(out / index.columns[name].file, index.columns[name]) for index in indexes]
+                    for name in (DURATIONS, KEYS)}
+    merged.columns = {name: _guard_write(out / column_file_name(INDEX_NAME, name),
+                                         lambda name=name: concatenate_columns(out, INDEX_NAME, name, parts))
+                      for name, parts in part_columns.items()}
     reject_files = [out / layout.rejects_name for layout in layouts if (out / layout.rejects_name).is_file()]
     if reject_files:
         _write_atomic(out / REJECTS_NAME, "".join(path.read_text(encoding="utf-8") for path in reject_files))
     _guard_write(out / INDEX_NAME, lambda: merged.save(out / INDEX_NAME))
-    for path in [*found.values(), *reject_files]:
+    for path in [*found.values(), *reject_files, *(path for parts in part_columns.values() for path, _ in parts)]:
         path.unlink()
     return merged
+
+
+def _shard_at(shards: ShardList, position: int) -> str:
+    """The name of the shard holding the dataset's ``position``-th sample."""
+    return shards.names[int(np.searchsorted(shards.offsets, position, side="right") - 1)]
 
 
 def _encoding(index: DatasetIndex) -> str:
@@ -353,16 +382,21 @@ def _prepare_out_dir(out: Path, layout: _Layout, overwrite: bool) -> None:
 
 
 class _ShardSequence:
-    """Appends samples to shards, rolling over before a shard would pass ``shard_size``."""
+    """Appends samples to shards, rolling over before a shard would pass ``shard_size``.
+
+    Collects what the index needs: each shard's entry, and each sample's duration and key.
+    """
 
     def __init__(self, out: Path, layout: _Layout, shard_size: int):
         self.out = out
         self.layout = layout
         self.shard_size = shard_size
         self.infos: list[ShardInfo] = []
+        self.durations: list[float] = []
+        self.keys: list[str] = []
         self.seconds = 0.0
         self._writer: ShardWriter | None = None
-        self._shard_seconds: list[float] = []
+        self._first = 0  # position of the open shard's first sample
 
     def add(self, sample: _Encoded) -> None:
         writer = self._writer
@@ -373,13 +407,13 @@ class _ShardSequence:
             path = self.out / self.layout.shard_name(len(self.infos))
             writer = self._writer = _guard_write(path, lambda: ShardWriter(path))
         _guard_write(writer.tmp_path, lambda: writer.add(sample.key, sample.members))
-        self._shard_seconds.append(sample.seconds)
+        self.durations.append(sample.seconds)
+        self.keys.append(sample.key)
         self.seconds += sample.seconds
 
-    def close(self) -> list[ShardInfo]:
+    def close(self) -> None:
         if self._writer is not None:
             self._finish()
-        return self.infos
 
     def abort(self) -> None:
         if self._writer is not None:
@@ -389,12 +423,11 @@ class _ShardSequence:
     def _finish(self) -> None:
         writer, self._writer = self._writer, None
         size, sha256 = _guard_write(writer.tmp_path, writer.close)
-        seconds = self._shard_seconds
+        seconds = self.durations[self._first :]
         self.infos.append(
-            ShardInfo(writer.path.name, len(seconds), round(sum(seconds), 6), size, sha256, round(max(seconds), 6),
-                      [round(s, 3) for s in seconds])
+            ShardInfo(writer.path.name, len(seconds), round(sum(seconds), 6), size, sha256, round(max(seconds), 6))
         )
-        self._shard_seconds = []
+        self._first = len(self.durations)
 
 
 def _encode_all(entries: list[Entry], encoding: _Encoding, workers: int) -> Iterator[_Encoded | Reject]:
@@ -527,18 +560,6 @@ def _piped_audio(command: str) -> bytes:
     if not result.stdout:
         raise AudioError("the command wrote no audio to stdout")
     return result.stdout
-
-
-def _check_unique_keys(out: Path, shards: list[ShardInfo]) -> None:
-    first_shard: dict[str, str] = {}
-    for shard in shards:
-        path = out / shard.name
-        if not path.is_file():
-            raise PackError(f"{path}: shard listed in a part index is missing")
-        for key in list_shard_keys(path):
-            if key in first_shard:
-                raise PackError(f"{out}: key {key!r} is in both {first_shard[key]} and {shard.name}")
-            first_shard[key] = shard.name
 
 
 def _reject_line(reject: Reject) -> str:

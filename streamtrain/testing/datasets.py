@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from streamtrain.audio import encode, resample
-from streamtrain.dataset.index import INDEX_NAME, DatasetIndex, ShardInfo
+from streamtrain.dataset.columns import save_index
+from streamtrain.dataset.index import DatasetIndex, ShardInfo, ShardList
 from streamtrain.dataset.shard import ShardWriter
 from streamtrain.testing.speech import DIGIT_WORDS, Voice, synthesize
 
@@ -52,11 +53,11 @@ def write_dataset(
     root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     clips = speech_clips(sample_rate)
-    index = DatasetIndex(codec=codec, sample_rate=sample_rate, created_by="streamtrain.testing")
+    shards, durations, keys = [], [], []
     for s, count in enumerate(shard_sizes):
         name = f"shard-{s:06d}.tar"
         writer = ShardWriter(root / name)
-        durations = []
+        seconds_of = []
         for i in range(count):
             key = f"{key_prefix}-{s:03d}-{i:04d}"
             clip = clips[rng.randrange(len(clips))]
@@ -66,10 +67,27 @@ def write_dataset(
             meta = {"text": key.replace("-", " "), "seconds": seconds, "sample_rate": sample_rate,
                     "shard": s, "position": i}
             writer.add(key, {ext: audio, "json": json.dumps(meta).encode()})
-            durations.append(seconds)
+            seconds_of.append(seconds)
+            keys.append(key)
         size, sha256 = writer.close()
-        index.shards.append(
-            ShardInfo(name, count, round(sum(durations), 3), size, sha256, max(durations, default=0.0), durations)
-        )
+        shards.append(ShardInfo(name, count, round(sum(seconds_of), 3), size, sha256, max(seconds_of, default=0.0)))
+        durations += seconds_of
+    index = DatasetIndex(codec=codec, sample_rate=sample_rate, shards=ShardList.of(shards),
+                         created_by="streamtrain.testing")
+    return save_index(root, index, np.asarray(durations, dtype=np.float32), keys)
+
+
+def replace_shard(root: str | Path, name: str, data: bytes) -> None:
+    """Overwrite shard ``name`` of a local dataset with ``data`` and update its size and sha256 in the index,
+    so that only what is *inside* the shard is wrong (tests of bad samples)."""
+    import hashlib
+
+    from streamtrain.dataset.index import INDEX_NAME, load_index
+
+    root = Path(root)
+    (root / name).write_bytes(data)
+    index = load_index(root)
+    shard = index.shards.names.index(name)
+    index.shards.sizes[shard] = len(data)
+    index.shards.sha256[shard] = hashlib.sha256(data).hexdigest()
     index.save(root / INDEX_NAME)
-    return index

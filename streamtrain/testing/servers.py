@@ -1,5 +1,6 @@
 """Real servers on 127.0.0.1 for object-store tests: a static file server with
-Range support, a fault-injecting HTTP proxy, and moto's S3 server.
+Range support, a fault-injecting HTTP proxy, and moto's S3 server. For more
+kinds of fault see ``faults.fault_server``; for a slow link, ``shaper.link_shaper``.
 
 Faults are scheduled by request count, so a test is deterministic: e.g.
 ``Faults(status_503=[0, 3], drop_midway=[1])`` answers the first and fourth
@@ -18,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from streamtrain.testing.faults import fault_server
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -30,48 +33,6 @@ class _QuietHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args):  # keep test output clean
         pass
-
-
-def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """``bytes=a-b`` -> (a, b + 1), clipped to the file; None for no or an unsupported range."""
-    if not header or not header.startswith("bytes=") or "," in header:
-        return None
-    first, _, last = header[len("bytes=") :].partition("-")
-    if not first:
-        return max(0, size - int(last)), size
-    return int(first), min(size, int(last) + 1 if last else size)
-
-
-def _file_handler(root: Path):
-    class FileHandler(_QuietHandler):
-        def do_HEAD(self):
-            self._serve(body=False)
-
-        def do_GET(self):
-            self._serve(body=True)
-
-        def _serve(self, body: bool):
-            relative = urlsplit(self.path).path.lstrip("/")
-            path = (root / relative).resolve()
-            if root not in path.parents or not path.is_file():
-                self.send_error(404)
-                return
-            data = path.read_bytes()
-            span = _parse_range(self.headers.get("Range"), len(data))
-            if span is None:
-                self.send_response(200)
-                start, end = 0, len(data)
-            else:
-                start, end = span
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
-            self.send_header("Content-Length", str(end - start))
-            self.send_header("Accept-Ranges", "bytes")
-            self.end_headers()
-            if body:
-                self.wfile.write(data[start:end])
-
-    return FileHandler
 
 
 @dataclass
@@ -164,9 +125,9 @@ def _serve(handler) -> str:
 
 @contextmanager
 def file_server(root: str | os.PathLike):
-    """Serve ``root`` over HTTP with Range support; yields the base URL."""
-    with _serve(_file_handler(Path(root).resolve())) as url:
-        yield url
+    """Serve ``root`` over HTTP with Range support; yields the base URL (the fault server, without faults)."""
+    with fault_server(root, lifetime=None) as server:
+        yield server.url
 
 
 @contextmanager

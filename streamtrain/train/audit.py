@@ -1,31 +1,45 @@
-"""The audit trail: which sample keys each optimizer step consumed, on every rank, across resumes.
+"""The audit trail: which samples each optimizer step consumed, on every rank, across resumes.
 
 Each run of the trainer is a *session*; each rank of a session appends JSON
 lines to ``<run>/audit/session-KKKK-rank-RRRRR.jsonl.zst``, one zstd frame per
-flush (the trainer flushes at every checkpoint). Records:
+flush (the trainer flushes at every checkpoint). Samples are named by their
+id in the epoch's sample table (see ``streamtrain.data.sources``), never by
+key or URL, so a record costs a few bytes per sample. Records:
 
 - ``{"event": "session", "resumed_from_step": S, "world_size": W}``: first in every file;
-- ``{"event": "step", "step": N, "epoch": E, "keys": [...]}``;
-- ``{"event": "dropped" | "filtered" | "skipped", "epoch": E, "step": N, "samples": [...]}``:
-  samples the loader left out on purpose (to equalize ranks, by duration) or as bad;
-- ``{"event": "epoch_end", "epoch": E, "step": N}``.
+- ``{"event": "step", "step": N, "epoch": E, "ids": [...]}``;
+- the loader's events (``StreamLoader.pop_events``), each with the step that
+  consumed the batch they came with: ``epoch`` (the epoch's plan: datasets by
+  fingerprint, weights, seed, duration limits, table size), ``dropped`` (the
+  leftover batches no rank takes, fewer than the world size), ``skipped`` (bad
+  samples), ``epoch_end``.
 
 ``audit_run`` replays the sessions in order. A session that resumed from step
 S rolls back every record of earlier sessions after step S (those steps were
-redone), then the samples of each epoch are checked against the dataset.
+redone). Then each epoch's table is rebuilt from the datasets' indexes alone
+(no shard is read) and every sample is accounted for with a few bits of
+memory each: seen once, or filtered by the duration limits (recomputed from
+the index, not taken from the log), or dropped to equalize ranks (bounded), or
+skipped as bad; anything else is a duplicate or a gap.
 """
 
 from __future__ import annotations
 
-import collections
+import base64
 import json
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import zstandard
 
+from streamtrain.data.sources import DatasetSource, EpochTable, epoch_table
+from streamtrain.dataset.dataset import Dataset
+
 AUDIT_DIR = "audit"
+SHOWN = 10
 _FILE = re.compile(r"session-(\d{4})-rank-(\d{5})\.jsonl\.zst$")
 
 
@@ -60,40 +74,60 @@ def next_session(run_dir: Path) -> int:
     return max(sessions, default=-1) + 1
 
 
-def read_records(path: Path) -> tuple[list[dict], bool]:
-    """The file's records, and whether a torn last frame (a kill mid-write) was ignored."""
-    data, position, text = path.read_bytes(), 0, []
-    while position < len(data):
-        frame = zstandard.ZstdDecompressor().decompressobj()
-        try:
-            text.append(frame.decompress(data[position:]).decode())
-        except zstandard.ZstdError:
-            return _parse_lines(text), True
-        if not frame.eof:
-            return _parse_lines(text[:-1]), True
-        position = len(data) - len(frame.unused_data)
-    return _parse_lines(text), False
+class Bits:
+    """A set of sample ids as a packed bitmap: one bit per sample."""
 
+    def __init__(self, size: int):
+        self.size = size
+        self.bits = np.zeros((size + 7) // 8, dtype=np.uint8)
 
-def _parse_lines(chunks: list[str]) -> list[dict]:
-    return [json.loads(line) for chunk in chunks for line in chunk.splitlines()]
+    @classmethod
+    def of_mask(cls, mask: np.ndarray) -> "Bits":
+        bits = cls(len(mask))
+        bits.bits = np.packbits(mask, bitorder="little")
+        return bits
+
+    def add(self, ids: np.ndarray) -> np.ndarray:
+        """Insert ``ids``; returns those that were in the set already (or twice in ``ids``)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        unique, counts = np.unique(ids, return_counts=True)
+        flag = np.left_shift(1, unique & 7).astype(np.uint8)
+        present = (self.bits[unique >> 3] & flag) != 0
+        np.bitwise_or.at(self.bits, unique >> 3, flag)
+        return unique[present | (counts > 1)]
+
+    def count(self) -> int:
+        return int(np.unpackbits(self.bits, bitorder="little", count=self.size).sum())
+
+    def __or__(self, other: "Bits") -> "Bits":
+        joined = Bits(self.size)
+        joined.bits = self.bits | other.bits
+        return joined
+
+    def missing(self, limit: int) -> tuple[int, list[int]]:
+        """(how many ids are not in the set, the first ``limit`` of them)."""
+        absent = ~np.unpackbits(self.bits, bitorder="little", count=self.size).astype(bool)
+        return int(absent.sum()), np.flatnonzero(absent)[:limit].tolist()
 
 
 @dataclass
 class EpochAudit:
     epoch: int
     complete: bool
+    samples: int = 0
     seen: int = 0
-    duplicates: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # neither seen nor explained
-    dropped: list[str] = field(default_factory=list)
-    filtered: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    unknown: list[str] = field(default_factory=list)  # seen but not in the dataset
+    duplicates: int = 0
+    missing: int = 0  # neither seen nor explained
+    dropped: int = 0
+    filtered: int = 0
+    skipped: int = 0
+    unknown: int = 0  # ids that are not in the epoch's table
+    problems: list[str] = field(default_factory=list)  # plan inconsistencies (e.g. too many dropped batches)
+    examples: dict[str, list[str]] = field(default_factory=dict)  # kind -> up to SHOWN samples, named
 
     @property
     def ok(self) -> bool:
-        return not self.duplicates and not self.unknown and (not self.complete or not self.missing)
+        return not self.duplicates and not self.unknown and not self.problems and (not self.complete or not self.missing)
 
 
 @dataclass
@@ -108,39 +142,152 @@ class AuditReport:
         return all(e.ok for e in self.epochs)
 
 
-def audit_run(run_dir: Path, dataset_keys: dict[str, str]) -> AuditReport:
-    """Check every epoch of a run against ``dataset_keys`` (``"shard.tar#index"`` -> key)."""
+DatasetResolver = Callable[[str, str], Dataset]  # (fingerprint, url as logged) -> the opened dataset
+
+
+def encode_ids(ids: np.ndarray) -> str:
+    """Sample ids as text for a JSON record: ``u4:`` or ``u8:`` + base64 of little-endian integers."""
+    ids = np.asarray(ids, dtype=np.int64)
+    wide = len(ids) and int(ids.max()) >= 2**32
+    return ("u8:" if wide else "u4:") + base64.b64encode(ids.astype("<u8" if wide else "<u4").tobytes()).decode()
+
+
+def decode_ids(value: str | list) -> np.ndarray:
+    """The inverse of ``encode_ids``; a plain JSON list of ids is accepted too (the loader's events)."""
+    if isinstance(value, list):
+        return np.asarray(value, dtype=np.int64)
+    kind, _, data = value.partition(":")
+    return np.frombuffer(base64.b64decode(data), dtype="<u8" if kind == "u8" else "<u4").astype(np.int64)
+
+
+def audit_run(run_dir: Path, resolve: DatasetResolver) -> AuditReport:
+    """Check every epoch of a run; ``resolve`` opens the datasets the log names by fingerprint.
+
+    Records are streamed file by file; memory is a few bits per sample of each epoch.
+    """
     files = sorted(
-        ((int(m.group(1)), int(m.group(2)), p) for p in (Path(run_dir) / AUDIT_DIR).glob("*.zst") if (m := _FILE.search(p.name)))
+        (int(m.group(1)), int(m.group(2)), p)
+        for p in (Path(run_dir) / AUDIT_DIR).glob("*.zst") if (m := _FILE.search(p.name))
     )
-    by_session: dict[int, list[dict]] = collections.defaultdict(list)
-    torn = 0
+    resumed = {}
     for session, _, path in files:
-        records, was_torn = read_records(path)
-        torn += was_torn
-        by_session[session].extend(records)
-    kept: list[tuple[int, dict]] = []
-    for session in sorted(by_session):
-        starts = [r for r in by_session[session] if r["event"] == "session"]
-        resumed_from = starts[0]["resumed_from_step"] if starts else 0
-        kept = [(s, r) for s, r in kept if r.get("step", 0) <= resumed_from]
-        kept += [(session, r) for r in by_session[session] if r["event"] != "session"]
-    records = [r for _, r in kept]
-    ended = {r["epoch"] for r in records if r["event"] == "epoch_end"}
-    epochs = sorted({r["epoch"] for r in records if "epoch" in r})
-    all_keys = set(dataset_keys.values())
-    report_epochs = []
-    for epoch in epochs:
-        audit = EpochAudit(epoch, complete=epoch in ended)
-        counts = collections.Counter(k for r in records if r["event"] == "step" and r["epoch"] == epoch for k in r["keys"])
-        audit.seen = len(counts)
-        audit.duplicates = sorted(k for k, n in counts.items() if n > 1)
-        audit.unknown = sorted(set(counts) - all_keys)
-        for kind in ("dropped", "filtered", "skipped"):
-            samples = [s for r in records if r["event"] == kind and r["epoch"] == epoch for s in r["samples"]]
-            setattr(audit, kind, sorted(dataset_keys.get(s.split(": ", 1)[0], s) for s in samples))
-        explained = set(counts) | set(audit.dropped) | set(audit.filtered) | set(audit.skipped)
-        audit.missing = sorted(all_keys - explained)
-        report_epochs.append(audit)
-    steps = len({r["step"] for r in records if r["event"] == "step"})
-    return AuditReport(len(by_session), steps, report_epochs, torn)
+        first = next(_stream(path, []), {"event": "session", "resumed_from_step": 0})
+        resumed.setdefault(session, first.get("resumed_from_step", 0))
+    sessions = sorted(resumed)
+    cutoffs = {s: min((resumed[later] for later in sessions[i + 1 :]), default=None) for i, s in enumerate(sessions)}
+    tallies: dict[int, _EpochTally] = {}
+    torn: list[bool] = []
+    last_step = 0
+    for session, _, path in files:
+        cutoff = cutoffs[session]
+        for record in _stream(path, torn):
+            if record["event"] == "session" or (cutoff is not None and record.get("step", 0) > cutoff):
+                continue
+            last_step = max(last_step, record.get("step", 0))
+            if "epoch" in record:
+                tallies.setdefault(record["epoch"], _EpochTally(record["epoch"], resolve)).add(record)
+    return AuditReport(len(sessions), last_step, [tallies[e].result() for e in sorted(tallies)], sum(torn))
+
+
+def _stream(path: Path, torn: list[bool]) -> Iterator[dict]:
+    """The file's records, frame by frame; a torn last frame (a kill mid-write) is noted in ``torn`` and ignored."""
+    with open(path, "rb") as f:
+        data = f.read()
+    position = 0
+    while position < len(data):
+        frame = zstandard.ZstdDecompressor().decompressobj()
+        try:
+            text = frame.decompress(data[position:]).decode()
+        except zstandard.ZstdError:
+            torn.append(True)
+            return
+        if not frame.eof:
+            torn.append(True)
+            return
+        position = len(data) - len(frame.unused_data)
+        for line in text.splitlines():
+            yield json.loads(line)
+
+
+class _EpochTally:
+    """One epoch's accounting, fed record by record."""
+
+    def __init__(self, epoch: int, resolve: DatasetResolver):
+        self.audit = EpochAudit(epoch, complete=False)
+        self.resolve = resolve
+        self.table: EpochTable | None = None
+        self.plan: dict | None = None
+        self.seen: Bits | None = None
+        self.explained: Bits | None = None
+        self.duplicates: list[int] = []
+        self.unknown: list[int] = []
+        self.kinds: dict[str, list[np.ndarray]] = {"dropped": [], "skipped": []}
+
+    def add(self, record: dict) -> None:
+        event = record["event"]
+        if event == "epoch":
+            self._plan(record)
+        elif event == "epoch_end":
+            self.audit.complete = True
+        elif self.table is None:
+            self.audit.problems.append(f"a {event!r} record before the epoch's plan")
+        elif event == "step":
+            ids = self._inside(decode_ids(record["ids"]))
+            repeated = self.seen.add(ids)
+            self.audit.duplicates += len(repeated)
+            self.duplicates += repeated[: SHOWN - len(self.duplicates)].tolist()
+        elif event in self.kinds:
+            ids = self._inside(decode_ids(record["ids"]))
+            self.explained.add(ids)
+            self.kinds[event].append(ids)
+            if event == "dropped" and record["batches"] >= record["world_size"]:
+                self.audit.problems.append(f"{record['batches']} batches dropped with {record['world_size']} ranks "
+                                           "(the plan leaves out fewer batches than ranks)")
+
+    def _plan(self, record: dict) -> None:
+        if self.table is None:
+            self.plan = record
+            self.table = _table(record, self.resolve)
+            self.audit.samples = self.table.samples
+            self.seen = Bits(self.table.samples)
+            self.explained = Bits.of_mask(_outside_limits(self.table, record))
+            self.audit.filtered = self.explained.count()
+        if record["table"] != self.plan["table"] or self.table.fingerprint != record["table"]:
+            self.audit.problems.append("the epoch's sample table differs between sessions or from the datasets now")
+
+    def _inside(self, ids: np.ndarray) -> np.ndarray:
+        inside = (ids >= 0) & (ids < self.table.samples)
+        self.audit.unknown += int((~inside).sum())
+        self.unknown += ids[~inside][: SHOWN - len(self.unknown)].tolist()
+        return ids[inside]
+
+    def result(self) -> EpochAudit:
+        audit = self.audit
+        if self.table is None:
+            audit.problems.append("no record of the epoch's plan")
+            return audit
+        audit.seen = self.seen.count()
+        for kind, parts in self.kinds.items():
+            setattr(audit, kind, len(np.unique(np.concatenate(parts))) if parts else 0)
+        audit.missing, gaps = (self.seen | self.explained).missing(SHOWN)
+        audit.examples = {
+            "duplicate": [self.table.describe(i) for i in self.duplicates],
+            "missing": [self.table.describe(i) for i in gaps] if audit.complete else [],
+            "unknown": [f"sample id {i} of a table of {self.table.samples}" for i in self.unknown],
+        }
+        return audit
+
+
+def _table(plan: dict, resolve: DatasetResolver) -> EpochTable:
+    sources = [DatasetSource(resolve(s["fingerprint"], s["url"]), s["weight"]) for s in plan["sources"]]
+    return epoch_table(sources, plan["seed"], plan["epoch"])
+
+
+def _outside_limits(table: EpochTable, plan: dict) -> np.ndarray:
+    """Samples the plan's duration limits leave out, recomputed from the index's durations."""
+    outside = np.zeros(table.samples, dtype=bool)
+    if plan["min_seconds"] is not None:
+        outside |= table.durations < plan["min_seconds"]
+    if plan["max_seconds"] is not None:
+        outside |= table.durations > plan["max_seconds"]
+    return outside

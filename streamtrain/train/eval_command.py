@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from streamtrain.data.remote import ShardReadError
+from streamtrain.storage.remote import ShardReadError
 from streamtrain.dataset.index import DatasetIndexError
 from streamtrain.train.config import RecipeError
 

@@ -8,7 +8,6 @@ clip -> step -> log -> maybe evaluate -> maybe checkpoint.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import shutil
@@ -24,12 +23,12 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from streamtrain.data import StreamLoader, merge_states
+from streamtrain.data import StreamLoader
 from streamtrain.distill.objective import Distillation, load_distillation, pseudo_labels
 from streamtrain.features import SpecAugment, build_featurizer, generator_for_step
 from streamtrain.features.cache import cached_features, check_feature_column
 from streamtrain.train import checkpoint as ckpt
-from streamtrain.train.audit import AuditLog, next_session
+from streamtrain.train.audit import AuditLog, encode_ids, next_session
 from streamtrain.train.backoff import OomBackoff
 from streamtrain.train.config import Recipe, validate
 from streamtrain.train.evaluate import ErrorCounts, evaluate
@@ -39,7 +38,6 @@ from streamtrain.train.plot import plot_history
 log = logging.getLogger("streamtrain.train")
 
 MODEL_DIR = "model"
-STREAMTRAIN_MODEL_CONFIG = "streamtrain.json"
 
 
 @dataclass
@@ -120,8 +118,6 @@ def train(recipe: Recipe, resume: bool = True) -> TrainResult:
         on_bad_sample=recipe.data.on_bad_sample,
         cache_dir=recipe.data.cache_dir,
         cache_limit=recipe.data.cache_limit,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
         columns=[c for c in (recipe.features.cache, recipe.distill.labels) if c],
         pin_memory=device.type == "cuda",
     )
@@ -187,7 +183,7 @@ def train(recipe: Recipe, resume: bool = True) -> TrainResult:
         return record
 
     def save_checkpoint() -> None:
-        states = gather_object([loader.state_dict()])
+        loader_state = loader.state_dict()  # a collective: merged over ranks
         rng = gather_object([torch.get_rng_state()])
         cuda_rng = gather_object([torch.cuda.get_rng_state()]) if torch.cuda.is_available() else []
         audit.flush()
@@ -205,7 +201,7 @@ def train(recipe: Recipe, resume: bool = True) -> TrainResult:
                 "epoch": loader.epoch,
                 "world_size": accelerator.num_processes,
                 "progress": asdict(progress),
-                "loader": merge_states(states),
+                "loader": loader_state,
                 "recipe": recipe.to_dict(),
             }
             ckpt.save_checkpoint(run_dir, progress.step, tensors, trainer, cfg.keep_checkpoints)
@@ -217,21 +213,17 @@ def train(recipe: Recipe, resume: bool = True) -> TrainResult:
     model.train()
     bar = tqdm(total=cfg.max_steps, initial=progress.step, disable=not (cfg.progress and accelerator.is_main_process),
                unit="step", dynamic_ncols=True)
-    reports_logged = len(loader.reports)
     window = {"start": time.perf_counter(), "wait": 0.0, "samples": 0, "audio": 0.0}
     stopped_by_signal = False
     batches = iter(loader)
-    epoch = loader.epoch
     with StopRequest() as stop:
         while progress.step < cfg.max_steps:
             waited = time.perf_counter()
             batch = next(batches)
-            if loader.epoch != epoch:  # the previous batch was that epoch's last on this rank
-                audit.add({"event": "epoch_end", "epoch": epoch, "step": progress.step})
-                epoch = loader.epoch
             window["wait"] += time.perf_counter() - waited
-            if accelerator.is_main_process:
-                reports_logged = _audit_loader_reports(loader, audit, reports_logged, progress.step)
+            epoch = batch["epoch"]
+            for event in loader.pop_events():  # the epoch's plan, samples left out or skipped, epoch ends
+                audit.add({**event, "step": progress.step + 1})
 
             audio, lengths = batch["audio"].to(device, non_blocking=True), batch["audio_lens"].to(device)
             cached = cached_features(batch, device) if recipe.features.cache else None
@@ -268,9 +260,7 @@ def train(recipe: Recipe, resume: bool = True) -> TrainResult:
             progress.audio_seconds += float(batch["seconds"].sum())
             window["samples"] += len(batch["keys"])
             window["audio"] += float(batch["seconds"].sum())
-            audit.add({"event": "step", "step": progress.step, "epoch": epoch, "keys": batch["keys"]})
-            if batch["skipped"]:
-                audit.add({"event": "skipped", "epoch": epoch, "step": progress.step, "samples": batch["skipped"]})
+            audit.add({"event": "step", "step": progress.step, "epoch": epoch, "ids": encode_ids(batch["sample_ids"])})
 
             if progress.step % cfg.log_every == 0 or progress.step == cfg.max_steps:
                 elapsed = time.perf_counter() - window["start"]
@@ -354,35 +344,14 @@ def lr_factor(recipe: Recipe):
 
 
 def save_model(accelerator, model, tokenizer, featurizer, recipe: Recipe, out: Path) -> None:
-    """Hugging Face format (model, tokenizer, feature extractor) plus streamtrain's featurizer and prompt."""
-    from transformers import WhisperFeatureExtractor
+    """Hugging Face format that transformers' ASR pipeline reads as streamtrain does (see train/export.py)."""
+    from streamtrain.train.export import export_model
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        accelerator.unwrap_model(model).save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        WhisperFeatureExtractor(
-            feature_size=featurizer.n_mels, sampling_rate=featurizer.sample_rate, hop_length=featurizer.hop_length,
-            chunk_length=featurizer.chunk_seconds, n_fft=featurizer.n_fft,
-        ).save_pretrained(out)
-        (out / STREAMTRAIN_MODEL_CONFIG).write_text(json.dumps({
-            "features": {"name": recipe.features.name, "params": featurizer.config()},
-            "prompt": recipe.model.prompt,
-            "eos_token": recipe.model.eos_token,
-            "max_target_tokens": recipe.model.max_target_tokens,
-        }, indent=1))
+        export_model(accelerator.unwrap_model(model), tokenizer, featurizer, recipe, out)
         accelerator.print(f"model saved to {out}")
     accelerator.wait_for_everyone()
-
-
-def _audit_loader_reports(loader: StreamLoader, audit: AuditLog, logged: int, step: int) -> int:
-    """Write what the loader left out of each newly planned epoch into the audit log."""
-    for report in loader.reports[logged:]:
-        for kind, ids in (("dropped", report.dropped_ids), ("filtered", report.filtered_ids)):
-            if ids:
-                audit.add({"event": kind, "epoch": report.epoch, "step": step, "samples": loader.describe(report.epoch, ids)})
-    return len(loader.reports)
 
 
 def _any_rank(accelerator: Accelerator, flag: bool) -> bool:

@@ -36,7 +36,8 @@ class TextCodec:
 
     def _token_id(self, token: str) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(token)
-        if token_id is None or token_id == self.tokenizer.unk_token_id:
+        # Whisper's unknown token is <|endoftext|>, its end token: a real token, not a miss
+        if token_id is None or (token_id == self.tokenizer.unk_token_id and token != self.tokenizer.unk_token):
             raise RecipeError(f"model: token {token!r} is not in the tokenizer's vocabulary")
         return token_id
 

@@ -39,7 +39,8 @@ def test_two_processes_cover_an_epoch_exactly_once_with_equal_batch_counts(datas
     launch(2, str(dataset), "--out", str(out))
     ranks = json.loads(out.read_text())["ranks"]
     assert len(ranks) == 2
-    assert ranks[0]["batches"] == ranks[1]["batches"] > 0
+    assert ranks[0]["batches"] == ranks[1]["batches"] == ranks[0]["planned"] == ranks[1]["planned"] > 0
+    assert ranks[0]["state"] == ranks[1]["state"]  # the collective gives every rank the merged state
     keys = ranks[0]["keys"] + ranks[1]["keys"]
     assert len(keys) == len(set(keys))
     assert len(keys) + len(ranks[0]["dropped"]) == sum(SIZES)

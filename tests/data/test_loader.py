@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from streamtrain.data import LoaderStateError, StreamLoader, merge_states
 from streamtrain.data.batch import SampleError
-from streamtrain.data.remote import ShardReadError
+from streamtrain.storage.remote import ShardReadError
 from streamtrain.dataset.index import load_index
 from streamtrain.dataset.shard import read_shard
-from streamtrain.testing.datasets import write_dataset
+from streamtrain.testing.datasets import replace_shard, write_dataset
 
 SEED = 5
 
@@ -48,8 +48,10 @@ def all_keys(sizes):
 
 
 def run_ranks(path, state, world, workers, batching, stop_after=None, epochs=1):
-    """Simulate ``world`` ranks in one process; each takes up to ``stop_after`` batches."""
-    delivered, states, loaders = [], [], []
+    """Simulate ``world`` ranks in one process; each takes up to ``stop_after`` batches.
+
+    Returns (keys delivered, the merged state, each rank's loader events)."""
+    delivered, states, events = [], [], []
     for rank in range(world):
         loader = StreamLoader(path, seed=SEED, num_workers=workers, rank=rank, world_size=world, epochs=epochs, **batching)
         if state is not None:
@@ -61,8 +63,12 @@ def run_ranks(path, state, world, workers, batching, stop_after=None, epochs=1):
             if count == stop_after:
                 break
         states.append(loader.state_dict())
-        loaders.append(loader)
-    return delivered, merge_states(states), loaders
+        events.append(loader.pop_events())
+    return delivered, merge_states(states), events
+
+
+def dropped_ids(events, epoch=0):
+    return [i for e in events if e["event"] == "dropped" and e["epoch"] == epoch for i in e["ids"]]
 
 
 batchings = st.one_of(
@@ -82,16 +88,14 @@ def test_resume_with_other_settings_delivers_every_sample_exactly_once(datasets,
     path = datasets(tuple(sizes))
     world1, workers1, batching1 = first
     world2, workers2, batching2 = second
-    keys1, state, loaders1 = run_ranks(path, None, world1, workers1, batching1, stop_after=stop_after)
-    keys2, _, loaders2 = run_ranks(path, state, world2, workers2, batching2)
+    keys1, state, events1 = run_ranks(path, None, world1, workers1, batching1, stop_after=stop_after)
+    keys2, _, events2 = run_ranks(path, state, world2, workers2, batching2)
     delivered = keys1 + keys2
     duplicates = [k for k, n in collections.Counter(delivered).items() if n > 1]
     assert not duplicates
-    report = next(
-        (r for loaders in (loaders2, loaders1) for r in loaders[0].reports if r.epoch == 0), None
-    )
-    dropped = {key_of(g, sizes) for g in report.dropped_ids}
-    assert report.dropped_batches < world2 or report is loaders1[0].reports[0]
+    # what the second run's plan leaves out (or, if it had nothing left to plan, the first's)
+    dropped = {key_of(g, sizes) for g in dropped_ids(events2[0] if any(e["event"] == "epoch" for e in events2[0])
+                                                     else events1[0])}
     assert set(delivered) | dropped == all_keys(sizes)
     assert not set(delivered) & dropped
 
@@ -173,15 +177,15 @@ def test_duration_filter_is_counted(datasets):
     loader = StreamLoader(path, batch_size=4, num_workers=0, epochs=1, min_seconds=0.5, max_seconds=1.2)
     delivered = [m["seconds"] for b in loader for m in b["meta"]]
     assert all(0.5 <= s <= 1.2 for s in delivered)
-    assert loader.reports[0].filtered_by_duration == 20 - len(delivered) > 0
+    plans = [e for e in loader.pop_events() if e["event"] == "epoch"]
+    assert plans[0]["filtered"] == 20 - len(delivered) > 0
 
 
 def test_fewer_shards_than_streams_and_a_single_shard(datasets):
     path = datasets((5,))
-    keys, _, loaders = run_ranks(path, None, world=4, workers=3, batching={"batch_size": 1})
-    counts = [l.stats.batches for l in loaders]
-    assert len(set(counts)) == 1 and counts[0] == 1
-    assert set(keys) | {key_of(g, [5]) for g in loaders[0].reports[0].dropped_ids} == all_keys((5,))
+    keys, _, events = run_ranks(path, None, world=4, workers=3, batching={"batch_size": 1})
+    assert len(keys) == 4
+    assert set(keys) | {key_of(g, [5]) for g in dropped_ids(events[0])} == all_keys((5,))
 
 
 def test_resume_reads_only_the_blocks_in_flight(datasets):
@@ -221,8 +225,6 @@ def test_mixing_weights_is_deterministic_and_covers_the_fractional_dataset_over_
 
 def corrupt_member(path, shard_name, key, data):
     """Rewrite one shard with ``key``'s audio replaced, and fix the index to match."""
-    import hashlib
-
     shard_path = path / shard_name
     source = tarfile.open(shard_path)
     out = io.BytesIO()
@@ -233,13 +235,7 @@ def corrupt_member(path, shard_name, key, data):
                 payload = data
                 member.size = len(data)
             tar.addfile(member, io.BytesIO(payload))
-    shard_path.write_bytes(out.getvalue())
-    index = json.loads((path / "index.json").read_text())
-    for shard in index["shards"]:
-        if shard["name"] == shard_name:
-            shard["bytes"] = len(out.getvalue())
-            shard["sha256"] = hashlib.sha256(out.getvalue()).hexdigest()
-    (path / "index.json").write_text(json.dumps(index))
+    replace_shard(path, shard_name, out.getvalue())
 
 
 def test_bad_sample_raises_naming_shard_and_key_or_is_skipped_and_counted(tmp_path):
@@ -264,3 +260,59 @@ def test_truncated_shard_is_an_error_naming_it_or_its_samples_are_skipped(tmp_pa
     keys = [k for b in loader for k in b["keys"]]
     assert set(keys) == all_keys((4, 5, 3)) - {f"utt-001-{i:04d}" for i in range(5)}
     assert loader.stats.skipped == 5
+
+
+def test_len_is_this_ranks_batches_left_in_the_epoch_from_the_plan_alone(datasets):
+    path = datasets((8, 8, 8, 8, 8))
+    for world in (1, 3):
+        loaders = [StreamLoader(path, batch_seconds=3.0, num_workers=2, rank=r, world_size=world, epochs=1, seed=4)
+                   for r in range(world)]
+        planned = [len(loader) for loader in loaders]
+        assert all(loader.stats.shards_read == 0 for loader in loaders)
+        assert planned == [len(list(loader)) for loader in loaders] and len(set(planned)) == 1
+    loader = StreamLoader(path, batch_size=3, num_workers=0, epochs=2, seed=4)
+    total = len(loader)
+    taken = [b for _, b in zip(range(5), loader)]
+    resumed = StreamLoader(path, batch_size=3, num_workers=0, epochs=2, seed=4)
+    resumed.load_state_dict(loader.state_dict())
+    assert len(resumed) == total - len(taken)
+
+
+def test_state_json_lists_only_the_shards_delivered_in_part(datasets):
+    path = datasets((6,) * 12)
+    loader = StreamLoader(path, batch_size=6, num_workers=0, block_shards=1, bucketing=False, epochs=1)
+    for n, _ in enumerate(loader, start=1):
+        if n == 5:
+            break
+    state = loader.state_dict()
+    assert state["delivered"]["partial"] == {}  # block_shards=1, whole shards per batch: 5 shards done, none in part
+    done = np.unpackbits(np.frombuffer(__import__("base64").b64decode(state["delivered"]["done"]), np.uint8))[:12]
+    assert done.sum() == 5
+    loader = StreamLoader(path, batch_size=4, num_workers=0, block_shards=2, epochs=1)
+    next(iter(loader))
+    partial = loader.state_dict()["delivered"]["partial"]
+    assert 1 <= len(partial) <= 2 and all(count == 6 for count, _ in partial.values())
+
+
+def test_events_name_the_plan_the_dropped_batches_and_the_epoch_end_with_its_last_batch(datasets):
+    path = datasets((5, 4))
+    loader = StreamLoader(path, batch_size=2, num_workers=0, rank=0, world_size=2, epochs=2)
+    batches = iter(loader)
+    first = next(batches)
+    events = loader.pop_events()
+    assert [e["event"] for e in events] == ["epoch", "dropped"]
+    assert events[0]["samples"] == 9 and events[0]["batches"] == 5 and events[0]["sources"][0]["weight"] == 1.0
+    assert events[1]["batches"] == 1 and len(events[1]["ids"]) in (1, 2)
+    assert first["epoch"] == 0
+    second = next(batches)
+    assert [e["event"] for e in loader.pop_events()] == ["epoch_end"] and second["epoch"] == 0
+    assert next(batches)["epoch"] == 1
+    assert [e["event"] for e in loader.pop_events()][0] == "epoch"
+
+
+def test_an_epoch_without_a_batch_for_this_rank_is_an_error_not_an_endless_loop(datasets):
+    path = datasets((5, 4))
+    with pytest.raises(ValueError, match="outside min_seconds=None / max_seconds=0.01"):
+        next(iter(StreamLoader(path, batch_size=2, num_workers=0, max_seconds=0.01)))
+    with pytest.raises(ValueError, match="1 batches for 2 ranks: rank 1 gets none"):
+        next(iter(StreamLoader(path, batch_size=9, num_workers=0, rank=1, world_size=2)))

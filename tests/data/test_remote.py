@@ -6,8 +6,8 @@ import logging
 import pytest
 
 from streamtrain.data import RetryPolicy, StreamLoader
-from streamtrain.data.cache import ShardCache
-from streamtrain.data.remote import ShardReadError, redact
+from streamtrain.storage.cache import ShardCache
+from streamtrain.storage.remote import ShardReadError, redact
 from streamtrain.dataset.index import DatasetIndexError, load_index
 from streamtrain.testing.datasets import write_dataset
 from streamtrain.testing.servers import Faults, fault_proxy, file_server, s3_server, upload_dataset

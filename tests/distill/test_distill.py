@@ -100,7 +100,7 @@ def test_labelling_resumes_after_sigkill_without_rewriting_a_shard(setup, tmp_pa
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in done} == before
     index = json.loads((out / "index.json").read_text())
     base = json.loads((data / "index.json").read_text())
-    assert [(s["name"], s["samples"]) for s in index["shards"]] == [(s["name"], s["samples"]) for s in base["shards"]]
+    assert (index["shards"]["name"], index["shards"]["samples"]) == (base["shards"]["name"], base["shards"]["samples"])
     assert index["column"]["teacher_fingerprint"] == load_teacher(str(teacher_dir))[1]
     from streamtrain.data import StreamLoader
 
