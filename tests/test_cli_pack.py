@@ -160,3 +160,15 @@ def test_a_full_disk_is_a_one_line_error_that_leaves_nothing_behind(tmp_path: Pa
     assert result.stderr.strip() == f"streamtrain: error: cannot write {tmp_path / 'out' / 'shard-000000.tar.tmp'}: " \
                                     "File too large"
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_opus_complexity_reaches_the_packer(tmp_path: Path, capsys):
+    corpus = write_jsonl(tmp_path / "src", UTTS[:2])
+    assert main(["pack", str(corpus.source), str(tmp_path / "bad"), "--codec", "opus", "--opus-complexity", "11",
+                 "--no-progress"]) == 2
+    assert "opus complexity must be an integer 0 to 10, not 11" in capsys.readouterr().err
+    for complexity in ("0", "10"):
+        assert main(["pack", str(corpus.source), str(tmp_path / complexity), "--codec", "opus",
+                     "--opus-complexity", complexity, "--no-progress"]) == 0
+    shards = [(tmp_path / c / "shard-000000.tar").read_bytes() for c in ("0", "10")]
+    assert shards[0] != shards[1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from streamtrain.audio import AudioError
+from streamtrain.audio import DEFAULT_OPUS_COMPLEXITY, AudioError
 from streamtrain.dataset.index import DatasetIndexError
 from streamtrain.dataset.shard import ShardError
 from streamtrain.pack.packer import PACK_CODECS, PackError, merge, pack
@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="flac (lossless 16-bit), opus, pcm16 (wav), or copy (keep source files where possible)")
     parser.add_argument("--bitrate", type=parse_bitrate, metavar="BITS",
                         help="opus target bitrate, e.g. 24k (6k to 256k; default: the encoder's choice, ~25k at 16 kHz)")
+    parser.add_argument("--opus-complexity", type=int, metavar="0-10",
+                        help=f"libopus complexity: lower encodes faster (default {DEFAULT_OPUS_COMPLEXITY}; "
+                             "soundfile's own encoder uses 10)")
     parser.add_argument("--sample-rate", type=parse_sample_rate, default=16000, metavar="HZ|keep",
                         help="resample to this rate (default 16000), or 'keep'")
     parser.add_argument("--shard-size", type=parse_size, default="256MB", metavar="SIZE",
@@ -102,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         source_form=args.source_form,
         kaldi_pipes=args.kaldi_pipes,
         bitrate=args.bitrate,
+        opus_complexity=args.opus_complexity,
     )
     print(summary)
     return 0

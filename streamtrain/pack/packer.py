@@ -1,7 +1,7 @@
 """Pack a SOURCE into tar shards and an ``index.json``.
 
-Items are decoded, mixed to mono, resampled and encoded in a process pool
-(``imap`` keeps source order, so any worker count writes byte-identical
+Items are decoded, mixed to mono, resampled and encoded in worker processes
+(results are taken in source order, so any worker count writes byte-identical
 shards), then appended to shards in order on the main process. Shards appear
 under their final name only when complete and the index is written last, so an
 interrupted pack never leaves an index that lists a partial shard.
@@ -16,9 +16,13 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Iterator
 
@@ -30,10 +34,10 @@ from streamtrain.audio import (
     CODECS,
     OPUS_RATES,
     AudioError,
-    decode,
+    decode_segment,
     encode,
+    opus_complexity,
     opus_compression_level,
-    probe,
     resample,
 )
 from streamtrain.dataset.columns import DURATIONS, KEYS, column_file_name, concatenate_columns, find_duplicate_key, \
@@ -125,6 +129,16 @@ class _Layout:
         return any(_Layout((j, n)).owns(name) for j in range(n) if j != i)
 
 
+@dataclass(frozen=True)
+class _Encoding:
+    """How every item of a pack is encoded."""
+
+    codec: str
+    sample_rate: int | None  # None keeps each item's rate
+    bitrate: int | None  # opus only
+    complexity: int | None  # opus only; None for the default
+
+
 @dataclass
 class _Encoded:
     key: str
@@ -148,20 +162,23 @@ def pack(
     source_form: str | None = None,
     kaldi_pipes: bool = False,
     bitrate: int | None = None,
+    opus_complexity: int | None = None,
 ) -> PackSummary:
     """Pack ``source`` into ``out_dir``; see the module docstring.
 
     ``sample_rate=None`` keeps each item's rate. ``part=(i, n)`` is 0-based.
     Bad items raise ``SourceError`` naming their origin, or with ``skip_bad``
-    are skipped and listed in ``rejects.jsonl``. ``workers > 1`` starts
-    processes with "spawn": a script calling it needs the usual
-    ``if __name__ == "__main__":`` guard. ``kaldi_pipes`` runs the ``cmd |``
+    are skipped and listed in ``rejects.jsonl``. ``workers > 1`` forks worker
+    processes on Linux and spawns them elsewhere, where a script calling it needs
+    the usual ``if __name__ == "__main__":`` guard. ``kaldi_pipes`` runs the ``cmd |``
     entries of a Kaldi ``wav.scp`` (refused otherwise). ``bitrate`` (bit/s, opus
     only) sets the encoder's target; by default libopus picks (about 25 kbit/s
-    for 16 kHz speech).
+    for 16 kHz speech). ``opus_complexity`` (0-10, opus only) is libopus's
+    complexity, by default ``audio.DEFAULT_OPUS_COMPLEXITY``.
     """
     started = time.monotonic()
-    _check_options(codec, sample_rate, bitrate, shard_size, workers, part)
+    encoding = _Encoding(codec, sample_rate, bitrate, opus_complexity)
+    _check_options(encoding, shard_size, workers, part)
     layout = _Layout(part)
     out = Path(out_dir)
     entries = _slice(read_source(source, source_form, kaldi_pipes=kaldi_pipes), part)
@@ -174,7 +191,7 @@ def pack(
     reencoded = 0
     shards = _ShardSequence(out, layout, shard_size)
     bar = tqdm(total=len(entries), unit=" samples", desc=_describe(layout), disable=not progress)
-    results = _encode_all(entries, codec, sample_rate, bitrate, workers)
+    results = _encode_all(entries, encoding, workers)
     try:
         for result in results:
             bar.update()
@@ -296,22 +313,23 @@ def _encoding(index: DatasetIndex) -> str:
     return f"codec {index.codec}{target}, {rate}"
 
 
-def _check_options(
-    codec: str, sample_rate: int | None, bitrate: int | None, shard_size: int, workers: int, part: tuple[int, int] | None
-) -> None:
+def _check_options(encoding: _Encoding, shard_size: int, workers: int, part: tuple[int, int] | None) -> None:
+    codec, sample_rate = encoding.codec, encoding.sample_rate
     if codec not in PACK_CODECS:
         raise PackError(f"unknown codec {codec!r}; expected one of {', '.join(PACK_CODECS)}")
     if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0):
         raise PackError(f"sample rate must be a positive integer or None (keep), not {sample_rate!r}")
     if codec == "opus" and sample_rate not in OPUS_RATES:
         raise PackError(f"opus needs a sample rate of {', '.join(map(str, OPUS_RATES))} Hz, not {sample_rate}")
-    if bitrate is not None:
-        if codec != "opus":
-            raise PackError(f"a bitrate applies to --codec opus only, not {codec}")
-        try:
-            opus_compression_level(bitrate)
-        except AudioError as error:
-            raise PackError(str(error)) from None
+    for name, value, check in (("bitrate", encoding.bitrate, opus_compression_level),
+                               ("complexity", encoding.complexity, opus_complexity)):
+        if value is not None:
+            if codec != "opus":
+                raise PackError(f"a {name} applies to --codec opus only, not {codec}")
+            try:
+                check(value)
+            except AudioError as error:
+                raise PackError(str(error)) from None
     if not isinstance(shard_size, int) or shard_size <= 0:
         raise PackError(f"shard size must be a positive number of bytes, not {shard_size!r}")
     if not isinstance(workers, int) or workers < 1:
@@ -412,48 +430,108 @@ class _ShardSequence:
         self._first = len(self.durations)
 
 
-def _encode_all(
-    entries: list[Entry], codec: str, sample_rate: int | None, bitrate: int | None, workers: int
-) -> Iterator[_Encoded | Reject]:
+def _encode_all(entries: list[Entry], encoding: _Encoding, workers: int) -> Iterator[_Encoded | Reject]:
     """Encoded samples (or rejects) in source order, from ``workers`` processes."""
-    jobs = [(entry, codec, sample_rate, bitrate) for entry in entries]
+    jobs = [(entry, encoding) for entry in entries]
     if workers == 1:
         yield from map(_encode_job, jobs)
         return
-    # spawn, not fork: the parent may already run torch's thread pools, which do not survive a fork.
-    context = multiprocessing.get_context("spawn")
-    chunksize = max(1, min(16, len(jobs) // (workers * 8)))
-    with context.Pool(workers, initializer=_init_worker) as pool:
-        yield from pool.imap(_encode_job, jobs, chunksize=chunksize)
+    size = max(1, min(16, len(jobs) // (workers * 8)))
+    chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+    context = _start_method()
+    processes: dict[Connection, BaseProcess] = {}  # the main process's end of each worker's pipe -> the worker
+    try:
+        for _ in range(workers):
+            pipe, theirs = context.Pipe()
+            processes[pipe] = context.Process(target=_serve, args=(theirs,), daemon=True)
+            processes[pipe].start()
+            theirs.close()
+        for chunk in _in_order(processes, chunks):
+            yield from chunk
+    finally:
+        for process in processes.values():
+            process.terminate()  # idle in recv() by now, or abandoned mid-chunk when packing stopped early
+            process.join()
+        for pipe in processes:
+            pipe.close()
 
 
-def _init_worker() -> None:
-    import torch
+def _in_order(processes: dict[Connection, BaseProcess], chunks: list[list]) -> Iterator[list]:
+    """Each chunk's results, in order. A worker holds at most two chunks and gets
+    the next as soon as it returns one; results that come early wait here. So at
+    most 2 x workers chunks of encoded audio are in memory however slow the shard
+    writes are, and no thread polls (multiprocessing.Pool's worker handler wakes
+    for every result not yet read: 0.25 s of CPU per 2000 flac items, measured,
+    which on 2 cores comes out of the workers' time)."""
+    pending = iter(enumerate(chunks))
+    for pipe in [*processes, *processes]:
+        _send_next(pipe, pending)
+    done: dict[int, list] = {}
+    for number in range(len(chunks)):
+        while number not in done:
+            for pipe in wait(list(processes)):
+                index, results = _receive(pipe, processes[pipe])
+                done[index] = results
+                _send_next(pipe, pending)
+        yield done.pop(number)
 
-    torch.set_num_threads(1)  # one process per core; resampling threads would oversubscribe
+
+def _send_next(pipe: Connection, pending: Iterator[tuple[int, list]]) -> None:
+    job = next(pending, None)
+    if job is not None:
+        pipe.send(job)
 
 
-def _encode_job(job: tuple[Entry, str, int | None, int | None]) -> _Encoded | Reject:
-    entry, codec, sample_rate, bitrate = job
+def _receive(pipe: Connection, process: BaseProcess) -> tuple[int, list]:
+    try:
+        index, results = pipe.recv()
+    except (EOFError, ConnectionResetError):  # the worker is gone, killed or crashed
+        process.join(timeout=5)
+        raise PackError(f"a pack worker process ended unexpectedly (exit code {process.exitcode})") from None
+    if isinstance(results, BaseException):
+        raise results
+    return index, results
+
+
+def _serve(pipe: Connection) -> None:
+    """A worker: encode each chunk of jobs the main process sends and send back the
+    results, or the exception that stopped it (a bug: bad audio is a Reject)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches all; the main process stops the workers
+    while True:
+        index, jobs = pipe.recv()
+        try:
+            results = [_encode_job(job) for job in jobs]
+        except Exception as error:
+            results = error
+        pipe.send((index, results))
+
+
+def _start_method() -> multiprocessing.context.BaseContext:
+    """fork on Linux: a worker starts in milliseconds with the modules it needs
+    already loaded (spawn took 1-2 s per worker to import torch, which workers no
+    longer use). Workers run no torch and no thread pool (resampling keeps BLAS on
+    the calling thread), so threads the parent may run, torch's included, are never
+    waited for in a worker. Elsewhere spawn, as macOS's system libraries want."""
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
+def _encode_job(job: tuple[Entry, _Encoding]) -> _Encoded | Reject:
+    entry, encoding = job
     if isinstance(entry, Reject):
         return entry
     try:
-        return _encode_item(entry, codec, sample_rate, bitrate)
+        return _encode_item(entry, encoding)
     except AudioError as error:
         return Reject(entry.origin, entry.key, f"{entry.location}: {error}")
 
 
-def _encode_item(item: SourceItem, codec: str, sample_rate: int | None, bitrate: int | None) -> _Encoded:
+def _encode_item(item: SourceItem, encoding: _Encoding) -> _Encoded:
     source = _piped_audio(item.audio) if item.piped else item.audio
-    info = probe(source)
-    start = round(item.start * info.sample_rate) if item.start is not None else 0
-    stop = round(item.end * info.sample_rate) if item.end is not None else None
-    if start and start >= info.frames:
-        raise AudioError(f"segment starts at {item.start} s, after the end of the recording ({info.frames / info.sample_rate:.3f} s)")
-    waveform, rate = decode(source, start, stop)
+    waveform, info = decode_segment(source, item.start, item.end)
     if len(waveform) == 0:
         raise AudioError("no audio samples")
-    target = sample_rate or rate
+    codec, rate = encoding.codec, info.sample_rate
+    target = encoding.sample_rate or rate
     whole_file = item.start is None and item.end is None
     reencoded = False
     if codec == "copy" and whole_file and info.ext in AUDIO_EXTENSIONS and rate == target:
@@ -462,7 +540,7 @@ def _encode_item(item: SourceItem, codec: str, sample_rate: int | None, bitrate:
     else:
         reencoded = codec == "copy"
         waveform = resample(waveform, rate, target)
-        audio, ext = encode(waveform, target, "flac" if codec == "copy" else codec, bitrate=bitrate)
+        audio, ext = encode(waveform, target, "flac" if codec == "copy" else codec, encoding.bitrate, encoding.complexity)
         frames = len(waveform)
     meta = {**item.fields, "text": item.text, "seconds": round(frames / target, 6), "sample_rate": target}
     if item.start is not None:
