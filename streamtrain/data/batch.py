@@ -88,28 +88,44 @@ def pad_waveforms(
     """(audio: B x T float32, lengths: B int64) from 1-D waveforms.
 
     T is ``width`` or the longest waveform; the padding holds ``fill`` (tests use a
-    non-zero fill to show a featurizer ignores what lies past a length).
+    non-zero fill to show a featurizer ignores what lies past a length). Built in
+    numpy, then shared with torch: plain copies, no intra-op thread pool to wake
+    (in a busy main process torch's threads made this the slowest step).
     """
-    lengths = torch.tensor([len(wave) for wave in waveforms], dtype=torch.long)
+    lengths = np.array([len(wave) for wave in waveforms], dtype=np.int64)
     longest = int(lengths.max()) if len(waveforms) else 0
     width = longest if width is None else width
     if width < longest:
         raise ValueError(f"width {width} is shorter than the longest waveform ({longest})")
-    audio = torch.full((len(waveforms), width), fill, dtype=torch.float32)
+    audio = np.full((len(waveforms), width), fill, dtype=np.float32)
     for row, wave in enumerate(waveforms):
-        audio[row, : len(wave)] = torch.as_tensor(np.asarray(wave, dtype=np.float32))
-    return audio, lengths
+        audio[row, : len(wave)] = wave
+    return torch.from_numpy(audio), torch.from_numpy(lengths)
 
 
-def collate(samples: list[Sample], sample_rate: int) -> Batch:
-    audio, lengths = pad_waveforms([s.audio for s in samples])
+def collate(samples: list[Sample], sample_rate: int, place_audio=None) -> Batch:
+    """A batch as a worker sends it: the small per-sample arrays numpy (they travel inline; each
+    tensor would cost its own shared-memory segment), the audio padded in place by
+    ``place_audio(waveforms)`` when given (a shared-memory slot: ``"audio_slot"``), else a tensor.
+    ``as_tensors`` finishes it."""
+    waveforms = [s.audio for s in samples]
+    placed = place_audio(waveforms) if place_audio is not None else None
+    audio = None if placed is not None else pad_waveforms(waveforms)[0]
+    lengths = np.array([len(wave) for wave in waveforms], dtype=np.int64)
     return Batch(
         keys=[s.key for s in samples],
-        audio=audio,
+        **({"audio": audio} if placed is None else {"audio_slot": placed}),
         audio_lens=lengths,
         text=[s.meta["text"] for s in samples],
-        seconds=lengths.to(torch.float32) / sample_rate,
+        seconds=lengths.astype(np.float32) / np.float32(sample_rate),
         meta=[s.meta for s in samples],
         columns={name: [s.columns[name] for s in samples] for name in (samples[0].columns if samples else {})},
-        sample_ids=torch.tensor([s.gid for s in samples], dtype=torch.int64),
+        sample_ids=np.array([s.gid for s in samples], dtype=np.int64),
     )
+
+
+def as_tensors(batch: Batch) -> Batch:
+    """The batch as the loader yields it: its per-sample arrays as torch tensors (no copy)."""
+    for name in ("audio_lens", "seconds", "sample_ids"):
+        batch[name] = torch.from_numpy(batch[name])
+    return batch

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from streamtrain.data.batch import Batch
+from streamtrain.data.batch import Batch, as_tensors
 from streamtrain.data.sources import EpochTable, epoch_table, open_column, open_source
+from streamtrain.data.transfer import SPARE_SLOTS, AudioSlots, slot_floats
 from streamtrain.data.state import LoaderState, LoaderStateError, SampleSet, Schedule, merge_states
 from streamtrain.data.worker import ON_BAD_SAMPLE, BatchStream, ReadSettings, ShardReader, worker_init
 from streamtrain.plan import BatchList, BatchSettings, RankPlan, delivery_sequence, plan_epoch, split_for_workers
@@ -128,6 +129,7 @@ class StreamLoader:
         storage_options: dict | None = None,
         retry: RetryPolicy = RetryPolicy(),
         prefetch_factor: int = 2,
+        prefetch_shards: int = 2,
         pin_memory: bool = False,
         equalize_ranks: bool = True,
         columns: Sequence[str] = (),
@@ -164,6 +166,7 @@ class StreamLoader:
             cache_limit=cache_limit,
             storage_options=storage_options,
             retry=retry,
+            prefetch_shards=prefetch_shards,
         )
         self.stats = LoaderStats()
         self._events: list[dict] = []
@@ -264,22 +267,28 @@ class StreamLoader:
                 raise EmptyEpochError(self._why_empty(plan, table))  # every epoch would be empty: never yields
             self._events.append({"event": "epoch_end", "epoch": self.epoch})
             return
-        stream = BatchStream(table, plan.batches, ShardReader(self.sources, self.columns, self.read_settings), tasks)
+        slots = self._audio_slots(current) if self.num_workers else None
+        stream = BatchStream(table, plan.batches, ShardReader(self.sources, self.columns, self.read_settings), tasks,
+                             slots)
         produced = iter(stream if self.num_workers == 0 else self._data_loader(stream))
         try:
-            yield from self._in_order(produced, expected)
+            yield from self._in_order(produced, expected, slots)
         finally:  # stop the workers now, by the DataLoader's own protocol (they ignore SIGTERM)
             shutdown = getattr(produced, "_shutdown_workers", None)
             if shutdown is not None:
                 shutdown()
 
-    def _in_order(self, produced: Iterator[Batch], expected: list[int]) -> Iterator[Batch]:
+    def _in_order(self, produced: Iterator[Batch], expected: list[int], slots: AudioSlots | None) -> Iterator[Batch]:
         """The workers' batches in plan order, each recorded as delivered as it is yielded."""
         pending: dict[int, Batch] = {}
         for n, sequence in enumerate(expected):
             while sequence not in pending:
                 waited = time.perf_counter()
                 batch = next(produced)
+                if "audio_slot" in batch:  # copied out at once: the worker may reuse the slot
+                    batch["audio"] = slots.take(*batch.pop("audio_slot"))
+                    if self.pin_memory:
+                        batch["audio"] = batch["audio"].pin_memory()
                 self.stats.wait_seconds += time.perf_counter() - waited
                 pending[batch.pop("sequence")] = batch
             batch = pending.pop(sequence)
@@ -288,10 +297,22 @@ class StreamLoader:
                 self._events.append({"event": "epoch_end", "epoch": self.epoch})
             yield batch
 
+    def _audio_slots(self, current: _EpochPlan) -> AudioSlots:
+        """Shared memory for the audio of the batches in flight, as wide as this rank's widest batch."""
+        batches, durations = current.plan.batches, current.table.durations
+        widest, chunk = 0, 2**16
+        for first in range(0, len(batches), chunk):
+            part = batches.take(np.arange(first, min(first + chunk, len(batches))))
+            if len(part.order):
+                longest = np.maximum.reduceat(durations[part.order], part.starts).astype(np.float64)
+                widest = max(widest, slot_floats(part.sizes, longest, self.read_settings.sample_rate))
+        return AudioSlots(self.num_workers, self.prefetch_factor + SPARE_SLOTS, widest)
+
     def _data_loader(self, stream: BatchStream) -> DataLoader:
         return DataLoader(
             stream,
             batch_size=None,
+            collate_fn=_as_sent,  # not torch's default_convert: the small arrays stay numpy on the way
             num_workers=self.num_workers,
             prefetch_factor=self.prefetch_factor,
             pin_memory=self.pin_memory,
@@ -341,14 +362,15 @@ class StreamLoader:
         """Mark the batch's samples (and the bad ones it skipped) delivered."""
         skipped = batch.pop("skipped_ids")
         read = batch.pop("loader_stats")
-        self._state.delivered.add(batch["sample_ids"].numpy())
-        self._state.delivered.add(skipped.numpy())
+        self._state.delivered.add(batch["sample_ids"])
+        self._state.delivered.add(skipped)
         counters = self._state.counters
         counters["delivered"] = counters.get("delivered", 0) + batch.size
         counters["skipped_bad"] = counters.get("skipped_bad", 0) + len(skipped)
         if len(skipped):
             self._events.append({"event": "skipped", "epoch": self.epoch, "ids": skipped.tolist(),
                                  "reasons": read["skipped"]})
+        as_tensors(batch)
         batch["epoch"] = self.epoch
         stats = self.stats
         stats.batches += 1
@@ -362,6 +384,10 @@ class StreamLoader:
         stats.worker_read_seconds += read["read_seconds"]
         stats.worker_decode_seconds += read["decode_seconds"]
         batch["skipped"] = read["skipped"]
+
+
+def _as_sent(batch: Batch) -> Batch:
+    return batch
 
 
 def _undelivered(batches: BatchList, delivered: np.ndarray, any_delivered: bool, chunk: int = 2**16) -> np.ndarray:

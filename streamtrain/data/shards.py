@@ -12,18 +12,20 @@ decoded, not the shards: the page cache holds the bytes, shared and reclaimable.
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import logging
 import os
 import tempfile
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from streamtrain.dataset.dataset import Dataset
-from streamtrain.dataset.shard import ShardError, sample_layout
+from streamtrain.dataset.tar_layout import LayoutReader, MemberLayout, ShardError
 from streamtrain.storage.cache import ShardCache
-from streamtrain.storage.remote import RetryPolicy, ShardReadError, fetch_into, is_local, local_path, sha256_of_file
+from streamtrain.storage.remote import RetryPolicy, ShardReadError, fetch_into, is_local, local_path
 
 log = logging.getLogger("streamtrain.data")
 
@@ -38,45 +40,46 @@ class ReadSettings:
     storage_options: dict | None = None
     retry: RetryPolicy = RetryPolicy()
     verify_checksums: bool = True
+    #: shards each worker opens ahead of need, in background threads: fetching the next shard (and
+    #: checking its sha256) overlaps decoding the current one; on disk, each costs a shard's size
+    prefetch_shards: int = 2
 
 
-@dataclass
 class ReadStats:
-    bytes_read: int = 0
-    cache_hits: int = 0
-    shards_read: int = 0
-    read_seconds: float = 0.0
-    decode_seconds: float = 0.0
-    skipped: list[str] = field(default_factory=list)  # "dataset/shard.tar#index: reason"
+    """Counts since the last ``take``; shards are opened in background threads, so counting holds a lock."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts = self._zero()
+
+    @staticmethod
+    def _zero() -> dict:
+        return {"bytes_read": 0, "cache_hits": 0, "shards_read": 0, "read_seconds": 0.0, "decode_seconds": 0.0,
+                "skipped": []}  # skipped: "dataset/shard.tar#index: reason"
+
+    def add(self, **counts) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                self._counts[name] += value
 
     def take(self) -> dict:
         """The counts since the last call, as plain data for the batch."""
-        out = {
-            "bytes_read": self.bytes_read,
-            "cache_hits": self.cache_hits,
-            "shards_read": self.shards_read,
-            "read_seconds": self.read_seconds,
-            "decode_seconds": self.decode_seconds,
-            "skipped": self.skipped,
-        }
-        self.__init__()
-        return out
+        with self._lock:
+            counts, self._counts = self._counts, self._zero()
+        return counts
 
 
 class OpenShard:
     """A shard file's samples by position: keys, and members read on demand by offset."""
 
-    def __init__(self, file: BinaryIO, origin: str, expected: int):
+    def __init__(self, file: BinaryIO, origin: str, expected: int, layout: tuple[list[str], list[MemberLayout]]):
         self.origin = origin
         self._file = file
         self._memory = file.getbuffer() if isinstance(file, io.BytesIO) else None
-        try:
-            self.keys, self._members = sample_layout(file, origin)
-            if len(self.keys) != expected:
-                raise ShardError(f"{origin}: has {len(self.keys)} samples, the index says {expected}")
-        except BaseException:
+        self.keys, self._members = layout
+        if len(self.keys) != expected:
             self.close()
-            raise
+            raise ShardError(f"{origin}: has {len(self.keys)} samples, the index says {expected}")
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -116,32 +119,44 @@ class ShardOpener:
         started = time.perf_counter()
         try:
             if is_local(url):
-                return OpenShard(_open_local(local_path(url), info.bytes, sha256, origin), origin, info.samples)
-            cached = self._through_cache(url, info.bytes, info.sha256, origin) if self.cache else None
-            if cached is not None:
-                return OpenShard(cached, origin, info.samples)
-            return OpenShard(self._spill(url, info.bytes, sha256), origin, info.samples)
+                file = _open_local(local_path(url), info.bytes, origin)
+                layout = _scan(file, sha256, origin)
+            else:
+                file, layout = (self._through_cache(url, info.bytes, info.sha256, origin) if self.cache else None) \
+                    or self._spill(url, info.bytes, sha256, origin)
+            return OpenShard(file, origin, info.samples, layout)
         finally:
-            self.stats.shards_read += 1
-            self.stats.read_seconds += time.perf_counter() - started
+            self.stats.add(shards_read=1, read_seconds=time.perf_counter() - started)
 
-    def _through_cache(self, url: str, size: int, sha256: str, origin: str) -> BinaryIO | None:
+    def _through_cache(self, url: str, size: int, sha256: str, origin: str) -> Opened | None:
         hit = self.cache.open(sha256, size)
         if hit is not None:
-            if sha256_of_file(hit) == sha256:
-                self.stats.cache_hits += 1
-                return hit
-            hit.close()
-            log.warning("%s: the cached copy does not match the index's sha256: evicted, fetching again", origin)
-            self.cache.evict(sha256)
-        return self.cache.fill(sha256, size, lambda out: self._fetch(url, size, sha256, out))
+            try:
+                opened = hit, _scan(hit, sha256, origin)
+                self.stats.add(cache_hits=1)
+                return opened
+            except ShardReadError:
+                hit.close()
+                log.warning("%s: the cached copy does not match the index's sha256: evicted, fetching again", origin)
+                self.cache.evict(sha256)
+        readers: list[LayoutReader] = []  # empty if another process cached the shard meanwhile
 
-    def _spill(self, url: str, size: int, sha256: str | None) -> BinaryIO:
+        def download(out: BinaryIO) -> None:
+            readers.append(LayoutReader(origin))
+            self._fetch(url, size, sha256, out, readers[0])
+
+        stored = self.cache.fill(sha256, size, download)
+        if stored is None:
+            return None
+        return stored, readers[0].result() if readers else _scan(stored, sha256, origin)
+
+    def _spill(self, url: str, size: int, sha256: str | None, origin: str) -> Opened:
         """The shard in an anonymous temporary file; in memory if the disk is full."""
         spill = tempfile.TemporaryFile(prefix="streamtrain-shard-", dir=self.settings.spill_dir)
         try:
-            self._fetch(url, size, sha256, spill)
-            return spill
+            reader = LayoutReader(origin)
+            self._fetch(url, size, sha256, spill, reader)
+            return spill, reader.result()
         except OSError as error:
             spill.close()
             if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
@@ -152,18 +167,21 @@ class ShardOpener:
         except BaseException:
             spill.close()
             raise
-        memory = io.BytesIO()
-        self._fetch(url, size, sha256, memory)
-        return memory
+        memory, reader = io.BytesIO(), LayoutReader(origin)
+        self._fetch(url, size, sha256, memory, reader)
+        return memory, reader.result()
 
-    def _fetch(self, url: str, size: int, sha256: str | None, out: BinaryIO) -> None:
-        fetch_into(url, size, sha256, out, self.settings.storage_options, self.settings.retry)
+    def _fetch(self, url: str, size: int, sha256: str | None, out: BinaryIO, reader: LayoutReader) -> None:
+        fetch_into(url, size, sha256, out, self.settings.storage_options, self.settings.retry, observe=reader.feed)
         out.flush()
-        self.stats.bytes_read += size
+        self.stats.add(bytes_read=size)
 
 
-def _open_local(path: str, size: int, sha256: str | None, origin: str) -> BinaryIO:
-    """The shard file, open, once its size and sha256 are checked (on the open file: what is checked is read)."""
+#: An open shard file and its layout (keys, each sample's members).
+Opened = tuple[BinaryIO, tuple[list[str], list[MemberLayout]]]
+
+
+def _open_local(path: str, size: int, origin: str) -> BinaryIO:
     try:
         file = open(path, "rb")
     except OSError as error:
@@ -173,7 +191,18 @@ def _open_local(path: str, size: int, sha256: str | None, origin: str) -> Binary
     if actual != size:
         file.close()
         raise ShardReadError(f"{origin}: {actual} bytes, the index says {size} (truncated or replaced?)")
-    if sha256 is not None and sha256_of_file(file) != sha256:
+    return file
+
+
+def _scan(file: BinaryIO, sha256: str | None, origin: str, block: int = 4 * 2**20) -> tuple[list[str], list]:
+    """One pass over an open shard file: its sha256 checked (what is checked is what will be read),
+    and its layout picked out of the same bytes."""
+    digest, reader = hashlib.sha256(), LayoutReader(origin)
+    file.seek(0)
+    while chunk := file.read(block):
+        digest.update(chunk)
+        reader.feed(chunk)
+    if sha256 is not None and digest.hexdigest() != sha256:
         file.close()
         raise ShardReadError(f"{origin}: sha256 does not match the index (corrupt or replaced)")
-    return file
+    return reader.result()

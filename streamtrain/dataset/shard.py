@@ -16,13 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from streamtrain.dataset.tar_layout import LayoutReader, MemberLayout, ShardError
+
 #: A key is a plain name: WebDataset splits member names at the first dot, and
 #: keys become parts of file names, so dots and slashes are not allowed.
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
-
-
-class ShardError(ValueError):
-    """A shard that cannot be read: truncated, corrupt or not a tar file."""
 
 
 def check_key(key: str) -> None:
@@ -129,33 +127,13 @@ def split_member_name(name: str) -> tuple[str, str]:
     return key, ext
 
 
-#: A sample's members as (extension, data offset in the shard, size).
-MemberLayout = list[tuple[str, int, int]]
-
-
-def sample_layout(file: BinaryIO, origin: str) -> tuple[list[str], list[MemberLayout]]:
-    """Keys in stored order, and where each sample's members lie, from the tar headers alone.
-
-    Raises ShardError naming ``origin`` when the tar is corrupt or a member has no extension.
-    """
-    keys: list[str] = []
-    layout: list[MemberLayout] = []
-    try:
-        file.seek(0)
-        with tarfile.open(fileobj=file, mode="r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, ext = split_member_name(member.name)
-                if not ext:
-                    raise ShardError(f"{origin}: member {member.name!r} has no extension")
-                if not keys or keys[-1] != key:
-                    keys.append(key)
-                    layout.append([])
-                layout[-1].append((ext, member.offset_data, member.size))
-    except tarfile.TarError as error:
-        raise ShardError(f"{origin}: corrupt or truncated tar: {error}") from error
-    return keys, layout
+def sample_layout(file: BinaryIO, origin: str, chunk: int = 4 * 2**20) -> tuple[list[str], list[MemberLayout]]:
+    """Keys in stored order, and where each sample's members lie, from the headers (one pass over ``file``)."""
+    reader = LayoutReader(origin)
+    file.seek(0)
+    while block := file.read(chunk):
+        reader.feed(block)
+    return reader.result()
 
 
 def read_shard(data: bytes, origin: str) -> list[ShardSample]:
@@ -163,7 +141,9 @@ def read_shard(data: bytes, origin: str) -> list[ShardSample]:
 
     Raises ShardError naming ``origin`` when the tar is truncated or corrupt.
     """
-    keys, layout = sample_layout(io.BytesIO(data), origin)
+    reader = LayoutReader(origin)
+    reader.feed(data)
+    keys, layout = reader.result()
     samples = []
     for key, members in zip(keys, layout):
         for ext, offset, size in members:

@@ -192,12 +192,15 @@ def fetch_into(
     out: IO[bytes],
     storage_options: dict | None = None,
     policy: RetryPolicy = RetryPolicy(),
+    observe: Callable[[bytes], None] = lambda chunk: None,
 ) -> None:
-    """Write ``url``'s bytes into ``out``, checking size and sha256 as they stream (one chunk in memory)."""
+    """Write ``url``'s bytes into ``out``, checking size and sha256 as they stream (one chunk in
+    memory); ``observe`` sees every chunk too (e.g. to parse the file in the same pass)."""
     digest = hashlib.sha256()
     written = 0
     for chunk in _chunks(url, size, storage_options, policy, time.sleep):
         digest.update(chunk)
+        observe(chunk)
         out.write(chunk)
         written += len(chunk)
     _check(url, written, size, digest if sha256 else None, sha256)
