@@ -173,11 +173,16 @@ def block_runs(table: ShardTable, settings: BatchSettings, excluded: np.ndarray 
 def _within_limits(seconds: np.ndarray, settings: BatchSettings) -> np.ndarray | None:
     if settings.min_seconds is None and settings.max_seconds is None:
         return None
+    return inside_limits(seconds, settings.min_seconds, settings.max_seconds)
+
+
+def inside_limits(seconds: np.ndarray, min_seconds: float | None, max_seconds: float | None) -> np.ndarray:
+    """Which durations lie within the limits (None: no limit on that side)."""
     inside = np.ones(len(seconds), dtype=bool)
-    if settings.min_seconds is not None:
-        inside &= seconds >= settings.min_seconds
-    if settings.max_seconds is not None:
-        inside &= seconds <= settings.max_seconds
+    if min_seconds is not None:
+        inside &= seconds >= min_seconds
+    if max_seconds is not None:
+        inside &= seconds <= max_seconds
     return inside
 
 

@@ -26,10 +26,12 @@ from torch.utils.data import DataLoader
 
 from streamtrain.data.batch import Batch, as_tensors
 from streamtrain.data.sources import EpochTable, epoch_table, open_column, open_source
+from streamtrain.data.mixture import Mixture, carry_over, describe_change, state_bits
+from streamtrain.data.state import LoaderState, LoaderStateError, SampleSet, Schedule, check_header, merge_states
 from streamtrain.data.transfer import SPARE_SLOTS, AudioSlots, slot_floats
-from streamtrain.data.state import LoaderState, LoaderStateError, SampleSet, Schedule, merge_states
 from streamtrain.data.worker import ON_BAD_SAMPLE, BatchStream, ReadSettings, ShardReader, worker_init
-from streamtrain.plan import BatchList, BatchSettings, RankPlan, delivery_sequence, plan_epoch, split_for_workers
+from streamtrain.plan import (BatchList, BatchSettings, RankPlan, delivery_sequence, inside_limits, plan_epoch,
+                              split_for_workers)
 from streamtrain.storage.remote import RetryPolicy
 
 log = logging.getLogger("streamtrain.data")
@@ -181,8 +183,10 @@ class StreamLoader:
         return self._state.epoch
 
     def state_dict(self) -> dict:
-        """JSON: the epoch and which of its samples were delivered (merged over ranks under torch.distributed)."""
-        state = self._state.to_json()
+        """JSON: the epoch, its data mixture, which of its samples were delivered (merged over ranks
+        under torch.distributed)."""
+        table = self._table(self.epoch)
+        state = self._state.to_json(Mixture.of(table, self._state.delivered.per_shard).to_json(), self._limits())
         if not self.collective:
             return state
         gathered: list[dict | None] = [None] * self.world_size
@@ -190,18 +194,54 @@ class StreamLoader:
         return merge_states(gathered)
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from ``state``: one rank's, ``merge_states`` of all ranks', or a collective ``state_dict()``."""
-        loaded = LoaderState.from_json(state, lambda epoch: self._table(epoch).counts)
-        if loaded.seed != self.seed:
-            raise LoaderStateError(f"the state was saved with seed {loaded.seed}, this loader has seed {self.seed}")
-        if loaded.fingerprint != self._table(loaded.epoch).fingerprint:
-            raise LoaderStateError(
-                "the state belongs to other data (its shard table differs from this loader's datasets)"
-            )
+        """Continue from ``state``: one rank's, ``merge_states`` of all ranks', or a collective ``state_dict()``.
+
+        A state saved under another data mixture (datasets added or removed, weights changed)
+        or other duration limits goes on under this loader's: the rest of the epoch is planned
+        anew without anything the epoch already delivered (``streamtrain.data.mixture``), and
+        the change is logged and recorded as a ``mixture_change`` event.
+        """
+        check_header(state)
+        if int(state["seed"]) != self.seed:
+            raise LoaderStateError(f"the state was saved with seed {state['seed']}, this loader has seed {self.seed}")
+        epoch = int(state["epoch"])
+        table = self._table(epoch)
+        saved, current = Mixture.from_json(state["mixture"]), Mixture.of(table)
+        change: dict = {}
+        if saved.same_as(current):
+            if state["fingerprint"] != table.fingerprint:
+                raise LoaderStateError(
+                    "the state belongs to other data (its shard table differs from this loader's datasets)")
+            loaded = LoaderState.from_json(state, lambda epoch: self._table(epoch).counts)
+        else:
+            carried = carry_over(saved, state_bits(state["delivered"]), self.seed, epoch, table)
+            loaded = LoaderState(self.seed, epoch, table.fingerprint, SampleSet(table.counts, carried.excluded),
+                                 counters={k: int(v) for k, v in state.get("counters", {}).items()})
+            change = {**saved.changes_to(current), "delivered_before": carried.delivered_before,
+                      "newly_in": carried.newly_in, "left_out": carried.left_out}
+        limits = self._limits_change(state.get("limits"), table, loaded.delivered.mask)
+        if limits or change:
+            change = {"event": "mixture_change", "epoch": epoch, "added": [], "removed": [], "reweighted": [],
+                      **change, "limits": limits}
+            self._events.append(change)
+            if self.rank == 0:
+                log.warning(describe_change(change))
         if self.rank != 0:  # counters are summed over ranks when merged: keep them once
             loaded.counters = {}
         self._state = loaded
         self._plan_cache = None
+
+    def _limits(self) -> list[float | None]:
+        return [self.settings.min_seconds, self.settings.max_seconds]
+
+    def _limits_change(self, saved: list | None, table: EpochTable, delivered: np.ndarray) -> dict | None:
+        """How changed duration limits move the epoch's samples not yet delivered (None: unchanged)."""
+        if saved is None or list(saved) == self._limits():
+            return None
+        before, after = inside_limits(table.durations, *saved), inside_limits(table.durations, *self._limits())
+        return {"from": list(saved), "to": self._limits(),
+                "newly_in": int((after & ~before & ~delivered).sum()),
+                "newly_out": int((before & ~after & ~delivered).sum())}
 
     def pop_events(self) -> list[dict]:
         """What happened since the last call, oldest first: epochs planned and ended, samples

@@ -91,39 +91,54 @@ class EpochTable(ShardTable):
         return self.sources[int(self.source[virtual])].dataset.describe(int(self.shard[virtual]), position)
 
 
-def epoch_table(sources: list[DatasetSource], seed: int, epoch: int) -> EpochTable:
-    """Which shards of which sources one epoch passes over, and their samples' durations."""
-    parts = []
-    for s, source in enumerate(sources):
-        count = len(source.index.shards)
-        whole, fraction = divmod(source.weight, 1.0)
-        shards = [np.arange(count)] * int(whole)
-        copies = [np.full(count, c) for c in range(int(whole))]
+def virtual_shards(shard_counts: list[int], weights: list[float], keys: list[str], seed: int, epoch: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(source, shard, copy) of each virtual shard of one epoch: a pure function of the sources'
+    shard counts and weights. A fractional part of a weight walks a fixed permutation of the
+    source's shards in windows, epoch by epoch; the permutation is keyed by ``keys`` (the datasets'
+    fingerprints), so it does not change when other datasets join or leave the mixture."""
+    sources, shards, copies = [], [], []
+    for s, (count, weight, key) in enumerate(zip(shard_counts, weights, keys)):
+        whole, fraction = divmod(weight, 1.0)
+        for copy in range(int(whole)):
+            sources.append(np.full(count, s))
+            shards.append(np.arange(count))
+            copies.append(np.full(count, copy))
         take = round(fraction * count)
         if take:
-            # A fixed permutation of this source's shards, walked in windows epoch by epoch.
-            order = epoch_rng(seed, 0, f"mix:{s}").permutation(count)
+            order = epoch_rng(seed, 0, f"mix:{key}").permutation(count)
             start = (epoch * take) % count
+            sources.append(np.full(take, s))
             shards.append(np.sort(np.roll(order, -start)[:take]))
             copies.append(np.full(take, int(whole)))
-        shard = np.concatenate(shards).astype(np.int64)
-        parts.append((np.full(len(shard), s), shard, np.concatenate(copies).astype(np.int64)))
-    source_of = np.concatenate([p[0] for p in parts]).astype(np.int64)
-    shard_of = np.concatenate([p[1] for p in parts])
-    copy_of = np.concatenate([p[2] for p in parts])
-    counts = np.concatenate([src.index.shards.samples[shard] for src, (_, shard, _) in zip(sources, parts)])
-    return EpochTable(counts, _durations(sources, parts), source_of, shard_of, copy_of, tuple(sources))
+    joined = [np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+              for parts in (sources, shards, copies)]
+    return joined[0], joined[1], joined[2]
 
 
-def _durations(sources: list[DatasetSource], parts) -> np.ndarray:
+def epoch_table(sources: list[DatasetSource], seed: int, epoch: int) -> EpochTable:
+    """Which shards of which sources one epoch passes over, and their samples' durations."""
+    source_of, shard_of, copy_of = virtual_shards(
+        [len(s.index.shards) for s in sources], [s.weight for s in sources],
+        [s.index.fingerprint for s in sources], seed, epoch)
+    counts = np.zeros(len(shard_of), dtype=np.int64)
+    for s, source in enumerate(sources):
+        mine = source_of == s
+        counts[mine] = source.index.shards.samples[shard_of[mine]]
+    return EpochTable(counts, _durations(sources, source_of, shard_of), source_of, shard_of, copy_of, tuple(sources))
+
+
+def _durations(sources: list[DatasetSource], source_of: np.ndarray, shard_of: np.ndarray) -> np.ndarray:
     """The durations of the virtual shards' samples, in table order.
 
     A single dataset read once per epoch uses its column as it is (memory-mapped, no copy).
     """
-    if len(sources) == 1 and np.array_equal(parts[0][1], np.arange(len(sources[0].index.shards))):
+    if len(sources) == 1 and np.array_equal(shard_of, np.arange(len(sources[0].index.shards))):
         return sources[0].dataset.durations
     pieces = []
-    for source, (_, shard, _) in zip(sources, parts):
-        offsets = source.index.shards.offsets
-        pieces.append(source.dataset.durations[ranges(offsets[shard], source.index.shards.samples[shard])])
-    return np.concatenate(pieces)
+    for s, source in enumerate(sources):
+        shards = shard_of[source_of == s]
+        pieces.append((s, source.dataset.durations[ranges(source.index.shards.offsets[shards],
+                                                          source.index.shards.samples[shards])]))
+    # table order is source by source (virtual_shards lists them so)
+    return np.concatenate([piece for _, piece in pieces]) if pieces else np.zeros(0, np.float32)

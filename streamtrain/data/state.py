@@ -119,13 +119,17 @@ class LoaderState:
     schedule: Schedule | None = None
     counters: dict[str, int] = field(default_factory=dict)
 
-    def to_json(self) -> dict:
+    def to_json(self, mixture: list[dict], limits: list[float | None]) -> dict:
+        """``mixture``: the epoch table's datasets, weights and progress (``data.mixture.Mixture``);
+        ``limits``: the duration limits (min_seconds, max_seconds) the epoch is planned with."""
         return {
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
             "seed": self.seed,
             "epoch": self.epoch,
             "fingerprint": self.fingerprint,
+            "mixture": mixture,
+            "limits": limits,
             "samples": len(self.delivered.mask),
             "shards": len(self.delivered.counts),
             "delivered": self.delivered.to_json(),
@@ -162,9 +166,9 @@ def check_header(data: dict) -> None:
 def merge_states(states: list[dict]) -> dict:
     """Merge the states of all ranks into one that any rank of any world size can load.
 
-    Delivered samples are the union over ranks; counters add up; the schedule
-    is kept only if every rank planned the same one. Costs O(shards / 8 + the
-    shards delivered in part), vectorised.
+    Delivered samples are the union over ranks; counters and each dataset's
+    delivered count add up; the schedule is kept only if every rank planned the
+    same one. Costs O(shards / 8 + the shards delivered in part), vectorised.
     """
     if not states:
         raise LoaderStateError("merge_states needs at least one state")
@@ -184,10 +188,21 @@ def merge_states(states: list[dict]) -> dict:
             counters[key] = counters.get(key, 0) + int(value)
     return {
         **first,
+        "mixture": _merge_mixtures([s["mixture"] for s in states]),
         "delivered": _merge_sets([s["delivered"] for s in states], first["shards"]),
         "schedule": first["schedule"] if len(schedules) == 1 else None,
         "counters": counters,
     }
+
+
+def _merge_mixtures(mixtures: list[list[dict]]) -> list[dict]:
+    merged = [dict(source) for source in mixtures[0]]
+    for other in mixtures[1:]:
+        if [{**s, "delivered": 0} for s in other] != [{**s, "delivered": 0} for s in merged]:
+            raise LoaderStateError("cannot merge loader states of different data mixtures")
+        for source, theirs in zip(merged, other):
+            source["delivered"] += theirs["delivered"]
+    return merged
 
 
 def _merge_sets(sets: list[dict], shards: int) -> dict:

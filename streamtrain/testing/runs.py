@@ -29,10 +29,13 @@ def digit_dataset(root: str | Path, count: int, seed: int, shard_size: int = 150
     return root
 
 
-def micro_recipe(run_dir: str | Path, train_data: str | Path, validation_data: str | Path | None, **sections) -> Path:
-    """Write a recipe for a very small model; ``sections`` update its sections (e.g. train={...})."""
+def micro_recipe(run_dir: str | Path, train_data: str | Path | dict, validation_data: str | Path | None,
+                 **sections) -> Path:
+    """Write a recipe for a very small model; ``train_data`` is a dataset or a mapping of datasets to
+    mixing weights; ``sections`` update the recipe's sections (e.g. train={...})."""
+    train = {str(url): weight for url, weight in train_data.items()} if isinstance(train_data, dict) else str(train_data)
     recipe = {
-        "data": {"train": str(train_data), "validation": None if validation_data is None else str(validation_data),
+        "data": {"train": train, "validation": None if validation_data is None else str(validation_data),
                  "batch_size": 8, "batch_seconds": None, "max_seconds": 4.0, "num_workers": 1, "block_shards": 2},
         "features": {"name": "whisper_log_mel", "params": {"n_mels": 40, "chunk_seconds": 4},
                      "specaugment": {"freq_masks": 1, "freq_width": 5, "time_masks": 1, "time_width": 10}},

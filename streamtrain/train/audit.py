@@ -12,7 +12,8 @@ key or URL, so a record costs a few bytes per sample. Records:
   consumed the batch they came with: ``epoch`` (the epoch's plan: datasets by
   fingerprint, weights, seed, duration limits, table size), ``dropped`` (the
   leftover batches no rank takes, fewer than the world size), ``skipped`` (bad
-  samples), ``epoch_end``.
+  samples), ``epoch_end``, ``mixture_change`` (the data changed at a resume:
+  the next plan of the epoch has another table).
 
 ``audit_run`` replays the sessions in order. A session that resumed from step
 S rolls back every record of earlier sessions after step S (those steps were
@@ -20,7 +21,10 @@ redone). Then each epoch's table is rebuilt from the datasets' indexes alone
 (no shard is read) and every sample is accounted for with a few bits of
 memory each: seen once, or filtered by the duration limits (recomputed from
 the index, not taken from the log), or dropped to equalize ranks (bounded), or
-skipped as bad; anything else is a duplicate or a gap.
+skipped as bad; anything else is a duplicate or a gap. An epoch whose data
+mixture changed at a resume is checked against the loader's own carry-over
+rule: nothing delivered before the change comes again, everything the new
+mixture wants comes once, and what the change took out is counted as left out.
 """
 
 from __future__ import annotations
@@ -35,8 +39,11 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
+from streamtrain.data.mixture import Mixture, carry_over
 from streamtrain.data.sources import DatasetSource, EpochTable, epoch_table
+from streamtrain.data.state import SampleSet
 from streamtrain.dataset.dataset import Dataset
+from streamtrain.plan import inside_limits
 
 AUDIT_DIR = "audit"
 SHOWN = 10
@@ -104,6 +111,10 @@ class Bits:
         joined.bits = self.bits | other.bits
         return joined
 
+    def has(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        return (self.bits[ids >> 3] & np.left_shift(1, ids & 7).astype(np.uint8)) != 0
+
     def missing(self, limit: int) -> tuple[int, list[int]]:
         """(how many ids are not in the set, the first ``limit`` of them)."""
         absent = ~np.unpackbits(self.bits, bitorder="little", count=self.size).astype(bool)
@@ -122,6 +133,8 @@ class EpochAudit:
     filtered: int = 0
     skipped: int = 0
     unknown: int = 0  # ids that are not in the epoch's table
+    mixture_changes: int = 0  # resumes that changed the epoch's data mixture
+    left_out: int = 0  # samples the epoch's first mixture offered, not delivered, that a change took out
     problems: list[str] = field(default_factory=list)  # plan inconsistencies (e.g. too many dropped batches)
     examples: dict[str, list[str]] = field(default_factory=dict)  # kind -> up to SHOWN samples, named
 
@@ -210,23 +223,29 @@ def _stream(path: Path, torn: list[bool]) -> Iterator[dict]:
 
 
 class _EpochTally:
-    """One epoch's accounting, fed record by record."""
+    """One epoch's accounting, fed record by record.
+
+    An epoch whose data changed at a resume (a ``mixture_change`` record, then a
+    plan with another table) is audited in segments: what the first table's
+    segment delivered is carried onto the new table by ``data.mixture.carry_over``
+    (the loader's own rule), and the new segment must deliver exactly the rest.
+    """
 
     def __init__(self, epoch: int, resolve: DatasetResolver):
         self.audit = EpochAudit(epoch, complete=False)
         self.resolve = resolve
         self.table: EpochTable | None = None
         self.plan: dict | None = None
-        self.seen: Bits | None = None
-        self.explained: Bits | None = None
+        self.changed = False  # a mixture_change record awaits its plan
         self.duplicates: list[int] = []
         self.unknown: list[int] = []
-        self.kinds: dict[str, list[np.ndarray]] = {"dropped": [], "skipped": []}
 
     def add(self, record: dict) -> None:
         event = record["event"]
         if event == "epoch":
             self._plan(record)
+        elif event == "mixture_change":
+            self.changed = True
         elif event == "epoch_end":
             self.audit.complete = True
         elif self.table is None:
@@ -234,8 +253,9 @@ class _EpochTally:
         elif event == "step":
             ids = self._inside(decode_ids(record["ids"]))
             repeated = self.seen.add(ids)
+            repeated = np.concatenate([repeated, ids[self.before.has(ids)]])
             self.audit.duplicates += len(repeated)
-            self.duplicates += repeated[: SHOWN - len(self.duplicates)].tolist()
+            self.duplicates += [self.table.describe(i) for i in repeated[: SHOWN - len(self.duplicates)]]
         elif event in self.kinds:
             ids = self._inside(decode_ids(record["ids"]))
             self.explained.add(ids)
@@ -245,15 +265,44 @@ class _EpochTally:
                                            "(the plan leaves out fewer batches than ranks)")
 
     def _plan(self, record: dict) -> None:
-        if self.table is None:
-            self.plan = record
-            self.table = _table(record, self.resolve)
-            self.audit.samples = self.table.samples
-            self.seen = Bits(self.table.samples)
-            self.explained = Bits.of_mask(_outside_limits(self.table, record))
-            self.audit.filtered = self.explained.count()
-        if record["table"] != self.plan["table"] or self.table.fingerprint != record["table"]:
-            self.audit.problems.append("the epoch's sample table differs between sessions or from the datasets now")
+        if self.table is not None and record["table"] == self.plan["table"]:
+            self.plan = record  # a resume with the same table; duration limits may have changed
+            return
+        if self.table is not None and not self.changed:
+            self.audit.problems.append("the epoch's sample table differs between sessions with no recorded change "
+                                       "of the data mixture")
+            return
+        table = _table(record, self.resolve)
+        if table.fingerprint != record["table"]:
+            self.audit.problems.append("the epoch's sample table differs from the one the datasets give now")
+        before = np.zeros(table.samples, dtype=bool)
+        if self.table is not None:
+            self._close_segment()
+            delivered = self._delivered()
+            old = Mixture.of(self.table, SampleSet(self.table.counts, delivered).per_shard)
+            offsets = self.table.offsets
+            carried = carry_over(old, lambda v, count: delivered[offsets[v] : offsets[v] + count], self.plan["seed"],
+                                 self.audit.epoch, table)
+            before = carried.excluded
+            self.audit.left_out += carried.left_out
+            self.audit.mixture_changes += 1
+        self.table, self.plan, self.changed = table, record, False
+        self.audit.samples = table.samples
+        self.before = Bits.of_mask(before)
+        self.seen = Bits(table.samples)
+        self.explained = Bits(table.samples)
+        self.kinds = {"dropped": [], "skipped": []}
+
+    def _delivered(self) -> np.ndarray:
+        """Which samples of the current table count as delivered (as the loader's state has them)."""
+        return np.unpackbits((self.seen | self.explained | self.before).bits, bitorder="little",
+                             count=self.table.samples).astype(bool)
+
+    def _close_segment(self) -> None:
+        """Count what the current table's segment delivered."""
+        self.audit.seen += self.seen.count()
+        for kind, parts in self.kinds.items():
+            setattr(self.audit, kind, getattr(self.audit, kind) + (len(np.unique(np.concatenate(parts))) if parts else 0))
 
     def _inside(self, ids: np.ndarray) -> np.ndarray:
         inside = (ids >= 0) & (ids < self.table.samples)
@@ -266,12 +315,13 @@ class _EpochTally:
         if self.table is None:
             audit.problems.append("no record of the epoch's plan")
             return audit
-        audit.seen = self.seen.count()
-        for kind, parts in self.kinds.items():
-            setattr(audit, kind, len(np.unique(np.concatenate(parts))) if parts else 0)
-        audit.missing, gaps = (self.seen | self.explained).missing(SHOWN)
+        self._close_segment()
+        filtered = Bits.of_mask(~inside_limits(self.table.durations, self.plan["min_seconds"],
+                                               self.plan["max_seconds"]))
+        audit.filtered = filtered.count()
+        audit.missing, gaps = (self.seen | self.explained | self.before | filtered).missing(SHOWN)
         audit.examples = {
-            "duplicate": [self.table.describe(i) for i in self.duplicates],
+            "duplicate": self.duplicates,
             "missing": [self.table.describe(i) for i in gaps] if audit.complete else [],
             "unknown": [f"sample id {i} of a table of {self.table.samples}" for i in self.unknown],
         }
@@ -281,13 +331,3 @@ class _EpochTally:
 def _table(plan: dict, resolve: DatasetResolver) -> EpochTable:
     sources = [DatasetSource(resolve(s["fingerprint"], s["url"]), s["weight"]) for s in plan["sources"]]
     return epoch_table(sources, plan["seed"], plan["epoch"])
-
-
-def _outside_limits(table: EpochTable, plan: dict) -> np.ndarray:
-    """Samples the plan's duration limits leave out, recomputed from the index's durations."""
-    outside = np.zeros(table.samples, dtype=bool)
-    if plan["min_seconds"] is not None:
-        outside |= table.durations < plan["min_seconds"]
-    if plan["max_seconds"] is not None:
-        outside |= table.durations > plan["max_seconds"]
-    return outside

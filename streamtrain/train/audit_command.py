@@ -40,6 +40,13 @@ class Datasets:
                 dataset = open_dataset(url, self.storage_options)
                 self.opened[dataset.index.fingerprint] = dataset
             self.candidates = []
+        if fingerprint not in self.opened:  # e.g. a dataset a mixture change removed from the recipe
+            try:
+                dataset = open_dataset(logged_url, self.storage_options)
+            except (DatasetIndexError, ShardReadError, FileNotFoundError):
+                dataset = None
+            if dataset is not None:
+                self.opened[dataset.index.fingerprint] = dataset
         if fingerprint not in self.opened:
             raise FileNotFoundError(
                 f"the run trained on {logged_url} (fingerprint {fingerprint}), which is not among the datasets "
@@ -66,10 +73,14 @@ def run(args: argparse.Namespace) -> int:
           + (f", {report.torn_frames} torn log frame(s) from killed runs ignored" if report.torn_frames else ""))
     for epoch in report.epochs:
         state = "complete" if epoch.complete else "in progress"
-        print(f"epoch {epoch.epoch} ({state}): {epoch.samples} samples, {epoch.seen} seen, "
+        table = " in its last table" if epoch.mixture_changes else ""
+        print(f"epoch {epoch.epoch} ({state}): {epoch.samples} samples{table}, {epoch.seen} seen, "
               f"{epoch.duplicates} duplicates, {epoch.missing} {'missing' if epoch.complete else 'not yet seen'}, "
               f"{epoch.dropped} dropped to equalize ranks, {epoch.filtered} filtered by duration, "
               f"{epoch.skipped} skipped as bad, {epoch.unknown} not in the epoch's table")
+        if epoch.mixture_changes:
+            print(f"  the data mixture changed {epoch.mixture_changes} time(s) in this epoch; {epoch.left_out} samples "
+                  "not yet delivered were left out by the change")
         for problem in epoch.problems:
             print(f"  problem: {problem}")
         for label, named in epoch.examples.items():

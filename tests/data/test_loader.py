@@ -200,12 +200,15 @@ def test_resume_reads_only_the_blocks_in_flight(datasets):
     assert resumed.stats.shards_read == 1
 
 
-def test_state_mismatches_are_refused(datasets):
+def test_another_seed_is_refused_and_other_data_is_a_logged_mixture_change(datasets, caplog):
     state = StreamLoader(datasets((3, 3)), batch_size=2, seed=1).state_dict()
     with pytest.raises(LoaderStateError, match="seed 1"):
         StreamLoader(datasets((3, 3)), batch_size=2, seed=2).load_state_dict(state)
-    with pytest.raises(LoaderStateError, match="other data"):
-        StreamLoader(datasets((3, 4)), batch_size=2, seed=1).load_state_dict(state)
+    other = StreamLoader(datasets((3, 4)), batch_size=2, seed=1)
+    other.load_state_dict(state)
+    change = other.pop_events()[0]
+    assert change["event"] == "mixture_change" and len(change["added"]) == len(change["removed"]) == 1
+    assert "the training data changed at this resume" in caplog.text
 
 
 def test_mixing_weights_is_deterministic_and_covers_the_fractional_dataset_over_epochs(datasets):

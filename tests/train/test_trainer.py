@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -246,3 +247,26 @@ def test_out_of_memory_on_one_rank_backs_off_there_only_and_keeps_ranks_in_step(
     for name in expected:
         torch.testing.assert_close(parameters[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
 
+
+
+def test_the_mixture_changes_at_two_kills_and_the_audit_explains_the_epoch(data, tmp_path):
+    """Add and re-weight (one dataset read twice), then remove one, each at a SIGKILL resume."""
+    train, validation = data
+    extra = digit_dataset(tmp_path / "extra", 24, seed=3)
+    run = tmp_path / "mixed"
+    recipe = micro_recipe(run, train, validation, train={"max_steps": 16})
+    killed = streamtrain("train", str(recipe), inject=["--kill-at-step", "5"], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    recipe = micro_recipe(run, {str(train): 0.5, str(extra): 2.0}, validation, train={"max_steps": 16})
+    killed = streamtrain("train", str(recipe), inject=["--kill-at-step", "5"], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert "the training data changed at this resume, in epoch 0" in killed.stderr
+    assert f"added      {extra} (weight 2" in killed.stderr and f"reweighted {train}: 1 -> 0.5" in killed.stderr
+    recipe = micro_recipe(run, {str(extra): 1.0}, validation, train={"max_steps": 16})
+    finished = streamtrain("train", str(recipe))
+    assert f"removed    {train}" in finished.stderr
+    audit = streamtrain("audit", str(run))
+    left_out = sum(int(n) for n in re.findall(r"(\d+) not yet delivered are left out", killed.stderr + finished.stderr))
+    assert "audit: OK" in audit.stdout, audit.stdout
+    assert f"changed 2 time(s) in this epoch; {left_out} samples not yet delivered were left out" in audit.stdout
+    assert "epoch 0 (complete)" in audit.stdout and "0 duplicates" in audit.stdout
