@@ -42,6 +42,8 @@ from functools import cached_property
 
 import numpy as np
 
+from streamtrain.dataset.index import sample_offsets
+
 #: Bucketing sorts durations by a 16-bit key (a linear-time radix sort): the
 #: logarithm of the duration over 1 ms .. 10^5 s, so a bucket spans 0.03 % of its
 #: durations. A batch's count is then fixed by its top bucket's upper edge, which
@@ -61,9 +63,7 @@ class ShardTable:
     @cached_property
     def offsets(self) -> np.ndarray:
         """(S + 1,) gid of the first sample of each shard, plus the total."""
-        offsets = np.zeros(len(self.counts) + 1, dtype=np.int64)
-        np.cumsum(self.counts, out=offsets[1:])
-        return offsets
+        return sample_offsets(self.counts)
 
     @property
     def samples(self) -> int:
@@ -104,17 +104,10 @@ class BatchSettings:
         return asdict(self)
 
 
-def offsets_of(sizes: np.ndarray) -> np.ndarray:
-    """(len(sizes) + 1,) int64 running total starting at 0."""
-    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=offsets[1:])
-    return offsets
-
-
 def ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """The concatenation of ``arange(start, start + size)`` for each pair, vectorised."""
     sizes = np.asarray(sizes, dtype=np.int64)
-    offsets = offsets_of(sizes)
+    offsets = sample_offsets(sizes)
     out = np.repeat(np.asarray(starts, dtype=np.int64) - offsets[:-1], sizes)
     out += np.arange(offsets[-1], dtype=np.int64)
     return out
@@ -217,7 +210,7 @@ class BatchList:
     def of(cls, batches: list[np.ndarray]) -> "BatchList":
         sizes = np.asarray([len(b) for b in batches], dtype=np.int64)
         gids = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
-        return cls(gids, gids[:0], np.zeros(len(sizes), dtype=bool), offsets_of(sizes)[:-1], sizes)
+        return cls(gids, gids[:0], np.zeros(len(sizes), dtype=bool), sample_offsets(sizes)[:-1], sizes)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -246,7 +239,7 @@ class BatchList:
             gids[:] = order[np.minimum(where, len(order) - 1)]
         patch = np.flatnonzero(where >= len(order))
         gids[patch] = self.leftovers[where[patch] - len(order)]
-        return BatchList(gids, gids[:0], np.zeros(len(sizes), dtype=bool), offsets_of(sizes)[:-1], sizes)
+        return BatchList(gids, gids[:0], np.zeros(len(sizes), dtype=bool), sample_offsets(sizes)[:-1], sizes)
 
     def gids(self) -> np.ndarray:
         """Every batch's gids, concatenated in batch order."""

@@ -387,7 +387,7 @@ def machine() -> str:
     return f"{os.cpu_count()}-core {platform.machine()} ({model}), {memory:.0f} GiB, no GPU used"
 
 
-def main() -> None:
+def parse_args() -> tuple[argparse.Namespace, list[Peer]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=2000, help="utterances in the corpus")
     parser.add_argument("--per-shard", type=int, default=100, help="utterances per shard (all formats)")
@@ -403,17 +403,22 @@ def main() -> None:
     chosen = [p for p in PEERS if p.name in args.peers.split(",")]
     if not chosen or chosen[0].name != "streamtrain":
         parser.error("--peers must include streamtrain (every ratio is against it)")
-    started = time.perf_counter()
-    timings = {}
+    return args, chosen
 
+
+def prepare_venvs(chosen: list[Peer], cache: Path, timings: dict) -> tuple[dict, dict]:
+    """The peers' virtual environments (built once, then reused) and each peer's python."""
+    started = time.perf_counter()
     print("venvs:")
-    wanted = sorted({p.venv for p in chosen if p.venv})
-    built = venvs.ensure(wanted, args.cache)
+    built = venvs.ensure(sorted({p.venv for p in chosen if p.venv}), cache)
     timings["venvs_s"] = time.perf_counter() - started
     took = [f"{n} {b['seconds']:.0f}s" if b["seconds"] else f"{n} reused" for n, b in built.items()]
     print(f"  {timings['venvs_s']:.0f}s ({', '.join(took)})")
-    pythons = {p.name: Path(sys.executable) if p.venv is None else built[p.venv]["python"] for p in chosen}
+    return built, {p.name: Path(sys.executable) if p.venv is None else built[p.venv]["python"] for p in chosen}
 
+
+def measure_all(chosen: list[Peer], built: dict, pythons: dict, args, timings: dict) -> tuple[dict, dict]:
+    """Build (or reuse) the corpus and measure every usable peer: (corpus totals, results by peer)."""
     work = args.work or Path(tempfile.mkdtemp(prefix="streamtrain-peers-"))
     (work / "logs").mkdir(parents=True, exist_ok=True)
     try:
@@ -443,8 +448,11 @@ def main() -> None:
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    timings["total_s"] = time.perf_counter() - started
+    return index, results
 
+
+def report(results: dict, index: dict, built: dict, timings: dict, args) -> None:
+    """The table on stdout, the JSON record and the chart."""
     when = datetime.date.today().isoformat()
     settings = (f"{index['samples']} utterances ({index['seconds'] / 3600:.2f} h FLAC 16 kHz), "
                 f"batch {protocol.BATCH_SIZE}, {protocol.WORKERS} workers, {args.rounds} rounds x {args.epochs} epochs")
@@ -467,6 +475,16 @@ def main() -> None:
     load = f"; machine load {statistics.median(loads):.1f} (1-min avg) while measuring" if loads else ""
     chart(results, args.png, f"streamtrain vs peers — {when}, {machine()}\n{settings}{load}")
     print(f"wrote {args.json} and {args.png}")
+
+
+def main() -> None:
+    args, chosen = parse_args()
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    built, pythons = prepare_venvs(chosen, args.cache, timings)
+    index, results = measure_all(chosen, built, pythons, args, timings)
+    timings["total_s"] = time.perf_counter() - started
+    report(results, index, built, timings, args)
 
 
 if __name__ == "__main__":

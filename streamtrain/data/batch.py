@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from streamtrain.audio import AUDIO_EXTENSIONS, AudioError, decode, resample
+from streamtrain.dataset.feature_codec import decode_features
 
 
 #: The member extension of cached features in a sidecar column.
@@ -66,7 +67,6 @@ def decode_sample(key: str, members: dict[str, bytes], origin: str, sample_rate:
 
 def decode_column(key: str, members: dict[str, bytes], origin: str) -> dict:
     """A sidecar column's members: JSON parsed, cached features decoded, nothing else touched."""
-    from streamtrain.features import decode_features
 
     decoded = {}
     for ext, data in members.items():

@@ -77,6 +77,24 @@ class LoaderStats:
 
 
 @dataclass(frozen=True)
+class Topology:
+    """This loader's rank among how many (None: torch.distributed's), and whether ranks take equal batch counts."""
+
+    rank: int | None = None
+    world_size: int | None = None
+    equalize_ranks: bool = True
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The DataLoader processes that read and decode (0: in the calling process)."""
+
+    num_workers: int = 2
+    prefetch_factor: int = 2
+    pin_memory: bool = False
+
+
+@dataclass(frozen=True)
 class _EpochPlan:
     """This rank's plan of the current epoch under the current schedule."""
 
@@ -107,6 +125,13 @@ class StreamLoader:
     DDP needs it); False deals the leftover batches too (evaluation).
     columns: folders or URLs of sidecar columns (cached features, pseudo-labels)
     of a single dataset, joined to each sample by key (``batch["columns"]``).
+
+    The keywords fall into four groups, each a plain dataclass that
+    ``StreamLoader.from_settings`` takes as it is: ``BatchSettings`` (batch_size,
+    batch_seconds, bucketing, min/max_seconds, block_shards), ``ReadSettings``
+    (sample_rate, on_bad_sample, cache_dir, cache_limit, storage_options, retry,
+    prefetch_shards), ``Topology`` (rank, world_size, equalize_ranks) and
+    ``WorkerSettings`` (num_workers, prefetch_factor, pin_memory).
     """
 
     def __init__(
@@ -136,40 +161,57 @@ class StreamLoader:
         equalize_ranks: bool = True,
         columns: Sequence[str] = (),
     ):
-        if on_bad_sample not in ON_BAD_SAMPLE:
-            raise ValueError(f"on_bad_sample must be one of {ON_BAD_SAMPLE}, got {on_bad_sample!r}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self._setup(
+            dataset,
+            BatchSettings(batch_size=batch_size, batch_seconds=batch_seconds, bucketing=bucketing,
+                          min_seconds=min_seconds, max_seconds=max_seconds, block_shards=block_shards),
+            ReadSettings(sample_rate=sample_rate, on_bad_sample=on_bad_sample,
+                         cache_dir=None if cache_dir is None else str(cache_dir), cache_limit=cache_limit,
+                         storage_options=storage_options, retry=retry, prefetch_shards=prefetch_shards),
+            Topology(rank=rank, world_size=world_size, equalize_ranks=equalize_ranks),
+            WorkerSettings(num_workers=num_workers, prefetch_factor=prefetch_factor, pin_memory=pin_memory),
+            seed=seed, epochs=epochs, columns=columns,
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        dataset: DatasetSpec,
+        batching: BatchSettings,
+        reading: ReadSettings = ReadSettings(),
+        topology: Topology = Topology(),
+        workers: WorkerSettings = WorkerSettings(),
+        *,
+        seed: int = 0,
+        epochs: int | None = None,
+        columns: Sequence[str] = (),
+    ) -> "StreamLoader":
+        """The same loader from its settings grouped by concern (each a plain dataclass):
+        ``BatchSettings`` (what a batch is), ``ReadSettings`` (how shards are read),
+        ``Topology`` (ranks), ``WorkerSettings`` (the DataLoader's processes)."""
+        loader = cls.__new__(cls)
+        loader._setup(dataset, batching, reading, topology, workers, seed=seed, epochs=epochs, columns=columns)
+        return loader
+
+    def _setup(self, dataset: DatasetSpec, batching: BatchSettings, reading: ReadSettings, topology: Topology,
+               workers: WorkerSettings, *, seed: int, epochs: int | None, columns: Sequence[str]) -> None:
+        if reading.on_bad_sample not in ON_BAD_SAMPLE:
+            raise ValueError(f"on_bad_sample must be one of {ON_BAD_SAMPLE}, got {reading.on_bad_sample!r}")
+        if workers.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {workers.num_workers}")
         if epochs is not None and epochs < 0:
             raise ValueError(f"epochs must be >= 0 or None, got {epochs}")
-        self.settings = BatchSettings(
-            batch_size=batch_size,
-            batch_seconds=batch_seconds,
-            bucketing=bucketing,
-            min_seconds=min_seconds,
-            max_seconds=max_seconds,
-            block_shards=block_shards,
-        )
+        self.batching, self.reading, self.workers = batching, reading, workers
         self.seed = int(seed)
-        self.num_workers = num_workers
-        self.rank, self.world_size, self.collective = _topology(rank, world_size)
+        self.rank, self.world_size, self.collective = _topology(topology.rank, topology.world_size)
+        self.equalize_ranks = topology.equalize_ranks
         self.epochs = epochs
-        self.prefetch_factor = prefetch_factor
-        self.pin_memory = pin_memory
-        self.equalize_ranks = equalize_ranks
-        self.sources = [open_source(url, weight, storage_options, retry) for url, weight in _dataset_specs(dataset)]
+        self.sources = [open_source(url, weight, reading.storage_options, reading.retry)
+                        for url, weight in _dataset_specs(dataset)]
         if columns and len(self.sources) != 1:
             raise ValueError("sidecar columns need a single dataset (not a mix)")
-        self.columns = [open_column(str(url), self.sources[0], storage_options, retry) for url in columns]
-        self.read_settings = ReadSettings(
-            sample_rate=sample_rate,
-            on_bad_sample=on_bad_sample,
-            cache_dir=None if cache_dir is None else str(cache_dir),
-            cache_limit=cache_limit,
-            storage_options=storage_options,
-            retry=retry,
-            prefetch_shards=prefetch_shards,
-        )
+        self.columns = [open_column(str(url), self.sources[0], reading.storage_options, reading.retry)
+                        for url in columns]
         self.stats = LoaderStats()
         self._events: list[dict] = []
         self._table_cache: tuple[int, EpochTable] | None = None
@@ -206,7 +248,8 @@ class StreamLoader:
             raise LoaderStateError(f"the state was saved with seed {state['seed']}, this loader has seed {self.seed}")
         epoch = int(state["epoch"])
         table = self._table(epoch)
-        saved, current = Mixture.from_json(state["mixture"]), Mixture.of(table)
+        current = Mixture.of(table)
+        saved = Mixture.from_json(state["mixture"]) if "mixture" in state else current  # an older state: its own data
         change: dict = {}
         if saved.same_as(current):
             if state["fingerprint"] != table.fingerprint:
@@ -214,7 +257,7 @@ class StreamLoader:
                     "the state belongs to other data (its shard table differs from this loader's datasets)")
             loaded = LoaderState.from_json(state, lambda epoch: self._table(epoch).counts)
         else:
-            carried = carry_over(saved, state_bits(state["delivered"]), self.seed, epoch, table)
+            carried = carry_over(saved, state_bits(state["delivered"], saved, self.seed, epoch), self.seed, epoch, table)
             loaded = LoaderState(self.seed, epoch, table.fingerprint, SampleSet(table.counts, carried.excluded),
                                  counters={k: int(v) for k, v in state.get("counters", {}).items()})
             change = {**saved.changes_to(current), "delivered_before": carried.delivered_before,
@@ -232,7 +275,7 @@ class StreamLoader:
         self._plan_cache = None
 
     def _limits(self) -> list[float | None]:
-        return [self.settings.min_seconds, self.settings.max_seconds]
+        return [self.batching.min_seconds, self.batching.max_seconds]
 
     def _limits_change(self, saved: list | None, table: EpochTable, delivered: np.ndarray) -> dict | None:
         """How changed duration limits move the epoch's samples not yet delivered (None: unchanged)."""
@@ -266,9 +309,9 @@ class StreamLoader:
 
     def _schedule_settings(self) -> dict:
         return {
-            **self.settings.to_json(),
+            **self.batching.to_json(),
             "world_size": self.world_size,
-            "num_workers": self.num_workers,
+            "num_workers": self.workers.num_workers,
             "equalize_ranks": self.equalize_ranks,
         }
 
@@ -280,11 +323,11 @@ class StreamLoader:
             self._plan_cache = None
         if self._plan_cache is None:
             table = self._table(state.epoch)
-            base = state.schedule.base
-            plan = plan_epoch(table, self.settings, base.mask if len(base) else None, self.seed, state.epoch,
+            excluded = state.schedule.excluded
+            plan = plan_epoch(table, self.batching, excluded.mask if len(excluded) else None, self.seed, state.epoch,
                               self.rank, self.world_size, self.equalize_ranks)
-            workers = split_for_workers(len(plan.batches), self.num_workers)
-            pending = _undelivered(plan.batches, state.delivered.mask, len(state.delivered) > len(base))
+            workers = split_for_workers(len(plan.batches), self.workers.num_workers)
+            pending = _undelivered(plan.batches, state.delivered.mask, len(state.delivered) > len(excluded))
             self._plan_cache = _EpochPlan(table, plan, delivery_sequence(workers), workers, pending)
         return self._plan_cache
 
@@ -303,14 +346,14 @@ class StreamLoader:
         tasks = current.tasks()
         expected = np.sort(np.concatenate([sequences for sequences, _ in tasks])).tolist()
         if not expected:
-            if self.epochs is None and not len(plan.batches) and not len(self._state.schedule.base):
+            if self.epochs is None and not len(plan.batches) and not len(self._state.schedule.excluded):
                 raise EmptyEpochError(self._why_empty(plan, table))  # every epoch would be empty: never yields
             self._events.append({"event": "epoch_end", "epoch": self.epoch})
             return
-        slots = self._audio_slots(current) if self.num_workers else None
-        stream = BatchStream(table, plan.batches, ShardReader(self.sources, self.columns, self.read_settings), tasks,
+        slots = self._audio_slots(current) if self.workers.num_workers else None
+        stream = BatchStream(table, plan.batches, ShardReader(self.sources, self.columns, self.reading), tasks,
                              slots)
-        produced = iter(stream if self.num_workers == 0 else self._data_loader(stream))
+        produced = iter(stream if self.workers.num_workers == 0 else self._data_loader(stream))
         try:
             yield from self._in_order(produced, expected, slots)
         finally:  # stop the workers now, by the DataLoader's own protocol (they ignore SIGTERM)
@@ -327,7 +370,7 @@ class StreamLoader:
                 batch = next(produced)
                 if "audio_slot" in batch:  # copied out at once: the worker may reuse the slot
                     batch["audio"] = slots.take(*batch.pop("audio_slot"))
-                    if self.pin_memory:
+                    if self.workers.pin_memory:
                         batch["audio"] = batch["audio"].pin_memory()
                 self.stats.wait_seconds += time.perf_counter() - waited
                 pending[batch.pop("sequence")] = batch
@@ -345,17 +388,17 @@ class StreamLoader:
             part = batches.take(np.arange(first, min(first + chunk, len(batches))))
             if len(part.order):
                 longest = np.maximum.reduceat(durations[part.order], part.starts).astype(np.float64)
-                widest = max(widest, slot_floats(part.sizes, longest, self.read_settings.sample_rate))
-        return AudioSlots(self.num_workers, self.prefetch_factor + SPARE_SLOTS, widest)
+                widest = max(widest, slot_floats(part.sizes, longest, self.reading.sample_rate))
+        return AudioSlots(self.workers.num_workers, self.workers.prefetch_factor + SPARE_SLOTS, widest)
 
     def _data_loader(self, stream: BatchStream) -> DataLoader:
         return DataLoader(
             stream,
             batch_size=None,
             collate_fn=_as_sent,  # not torch's default_convert: the small arrays stay numpy on the way
-            num_workers=self.num_workers,
-            prefetch_factor=self.prefetch_factor,
-            pin_memory=self.pin_memory,
+            num_workers=self.workers.num_workers,
+            prefetch_factor=self.workers.prefetch_factor,
+            pin_memory=self.workers.pin_memory,
             worker_init_fn=worker_init,
             # its own generator: creating the workers must not draw from the global
             # RNG, or a resumed run's dropout would differ from an uninterrupted one
@@ -372,8 +415,8 @@ class StreamLoader:
             "seed": self.seed,
             "sources": [{"url": s.display, "fingerprint": s.index.fingerprint, "weight": s.weight}
                         for s in self.sources],
-            "min_seconds": self.settings.min_seconds,
-            "max_seconds": self.settings.max_seconds,
+            "min_seconds": self.batching.min_seconds,
+            "max_seconds": self.batching.max_seconds,
             "samples": table.samples,
             "table": table.fingerprint,
             "world_size": self.world_size,
@@ -390,7 +433,7 @@ class StreamLoader:
     def _why_empty(self, plan: RankPlan, table: EpochTable) -> str:
         if plan.total_batches == 0:
             return (f"epoch {self.epoch} has no batch: all {table.samples} samples are outside "
-                    f"min_seconds={self.settings.min_seconds} / max_seconds={self.settings.max_seconds}")
+                    f"min_seconds={self.batching.min_seconds} / max_seconds={self.batching.max_seconds}")
         return (f"epoch {self.epoch} has {plan.total_batches} batches for {self.world_size} ranks: rank {self.rank} "
                 f"gets none (use a smaller batch, or fewer ranks)")
 
@@ -416,7 +459,7 @@ class StreamLoader:
         stats.batches += 1
         stats.samples += batch.size
         stats.audio_seconds += float(batch["seconds"].sum())
-        stats.padded_seconds += batch["audio"].shape[0] * batch["audio"].shape[1] / self.read_settings.sample_rate
+        stats.padded_seconds += batch["audio"].shape[0] * batch["audio"].shape[1] / self.reading.sample_rate
         stats.bytes_read += read["bytes_read"]
         stats.cache_hits += read["cache_hits"]
         stats.shards_read += read["shards_read"]

@@ -25,12 +25,12 @@ epoch should then hold), so the two cannot disagree.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from streamtrain.data.bitmap import Bitmap
 from streamtrain.data.sources import EpochTable, virtual_shards
 from streamtrain.data.state import decode_bits
 
@@ -134,15 +134,17 @@ def carry_over(old: Mixture, delivered: DeliveredBits, seed: int, epoch: int, ne
     )
 
 
-def state_bits(delivered: dict) -> DeliveredBits:
-    """``DeliveredBits`` of a loader state's ``delivered`` JSON (``data.state.SampleSet``)."""
-    done = np.frombuffer(base64.b64decode(delivered["done"]), dtype=np.uint8)
+def state_bits(delivered: dict, old: Mixture, seed: int, epoch: int) -> DeliveredBits:
+    """``DeliveredBits`` of a loader state's ``delivered`` JSON (``data.state.SampleSet``) for ``old``'s table."""
+    shards = len(virtual_shards([s.shards for s in old.sources], [s.weight for s in old.sources],
+                                [s.fingerprint for s in old.sources], seed, epoch)[0])
+    done = Bitmap.from_text(delivered["done"], shards)
     partial = {int(v): bits for v, (_, bits) in delivered["partial"].items()}
 
     def bits(virtual: int, count: int) -> np.ndarray:
         if virtual in partial:
             return decode_bits(partial[virtual], count)
-        return np.full(count, bool(done[virtual >> 3] & (0x80 >> (virtual & 7))))
+        return np.full(count, bool(done.has(np.array([virtual]))[0]))
 
     return bits
 

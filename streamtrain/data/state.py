@@ -13,13 +13,13 @@ exactly once.
 
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
+from streamtrain.data.bitmap import Bitmap
 from streamtrain.dataset.index import sample_offsets
 
 STATE_FORMAT = "streamtrain-loader-state"
@@ -31,14 +31,11 @@ class LoaderStateError(ValueError):
 
 
 def encode_bits(bits: np.ndarray) -> str:
-    return base64.b64encode(np.packbits(bits).tobytes()).decode()
+    return Bitmap.of_mask(bits).to_text()
 
 
 def decode_bits(text: str, count: int) -> np.ndarray:
-    packed = np.frombuffer(base64.b64decode(text, validate=True), dtype=np.uint8)
-    if len(packed) != (count + 7) // 8:
-        raise ValueError(f"a bitmap of {len(packed)} bytes cannot hold {count} bits")
-    return np.unpackbits(packed, count=count).astype(bool)
+    return Bitmap.from_text(text, count).mask()
 
 
 class SampleSet:
@@ -99,15 +96,15 @@ class Schedule:
     """What the epoch's remaining batches were planned from."""
 
     settings: dict  # BatchSettings.to_json() + world_size + num_workers + equalize_ranks
-    base: SampleSet  # samples excluded when the schedule was planned (it never changes)
+    excluded: SampleSet  # samples already delivered when the schedule was planned (it never changes)
 
     def to_json(self) -> dict:
-        return {"settings": self.settings, "base": self.base_json}
+        return {"settings": self.settings, "base": self.excluded_json}  # "base": the key of state version 2
 
     @cached_property
-    def base_json(self) -> dict:
-        """Encoded once: the base never changes while the schedule lives."""
-        return self.base.to_json()
+    def excluded_json(self) -> dict:
+        """Encoded once: the excluded set never changes while the schedule lives."""
+        return self.excluded.to_json()
 
 
 @dataclass

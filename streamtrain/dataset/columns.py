@@ -29,6 +29,7 @@ from streamtrain.dataset.index import (
     DatasetIndex,
     DatasetIndexError,
     check_durations,
+    sample_offsets,
 )
 from streamtrain.storage.atomic import atomic_file
 from streamtrain.storage.remote import (
@@ -256,7 +257,7 @@ def find_duplicate_key(columns: list[KeyColumn]) -> tuple[str, int, int] | None:
     hashes = np.concatenate([_key_hashes(column) for column in columns]) if columns else np.zeros(0, np.uint64)
     order = np.argsort(hashes, kind="stable")
     same = np.flatnonzero(hashes[order[1:]] == hashes[order[:-1]])
-    starts = np.cumsum([0] + [len(column) for column in columns])
+    starts = sample_offsets(np.array([len(column) for column in columns], dtype=np.int64))
 
     def key_at(position: int) -> str:
         part = int(np.searchsorted(starts, position, side="right") - 1)

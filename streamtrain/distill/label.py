@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from streamtrain.data.columns import (
+from streamtrain.sidecar_writer import (
     DecodedChunk,
     aligned_shard_info,
     write_column_shard,

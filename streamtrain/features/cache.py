@@ -20,11 +20,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from streamtrain.data.batch import FEATURES_EXT
-from streamtrain.data.columns import DecodedChunk, write_column_shard
+from streamtrain.sidecar_writer import DecodedChunk, write_column_shard
 from streamtrain.dataset.columns import save_index
 from streamtrain.dataset.dataset import Dataset, open_dataset
 from streamtrain.dataset.index import DatasetIndex, ShardList
-from streamtrain.features.codec import encode_features
+from streamtrain.dataset.feature_codec import encode_features
 from streamtrain.features.registry import FEATURIZER_VERSION, featurizer_fingerprint
 
 FEATURES_COLUMN = "features"

@@ -86,41 +86,9 @@ class KaldiFbank(nn.Module):
         remove_dc_offset, round_to_power_of_two = bool(remove_dc_offset), bool(round_to_power_of_two)
         raw_energy, use_energy = bool(raw_energy), bool(use_energy)
         use_power, snip_edges = bool(use_power), bool(snip_edges)
-        if not isinstance(num_mel_bins, int) or not isinstance(sample_rate, int) or sample_rate <= 0:
-            raise ValueError(
-                f"num_mel_bins and sample_rate must be integers, got {num_mel_bins!r} and {sample_rate!r}"
-            )
-        # Same arithmetic as torchaudio, so the frame sizes agree to the sample.
-        window_size = int(sample_rate * frame_length_ms * 0.001)
-        window_shift = int(sample_rate * frame_shift_ms * 0.001)
-        fft_size = 1 << (window_size - 1).bit_length() if round_to_power_of_two else window_size
-        nyquist = 0.5 * sample_rate
-        top = high_freq + nyquist if high_freq <= 0.0 else high_freq
-        if window_size < 2 or window_shift < 1:
-            raise ValueError(
-                f"frame_length_ms={frame_length_ms} and frame_shift_ms={frame_shift_ms} give "
-                f"{window_size} and {window_shift} samples at {sample_rate} Hz; need at least 2 and 1"
-            )
-        if fft_size % 2:
-            raise ValueError(
-                f"the FFT size {fft_size} must be even: use round_to_power_of_two or another frame length"
-            )
-        if not snip_edges and window_size // 2 < window_shift // 2:
-            raise ValueError("snip_edges=False needs a frame at least as long as the shift")
-        if window_type not in WINDOWS:
-            raise ValueError(f"unknown window_type {window_type!r}; expected one of {sorted(WINDOWS)}")
-        if num_mel_bins <= 3:
-            raise ValueError(f"num_mel_bins must be more than 3, got {num_mel_bins}")
-        if not 0.0 <= preemphasis <= 1.0:
-            raise ValueError(f"preemphasis must lie in [0, 1], got {preemphasis}")
-        if energy_floor < 0.0:
-            raise ValueError(f"energy_floor must not be negative, got {energy_floor}")
-        if dither < 0.0:
-            raise ValueError(f"dither must not be negative, got {dither}")
-        if not (0.0 <= low_freq < nyquist and 0.0 < top <= nyquist and low_freq < top):
-            raise ValueError(
-                f"bad mel range: low_freq={low_freq}, high_freq={high_freq} with Nyquist at {nyquist} Hz"
-            )
+        window_size, window_shift, fft_size = _frame_sizes(
+            num_mel_bins, sample_rate, frame_length_ms, frame_shift_ms, round_to_power_of_two, snip_edges)
+        _check_settings(num_mel_bins, sample_rate, window_type, preemphasis, energy_floor, dither, low_freq, high_freq)
 
         self.num_mel_bins = num_mel_bins
         self.sample_rate = sample_rate
@@ -143,14 +111,8 @@ class KaldiFbank(nn.Module):
         self.fft_size = fft_size
         self.dim = num_mel_bins + int(use_energy)
 
-        from torchaudio.compliance.kaldi import get_mel_banks
-
-        # VTLN off: warp factor 1.0 (the cut-offs are then unused).
-        banks, _ = get_mel_banks(
-            num_mel_bins, fft_size, float(sample_rate), low_freq, high_freq, 100.0, -500.0, 1.0
-        )
-        banks = nnf.pad(banks, (0, 1))  # Kaldi's banks leave out the Nyquist bin: num_mel_bins x K
-        self.register_buffer("mel_banks", banks.T.to(torch.float32).contiguous(), persistent=False)
+        self.register_buffer("mel_banks", _mel_banks(num_mel_bins, fft_size, sample_rate, low_freq, high_freq),
+                             persistent=False)
         self.register_buffer("window", WINDOWS[window_type](window_size).to(torch.float32), persistent=False)
         self.cmvn = _load_cmvn(cmvn, self.dim)
 
@@ -253,6 +215,54 @@ class KaldiFbank(nn.Module):
         if self.energy_floor == 0.0:
             return energy
         return torch.clamp(energy, min=math.log(self.energy_floor))
+
+
+def _frame_sizes(num_mel_bins, sample_rate, frame_length_ms, frame_shift_ms, round_to_power_of_two,
+                 snip_edges) -> tuple[int, int, int]:
+    """(window size, window shift, FFT size) in samples, with torchaudio's arithmetic, so they agree to the sample."""
+    if not isinstance(num_mel_bins, int) or not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise ValueError(f"num_mel_bins and sample_rate must be integers, got {num_mel_bins!r} and {sample_rate!r}")
+    window_size = int(sample_rate * frame_length_ms * 0.001)
+    window_shift = int(sample_rate * frame_shift_ms * 0.001)
+    fft_size = 1 << (window_size - 1).bit_length() if round_to_power_of_two else window_size
+    if window_size < 2 or window_shift < 1:
+        raise ValueError(
+            f"frame_length_ms={frame_length_ms} and frame_shift_ms={frame_shift_ms} give "
+            f"{window_size} and {window_shift} samples at {sample_rate} Hz; need at least 2 and 1"
+        )
+    if fft_size % 2:
+        raise ValueError(f"the FFT size {fft_size} must be even: use round_to_power_of_two or another frame length")
+    if not snip_edges and window_size // 2 < window_shift // 2:
+        raise ValueError("snip_edges=False needs a frame at least as long as the shift")
+    return window_size, window_shift, fft_size
+
+
+def _check_settings(num_mel_bins, sample_rate, window_type, preemphasis, energy_floor, dither, low_freq,
+                    high_freq) -> None:
+    nyquist = 0.5 * sample_rate
+    top = high_freq + nyquist if high_freq <= 0.0 else high_freq
+    if window_type not in WINDOWS:
+        raise ValueError(f"unknown window_type {window_type!r}; expected one of {sorted(WINDOWS)}")
+    if num_mel_bins <= 3:
+        raise ValueError(f"num_mel_bins must be more than 3, got {num_mel_bins}")
+    if not 0.0 <= preemphasis <= 1.0:
+        raise ValueError(f"preemphasis must lie in [0, 1], got {preemphasis}")
+    if energy_floor < 0.0:
+        raise ValueError(f"energy_floor must not be negative, got {energy_floor}")
+    if dither < 0.0:
+        raise ValueError(f"dither must not be negative, got {dither}")
+    if not (0.0 <= low_freq < nyquist and 0.0 < top <= nyquist and low_freq < top):
+        raise ValueError(f"bad mel range: low_freq={low_freq}, high_freq={high_freq} with Nyquist at {nyquist} Hz")
+
+
+def _mel_banks(num_mel_bins: int, fft_size: int, sample_rate: int, low_freq: float, high_freq: float) -> Tensor:
+    """The mel filterbank as (fft_size // 2 + 1) x num_mel_bins, for a matmul with power spectra."""
+    from torchaudio.compliance.kaldi import get_mel_banks
+
+    # VTLN off: warp factor 1.0 (the cut-offs are then unused).
+    banks, _ = get_mel_banks(num_mel_bins, fft_size, float(sample_rate), low_freq, high_freq, 100.0, -500.0, 1.0)
+    banks = nnf.pad(banks, (0, 1))  # Kaldi's banks leave out the Nyquist bin: num_mel_bins x K
+    return banks.T.to(torch.float32).contiguous()
 
 
 def _load_cmvn(cmvn: str | Path | Mapping | None, dim: int) -> GlobalCMVN | None:

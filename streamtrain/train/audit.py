@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
+from streamtrain.data.bitmap import Bitmap
 from streamtrain.data.mixture import Mixture, carry_over
 from streamtrain.data.sources import DatasetSource, EpochTable, epoch_table
 from streamtrain.data.state import SampleSet
@@ -79,46 +80,6 @@ def next_session(run_dir: Path) -> int:
     directory = Path(run_dir) / AUDIT_DIR
     sessions = [int(m.group(1)) for p in directory.glob("*.zst") if (m := _FILE.search(p.name))]
     return max(sessions, default=-1) + 1
-
-
-class Bits:
-    """A set of sample ids as a packed bitmap: one bit per sample."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self.bits = np.zeros((size + 7) // 8, dtype=np.uint8)
-
-    @classmethod
-    def of_mask(cls, mask: np.ndarray) -> "Bits":
-        bits = cls(len(mask))
-        bits.bits = np.packbits(mask, bitorder="little")
-        return bits
-
-    def add(self, ids: np.ndarray) -> np.ndarray:
-        """Insert ``ids``; returns those that were in the set already (or twice in ``ids``)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        unique, counts = np.unique(ids, return_counts=True)
-        flag = np.left_shift(1, unique & 7).astype(np.uint8)
-        present = (self.bits[unique >> 3] & flag) != 0
-        np.bitwise_or.at(self.bits, unique >> 3, flag)
-        return unique[present | (counts > 1)]
-
-    def count(self) -> int:
-        return int(np.unpackbits(self.bits, bitorder="little", count=self.size).sum())
-
-    def __or__(self, other: "Bits") -> "Bits":
-        joined = Bits(self.size)
-        joined.bits = self.bits | other.bits
-        return joined
-
-    def has(self, ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(ids, dtype=np.int64)
-        return (self.bits[ids >> 3] & np.left_shift(1, ids & 7).astype(np.uint8)) != 0
-
-    def missing(self, limit: int) -> tuple[int, list[int]]:
-        """(how many ids are not in the set, the first ``limit`` of them)."""
-        absent = ~np.unpackbits(self.bits, bitorder="little", count=self.size).astype(bool)
-        return int(absent.sum()), np.flatnonzero(absent)[:limit].tolist()
 
 
 @dataclass
@@ -288,15 +249,14 @@ class _EpochTally:
             self.audit.mixture_changes += 1
         self.table, self.plan, self.changed = table, record, False
         self.audit.samples = table.samples
-        self.before = Bits.of_mask(before)
-        self.seen = Bits(table.samples)
-        self.explained = Bits(table.samples)
+        self.before = Bitmap.of_mask(before)
+        self.seen = Bitmap(table.samples)
+        self.explained = Bitmap(table.samples)
         self.kinds = {"dropped": [], "skipped": []}
 
     def _delivered(self) -> np.ndarray:
         """Which samples of the current table count as delivered (as the loader's state has them)."""
-        return np.unpackbits((self.seen | self.explained | self.before).bits, bitorder="little",
-                             count=self.table.samples).astype(bool)
+        return (self.seen | self.explained | self.before).mask()
 
     def _close_segment(self) -> None:
         """Count what the current table's segment delivered."""
@@ -316,7 +276,7 @@ class _EpochTally:
             audit.problems.append("no record of the epoch's plan")
             return audit
         self._close_segment()
-        filtered = Bits.of_mask(~inside_limits(self.table.durations, self.plan["min_seconds"],
+        filtered = Bitmap.of_mask(~inside_limits(self.table.durations, self.plan["min_seconds"],
                                                self.plan["max_seconds"]))
         audit.filtered = filtered.count()
         audit.missing, gaps = (self.seen | self.explained | self.before | filtered).missing(SHOWN)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from streamtrain.storage.atomic import atomic_file
+
 
 def plot_history(history: list[dict], evaluations: list[dict], path: Path) -> None:
     import matplotlib
@@ -28,7 +30,6 @@ def plot_history(history: list[dict], evaluations: list[dict], path: Path) -> No
     for axis in (loss_axis, wer_axis, speed_axis):
         axis.grid(alpha=0.3)
     figure.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    figure.savefig(tmp, dpi=90)
+    with atomic_file(path) as f:
+        figure.savefig(f, format="png", dpi=90)
     plt.close(figure)
-    tmp.replace(path)

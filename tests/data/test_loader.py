@@ -11,7 +11,8 @@ import soundfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamtrain.data import LoaderStateError, StreamLoader, merge_states
+from streamtrain.data import (BatchSettings, LoaderStateError, ReadSettings, StreamLoader, Topology, WorkerSettings,
+                              merge_states)
 from streamtrain.data.batch import SampleError
 from streamtrain.storage.remote import ShardReadError
 from streamtrain.dataset.index import load_index
@@ -319,3 +320,15 @@ def test_an_epoch_without_a_batch_for_this_rank_is_an_error_not_an_endless_loop(
         next(iter(StreamLoader(path, batch_size=2, num_workers=0, max_seconds=0.01)))
     with pytest.raises(ValueError, match="1 batches for 2 ranks: rank 1 gets none"):
         next(iter(StreamLoader(path, batch_size=9, num_workers=0, rank=1, world_size=2)))
+
+
+def test_grouped_settings_make_the_same_loader_as_the_keywords(tmp_path):
+    root = str(tmp_path / "d")
+    write_dataset(root, [5, 4, 6], seed=3)
+    flat = StreamLoader(root, batch_size=3, bucketing=False, max_seconds=9.0, num_workers=0, rank=1, world_size=2,
+                        seed=5, epochs=1, on_bad_sample="skip")
+    grouped = StreamLoader.from_settings(root, BatchSettings(batch_size=3, bucketing=False, max_seconds=9.0),
+                                         ReadSettings(on_bad_sample="skip"), Topology(rank=1, world_size=2),
+                                         WorkerSettings(num_workers=0), seed=5, epochs=1)
+    assert [b["keys"] for b in flat] == [b["keys"] for b in grouped]
+    assert grouped.batching == flat.batching and grouped.reading == flat.reading and grouped.workers == flat.workers

@@ -116,3 +116,11 @@ def test_a_changed_duration_filter_at_resume_is_exactly_once(roots):
     assert too_long_unseen and change["limits"] == {"from": [None, None], "to": [None, 1.0], "newly_in": 0,
                                                     "newly_out": len(too_long_unseen)}
     assert not change["added"] and not change["removed"] and not change["reweighted"]
+
+
+def test_a_state_saved_before_mixtures_were_recorded_still_resumes(roots):
+    keys, state, _, _ = run({roots["a"]: 1.0}, None, 1, 3, stop_after=2)
+    del state["mixture"], state["limits"]
+    rest, _, events, _ = run({roots["a"]: 1.0}, state, 1, 3)
+    assert sorted(keys + rest) == sorted(set(keys + rest)) and len(keys + rest) == 12
+    assert not [e for e in events if e["event"] == "mixture_change"]

@@ -5,8 +5,7 @@ import json
 import pytest
 import torch
 
-from streamtrain.features import decode_features, encode_features
-from streamtrain.features.codec import MAGIC
+from streamtrain.dataset.feature_codec import MAGIC, decode_features, encode_features
 
 
 @pytest.mark.parametrize("shape", [(80, 3000), (2, 3, 5), (0, 80), ()])
