@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+from streamtrain.storage.output import OutputError
 from streamtrain.storage.remote import ShardReadError
 from streamtrain.dataset.index import DatasetIndexError
 from streamtrain.distill.label import LabelError
 from streamtrain.train.config import RecipeError
 
-ERRORS = (LabelError, RecipeError, DatasetIndexError, ShardReadError, ValueError, FileNotFoundError)
+ERRORS = (LabelError, RecipeError, DatasetIndexError, ShardReadError, OutputError, ValueError, FileNotFoundError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="a packed dataset folder or URL")
     parser.add_argument("--teacher", required=True, help="the teacher model folder (Hugging Face format)")
-    parser.add_argument("--out", required=True, help="the label column folder (an interrupted run continues)")
+    parser.add_argument("--out", required=True, help="the label column folder or URL (an interrupted run continues)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
                         help="teacher weights: fp32, bf16, or int8 weight-only quantization")
     parser.add_argument("--max-wer", type=float, help="mark labels whose WER against the ground truth exceeds this")

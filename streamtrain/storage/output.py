@@ -127,6 +127,15 @@ class Output:
         fs, path = filesystem(self.file_url(name), self.storage_options, self.policy)
         self._retried(lambda: _missing_as_empty(lambda: fs.rm_file(path)), "cannot remove", name)
 
+    def clear(self) -> None:
+        """Remove the folder and everything in it (an ``--overwrite``), leaving an empty one."""
+        if self.is_local:
+            shutil.rmtree(local_path(self.url), ignore_errors=True)
+            self.create()
+            return
+        fs, path = filesystem(self.url, self.storage_options, self.policy)
+        self._retried(lambda: _missing_as_empty(lambda: fs.rm(path, recursive=True)), "cannot remove")
+
     def close(self) -> None:
         """Drop what is staged and not published (an interrupted writer's partial files)."""
         if self._staging is not None:
