@@ -2,9 +2,13 @@
 
 Items are decoded, mixed to mono, resampled and encoded in worker processes
 (results are taken in source order, so any worker count writes byte-identical
-shards), then appended to shards in order on the main process. Shards appear
-under their final name only when complete and the index is written last, so an
-interrupted pack never leaves an index that lists a partial shard.
+shards), then appended to shards in order on the main process. The output is
+a folder or any fsspec URL (``storage.output``): each shard is published when
+complete (at a URL: uploaded, read back and checked, then removed locally, so
+local disk holds one shard at a time) and the index is published last, so an
+interrupted pack never leaves an index that lists a missing or partial shard.
+A rerun with ``overwrite`` removes a previous or interrupted pack's files
+(its index first) and packs again.
 
 ``part=(i, n)`` packs the i-th of n contiguous slices of the source, with file
 names that cannot collide with other parts; ``merge`` joins the parts' indexes.
@@ -202,17 +206,9 @@ def pack(
         _guard_write(out.describe(layout.index_name),
                      lambda: publish_index(out, index, np.asarray(shards.durations, dtype=np.float32), shards.keys,
                                            layout.index_name))
-    return PackSummary(
-        out_dir=out.display,
-        index=layout.index_name,
-        samples=index.samples,
-        seconds=index.seconds,
-        shards=len(shards.infos),
-        bytes=index.bytes,
-        rejected=len(rejects),
-        reencoded=reencoded,
-        elapsed_seconds=time.monotonic() - started,
-    )
+    return PackSummary(out_dir=out.display, index=layout.index_name, samples=index.samples, seconds=index.seconds,
+                       shards=len(shards.infos), bytes=index.bytes, rejected=len(rejects), reencoded=reencoded,
+                       elapsed_seconds=time.monotonic() - started)
 
 
 def _write_shards(entries: list[Entry], shards: "_ShardSequence", encoding: _Encoding, workers: int, skip_bad: bool,

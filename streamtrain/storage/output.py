@@ -80,8 +80,11 @@ class Output:
             folder = Path(local_path(self.url))
             return sorted(os.listdir(folder)) if folder.is_dir() else []
         fs, path = filesystem(self.url, self.storage_options, self.policy)
-        fs.invalidate_cache()
-        listed = self._retried(lambda: _missing_as_empty(lambda: fs.ls(path, detail=False)), "cannot list")
+        fs.invalidate_cache(path)
+        try:
+            listed = self._retried(lambda: _missing_as_empty(lambda: fs.ls(path, detail=False)), "cannot list")
+        finally:
+            fs.invalidate_cache(path)  # fsspec shares the instance: a kept listing would hide files written later
         return sorted(name.rstrip("/").rsplit("/", 1)[-1] for name in listed)
 
     def exists(self, name: str) -> bool:

@@ -16,8 +16,11 @@ import pytest
 from streamtrain.cli import main
 from streamtrain.data import StreamLoader
 from streamtrain.dataset.dataset import open_dataset
-from streamtrain.pack import merge, pack
+from streamtrain.features import build_featurizer
+from streamtrain.features.cache import FEATURES_COLUMN, write_feature_column
+from streamtrain.pack import PackError, merge, pack
 from streamtrain.storage.location import LocationError, check_location
+from streamtrain.storage.output import Output
 from streamtrain.testing.corpus import utterances, write_corpus
 from streamtrain.testing.runs import random_whisper
 from streamtrain.testing.servers import s3_server
@@ -111,8 +114,8 @@ def test_pack_to_s3_killed_after_an_upload_then_rerun_completes_and_verifies(s3,
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert names(s3, "killed") == ["shard-000000.tar"]  # uploaded whole; no index lists it
 
-    refused = cli(*args, endpoint=s3, check=False)
-    assert refused.returncode == 2 and "is not empty" in refused.stderr and "pass overwrite" in refused.stderr
+    with pytest.raises(PackError, match=f"output folder {url} is not empty .*pass overwrite"):  # as locally
+        pack(corpus.source, url, shard_size=SHARD_SIZE, progress=False, storage_options=storage_options(s3))
 
     watcher = IndexWatcher(s3, "killed")
     watcher.start()
@@ -123,6 +126,26 @@ def test_pack_to_s3_killed_after_an_upload_then_rerun_completes_and_verifies(s3,
     verified = cli("inspect", "--verify", url, endpoint=s3)
     assert re.search(r"verified \d+ shards: OK", verified.stdout)
     assert list(open_dataset(url, storage_options(s3)).keys.range(0, 16)) == sorted(corpus.texts)
+
+
+def test_pack_to_s3_holds_one_shard_on_local_disk_at_a_time_and_leaves_none(s3, corpus, monkeypatch):
+    staged_beside, staging_folders = {}, set()
+    real_publish = Output.publish
+
+    def publish(self, name):
+        folder = self.stage(name).parent
+        staging_folders.add(folder)
+        staged_beside[name] = sorted(path.name for path in folder.iterdir())
+        real_publish(self, name)
+        assert not self.stage(name).exists()
+
+    monkeypatch.setattr(Output, "publish", publish)
+    summary = pack(corpus.source, f"s3://{BUCKET}/bounded", shard_size=SHARD_SIZE, progress=False,
+                   storage_options=storage_options(s3))
+    shards = [name for name in staged_beside if name.endswith(".tar")]
+    assert len(shards) == summary.shards and all(staged_beside[name] == [name] for name in shards)
+    assert list(staged_beside)[-1] == "index.json"
+    assert not any(folder.exists() for folder in staging_folders)
 
 
 def test_a_manifest_and_audio_at_a_url_pack_in_parts_to_s3_and_merge(s3, corpus):
@@ -146,17 +169,17 @@ def test_a_manifest_and_audio_at_a_url_pack_in_parts_to_s3_and_merge(s3, corpus)
     assert "OK" in verified.stdout
 
 
-def test_train_tiny_from_s3_then_eval_and_audit(s3, dataset, tmp_path):
+def test_train_tiny_from_s3_then_eval_and_audit(s3, dataset, tmp_path, capsys):
     run = tmp_path / "run"
     options = f"data.storage_options={{client_kwargs: {{endpoint_url: {s3}}}}}"  # the endpoint from the recipe only
-    cli("train", "tiny", f"data.train={dataset}", "data.validation=null", options, "eval.every=0",
-        "--output-dir", str(run), "--max-steps", "3", "--checkpoint-every", "3")
-    audit = cli("audit", str(run))
-    assert "audit: OK" in audit.stdout and "0 duplicates" in audit.stdout
+    cli("train", "tiny", f"data.train={dataset}", "data.validation=null", "data.batch_size=4", options,
+        "eval.every=0", "--output-dir", str(run), "--max-steps", "2", "--checkpoint-every", "2")
+    assert main(["audit", str(run)]) == 0  # the datasets and their storage options from the run's recipe.yaml
+    assert "audit: OK" in capsys.readouterr().out
     out = tmp_path / "hypotheses.jsonl"
     evaluated = cli("eval", str(run), dataset, "--out", str(out), "--num-workers", "0", "--device", "cpu",
-                    endpoint=s3)
-    assert "WER" in evaluated.stdout and len(out.read_text().splitlines()) == 16
+                    "--max-samples", "4", "--batch-size", "4", endpoint=s3)
+    assert "WER" in evaluated.stdout and len(out.read_text().splitlines()) == 4
 
 
 def test_label_to_s3_killed_after_a_shard_resumes_without_relabelling_it(s3, dataset, tmp_path):
@@ -174,6 +197,21 @@ def test_label_to_s3_killed_after_a_shard_resumes_without_relabelling_it(s3, dat
     loader = StreamLoader(dataset, batch_size=16, epochs=1, num_workers=0, storage_options=options, columns=[labels])
     keys = [key for batch in loader for key in batch["keys"]]
     assert len(keys) == len(set(keys)) == 16
+
+
+def test_featurize_to_s3_is_joined_by_the_loader_and_stats_reads_the_dataset(s3, dataset, tmp_path):
+    options = storage_options(s3)
+    column = f"s3://{BUCKET}/features"
+    index = write_feature_column(dataset, column, build_featurizer("whisper_log_mel", n_mels=40, chunk_seconds=4),
+                                 "whisper_log_mel", batch_size=8, progress=False, storage_options=options)
+    assert names(s3, "features") == sorted([*index.shards.names, "index.json", "index.durations.f32",
+                                            "index.keys.txt"])
+    loader = StreamLoader(dataset, batch_size=8, epochs=1, num_workers=0, storage_options=options, columns=[column])
+    frames = [sample["json"]["frames"] for batch in loader for sample in batch["columns"][FEATURES_COLUMN]]
+    assert len(frames) == 16 and min(frames) > 0
+    stats = cli("stats", dataset, "--out", str(tmp_path / "cmvn.json"), "--num-workers", "0", "--max-samples", "8",
+                endpoint=s3)
+    assert "statistics of" in stats.stdout
 
 
 @pytest.mark.parametrize("location", ["s3:/corpus/ds", "s3:corpus/ds", "s4://corpus/ds", "gz://corpus/ds"])
