@@ -18,7 +18,7 @@ from streamtrain.data import StreamLoader
 from streamtrain.dataset.dataset import open_dataset
 from streamtrain.features import build_featurizer
 from streamtrain.features.cache import FEATURES_COLUMN, write_feature_column
-from streamtrain.pack import PackError, merge, pack
+from streamtrain.pack import PackError, SourceError, merge, pack
 from streamtrain.storage.location import LocationError, check_location
 from streamtrain.storage.output import Output
 from streamtrain.testing.corpus import utterances, write_corpus
@@ -167,6 +167,24 @@ def test_a_manifest_and_audio_at_a_url_pack_in_parts_to_s3_and_merge(s3, corpus)
     assert {key: text for batch in loader for key, text in zip(batch["keys"], batch["text"])} == corpus.texts
     verified = cli("inspect", "--verify", url, endpoint=s3)
     assert "OK" in verified.stdout
+
+
+def test_a_manifest_at_a_url_takes_audio_urls_and_rejects_audio_it_cannot_read(s3, corpus, tmp_path):
+    fs = s3fs_of(s3)
+    first = sorted(corpus.audio)[0]
+    fs.put_file(str(corpus.audio[first]), f"{BUCKET}/loose/{first}.wav")
+    lines = [{"id": "by-url", "audio": f"s3://{BUCKET}/loose/{first}.wav", "text": corpus.texts[first]},
+             {"id": "missing", "audio": "clips/missing.wav", "text": "one two"}]
+    fs.pipe_file(f"{BUCKET}/loose/manifest.jsonl", "".join(json.dumps(line) + "\n" for line in lines).encode())
+    options = storage_options(s3)
+    summary = pack(f"s3://{BUCKET}/loose/manifest.jsonl", tmp_path / "ds", skip_bad=True, progress=False,
+                   storage_options=options)
+    assert (summary.samples, summary.rejected) == (1, 1)
+    reject = json.loads((tmp_path / "ds" / "rejects.jsonl").read_text())
+    assert reject["key"] == "missing" and f"s3://{BUCKET}/loose/clips/missing.wav" in reject["reason"]
+    assert reject["origin"] == f"s3://{BUCKET}/loose/manifest.jsonl line 2"
+    with pytest.raises(SourceError, match="only a JSONL or CSV manifest can be read from a URL"):
+        pack(f"s3://{BUCKET}/loose", tmp_path / "folder", source_form="folder", storage_options=options)
 
 
 def test_train_tiny_from_s3_then_eval_and_audit(s3, dataset, tmp_path, capsys):
