@@ -49,7 +49,7 @@ from streamtrain.dataset.columns import DURATIONS, KEYS, KeyColumn, concatenate_
 from streamtrain.dataset.index import INDEX_NAME, ColumnFile, DatasetIndex, ShardInfo, ShardList, parse_index
 from streamtrain.dataset.shard import ShardWriter
 from streamtrain.pack.sources import Entry, Reject, SourceError, SourceItem, read_source
-from streamtrain.storage.output import Output
+from streamtrain.storage.output import Output, OutputError
 from streamtrain.storage.remote import ShardReadError, is_local, read_all
 
 PACK_CODECS = (*CODECS, "copy")
@@ -600,9 +600,11 @@ def _reject_line(reject: Reject) -> str:
 
 
 def _guard_write(where: str, action):
-    """Run a write; an OSError (an upload's OutputError included) becomes a one-line PackError naming ``where``."""
+    """Run a write; an OSError becomes a one-line PackError naming ``where`` (an OutputError names it already)."""
     try:
         return action()
+    except OutputError as error:
+        raise PackError(str(error)) from error
     except OSError as error:
         raise PackError(f"cannot write {where}: {error.strerror or error}") from error
 

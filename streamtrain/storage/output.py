@@ -87,9 +87,6 @@ class Output:
             fs.invalidate_cache(path)  # fsspec shares the instance: a kept listing would hide files written later
         return sorted(name.rstrip("/").rsplit("/", 1)[-1] for name in listed)
 
-    def exists(self, name: str) -> bool:
-        return self.stage(name).is_file() if self.is_local else name in self.names()
-
     def read(self, name: str) -> bytes:
         """A whole file, with retries (ShardReadError naming it if it cannot be read)."""
         return read_all(self.file_url(name), self.storage_options, self.policy)
@@ -133,7 +130,8 @@ class Output:
     def clear(self) -> None:
         """Remove the folder and everything in it (an ``--overwrite``), leaving an empty one."""
         if self.is_local:
-            shutil.rmtree(local_path(self.url), ignore_errors=True)
+            if Path(local_path(self.url)).exists():
+                shutil.rmtree(local_path(self.url))
             self.create()
             return
         fs, path = filesystem(self.url, self.storage_options, self.policy)

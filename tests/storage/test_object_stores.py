@@ -148,6 +148,11 @@ def test_pack_to_s3_holds_one_shard_on_local_disk_at_a_time_and_leaves_none(s3, 
     assert not any(folder.exists() for folder in staging_folders)
 
 
+def test_an_upload_that_fails_is_an_error_naming_the_file(s3, corpus):
+    with pytest.raises(PackError, match=r"s3://no-such-bucket/ds/shard-000000\.tar: cannot upload after 1 attempt"):
+        pack(corpus.source, "s3://no-such-bucket/ds", progress=False, storage_options=storage_options(s3))
+
+
 def test_a_manifest_and_audio_at_a_url_pack_in_parts_to_s3_and_merge(s3, corpus):
     fs = s3fs_of(s3)
     fs.put(str(corpus.source.parent), f"{BUCKET}/source", recursive=True)  # manifest.jsonl + audio/*.wav
