@@ -17,7 +17,7 @@ from streamtrain.cli import main
 from streamtrain.data import StreamLoader
 from streamtrain.dataset.dataset import open_dataset
 from streamtrain.features import build_featurizer
-from streamtrain.features.cache import FEATURES_COLUMN, write_feature_column
+from streamtrain.features.cache import FEATURES_COLUMN, FeatureCacheError, write_feature_column
 from streamtrain.pack import PackError, SourceError, merge, pack
 from streamtrain.storage.location import LocationError, check_location
 from streamtrain.storage.output import Output
@@ -225,8 +225,12 @@ def test_label_to_s3_killed_after_a_shard_resumes_without_relabelling_it(s3, dat
 def test_featurize_to_s3_is_joined_by_the_loader_and_stats_reads_the_dataset(s3, dataset, tmp_path):
     options = storage_options(s3)
     column = f"s3://{BUCKET}/features"
-    index = write_feature_column(dataset, column, build_featurizer("whisper_log_mel", n_mels=40, chunk_seconds=4),
-                                 "whisper_log_mel", batch_size=8, progress=False, storage_options=options)
+    s3fs_of(s3).pipe_file(f"{BUCKET}/features/stale.tar", b"from an earlier run")
+    featurizer = build_featurizer("whisper_log_mel", n_mels=40, chunk_seconds=4)
+    with pytest.raises(FeatureCacheError, match=f"{column}: not empty"):
+        write_feature_column(dataset, column, featurizer, "whisper_log_mel", storage_options=options)
+    index = write_feature_column(dataset, column, featurizer, "whisper_log_mel", batch_size=8, overwrite=True,
+                                 progress=False, storage_options=options)
     assert names(s3, "features") == sorted([*index.shards.names, "index.json", "index.durations.f32",
                                             "index.keys.txt"])
     loader = StreamLoader(dataset, batch_size=8, epochs=1, num_workers=0, storage_options=options, columns=[column])
