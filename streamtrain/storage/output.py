@@ -108,7 +108,10 @@ class Output:
         url = self.file_url(name)
         fs, path = filesystem(url, self.storage_options, self.policy)
         self._retried(lambda: fs.put_file(str(staged), path), "cannot upload", name)
+        stored = self._retried(lambda: fs.size(path), "cannot stat the upload", name)
         try:
+            if stored != size:
+                raise ShardReadError(f"{stored} bytes stored, {size} uploaded")
             verify_url(url, size, sha256, self.storage_options, self.policy)
         except ShardReadError as error:
             raise OutputError(f"{self.describe(name)}: the upload does not read back intact: {error.reason}") from None
