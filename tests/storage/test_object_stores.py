@@ -158,9 +158,9 @@ def test_a_manifest_and_audio_at_a_url_pack_in_parts_to_s3_and_merge(s3, corpus)
     fs.put(str(corpus.source.parent), f"{BUCKET}/source", recursive=True)  # manifest.jsonl + audio/*.wav
     options = storage_options(s3)
     url = f"s3://{BUCKET}/parts"
-    for part in range(2):
-        pack(f"s3://{BUCKET}/source/manifest.jsonl", url, part=(part, 2), shard_size=SHARD_SIZE, progress=False,
-             storage_options=options)
+    for part in range(2):  # part 1 reads its audio from s3 in forked worker processes
+        pack(f"s3://{BUCKET}/source/manifest.jsonl", url, part=(part, 2), shard_size=SHARD_SIZE, workers=1 + part,
+             progress=False, storage_options=options)
     merged = merge(url, storage_options=options)
     stored = names(s3, "parts")
     assert not [name for name in stored if "part" in name.replace("shard-p", "")]  # part indexes removed
