@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from streamtrain.storage.output import OutputError
-from streamtrain.storage.remote import ShardReadError
+from streamtrain.storage.remote import ShardReadError, redact
 from streamtrain.dataset.index import DatasetIndexError
 from streamtrain.distill.label import LabelError
 from streamtrain.train.config import RecipeError
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, device=args.device, overwrite=args.overwrite,
                             progress=not args.no_progress)
     filtered = summary.samples - summary.kept
-    print(f"{args.out}: {summary.samples} samples labelled ({summary.shards_written} shards written, "
+    print(f"{redact(args.out)}: {summary.samples} samples labelled ({summary.shards_written} shards written, "
           f"{summary.shards_skipped} already complete); label WER {100 * summary.wer:.2f}%"
           + (f"; {filtered} labels over --max-wer {args.max_wer} marked keep=false" if args.max_wer is not None else ""))
     return 0

@@ -7,7 +7,7 @@ import argparse
 import yaml
 
 from streamtrain.storage.output import OutputError
-from streamtrain.storage.remote import ShardReadError
+from streamtrain.storage.remote import ShardReadError, redact
 from streamtrain.dataset.index import DatasetIndexError
 from streamtrain.features.cache import FeatureCacheError
 
@@ -56,6 +56,6 @@ def run(args: argparse.Namespace) -> int:
     name, featurizer = featurizer_from_args(args)
     index = write_feature_column(args.dataset, args.out, featurizer, name, batch_size=args.batch_size,
                                  overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"{args.out}: {index.samples} samples in {len(index.shards)} shards, {index.bytes / 1e6:.1f} MB; "
+    print(f"{redact(args.out)}: {index.samples} samples in {len(index.shards)} shards, {index.bytes / 1e6:.1f} MB; "
           f"fingerprint {index.column['fingerprint'][:12]} ({name} {featurizer.config()})")
     return 0

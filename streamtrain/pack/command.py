@@ -12,7 +12,7 @@ from streamtrain.pack.packer import PACK_CODECS, PackError, merge, pack
 from streamtrain.pack.sources import FORMS, SourceError
 from streamtrain.storage.location import LocationError
 from streamtrain.storage.output import OutputError
-from streamtrain.storage.remote import ShardReadError
+from streamtrain.storage.remote import ShardReadError, redact
 
 ERRORS = (SourceError, PackError, AudioError, DatasetIndexError, ShardError, LocationError, OutputError, ShardReadError)
 
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             raise PackError("--merge takes only the output folder: streamtrain pack --merge OUT_DIR")
         index = merge(args.merge)
         print(f"merged {len(index.shards)} shards, {index.samples} samples ({index.seconds / 3600:.3f} h), "
-              f"rejected {index.rejected} -> {args.merge}/index.json")
+              f"rejected {index.rejected} -> {redact(args.merge)}/index.json")
         return 0
     if args.source is None or args.out_dir is None:
         raise PackError("pack needs SOURCE and OUT_DIR (or --merge OUT_DIR)")
