@@ -30,8 +30,8 @@ from streamtrain.dataset.shard import read_shard
 from streamtrain.storage.output import Output
 from streamtrain.distill.teacher import load_teacher
 from streamtrain.train.backoff import OomBackoff
-from streamtrain.train.evaluate import ErrorCounts, normalize
-from streamtrain.train.model import greedy_generate, inference_config
+from streamtrain.train.evaluate import ErrorCounts, normalize, transcribe
+from streamtrain.train.model import inference_config
 
 LABELS_COLUMN = "labels"
 RUN_FILE = "label-run.json"
@@ -85,15 +85,8 @@ def label_dataset(
         bar = tqdm(total=source.index.samples, unit=" samples", disable=not progress, desc="label")
 
         def label_chunk(chunk: DecodedChunk) -> list[dict[str, bytes]]:
-            def generate(pieces):
-                results = []
-                for piece in pieces:
-                    with torch.inference_mode():
-                        features, _ = featurizer(chunk.audio[piece], chunk.lengths[piece])
-                        results += greedy_generate(teacher, features, codec)
-                return results
-
-            generations = backoff.run(len(chunk.keys), generate)
+            generations = transcribe(teacher, featurizer, codec, chunk.audio, chunk.lengths, backoff,
+                                     torch.inference_mode)
             return [{"json": json.dumps(tally.label(meta["text"], generation, settings.max_wer)).encode()}
                     for meta, generation in zip(chunk.metas, generations)]
 
