@@ -6,7 +6,9 @@ against the same dataset read locally, in one run.
 The dataset (real espeak-ng speech) is served by a local HTTP server
 (``streamtrain.testing.faults.fault_server`` with no faults) behind
 ``streamtrain.testing.shaper.link_shaper``, which delays every chunk by half the
-RTT each way and shares one token bucket per direction between connections. Each
+RTT each way and shares one token bucket per direction between connections; both
+run in a process of their own (as a remote store would), so their threads do not
+share the loader's interpreter lock. Each
 line streams one epoch with the same loader settings; the first line reads the
 shards from local disk. The links: 50 ms / 200 Mbit/s, 100 ms / 50 Mbit/s, and
 50 ms with twice the bytes per second the local run consumed (the target: not
@@ -16,6 +18,8 @@ slower than local when the link's bandwidth exceeds the training's consumption).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import multiprocessing
 import sys
 import tempfile
 import time
@@ -38,6 +42,25 @@ def stream(url: str, args) -> tuple[float, float]:
     return samples / elapsed, loader.stats.bytes_read / elapsed
 
 
+def serve(root: Path, rtt_ms: float, mbit_s: float, conn) -> None:
+    """In a child process: serve ``root`` behind the shaped link, send the dataset's URL, wait for the word to stop."""
+    with file_server(root) as origin, link_shaper(f"{origin}/ds", rtt_ms=rtt_ms, mbit_s=mbit_s) as url:
+        conn.send(url)
+        conn.recv()
+
+
+@contextlib.contextmanager
+def shaped_link(root: Path, rtt_ms: float, mbit_s: float):
+    ours, theirs = multiprocessing.Pipe()
+    server = multiprocessing.get_context("spawn").Process(target=serve, args=(root, rtt_ms, mbit_s, theirs))
+    server.start()
+    try:
+        yield ours.recv()
+    finally:
+        ours.send("stop")
+        server.join(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=6000)
@@ -45,7 +68,8 @@ def main() -> None:
     parser.add_argument("--codec", default="opus")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--prefetch", type=int, default=2, help="prefetch_shards: shards each worker opens ahead")
+    parser.add_argument("--prefetch", type=int, default=None,
+                        help="prefetch_shards: shards each worker opens ahead (default: the loader's, one block)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "ds"
@@ -54,17 +78,16 @@ def main() -> None:
         index = load_index(root)
         print(f"dataset: {index.samples} utterances, {index.seconds / 3600:.2f} h, {len(index.shards)} shards of "
               f"{index.bytes / len(index.shards) / 1e6:.1f} MB, {args.codec}; {args.workers} workers, batch "
-              f"{args.batch_size}, prefetch_shards {args.prefetch}\n")
+              f"{args.batch_size}, prefetch_shards {args.prefetch or 'default (block_shards=4)'}\n")
         local_rate, _ = stream(str(root), args)
         consumed = index.bytes / (index.samples / local_rate)  # bytes/s the local run went through
         links = [(50, 200.0), (100, 50.0), (50, round(2 * consumed * 8 / 1e6, 1))]
         print("| link | samples/s | x local | shard bytes/s | link use |\n|---|---|---|---|---|")
         print(f"| local disk | {local_rate:.0f} | 1.00 | {consumed / 1e6:.1f} MB/s | - |")
-        with file_server(Path(tmp)) as origin:
-            for rtt, mbit in links:
-                with link_shaper(f"{origin}/ds", rtt_ms=rtt, mbit_s=mbit) as url:
-                    rate, bytes_per_s = stream(url, args)
-                print(f"| {rtt} ms RTT, {mbit:g} Mbit/s | {rate:.0f} | {rate / local_rate:.2f} | "
+        for rtt, mbit in links:
+            with shaped_link(Path(tmp), rtt, mbit) as url:
+                rate, bytes_per_s = stream(url, args)
+            print(f"| {rtt} ms RTT, {mbit:g} Mbit/s | {rate:.0f} | {rate / local_rate:.2f} | "
                       f"{bytes_per_s / 1e6:.1f} MB/s | {bytes_per_s * 8 / 1e6 / mbit:.0%} |")
 
 

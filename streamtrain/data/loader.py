@@ -14,6 +14,8 @@ by id, for logs and audits.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import os
 import time
@@ -156,7 +158,7 @@ class StreamLoader:
         storage_options: dict | None = None,
         retry: RetryPolicy = RetryPolicy(),
         prefetch_factor: int = 2,
-        prefetch_shards: int = 2,
+        prefetch_shards: int | None = None,
         pin_memory: bool = False,
         equalize_ranks: bool = True,
         columns: Sequence[str] = (),
@@ -201,6 +203,8 @@ class StreamLoader:
             raise ValueError(f"num_workers must be >= 0, got {workers.num_workers}")
         if epochs is not None and epochs < 0:
             raise ValueError(f"epochs must be >= 0 or None, got {epochs}")
+        if reading.prefetch_shards is None:
+            reading = dataclasses.replace(reading, prefetch_shards=batching.block_shards)
         self.batching, self.reading, self.workers = batching, reading, workers
         self.seed = int(seed)
         self.rank, self.world_size, self.collective = _topology(topology.rank, topology.world_size)

@@ -40,9 +40,11 @@ class ReadSettings:
     storage_options: dict | None = None
     retry: RetryPolicy = RetryPolicy()
     verify_checksums: bool = True
-    #: shards each worker opens ahead of need, in background threads: fetching the next shard (and
-    #: checking its sha256) overlaps decoding the current one; on disk, each costs a shard's size
-    prefetch_shards: int = 2
+    #: shards each worker opens ahead of need, in background threads: fetching the next shards (and
+    #: checking their sha256) overlaps decoding the current ones; each costs a shard's size on disk (for
+    #: remote shards), not memory. None: one block (``block_shards``), since a block's first batch
+    #: needs all its shards at once: with fewer, a slow link stalls the worker at every block's start
+    prefetch_shards: int | None = None
 
 
 class ReadStats:

@@ -139,7 +139,12 @@ def fault_proxy(upstream: str, faults: Faults):
 
 @contextmanager
 def s3_server():
-    """moto's S3 server on 127.0.0.1; yields its endpoint URL. Credentials: any."""
+    """moto's S3 server on 127.0.0.1, empty; yields its endpoint URL. Credentials: any.
+
+    moto keeps its buckets in process-wide state, so a server started after another
+    in the same process would see that one's buckets: each starts by resetting it."""
+    import urllib.request
+
     from moto.server import ThreadedMotoServer
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -148,8 +153,10 @@ def s3_server():
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    endpoint = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30).close()
+        yield endpoint
     finally:
         server.stop()
 
