@@ -3,7 +3,9 @@
 Each sample gets ``<key>.json``: ``{"text", "token_ids", "avg_logprob", "wer",
 "keep"}``, where ``wer`` is the label's word error rate against the ground
 truth (normalised as in evaluation) and ``keep`` is false when it exceeds the
-``max_wer`` filter. Shards are written whole and atomically in dataset order;
+``max_wer`` filter. The teacher decodes greedily after its prompt (or the one
+given); with ``<|notimestamps|>`` in the prompt, Whisper's timestamp tokens are
+suppressed, so labels are plain text, as the student is trained on. Shards are written whole and atomically in dataset order;
 a killed run, started again with the same teacher and settings, skips every
 shard already complete, so no shard is written twice.
 """
@@ -32,7 +34,8 @@ from streamtrain.storage.atomic import write_json_atomic
 from streamtrain.distill.teacher import load_teacher
 from streamtrain.train.backoff import OomBackoff
 from streamtrain.train.evaluate import ErrorCounts, normalize
-from streamtrain.train.model import greedy_generate, inference_config
+from streamtrain.train.model import TextCodec, greedy_generate, inference_config
+from streamtrain.train.whisper_tokenizer import timestamp_ids
 
 LABELS_COLUMN = "labels"
 RUN_FILE = "label-run.json"
@@ -46,7 +49,8 @@ class LabelError(ValueError):
 class LabelSettings:
     precision: str = "fp32"
     max_wer: float | None = None
-    max_tokens: int | None = None  # None: the teacher's own limit
+    max_tokens: int | None = None  # None: the teacher's own limit (prompt included)
+    prompt: str | None = None  # space-separated prompt tokens; None: the teacher's own
 
 
 @dataclass
@@ -72,8 +76,9 @@ def label_dataset(
     source = open_dataset(dataset)
     teacher, fingerprint = load_teacher(teacher_dir, settings.precision, device)
     featurizer, codec = inference_config(teacher_dir, teacher.config)
-    if settings.max_tokens is not None:
-        codec.max_tokens = settings.max_tokens
+    codec = TextCodec(codec.tokenizer, settings.prompt.split() if settings.prompt else codec.prompt,
+                      codec.eos_token, settings.max_tokens or codec.max_tokens)
+    suppressed = timestamp_ids(codec.tokenizer) if "<|notimestamps|>" in codec.prompt else []
     featurizer.to(device)
     out = Path(out_dir)
     run = {"teacher": str(teacher_dir), "teacher_fingerprint": fingerprint, "settings": asdict(settings),
@@ -94,7 +99,7 @@ def label_dataset(
             for piece in pieces:
                 with torch.inference_mode():
                     features, _ = featurizer(chunk.audio[piece], chunk.lengths[piece])
-                    results += greedy_generate(teacher, features, codec)
+                    results += greedy_generate(teacher, features, codec, suppressed)
             return results
 
         members = []
