@@ -5,9 +5,10 @@ Each sample gets ``<key>.json``: ``{"text", "token_ids", "avg_logprob", "wer",
 truth (normalised as in evaluation) and ``keep`` is false when it exceeds the
 ``max_wer`` filter. The teacher decodes greedily after its prompt (or the one
 given); with ``<|notimestamps|>`` in the prompt, Whisper's timestamp tokens are
-suppressed, so labels are plain text, as the student is trained on. Shards are written whole and atomically in dataset order;
-a killed run, started again with the same teacher and settings, skips every
-shard already complete, so no shard is written twice.
+suppressed, so labels are plain text, as the student is trained on. Shards are
+written whole and atomically in dataset order; a killed run, started again with
+the same teacher and settings, skips every shard already complete, so no shard
+is written twice.
 """
 
 from __future__ import annotations

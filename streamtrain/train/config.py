@@ -295,8 +295,8 @@ def validate(recipe: Recipe) -> None:
         )
     if recipe.data.batch_size is None and recipe.data.batch_seconds is None:
         raise RecipeError("data: set batch_size or batch_seconds")
-    window = window_seconds(recipe.features)
-    if recipe.data.batch_seconds is not None and recipe.data.batch_seconds < window:
+    if recipe.data.batch_seconds is not None and train_batch_size(recipe.data, recipe.features) < 1:
+        window = window_seconds(recipe.features)
         raise RecipeError(
             f"data.batch_seconds: {recipe.data.batch_seconds:g} s is less than one {window:g} s window; the model's "
             f"encoder runs every utterance as a full window, so a batch costs count x {window:g} s "

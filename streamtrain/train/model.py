@@ -9,6 +9,7 @@ own vocabulary and task tokens).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -113,7 +114,8 @@ class Generation:
 
 
 @torch.no_grad()
-def greedy_generate(model, features: torch.Tensor, codec: TextCodec, suppressed: list[int] = ()) -> list[Generation]:
+def greedy_generate(model, features: torch.Tensor, codec: TextCodec,
+                    suppressed: Sequence[int] = ()) -> list[Generation]:
     """Greedy transcripts of a batch of features (B x M x F), with the KV cache; ``suppressed`` token ids
     are never chosen (their probability is moved to the others, as Whisper's decoding suppresses)."""
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
