@@ -137,6 +137,7 @@ def measure_plan(root: str, setting: str) -> dict:
 def measure_state(root: str) -> dict:
     """In this (fresh) process: 64 ranks' states at half an epoch, merged, loaded, saved."""
     from streamtrain.data import StreamLoader, merge_states
+    from streamtrain.data.mixture import Mixture
     from streamtrain.data.sources import epoch_table
     from streamtrain.data.state import LoaderState, SampleSet
     from streamtrain.plan import BatchSettings, plan_epoch, split_for_ranks, split_for_workers
@@ -146,13 +147,15 @@ def measure_state(root: str) -> dict:
     table = epoch_table(loader.sources, 0, 0)
     batches = plan_epoch(table, settings, None, 0, 0).batches
     per_rank, _ = split_for_ranks(len(batches), STATE_RANKS)
+    limits = [loader.batching.min_seconds, loader.batching.max_seconds]
     states = []
     for rank in range(STATE_RANKS):
         delivered = SampleSet(table.counts)
         for worker in split_for_workers(len(per_rank[rank]), WORKERS):
             half = range(per_rank[rank].start + worker.start, per_rank[rank].start + worker.start + len(worker) // 2)
             delivered.add(batches.take(np.arange(half.start, half.stop)).order)
-        states.append(LoaderState(0, 0, table.fingerprint, delivered).to_json())
+        mixture = Mixture.of(table, delivered.per_shard).to_json()
+        states.append(LoaderState(0, 0, table.fingerprint, delivered).to_json(mixture, limits))
     started = time.perf_counter()
     merged = merge_states(states)
     merge_s = time.perf_counter() - started

@@ -4,7 +4,7 @@ Everything here is a pure function of (shard table, seed, epoch, settings,
 samples already delivered) and reads no data. Samples are named by a global id
 (``gid``): the position of the sample in the concatenation of every shard of
 the epoch's table, in table order. There is no per-sample Python loop: work is
-numpy over whole arrays, per block of shards, or per batch across all blocks
+numpy over whole arrays, per group of blocks (millions of samples), or per pass across all blocks
 at once, so a plan of 10^8 samples takes seconds.
 
 An epoch is planned in four steps:
@@ -37,6 +37,7 @@ as its padded cost (longest x count) stays within ``batch_seconds``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import cached_property
 
@@ -119,10 +120,9 @@ def epoch_rng(seed: int, epoch: int, purpose: str) -> np.random.Generator:
     return np.random.Generator(np.random.Philox(key=int.from_bytes(digest[:16], "little")))
 
 
-def shard_blocks(table: ShardTable, seed: int, epoch: int, block_shards: int) -> list[np.ndarray]:
-    """The epoch's blocks: shard indices, permuted and grouped by ``block_shards``."""
-    order = epoch_rng(seed, epoch, "shards").permutation(len(table.counts))
-    return [order[start : start + block_shards] for start in range(0, len(order), block_shards)]
+def shard_blocks(table: ShardTable, seed: int, epoch: int, block_shards: int) -> np.ndarray:
+    """The epoch's blocks: every shard index, permuted; block b is ``[b * block_shards, (b + 1) * block_shards)``."""
+    return epoch_rng(seed, epoch, "shards").permutation(len(table.counts))
 
 
 @dataclass(frozen=True)
@@ -134,39 +134,73 @@ class Runs:
     filtered: int  # samples outside the duration limits (not counting those already delivered)
 
 
+_GROUP_SAMPLES = 2**14  # samples of the blocks sorted together: few enough to sort inside the CPU cache
+_GROUP_BLOCKS = 2**16  # blocks sorted together (a block's number in its group is 16 bits)
+_PERMUTATION_KEYS = 3  # random 16-bit keys per sample for a permutation: 48 bits, ties all but impossible
+
+
 def block_runs(table: ShardTable, settings: BatchSettings, excluded: np.ndarray | None, seed: int, epoch: int
                ) -> Runs:
-    """Step 1: the permuted (and, with bucketing, duration-sorted) samples of every block."""
+    """Step 1: the permuted (and, with bucketing, duration-sorted) samples of every block.
+
+    Blocks are sorted a group at a time (about ``_GROUP_SAMPLES`` samples), each
+    group by one segmented sort: linear-time 16-bit radix passes over all its
+    samples. The cost is per sample, never per block, so 10^6 shards plan about as fast
+    as 10^5 shards of the same samples, and the groups depend on the table only.
+    """
     rng = epoch_rng(seed, epoch, "samples")
-    durations, offsets = table.durations, table.offsets
+    shards = shard_blocks(table, seed, epoch, settings.block_shards)
+    counts = table.counts[shards]
+    block_sizes = np.add.reduceat(counts, np.arange(0, len(counts), settings.block_shards)) if len(counts) else counts
     id_type = np.int32 if table.samples < 2**31 else np.int64
     order = np.empty(table.samples, dtype=id_type)
-    bounds = [0]
-    filtered = 0
-    for shards in shard_blocks(table, seed, epoch, settings.block_shards):
-        gids = ranges(offsets[shards], table.counts[shards])
+    planned = np.zeros(len(block_sizes), dtype=np.int64)
+    filled = filtered = 0
+    for first, end in _block_groups(block_sizes):
+        group = shards[first * settings.block_shards : end * settings.block_shards]
+        gids = ranges(table.offsets[group], table.counts[group])
+        block = np.repeat(np.arange(end - first, dtype=np.uint16), block_sizes[first:end])
         if excluded is not None:
-            gids = gids[~excluded[gids]]
-        seconds = durations[gids]
-        inside = _within_limits(seconds, settings)
-        if inside is not None:
+            keep = ~excluded[gids]
+            gids, block = gids[keep], block[keep]
+        seconds = table.durations[gids] if settings.bucketing or _limited(settings) else None
+        if _limited(settings):
+            inside = inside_limits(seconds, settings.min_seconds, settings.max_seconds)
             filtered += len(gids) - int(inside.sum())
-            gids, seconds = gids[inside], seconds[inside]
-        if settings.bucketing:
-            # sorted by duration, equal durations in random order: two linear-time 16-bit radix sorts
-            shuffled = np.argsort(rng.integers(0, _MAX_BUCKET + 1, len(gids), dtype=np.uint16), kind="stable")
-            gids = gids[shuffled[np.argsort(_bucket(seconds[shuffled]), kind="stable")]]
-        else:
-            gids = gids[rng.permutation(len(gids))]
-        order[bounds[-1] : bounds[-1] + len(gids)] = gids
-        bounds.append(bounds[-1] + len(gids))
-    return Runs(order[: bounds[-1]], np.asarray(bounds, dtype=np.int64), filtered)
+            gids, block, seconds = gids[inside], block[inside], seconds[inside]
+        # sorted by duration, equal durations in random order; or in random order
+        keys = [rng.integers(0, _MAX_BUCKET + 1, len(gids), dtype=np.uint16)]
+        keys += [_bucket(seconds)] if settings.bucketing else [
+            rng.integers(0, _MAX_BUCKET + 1, len(gids), dtype=np.uint16) for _ in range(_PERMUTATION_KEYS - 1)]
+        gids = gids[_sorted_within(block, keys)]
+        order[filled : filled + len(gids)] = gids
+        planned[first:end] = np.bincount(block, minlength=end - first)
+        filled += len(gids)
+    return Runs(order[:filled], sample_offsets(planned), filtered)
 
 
-def _within_limits(seconds: np.ndarray, settings: BatchSettings) -> np.ndarray | None:
-    if settings.min_seconds is None and settings.max_seconds is None:
-        return None
-    return inside_limits(seconds, settings.min_seconds, settings.max_seconds)
+def _block_groups(block_sizes: np.ndarray) -> Iterator[tuple[int, int]]:
+    """Consecutive ranges of blocks holding about ``_GROUP_SAMPLES`` samples (at least one block each)."""
+    ends = np.cumsum(block_sizes)
+    first = 0
+    while first < len(block_sizes):
+        reached = ends[first - 1] if first else 0
+        end = int(np.searchsorted(ends, reached + _GROUP_SAMPLES, side="right"))
+        end = min(max(end, first + 1), first + _GROUP_BLOCKS)
+        yield first, end
+        first = end
+
+
+def _sorted_within(segment: np.ndarray, keys: list[np.ndarray]) -> np.ndarray:
+    """The order sorting by ``segment``, then ``keys[-1]``, ..., then ``keys[0]``: stable 16-bit radix passes."""
+    order = np.argsort(keys[0], kind="stable")
+    for key in [*keys[1:], segment]:
+        order = order[np.argsort(key[order], kind="stable")]
+    return order
+
+
+def _limited(settings: BatchSettings) -> bool:
+    return settings.min_seconds is not None or settings.max_seconds is not None
 
 
 def inside_limits(seconds: np.ndarray, min_seconds: float | None, max_seconds: float | None) -> np.ndarray:

@@ -160,8 +160,31 @@ def measure(peers: list[Peer], pythons: dict, corpus: Path, work: Path, args) ->
     expected = [key for key, _, _ in protocol.source_samples(corpus)]
     results = {p.name: {"peer": p.name, "resume_how": p.resume, "error": None, "epochs": [], "memory": [],
                         "resume": {f: [] for f in FRACTIONS}} for p in peers}
+    data = convert_all(peers, pythons, corpus, work, args, results)
+    for round_ in range(args.rounds):
+        print(f"  round {round_ + 1}/{args.rounds}")
+        for peer in peers:
+            result = results[peer.name]
+            if peer.format not in data or result["error"]:
+                continue
+            try:
+                first = measure_round(peer, pythons[peer.name], data[peer.format], expected, round_, work, args, result)
+            except PhaseError as error:
+                result["error"] = str(error)
+                print(f"  {peer.name} failed:\n{error}")
+            else:
+                r = result["resume"]
+                print(f"    {peer.name:12} {first['samples_per_s']:7.0f} samples/s, "
+                      f"first batch {first['first_batch_s']:.2f}s, "
+                      + ", ".join(f"resume {float(f):.0%}: {_fmt_s(r[f][-1]['first_batch_s'])} "
+                                  f"({r[f][-1]['duplicates']} dup, {r[f][-1]['missing']} missing)" for f in FRACTIONS))
+    return {name: summarize(result) for name, result in results.items()}
+
+
+def convert_all(peers: list[Peer], pythons: dict, corpus: Path, work: Path, args, results: dict) -> dict[str, Path]:
+    """Convert the corpus once per format, with the first peer of that format's own writer."""
     data: dict[str, Path] = {}
-    for peer in peers:  # convert once per format, with the peer's own writer
+    for peer in peers:
         result = results[peer.name]
         if peer.format in data:
             result.update(storage_bytes=results[_first_of(peers, peer.format)]["storage_bytes"], convert_s=None)
@@ -178,52 +201,39 @@ def measure(peers: list[Peer], pythons: dict, corpus: Path, work: Path, args) ->
         data[peer.format] = target
         result.update(storage_bytes=protocol.directory_bytes(target), convert_s=converted["convert_s"])
         print(f"  converted to {peer.format}: {result['storage_bytes'] / 1e6:.1f} MB in {converted['convert_s']:.1f}s")
+    return data
 
-    for round_ in range(args.rounds):
-        print(f"  round {round_ + 1}/{args.rounds}")
-        for peer in peers:
-            result = results[peer.name]
-            if peer.format not in data or result["error"]:
-                continue
-            states = work / "states" / peer.name / f"round-{round_}"
-            common = ["--data", str(data[peer.format]), "--workdir", str(states)]
-            try:
-                epoch, memory = run_phase(pythons[peer.name], peer, "epoch",
-                                          [*common, "--total", str(len(expected)), "--epochs", str(args.epochs)],
-                                          work / "logs", args.timeout)
-                result["versions"] = epoch.pop("versions")
-                result["memory"].append(memory)
-                first = epoch["epochs"][0]
-                first_keys = first["keys"]
-                result.setdefault("epoch_checks", []).append(once(first_keys, expected))
-                for n, run in enumerate(epoch["epochs"]):
-                    run.pop("keys", None)
-                    result["epochs"].append({**run, "round": round_, "in_process": n})
-                for fraction in FRACTIONS:
-                    if fraction not in first["snapshots"]:
-                        raise PhaseError(f"{peer.name} never delivered {float(fraction):.0%} of the corpus "
-                                         f"({first['samples']} of {len(expected)} samples)")
-                    resumed, memory = run_phase(pythons[peer.name], peer, "resume", [*common, "--at", fraction],
-                                                work / "logs", args.timeout)
-                    delivered = first["snapshots"][fraction]["delivered"]
-                    result["memory"].append(memory)
-                    result["resume"][fraction].append({
-                        "first_batch_s": resumed["first_batch_s"],
-                        "delivered_before": delivered,
-                        "delivered_after": len(resumed["keys"]),
-                        "state_bytes": first["snapshots"][fraction]["state_bytes"],
-                        **once(first_keys[:delivered] + resumed["keys"], expected),
-                    })
-            except PhaseError as error:
-                result["error"] = str(error)
-                print(f"  {peer.name} failed:\n{error}")
-            else:
-                r = result["resume"]
-                print(f"    {peer.name:12} {first['samples_per_s']:7.0f} samples/s, "
-                      f"first batch {first['first_batch_s']:.2f}s, "
-                      + ", ".join(f"resume {float(f):.0%}: {_fmt_s(r[f][-1]['first_batch_s'])} "
-                                  f"({r[f][-1]['duplicates']} dup, {r[f][-1]['missing']} missing)" for f in FRACTIONS))
-    return {name: summarize(result) for name, result in results.items()}
+
+def measure_round(peer: Peer, python, data: Path, expected: list[str], round_: int, work: Path, args,
+                  result: dict) -> dict:
+    """One round for one peer: the epoch process, then one resume process per fraction; the first epoch's figures."""
+    states = work / "states" / peer.name / f"round-{round_}"
+    common = ["--data", str(data), "--workdir", str(states)]
+    epoch, memory = run_phase(python, peer, "epoch", [*common, "--total", str(len(expected)), "--epochs", str(args.epochs)],
+                              work / "logs", args.timeout)
+    result["versions"] = epoch.pop("versions")
+    result["memory"].append(memory)
+    first = epoch["epochs"][0]
+    first_keys = first["keys"]
+    result.setdefault("epoch_checks", []).append(once(first_keys, expected))
+    for n, run in enumerate(epoch["epochs"]):
+        run.pop("keys", None)
+        result["epochs"].append({**run, "round": round_, "in_process": n})
+    for fraction in FRACTIONS:
+        if fraction not in first["snapshots"]:
+            raise PhaseError(f"{peer.name} never delivered {float(fraction):.0%} of the corpus "
+                             f"({first['samples']} of {len(expected)} samples)")
+        resumed, memory = run_phase(python, peer, "resume", [*common, "--at", fraction], work / "logs", args.timeout)
+        delivered = first["snapshots"][fraction]["delivered"]
+        result["memory"].append(memory)
+        result["resume"][fraction].append({
+            "first_batch_s": resumed["first_batch_s"],
+            "delivered_before": delivered,
+            "delivered_after": len(resumed["keys"]),
+            "state_bytes": first["snapshots"][fraction]["state_bytes"],
+            **once(first_keys[:delivered] + resumed["keys"], expected),
+        })
+    return first
 
 
 def _first_of(peers: list[Peer], format: str) -> str:

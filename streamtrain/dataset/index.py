@@ -227,10 +227,7 @@ class DatasetIndex:
             if isinstance(error, DatasetIndexError):
                 raise DatasetIndexError(f"{origin}: {error}") from None
             raise DatasetIndexError(f"{origin}: malformed index: {type(error).__name__}: {error}") from error
-        for name, digest in zip(shards.names, shards.sha256):
-            check_file_name(name, origin, "shard")
-            if not isinstance(digest, str) or not _SHA256.match(digest):
-                raise DatasetIndexError(f"{origin}: the sha256 of shard {name!r} is not a sha256 digest: {digest!r}")
+        _check_shard_names_and_digests(shards, origin)
         for column in columns.values():
             check_file_name(column.file, origin, "column file")
             if column.length != index.samples:
@@ -299,6 +296,34 @@ def parse_index(text: str, origin: str) -> DatasetIndex:
     except json.JSONDecodeError as error:
         raise DatasetIndexError(f"{origin}: invalid JSON: {error}") from error
     return DatasetIndex.from_json(data, origin=origin)
+
+
+def _check_shard_names_and_digests(shards: ShardList, origin: str) -> None:
+    """Every shard name plain, every digest a sha256: at 10^6 shards checked over joined strings, in C;
+    only when that finds a fault is each entry checked in Python, to name the first bad one."""
+    if not (_all_plain_names(shards.names) and _all_sha256(shards.sha256)):
+        for name, digest in zip(shards.names, shards.sha256):
+            check_file_name(name, origin, "shard")
+            if not isinstance(digest, str) or not _SHA256.match(digest):
+                raise DatasetIndexError(f"{origin}: the sha256 of shard {name!r} is not a sha256 digest: {digest!r}")
+
+
+def _all_plain_names(names: Sequence) -> bool:
+    """What ``check_file_name`` asks of each name, asked of all of them at once."""
+    try:
+        joined = "\n" + "\n".join(names) + "\n"
+    except TypeError:
+        return False
+    return (joined.count("\n") == len(names) + 1 and "\n\n" not in joined and "\n." not in joined
+            and "/" not in joined and "\\" not in joined)
+
+
+def _all_sha256(digests: Sequence) -> bool:
+    try:
+        joined = "".join(digests).encode("ascii")
+    except (TypeError, UnicodeEncodeError):
+        return False
+    return set(map(len, digests)) <= {64} and not joined.translate(None, b"0123456789abcdef")
 
 
 def check_file_name(name: str, origin: str, what: str) -> None:
