@@ -222,6 +222,8 @@ def _check(hint, value, where: str):
             pass
     if hint is float and isinstance(value, float) and not math.isfinite(value):
         raise RecipeError(f"{where}: must be a finite number, got {value!r}")
+    if hint is str and isinstance(value, bool):  # YAML 1.1 reads no / yes / off / on as booleans
+        raise RecipeError(f"{where}: expected str, got {value!r} (quote the word: {where}='no')")
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):
         raise RecipeError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value

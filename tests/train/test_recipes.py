@@ -25,6 +25,7 @@ def test_dotted_overrides_are_typed():
         ("model.whisper_layers=2", "unknown key 'model.whisper_layers'"),
         ("optim.betas=[0.9]", "optim.betas: expected two numbers"),
         ("data.batch_size=eight", "data.batch_size: expected int"),
+        ("train.mixed_precision=no", "train.mixed_precision: expected str, got False .quote the word"),
         ("train=3", "train: expected a mapping"),
         ("noequals", "not of the form key=value"),
     ],
