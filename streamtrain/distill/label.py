@@ -139,7 +139,7 @@ def label_dataset(
         written += 1
     bar.close()
     index = DatasetIndex(codec="column", sample_rate=None, shards=ShardList.of(infos), created_by="streamtrain label",
-                         column={"name": LABELS_COLUMN, "kind": "pseudo_labels", **run,
+                         column={"name": LABELS_COLUMN, "kind": "pseudo_labels", **run, "prompt": codec.prompt,
                                  "kept": kept, "label_wer": counts.wer})
     save_index(out, index, source.durations, keys)
     return LabelSummary(source.index.samples, kept, written, skipped, counts.wer)

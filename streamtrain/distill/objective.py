@@ -63,11 +63,13 @@ class Distillation:
         )
 
 
-def objective_for(config: DistillConfig, columns: list[Dataset], student, featurizer, device) -> Objective:
+def objective_for(config: DistillConfig, columns: list[Dataset], student, featurizer, prompt: list[str],
+                  device) -> Objective:
     """The recipe's objective: plain cross-entropy, or distillation (checked against the labeller).
 
     The teacher's fingerprint is taken with the recipe's featurizer, the features it will be fed: a
-    teacher that labelled other features (mel bins, window, normalisation) is another teacher.
+    teacher that labelled other features (mel bins, window, normalisation) is another teacher. Its
+    logits for the KL term follow the recipe's prompt, which must be the one it labelled after.
     """
     if config.labels is None:
         return CrossEntropy()
@@ -87,4 +89,8 @@ def objective_for(config: DistillConfig, columns: list[Dataset], student, featur
             if not config.allow_teacher_mismatch:
                 raise RecipeError(message + "; set distill.allow_teacher_mismatch=true to do it anyway")
             log.warning("!!! %s -- continuing because distill.allow_teacher_mismatch is set !!!", message)
+        labelled_after = labels.index.column.get("prompt")
+        if labelled_after is not None and labelled_after != prompt:
+            raise RecipeError(f"model.prompt: {prompt} is not the prompt the teacher wrote the pseudo-labels in "
+                              f"{config.labels} after ({labelled_after}); its KL term would follow another prompt")
     return Distillation(teacher, config.alpha, config.beta, config.temperature, config.teacher_sees_augmented)

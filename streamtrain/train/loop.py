@@ -52,8 +52,8 @@ log = logging.getLogger("streamtrain.train")
 
 MODEL_DIR = "model"
 
-#: (distill config, sidecar columns, the model, featurizer, device) -> the objective; the default trains on
-#: transcripts
+#: (distill config, sidecar columns, the model, featurizer, prompt, device) -> the objective; the default
+#: trains on transcripts
 ObjectiveFactory = Callable[..., Objective]
 
 
@@ -110,7 +110,7 @@ class Trainer:
         if recipe.features.cache:
             check_feature_column(self.loader.columns[0], self.featurizer)
         self.objective = objective_for(recipe.distill, self.loader.columns, self.accelerator.unwrap_model(self.model),
-                                       self.featurizer, self.device)
+                                       self.featurizer, self.codec.prompt, self.device)
         self.progress = Progress(micro_batches=cfg.micro_batches)
         self.audit: AuditLog | None = None
         if cfg.grad_accum > 1:

@@ -28,7 +28,7 @@ def test_label_make_student_and_distil_a_whisper_tiny_teacher(whisper_tiny, tmp_
     assert "4 samples labelled" in labelled.stdout
     column = json.loads((labels / "index.json").read_text())["column"]
     assert column["teacher_fingerprint"] == load_teacher(str(whisper_tiny))[1]
-    assert column["settings"]["prompt"] == " ".join(PROMPT)
+    assert column["settings"]["prompt"] == " ".join(PROMPT) and column["prompt"] == PROMPT
     rows = [json.loads(sample.members["json"]) for shard in sorted(labels.glob("*.tar"))
             for sample in read_shard(shard.read_bytes(), str(shard))]
     timestamps = set(timestamp_ids(load_tokenizer(ModelConfig(tokenizer=str(whisper_tiny)))))

@@ -141,6 +141,9 @@ def test_distillation_refuses_another_teacher_and_trains_with_the_right_one(setu
                           distill={"labels": str(labels), "teacher": str(other_dir), "teacher_precision": "bf16"})
     refused = streamtrain("train", str(recipe), check=False)
     assert refused.returncode == 2 and "is not the teacher that wrote the pseudo-labels" in refused.stderr
+    other_prompt = streamtrain("train", str(recipe), f"distill.teacher={teacher_dir}",
+                               "model.prompt=[<|startoftranscript|>, <|startoftranscript|>]", check=False)
+    assert other_prompt.returncode == 2 and "is not the prompt the teacher wrote the pseudo-labels" in other_prompt.stderr
     forced = streamtrain("train", str(recipe), "distill.allow_teacher_mismatch=true", check=False)
     assert forced.returncode == 0 and "!!!" in forced.stderr
     good = streamtrain("train", str(recipe), f"distill.teacher={teacher_dir}", "--no-resume")
