@@ -3,15 +3,17 @@
 Spoken digit strings (3-7 of the words "zero" .. "nine") synthesized by
 espeak-ng with six voices and random speeds (130-190 wpm) and pitches (35-70),
 then packed with ``streamtrain.pack``. Every text is used once, so the three
-splits have disjoint texts (checked). Seeded: the same arguments rebuild the
-same bytes.
+splits have disjoint texts (checked). Seeded: the same arguments and the same
+packer rebuild the same bytes.
 
 Why the codec: the bundle lives in the repository, so it should stay near
 20 MB. The script measures both codecs on the first 200 training utterances
 and extrapolates. Measured for the default 2200 utterances (1800 train, 1.24 h,
 mean 2.0 s): FLAC at 16 kHz (lossless) takes 38.6 kB per utterance, about 85
-MB, far over; Opus at 16 kHz (libsndfile's default encoder settings, about
-28 kb/s) takes 8.8 kB per utterance, tar headers included: 19.6 MB in all.
+MB, far over; Opus at 16 kHz (then libsndfile's encoder, about 28 kb/s; the
+bundle was written with it) takes 8.8 kB per utterance, tar headers included:
+19.6 MB in all. Today's packer (libopus at complexity 4) writes about 10 % less
+for the same audio, so a rebuild now gives other bytes than the bundle's.
 Opus is the smaller of the two codecs streamtrain writes, so the default build
 is opus. With smaller ``--train`` counts flac fits and is chosen.
 

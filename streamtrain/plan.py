@@ -50,8 +50,10 @@ from streamtrain.dataset.index import sample_offsets
 #: durations. A batch's count is then fixed by its top bucket's upper edge, which
 #: no sample of the batch exceeds: the padded cost stays within batch_seconds.
 _MAX_BUCKET = np.iinfo(np.uint16).max
-_BUCKET_FLOOR = 1e-3
-_BUCKETS_PER_E = _MAX_BUCKET / np.log(1e5 / _BUCKET_FLOOR)
+# Duration buckets are the top bits of a float32 (sign 0, exponent, 11 mantissa bits): log-spaced, 0.05 %
+# wide, from 1 ms up (32 octaves), computed by integer arithmetic alone, so the same on every CPU.
+_BUCKET_SHIFT = 12
+_BUCKET_BASE = int(np.float32(1e-3).view(np.uint32)) >> _BUCKET_SHIFT
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ class Runs:
 
 _GROUP_SAMPLES = 2**14  # samples of the blocks sorted together: few enough to sort inside the CPU cache
 _GROUP_BLOCKS = 2**16  # blocks sorted together (a block's number in its group is 16 bits)
-_PERMUTATION_KEYS = 3  # random 16-bit keys per sample for a permutation: 48 bits, ties all but impossible
+_PERMUTATION_KEYS = 2  # random 16-bit keys per sample for a permutation: 32 bits, a tie in a group is rare
 
 
 def block_runs(table: ShardTable, settings: BatchSettings, excluded: np.ndarray | None, seed: int, epoch: int
@@ -149,6 +151,7 @@ def block_runs(table: ShardTable, settings: BatchSettings, excluded: np.ndarray 
     as 10^5 shards of the same samples, and the groups depend on the table only.
     """
     rng = epoch_rng(seed, epoch, "samples")
+    durations = np.asarray(table.durations)  # a plain view of a memory map: no subclass overhead per gather
     shards = shard_blocks(table, seed, epoch, settings.block_shards)
     counts = table.counts[shards]
     block_sizes = np.add.reduceat(counts, np.arange(0, len(counts), settings.block_shards)) if len(counts) else counts
@@ -163,7 +166,7 @@ def block_runs(table: ShardTable, settings: BatchSettings, excluded: np.ndarray 
         if excluded is not None:
             keep = ~excluded[gids]
             gids, block = gids[keep], block[keep]
-        seconds = table.durations[gids] if settings.bucketing or _limited(settings) else None
+        seconds = durations[gids] if settings.bucketing or _limited(settings) else None
         if _limited(settings):
             inside = inside_limits(seconds, settings.min_seconds, settings.max_seconds)
             filtered += len(gids) - int(inside.sum())
@@ -214,14 +217,13 @@ def inside_limits(seconds: np.ndarray, min_seconds: float | None, max_seconds: f
 
 
 def _bucket(seconds: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        position = np.log(np.maximum(seconds.astype(np.float64), _BUCKET_FLOOR) / _BUCKET_FLOOR) * _BUCKETS_PER_E
-    return np.minimum(position, _MAX_BUCKET).astype(np.uint16)
+    bits = np.asarray(seconds, dtype=np.float32).view(np.uint32) >> _BUCKET_SHIFT
+    return (np.clip(bits, _BUCKET_BASE, _BUCKET_BASE + _MAX_BUCKET) - _BUCKET_BASE).astype(np.uint16)
 
 
 def _bucket_ceiling(buckets: np.ndarray) -> np.ndarray:
     """An upper bound of the durations in each bucket (infinite for the last, open-ended one)."""
-    edge = _BUCKET_FLOOR * np.exp((buckets.astype(np.float64) + 1) / _BUCKETS_PER_E) * (1 + 1e-9)
+    edge = ((buckets.astype(np.uint32) + (_BUCKET_BASE + 1)) << _BUCKET_SHIFT).view(np.float32).astype(np.float64)
     return np.where(buckets == _MAX_BUCKET, np.inf, edge)
 
 

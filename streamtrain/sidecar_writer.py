@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -18,6 +17,7 @@ from streamtrain.data.batch import decode_sample, pad_waveforms
 from streamtrain.dataset.dataset import Dataset
 from streamtrain.dataset.index import ShardInfo
 from streamtrain.dataset.shard import ShardWriter, read_shard
+from streamtrain.storage.output import Output
 from streamtrain.storage.remote import read_url
 
 
@@ -32,7 +32,7 @@ class DecodedChunk:
 def write_column_shard(
     source: Dataset,
     shard: int,
-    path: Path,
+    out: Output,
     *,
     sample_rate: int,
     batch_size: int,
@@ -40,7 +40,8 @@ def write_column_shard(
     members_for: Callable[[DecodedChunk], list[dict[str, bytes]]],
     on_chunk: Callable[[int], object] = lambda samples: None,
 ) -> tuple[ShardInfo, list[str]]:
-    """Write ``path`` (atomically) with ``members_for(chunk)[i]`` for the chunk's i-th sample.
+    """Write the column shard of the same name as the base shard, with ``members_for(chunk)[i]`` for the
+    chunk's i-th sample, and publish it at ``out`` when complete (so a shard there is always whole).
 
     Returns the column shard's index entry and its samples' keys.
     """
@@ -48,7 +49,7 @@ def write_column_shard(
     origin = source.shard_origin(shard)
     data = read_url(source.shard_url(shard), info.bytes, info.sha256, source.storage_options, source.retry)
     samples = read_shard(data, origin)
-    writer = ShardWriter(path)
+    writer = ShardWriter(out.stage(info.name))
     try:
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
@@ -64,6 +65,7 @@ def write_column_shard(
     except BaseException:
         writer.abort()
         raise
+    out.publish(info.name)
     return aligned_shard_info(info, size, sha256), [s.key for s in samples]
 
 

@@ -32,6 +32,7 @@ from streamtrain.dataset.index import (
     sample_offsets,
 )
 from streamtrain.storage.atomic import atomic_file
+from streamtrain.storage.output import Output
 from streamtrain.storage.remote import (
     RetryPolicy,
     ShardReadError,
@@ -75,18 +76,18 @@ def write_keys(root: str | os.PathLike, index_name: str, keys: Iterable[str]) ->
     return write_column_file(Path(root) / column_file_name(index_name, KEYS), [blob], TEXT, len(keys))
 
 
-def concatenate_columns(root: str | os.PathLike, index_name: str, column: str, parts: list[tuple[Path, ColumnFile]]
-                        ) -> ColumnFile:
-    """One column file made of the parts' files in order (``pack --merge``), streamed, not loaded."""
+def concatenate_columns(root: str | os.PathLike, index_name: str, column: str,
+                        parts: list[tuple[np.ndarray, ColumnFile]]) -> ColumnFile:
+    """One column file made of the parts' opened columns in order (``pack --merge``), streamed from their mappings."""
     def pieces() -> Iterator[bytes]:
-        for path, _ in parts:
-            with open(path, "rb") as f:
-                while block := f.read(2**24):
-                    yield block
+        for values, _ in parts:
+            raw = values.view(np.uint8)
+            for start in range(0, len(raw), 2**24):
+                yield raw[start : start + 2**24].tobytes()
 
     dtype = DURATIONS_DTYPE if column == DURATIONS else TEXT
     return write_column_file(Path(root) / column_file_name(index_name, column), pieces(), dtype,
-                         sum(entry.length for _, entry in parts))
+                             sum(entry.length for _, entry in parts))
 
 
 def write_column_file(path: Path, pieces: Iterable[bytes], dtype: str, length: int) -> ColumnFile:
@@ -206,20 +207,34 @@ def save_index(root: str | os.PathLike, index: DatasetIndex, durations: np.ndarr
 
     ``durations`` and ``keys`` are in dataset order (shard after shard).
     """
-    root = Path(root)
+    _write_columns(Path(root), index, durations, keys, index_name)
+    index.save(Path(root) / index_name)
+    return index
+
+
+def publish_index(out: Output, index: DatasetIndex, durations: np.ndarray, keys: Iterable[str],
+                  index_name: str = INDEX_NAME) -> DatasetIndex:
+    """``save_index`` at an output location: the column files are published first, the index last."""
+    _write_columns(out.stage(index_name).parent, index, durations, keys, index_name)
+    publish_staged_index(out, index, index_name)
+    return index
+
+
+def _write_columns(root: Path, index: DatasetIndex, durations: np.ndarray, keys: Iterable[str],
+                   index_name: str) -> None:
     index.columns = {DURATIONS: write_durations(root, index_name, durations), KEYS: write_keys(root, index_name, keys)}
     index.format_version = FORMAT_VERSION
     index.inline_durations = None
     if index.columns[DURATIONS].length != index.samples:
         raise DatasetIndexError(f"{root}: {index.columns[DURATIONS].length} durations for {index.samples} samples")
-    index.save(root / index_name)
-    return index
 
 
-def key_column(root: str | os.PathLike, index: DatasetIndex) -> KeyColumn:
-    """The keys column of a local (part) index in ``root``, checked against its sha256."""
-    column = index.columns[KEYS]
-    return KeyColumn(open_column(str(root), column), column.length, f"{root}/{column.file}")
+def publish_staged_index(out: Output, index: DatasetIndex, index_name: str = INDEX_NAME) -> None:
+    """Publish the staged column files ``index`` lists, then write and publish ``index_name`` itself."""
+    for column in index.columns.values():
+        out.publish(column.file)
+    index.save(out.stage(index_name))
+    out.publish(index_name)
 
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)

@@ -13,6 +13,7 @@ import numpy as np
 
 from streamtrain.dataset.columns import DURATIONS, KEYS, KeyColumn, open_column
 from streamtrain.dataset.index import INDEX_NAME, DatasetIndex, DatasetIndexError, check_durations, parse_index
+from streamtrain.storage.location import LocationError, check_location
 from streamtrain.storage.remote import RetryPolicy, ShardReadError, child_url, read_text, redact
 
 
@@ -72,7 +73,10 @@ class Dataset:
 
 def open_dataset(url: str, storage_options: dict | None = None, retry: RetryPolicy = RetryPolicy()) -> Dataset:
     """Read ``index.json`` of the dataset at ``url`` (a folder or any fsspec URL)."""
-    url = str(url).rstrip("/")
+    try:
+        url = check_location(url).rstrip("/")
+    except LocationError as error:
+        raise DatasetIndexError(str(error)) from None
     origin = f"{redact(url)}/{INDEX_NAME}"
     try:
         text = read_text(child_url(url, INDEX_NAME), storage_options, retry)

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,15 +26,15 @@ from streamtrain.sidecar_writer import (
     aligned_shard_info,
     write_column_shard,
 )
-from streamtrain.dataset.columns import save_index
+from streamtrain.dataset.columns import publish_index
 from streamtrain.dataset.dataset import open_dataset
 from streamtrain.dataset.index import DatasetIndex, ShardInfo, ShardList
 from streamtrain.dataset.shard import read_shard
-from streamtrain.storage.atomic import write_json_atomic
+from streamtrain.storage.output import Output
 from streamtrain.distill.teacher import load_teacher
 from streamtrain.train.backoff import OomBackoff
-from streamtrain.train.evaluate import ErrorCounts, normalize
-from streamtrain.train.model import TextCodec, greedy_generate, inference_config
+from streamtrain.train.evaluate import ErrorCounts, normalize, transcribe
+from streamtrain.train.model import TextCodec, inference_config
 from streamtrain.train.whisper_tokenizer import timestamp_ids
 
 LABELS_COLUMN = "labels"
@@ -73,93 +72,102 @@ def label_dataset(
     device: str = "cpu",
     overwrite: bool = False,
     progress: bool = True,
+    storage_options: dict | None = None,
 ) -> LabelSummary:
-    source = open_dataset(dataset)
+    """Label ``dataset`` into a column at ``out_dir`` (a folder or URL); see the module docstring."""
+    source = open_dataset(dataset, storage_options)
     teacher, fingerprint = load_teacher(teacher_dir, settings.precision, device)
     featurizer, codec = inference_config(teacher_dir, teacher.config)
     codec = TextCodec(codec.tokenizer, settings.prompt.split() if settings.prompt else codec.prompt,
                       codec.eos_token, settings.max_tokens or codec.max_tokens)
     suppressed = timestamp_ids(codec.tokenizer) if "<|notimestamps|>" in codec.prompt else []
     featurizer.to(device)
-    out = Path(out_dir)
     run = {"teacher": str(teacher_dir), "teacher_fingerprint": fingerprint, "settings": asdict(settings),
            "dataset": source.display}
-    _prepare(out, run, overwrite)
+    with Output(out_dir, storage_options) as out:
+        complete = _prepare(out, run, overwrite)
+        tally = _Tally()
+        backoff = OomBackoff("labelling")
+        bar = tqdm(total=source.index.samples, unit=" samples", disable=not progress, desc="label")
 
-    backoff = OomBackoff("labelling")
-    counts, kept, written, skipped = ErrorCounts(), 0, 0, 0
-    infos: list[ShardInfo] = []
-    keys: list[str] = []
-    bar = tqdm(total=source.index.samples, unit=" samples", disable=not progress, desc="label")
+        def label_chunk(chunk: DecodedChunk) -> list[dict[str, bytes]]:
+            generations = transcribe(teacher, featurizer, codec, chunk.audio, chunk.lengths, backoff,
+                                     torch.inference_mode, suppressed)
+            return [{"json": json.dumps(tally.label(meta["text"], generation, settings.max_wer)).encode()}
+                    for meta, generation in zip(chunk.metas, generations)]
 
-    def label_chunk(chunk: DecodedChunk) -> list[dict[str, bytes]]:
-        nonlocal kept
-
-        def generate(pieces):
-            results = []
-            for piece in pieces:
-                with torch.inference_mode():
-                    features, _ = featurizer(chunk.audio[piece], chunk.lengths[piece])
-                    results += greedy_generate(teacher, features, codec, suppressed)
-            return results
-
-        members = []
-        for meta, generation in zip(chunk.metas, backoff.run(len(chunk.keys), generate)):
-            word_errors, _ = counts.add(meta["text"], generation.text)
-            words = len(normalize(meta["text"]).split())
-            wer = word_errors / max(words, 1)
-            keep = settings.max_wer is None or wer <= settings.max_wer
-            kept += keep
-            label = {"text": generation.text, "token_ids": generation.token_ids,
-                     "avg_logprob": round(generation.avg_logprob, 6), "wer": round(wer, 6), "keep": keep,
-                     "word_errors": word_errors, "words": words}
-            members.append({"json": json.dumps(label).encode()})
-        return members
-
-    for number, shard in enumerate(source.index.shards):
-        path = out / shard.name
-        if path.is_file():  # complete: shards appear under their name only once closed
-            data = path.read_bytes()
-            infos.append(aligned_shard_info(shard, len(data), hashlib.sha256(data).hexdigest()))
-            skipped += 1
-            for sample in read_shard(data, str(path)):
-                line = json.loads(sample.members["json"])
-                counts.word_errors += line["word_errors"]
-                counts.words += line["words"]
-                kept += line["keep"]
-                keys.append(sample.key)
-            bar.update(shard.samples)
-            continue
-        info, shard_keys = write_column_shard(
-            source, number, path, sample_rate=featurizer.sample_rate, batch_size=batch_size, device=device,
-            members_for=label_chunk, on_chunk=bar.update,
-        )
-        infos.append(info)
-        keys += shard_keys
-        written += 1
-    bar.close()
-    index = DatasetIndex(codec="column", sample_rate=None, shards=ShardList.of(infos), created_by="streamtrain label",
-                         column={"name": LABELS_COLUMN, "kind": "pseudo_labels", **run, "prompt": codec.prompt,
-                                 "kept": kept, "label_wer": counts.wer})
-    save_index(out, index, source.durations, keys)
-    return LabelSummary(source.index.samples, kept, written, skipped, counts.wer)
+        for number, shard in enumerate(source.index.shards):
+            if shard.name in complete:  # shards are published under their name only once whole
+                tally.count_complete(shard, out.read(shard.name), out.describe(shard.name))
+                bar.update(shard.samples)
+                continue
+            tally.add(*write_column_shard(source, number, out, sample_rate=featurizer.sample_rate,
+                                          batch_size=batch_size, device=device, members_for=label_chunk,
+                                          on_chunk=bar.update))
+            tally.written += 1
+        bar.close()
+        index = DatasetIndex(codec="column", sample_rate=None, shards=ShardList.of(tally.infos),
+                             created_by="streamtrain label",
+                             column={"name": LABELS_COLUMN, "kind": "pseudo_labels", **run, "prompt": codec.prompt,
+                                     "kept": tally.kept, "label_wer": tally.counts.wer})
+        publish_index(out, index, source.durations, tally.keys)
+    return LabelSummary(source.index.samples, tally.kept, tally.written, len(tally.infos) - tally.written,
+                        tally.counts.wer)
 
 
-def _prepare(out: Path, run: dict, overwrite: bool) -> None:
-    """Start a new run, or continue one with the same teacher and settings."""
-    run_file = out / RUN_FILE
-    if out.exists() and any(out.iterdir()):
-        if overwrite:
-            shutil.rmtree(out)
-        elif not run_file.is_file():
-            raise LabelError(f"{out}: not empty and not an interrupted labelling run (use --overwrite)")
-        else:
-            previous = json.loads(run_file.read_text())
-            if previous != run:
-                differs = sorted(k for k in run if previous.get(k) != run[k])
-                raise LabelError(f"{out}: an earlier run used another {', '.join(differs)}; use --overwrite to restart")
-            for partial in out.glob("*.tmp"):
-                partial.unlink()
-            return
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_file, run)
+@dataclass
+class _Tally:
+    """What the column's index and the summary need, from shards labelled now or complete from an earlier run."""
+
+    counts: ErrorCounts = field(default_factory=ErrorCounts)
+    kept: int = 0
+    written: int = 0
+    infos: list[ShardInfo] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+
+    def label(self, text: str, generation, max_wer: float | None) -> dict:
+        """A sample's label, counted."""
+        word_errors, _ = self.counts.add(text, generation.text)
+        words = len(normalize(text).split())
+        wer = word_errors / max(words, 1)
+        keep = max_wer is None or wer <= max_wer
+        self.kept += keep
+        return {"text": generation.text, "token_ids": generation.token_ids,
+                "avg_logprob": round(generation.avg_logprob, 6), "wer": round(wer, 6), "keep": keep,
+                "word_errors": word_errors, "words": words}
+
+    def add(self, info: ShardInfo, keys: list[str]) -> None:
+        self.infos.append(info)
+        self.keys += keys
+
+    def count_complete(self, shard: ShardInfo, data: bytes, origin: str) -> None:
+        """Count a shard an earlier run wrote, from its labels."""
+        keys = []
+        for sample in read_shard(data, origin):
+            line = json.loads(sample.members["json"])
+            self.counts.word_errors += line["word_errors"]
+            self.counts.words += line["words"]
+            self.kept += line["keep"]
+            keys.append(sample.key)
+        self.add(aligned_shard_info(shard, len(data), hashlib.sha256(data).hexdigest()), keys)
+
+
+def _prepare(out: Output, run: dict, overwrite: bool) -> set[str]:
+    """Start a new run, or continue one with the same teacher and settings; the names already there."""
+    names = out.names()
+    if names and overwrite:
+        out.clear()
+    elif names and RUN_FILE not in names:
+        raise LabelError(f"{out.display}: not empty and not an interrupted labelling run (use --overwrite)")
+    elif names:
+        previous = json.loads(out.read(RUN_FILE))
+        if previous != run:
+            differs = sorted(k for k in run if previous.get(k) != run[k])
+            raise LabelError(f"{out.display}: an earlier run used another {', '.join(differs)}; "
+                             "use --overwrite to restart")
+        for partial in (name for name in names if name.endswith(".tmp")):
+            out.remove(partial)
+        return set(names)
+    out.create()
+    out.write(RUN_FILE, json.dumps(run, indent=1) + "\n")
+    return set()

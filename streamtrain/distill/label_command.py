@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from streamtrain.storage.remote import ShardReadError
+from streamtrain.storage.output import OutputError
+from streamtrain.storage.remote import ShardReadError, redact
 from streamtrain.dataset.index import DatasetIndexError
 from streamtrain.distill.label import LabelError
 from streamtrain.train.config import RecipeError
 
-ERRORS = (LabelError, RecipeError, DatasetIndexError, ShardReadError, ValueError, FileNotFoundError)
+ERRORS = (LabelError, RecipeError, DatasetIndexError, ShardReadError, OutputError, ValueError, FileNotFoundError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="a packed dataset folder or URL")
     parser.add_argument("--teacher", required=True, help="the teacher model folder (Hugging Face format)")
-    parser.add_argument("--out", required=True, help="the label column folder (an interrupted run continues)")
+    parser.add_argument("--out", required=True, help="the label column folder or URL (an interrupted run continues)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
                         help="teacher weights: fp32, bf16, or int8 weight-only quantization")
     parser.add_argument("--max-wer", type=float, help="mark labels whose WER against the ground truth exceeds this")
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, device=args.device, overwrite=args.overwrite,
                             progress=not args.no_progress)
     filtered = summary.samples - summary.kept
-    print(f"{args.out}: {summary.samples} samples labelled ({summary.shards_written} shards written, "
+    print(f"{redact(args.out)}: {summary.samples} samples labelled ({summary.shards_written} shards written, "
           f"{summary.shards_skipped} already complete); label WER {100 * summary.wer:.2f}%"
           + (f"; {filtered} labels over --max-wer {args.max_wer} marked keep=false" if args.max_wer is not None else ""))
     return 0

@@ -12,7 +12,6 @@ stale features are never used.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -21,11 +20,12 @@ from tqdm.auto import tqdm
 
 from streamtrain.data.batch import FEATURES_EXT
 from streamtrain.sidecar_writer import DecodedChunk, write_column_shard
-from streamtrain.dataset.columns import save_index
+from streamtrain.dataset.columns import publish_index
 from streamtrain.dataset.dataset import Dataset, open_dataset
 from streamtrain.dataset.index import DatasetIndex, ShardList
 from streamtrain.dataset.feature_codec import encode_features
 from streamtrain.features.registry import FEATURIZER_VERSION, featurizer_fingerprint
+from streamtrain.storage.output import Output
 
 FEATURES_COLUMN = "features"
 
@@ -43,51 +43,53 @@ def write_feature_column(
     batch_size: int = 16,
     overwrite: bool = False,
     progress: bool = True,
+    storage_options: dict | None = None,
 ) -> DatasetIndex:
-    """Featurize every sample of ``dataset`` (on the featurizer's device) into a column at ``out_dir``."""
-    source = open_dataset(dataset)
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FeatureCacheError(f"{out}: not empty (use --overwrite to replace it)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = next(featurizer.buffers()).device
-    index = DatasetIndex(
-        codec="column",
-        sample_rate=None,
-        created_by="streamtrain featurize",
-        column={
-            "name": FEATURES_COLUMN,
-            "kind": "features",
-            "featurizer": name,
-            "config": featurizer.config(),
-            "featurizer_version": FEATURIZER_VERSION,
-            "fingerprint": featurizer_fingerprint(featurizer),
-            "base": source.display,
-        },
-    )
-    bar = tqdm(total=source.index.samples, unit=" samples", disable=not progress, desc="featurize")
-
-    def members_for(chunk: DecodedChunk) -> list[dict[str, bytes]]:
-        with torch.inference_mode():
-            features, frames = featurizer(chunk.audio, chunk.lengths)
-        return [
-            {FEATURES_EXT: encode_features(features[row]), "json": json.dumps({"frames": int(frames[row])}).encode()}
-            for row in range(len(chunk.keys))
-        ]
-
-    infos, keys = [], []
-    for shard, name in enumerate(source.index.shards.names):
-        info, shard_keys = write_column_shard(
-            source, shard, out / name, sample_rate=featurizer.sample_rate, batch_size=batch_size,
-            device=device, members_for=members_for, on_chunk=bar.update,
+    """Featurize every sample of ``dataset`` (on the featurizer's device) into a column at ``out_dir``
+    (a folder or URL): each shard is published when complete, the index last."""
+    source = open_dataset(dataset, storage_options)
+    with Output(out_dir, storage_options) as out:
+        if out.names():
+            if not overwrite:
+                raise FeatureCacheError(f"{out.display}: not empty (use --overwrite to replace it)")
+            out.clear()
+        out.create()
+        device = next(featurizer.buffers()).device
+        index = DatasetIndex(
+            codec="column",
+            sample_rate=None,
+            created_by="streamtrain featurize",
+            column={
+                "name": FEATURES_COLUMN,
+                "kind": "features",
+                "featurizer": name,
+                "config": featurizer.config(),
+                "featurizer_version": FEATURIZER_VERSION,
+                "fingerprint": featurizer_fingerprint(featurizer),
+                "base": source.display,
+            },
         )
-        infos.append(info)
-        keys += shard_keys
-    bar.close()
-    index.shards = ShardList.of(infos)
-    return save_index(out, index, source.durations, keys)
+        bar = tqdm(total=source.index.samples, unit=" samples", disable=not progress, desc="featurize")
+
+        def members_for(chunk: DecodedChunk) -> list[dict[str, bytes]]:
+            with torch.inference_mode():
+                features, frames = featurizer(chunk.audio, chunk.lengths)
+            return [
+                {FEATURES_EXT: encode_features(features[row]), "json": json.dumps({"frames": int(frames[row])}).encode()}
+                for row in range(len(chunk.keys))
+            ]
+
+        infos, keys = [], []
+        for shard in range(len(source.index.shards)):
+            info, shard_keys = write_column_shard(
+                source, shard, out, sample_rate=featurizer.sample_rate, batch_size=batch_size,
+                device=device, members_for=members_for, on_chunk=bar.update,
+            )
+            infos.append(info)
+            keys += shard_keys
+        bar.close()
+        index.shards = ShardList.of(infos)
+        return publish_index(out, index, source.durations, keys)
 
 
 def check_feature_column(column: Dataset, featurizer: nn.Module) -> None:

@@ -6,11 +6,12 @@ import argparse
 
 import yaml
 
-from streamtrain.storage.remote import ShardReadError
+from streamtrain.storage.output import OutputError
+from streamtrain.storage.remote import ShardReadError, redact
 from streamtrain.dataset.index import DatasetIndexError
 from streamtrain.features.cache import FeatureCacheError
 
-ERRORS = (ValueError, DatasetIndexError, ShardReadError, FeatureCacheError, FileNotFoundError)
+ERRORS = (ValueError, DatasetIndexError, ShardReadError, OutputError, FeatureCacheError, FileNotFoundError)
 
 
 def add_featurizer_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +43,7 @@ def featurizer_from_args(args: argparse.Namespace):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="a packed dataset folder or URL")
-    parser.add_argument("--out", required=True, help="the column folder to write")
+    parser.add_argument("--out", required=True, help="the column folder or URL to write")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
@@ -55,6 +56,6 @@ def run(args: argparse.Namespace) -> int:
     name, featurizer = featurizer_from_args(args)
     index = write_feature_column(args.dataset, args.out, featurizer, name, batch_size=args.batch_size,
                                  overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"{args.out}: {index.samples} samples in {len(index.shards)} shards, {index.bytes / 1e6:.1f} MB; "
+    print(f"{redact(args.out)}: {index.samples} samples in {len(index.shards)} shards, {index.bytes / 1e6:.1f} MB; "
           f"fingerprint {index.column['fingerprint'][:12]} ({name} {featurizer.config()})")
     return 0

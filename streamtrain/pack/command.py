@@ -10,8 +10,11 @@ from streamtrain.dataset.index import DatasetIndexError
 from streamtrain.dataset.shard import ShardError
 from streamtrain.pack.packer import PACK_CODECS, PackError, merge, pack
 from streamtrain.pack.sources import FORMS, SourceError
+from streamtrain.storage.location import LocationError
+from streamtrain.storage.output import OutputError
+from streamtrain.storage.remote import ShardReadError, redact
 
-ERRORS = (SourceError, PackError, AudioError, DatasetIndexError, ShardError)
+ERRORS = (SourceError, PackError, AudioError, DatasetIndexError, ShardError, LocationError, OutputError, ShardReadError)
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -57,8 +60,8 @@ def parse_part(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.usage = "%(prog)s SOURCE OUT_DIR [options]\n       %(prog)s --merge OUT_DIR"
     parser.add_argument("source", nargs="?", metavar="SOURCE",
-                        help="JSONL or CSV manifest, folder of audio + .txt, LibriSpeech or Kaldi data dir")
-    parser.add_argument("out_dir", nargs="?", metavar="OUT_DIR", help="folder for the shards and index.json")
+                        help="JSONL or CSV manifest (a path or URL), folder of audio + .txt, LibriSpeech or Kaldi data dir")
+    parser.add_argument("out_dir", nargs="?", metavar="OUT_DIR", help="folder or URL (s3://, gs://, ...) for the shards and index.json")
     parser.add_argument("--merge", metavar="OUT_DIR", help="join the part indexes written by --part into index.json")
     parser.add_argument("--codec", choices=PACK_CODECS, default="flac",
                         help="flac (lossless 16-bit), opus, pcm16 (wav), or copy (keep source files where possible)")
@@ -87,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             raise PackError("--merge takes only the output folder: streamtrain pack --merge OUT_DIR")
         index = merge(args.merge)
         print(f"merged {len(index.shards)} shards, {index.samples} samples ({index.seconds / 3600:.3f} h), "
-              f"rejected {index.rejected} -> {args.merge}/index.json")
+              f"rejected {index.rejected} -> {redact(args.merge)}/index.json")
         return 0
     if args.source is None or args.out_dir is None:
         raise PackError("pack needs SOURCE and OUT_DIR (or --merge OUT_DIR)")

@@ -2,9 +2,13 @@
 
 Items are decoded, mixed to mono, resampled and encoded in worker processes
 (results are taken in source order, so any worker count writes byte-identical
-shards), then appended to shards in order on the main process. Shards appear
-under their final name only when complete and the index is written last, so an
-interrupted pack never leaves an index that lists a partial shard.
+shards), then appended to shards in order on the main process. The output is
+a folder or any fsspec URL (``storage.output``): each shard is published when
+complete (at a URL: uploaded, read back and checked, then removed locally, so
+local disk holds one shard at a time) and the index is published last, so an
+interrupted pack never leaves an index that lists a missing or partial shard.
+A rerun with ``overwrite`` removes a previous or interrupted pack's files
+(its index first) and packs again.
 
 ``part=(i, n)`` packs the i-th of n contiguous slices of the source, with file
 names that cannot collide with other parts; ``merge`` joins the parts' indexes.
@@ -40,11 +44,13 @@ from streamtrain.audio import (
     opus_compression_level,
     resample,
 )
-from streamtrain.dataset.columns import DURATIONS, KEYS, column_file_name, concatenate_columns, find_duplicate_key, \
-    key_column, save_index
-from streamtrain.dataset.index import INDEX_NAME, DatasetIndex, ShardInfo, ShardList, load_index
+from streamtrain.dataset.columns import DURATIONS, KEYS, KeyColumn, concatenate_columns, find_duplicate_key, \
+    open_column, publish_index, publish_staged_index
+from streamtrain.dataset.index import INDEX_NAME, ColumnFile, DatasetIndex, ShardInfo, ShardList, parse_index
 from streamtrain.dataset.shard import ShardWriter
 from streamtrain.pack.sources import Entry, Reject, SourceError, SourceItem, read_source
+from streamtrain.storage.output import Output, OutputError
+from streamtrain.storage.remote import ShardReadError, is_local, read_all
 
 PACK_CODECS = (*CODECS, "copy")
 DEFAULT_SHARD_SIZE = 256 * 10**6
@@ -79,7 +85,7 @@ class PackSummary:
         )
         if self.reencoded:
             text += f"; re-encoded as flac {self.reencoded}"
-        return f"{text} -> {Path(self.out_dir) / self.index}"
+        return f"{text} -> {self.out_dir}/{self.index}"
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,7 @@ class _Encoding:
     sample_rate: int | None  # None keeps each item's rate
     bitrate: int | None  # opus only
     complexity: int | None  # opus only; None for the default
+    storage_options: dict | None = None  # fsspec's, to read audio at URLs
 
 
 @dataclass
@@ -163,8 +170,9 @@ def pack(
     kaldi_pipes: bool = False,
     bitrate: int | None = None,
     opus_complexity: int | None = None,
+    storage_options: dict | None = None,
 ) -> PackSummary:
-    """Pack ``source`` into ``out_dir``; see the module docstring.
+    """Pack ``source`` into ``out_dir`` (a folder or any fsspec URL); see the module docstring.
 
     ``sample_rate=None`` keeps each item's rate. ``part=(i, n)`` is 0-based.
     Bad items raise ``SourceError`` naming their origin, or with ``skip_bad``
@@ -174,23 +182,41 @@ def pack(
     entries of a Kaldi ``wav.scp`` (refused otherwise). ``bitrate`` (bit/s, opus
     only) sets the encoder's target; by default libopus picks (about 25 kbit/s
     for 16 kHz speech). ``opus_complexity`` (0-10, opus only) is libopus's
-    complexity, by default ``audio.DEFAULT_OPUS_COMPLEXITY``.
+    complexity, by default ``audio.DEFAULT_OPUS_COMPLEXITY``. ``storage_options``
+    (fsspec's) apply to a remote ``source``, its audio and ``out_dir``.
     """
     started = time.monotonic()
-    encoding = _Encoding(codec, sample_rate, bitrate, opus_complexity)
+    encoding = _Encoding(codec, sample_rate, bitrate, opus_complexity, storage_options)
     _check_options(encoding, shard_size, workers, part)
     layout = _Layout(part)
-    out = Path(out_dir)
-    entries = _slice(read_source(source, source_form, kaldi_pipes=kaldi_pipes), part)
-    problems = [entry for entry in entries if isinstance(entry, Reject)]
-    if problems and not skip_bad:
-        raise SourceError(_first_problem(problems))
-    _prepare_out_dir(out, layout, overwrite)
+    with Output(out_dir, storage_options) as out:
+        entries = _slice(read_source(source, source_form, kaldi_pipes=kaldi_pipes,
+                                     storage_options=storage_options), part)
+        problems = [entry for entry in entries if isinstance(entry, Reject)]
+        if problems and not skip_bad:
+            raise SourceError(_first_problem(problems))
+        _prepare_out_dir(out, layout, overwrite)
+        shards = _ShardSequence(out, layout, shard_size)
+        rejects, reencoded = _write_shards(entries, shards, encoding, workers, skip_bad, progress)
+        if rejects:
+            _guard_write(out.describe(layout.rejects_name),
+                         lambda: out.write(layout.rejects_name, "".join(_reject_line(r) for r in rejects)))
+        index = DatasetIndex(codec=codec, sample_rate=sample_rate, shards=ShardList.of(shards.infos),
+                             rejected=len(rejects), created_by=_created_by(), bitrate=bitrate)
+        _guard_write(out.describe(layout.index_name),
+                     lambda: publish_index(out, index, np.asarray(shards.durations, dtype=np.float32), shards.keys,
+                                           layout.index_name))
+    return PackSummary(out_dir=out.display, index=layout.index_name, samples=index.samples, seconds=index.seconds,
+                       shards=len(shards.infos), bytes=index.bytes, rejected=len(rejects), reencoded=reencoded,
+                       elapsed_seconds=time.monotonic() - started)
 
+
+def _write_shards(entries: list[Entry], shards: "_ShardSequence", encoding: _Encoding, workers: int, skip_bad: bool,
+                  progress: bool) -> tuple[list[Reject], int]:
+    """Encode ``entries`` into ``shards``, each published when complete; (the rejects, how many were re-encoded)."""
     rejects: list[Reject] = []
     reencoded = 0
-    shards = _ShardSequence(out, layout, shard_size)
-    bar = tqdm(total=len(entries), unit=" samples", desc=_describe(layout), disable=not progress)
+    bar = tqdm(total=len(entries), unit=" samples", desc=_describe(shards.layout), disable=not progress)
     results = _encode_all(entries, encoding, workers)
     try:
         for result in results:
@@ -210,95 +236,89 @@ def pack(
     finally:
         results.close()  # stops the worker pool now, not whenever the generator is collected
         bar.close()
-
-    if rejects:
-        _write_atomic(out / layout.rejects_name, "".join(_reject_line(r) for r in rejects))
-    index = DatasetIndex(codec=codec, sample_rate=sample_rate, shards=ShardList.of(shards.infos),
-                         rejected=len(rejects), created_by=_created_by(), bitrate=bitrate)
-    _guard_write(out / layout.index_name,
-                 lambda: save_index(out, index, np.asarray(shards.durations, dtype=np.float32), shards.keys,
-                                    layout.index_name))
-    return PackSummary(
-        out_dir=str(out),
-        index=layout.index_name,
-        samples=index.samples,
-        seconds=index.seconds,
-        shards=len(shards.infos),
-        bytes=index.bytes,
-        rejected=len(rejects),
-        reencoded=reencoded,
-        elapsed_seconds=time.monotonic() - started,
-    )
+    return rejects, reencoded
 
 
-def merge(out_dir: str | os.PathLike) -> DatasetIndex:
-    """Join the part indexes in ``out_dir`` into ``index.json`` and remove them.
+def merge(out_dir: str | os.PathLike, storage_options: dict | None = None) -> DatasetIndex:
+    """Join the part indexes in ``out_dir`` (a folder or URL) into ``index.json`` and remove them.
 
     Checks that all n parts are there, that they agree on codec, sample rate and bitrate,
-    and that no key is in two shards (read from the tar headers). Part rejects
-    files are joined into ``rejects.jsonl``.
+    that their shards are there and that no key is in two shards (read from the
+    keys columns). Part rejects files are joined into ``rejects.jsonl``.
     """
-    out = Path(out_dir)
-    if not out.is_dir():
-        raise PackError(f"{out}: no such folder")
-    found: dict[int, Path] = {}
+    with Output(out_dir, storage_options) as out:
+        names = out.names()
+        layouts, indexes = _load_parts(out, names)
+        shards = ShardList.of([])
+        for index in indexes:
+            shards = shards + index.shards
+        missing = sorted(set(shards.names) - set(names))
+        if missing:
+            raise PackError(f"{out.describe(missing[0])}: shard listed in a part index is missing")
+        parts = {name: [(open_column(out.url, index.columns[name], storage_options), index.columns[name])
+                        for index in indexes] for name in (DURATIONS, KEYS)}
+        duplicate = find_duplicate_key([KeyColumn(values, column.length, out.describe(column.file))
+                                        for values, column in parts[KEYS]])
+        if duplicate is not None:
+            key, first, second = duplicate
+            raise PackError(f"{out.display}: key {key!r} is in both {_shard_at(shards, first)} and "
+                            f"{_shard_at(shards, second)}")
+        merged = DatasetIndex(codec=indexes[0].codec, sample_rate=indexes[0].sample_rate, bitrate=indexes[0].bitrate,
+                              shards=shards, rejected=sum(index.rejected for index in indexes),
+                              created_by=indexes[0].created_by)
+        merged_rejects = _merge_rejects(out, layouts, names)
+        _guard_write(out.describe(INDEX_NAME), lambda: _publish_merged(out, merged, parts))
+        for name in [*(layout.index_name for layout in layouts), *merged_rejects,
+                     *(column.file for columns in parts.values() for _, column in columns)]:
+            _guard_write(out.describe(name), lambda: out.remove(name))
+    return merged
+
+
+def _load_parts(out: Output, names: list[str]) -> tuple[list[_Layout], list[DatasetIndex]]:
+    """The layouts and indexes of all n parts in ``out``, checked to belong together."""
+    found: dict[int, str] = {}
     counts: set[int] = set()
-    for path in out.iterdir():
-        match = _PART_INDEX.fullmatch(path.name)
+    for name in names:
+        match = _PART_INDEX.fullmatch(name)
         if match:
-            found[int(match.group(1))] = path
+            found[int(match.group(1))] = name
             counts.add(int(match.group(2)))
     if not found:
-        raise PackError(f"{out}: no part indexes (index.part-*-of-*.json) to merge")
+        raise PackError(f"{out.display}: no part indexes (index.part-*-of-*.json) to merge")
     if len(counts) > 1:
-        raise PackError(f"{out}: part indexes of different part counts {sorted(counts)}; pack them into separate folders")
+        raise PackError(f"{out.display}: part indexes of different part counts {sorted(counts)}; "
+                        "pack them into separate folders")
     (n,) = counts
-    missing = sorted(set(range(n)) - set(found))
-    if missing:
-        names = ", ".join(_Layout((i, n)).index_name for i in missing)
-        raise PackError(f"{out}: {len(missing)} of {n} parts are missing ({names})")
-
     layouts = [_Layout((i, n)) for i in range(n)]
-    indexes = [load_index(found[i]) for i in range(n)]
+    missing = [layout.index_name for i, layout in enumerate(layouts) if i not in found]
+    if missing:
+        raise PackError(f"{out.display}: {len(missing)} of {n} parts are missing ({', '.join(missing)})")
+    indexes = [parse_index(out.read(found[i]).decode(), out.describe(found[i])) for i in range(n)]
     for layout, index in zip(layouts, indexes):
         if _encoding(index) != _encoding(indexes[0]):
             raise PackError(
-                f"{out / layout.index_name}: {_encoding(index)} differs from part 0's {_encoding(indexes[0])}"
+                f"{out.describe(layout.index_name)}: {_encoding(index)} differs from part 0's {_encoding(indexes[0])}"
             )
         missing_columns = {DURATIONS, KEYS} - set(index.columns)
         if missing_columns:
-            raise PackError(f"{out / layout.index_name}: lists no {', '.join(sorted(missing_columns))} column")
-    shards = ShardList.of([])
-    for index in indexes:
-        shards = shards + index.shards
-    for name in shards.names:
-        if not (out / name).is_file():
-            raise PackError(f"{out / name}: shard listed in a part index is missing")
-    duplicate = find_duplicate_key([key_column(out, index) for index in indexes])
-    if duplicate is not None:
-        key, first, second = duplicate
-        raise PackError(f"{out}: key {key!r} is in both {_shard_at(shards, first)} and {_shard_at(shards, second)}")
+            raise PackError(f"{out.describe(layout.index_name)}: lists no {', '.join(sorted(missing_columns))} column")
+    return layouts, indexes
 
-    merged = DatasetIndex(
-        codec=indexes[0].codec,
-        sample_rate=indexes[0].sample_rate,
-        bitrate=indexes[0].bitrate,
-        shards=shards,
-        rejected=sum(index.rejected for index in indexes),
-        created_by=indexes[0].created_by,
-    )
-    part_columns = {name: [(out / index.columns[name].file, index.columns[name]) for index in indexes]
-                    for name in (DURATIONS, KEYS)}
-    merged.columns = {name: _guard_write(out / column_file_name(INDEX_NAME, name),
-                                         lambda name=name: concatenate_columns(out, INDEX_NAME, name, parts))
-                      for name, parts in part_columns.items()}
-    reject_files = [out / layout.rejects_name for layout in layouts if (out / layout.rejects_name).is_file()]
+
+def _merge_rejects(out: Output, layouts: list[_Layout], names: list[str]) -> list[str]:
+    """Join the parts' rejects files into ``rejects.jsonl``; the names of the parts' files."""
+    reject_files = [layout.rejects_name for layout in layouts if layout.rejects_name in names]
     if reject_files:
-        _write_atomic(out / REJECTS_NAME, "".join(path.read_text(encoding="utf-8") for path in reject_files))
-    _guard_write(out / INDEX_NAME, lambda: merged.save(out / INDEX_NAME))
-    for path in [*found.values(), *reject_files, *(path for parts in part_columns.values() for path, _ in parts)]:
-        path.unlink()
-    return merged
+        text = "".join(out.read(name).decode("utf-8") for name in reject_files)
+        _guard_write(out.describe(REJECTS_NAME), lambda: out.write(REJECTS_NAME, text))
+    return reject_files
+
+
+def _publish_merged(out: Output, merged: DatasetIndex, parts: dict[str, list[tuple[np.ndarray, ColumnFile]]]) -> None:
+    """Write the merged column files and publish them, then the merged index (last)."""
+    root = out.stage(INDEX_NAME).parent
+    merged.columns = {name: concatenate_columns(root, INDEX_NAME, name, columns) for name, columns in parts.items()}
+    publish_staged_index(out, merged, INDEX_NAME)
 
 
 def _shard_at(shards: ShardList, position: int) -> str:
@@ -358,36 +378,37 @@ def _describe(layout: _Layout) -> str:
     return "pack" if layout.part is None else f"pack part {layout.part[0]}/{layout.part[1]}"
 
 
-def _prepare_out_dir(out: Path, layout: _Layout, overwrite: bool) -> None:
+def _prepare_out_dir(out: Output, layout: _Layout, overwrite: bool) -> None:
     """Create ``out``; refuse files in the way unless ``overwrite``, which removes a previous pack's files.
 
     Files this pack does not recognise are never removed. A stale index.json
     goes first, so no index ever describes a half-replaced dataset.
     """
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        names = sorted(path.name for path in out.iterdir())
+        out.create()
+        names = out.names()
     except OSError as error:
-        raise PackError(f"cannot use output folder {out}: {error.strerror or error}") from error
+        raise PackError(f"cannot use output folder {out.display}: {error.strerror or error}") from error
     in_the_way = [name for name in names if not layout.belongs_to_sibling(name)]
     if in_the_way and not overwrite:
         raise PackError(
-            f"output folder {out} is not empty ({in_the_way[0]}{' ...' * (len(in_the_way) > 1)}); "
+            f"output folder {out.display} is not empty ({in_the_way[0]}{' ...' * (len(in_the_way) > 1)}); "
             "pass overwrite / --overwrite to replace a previous pack"
         )
     if overwrite:
         stale = [INDEX_NAME] + [name for name in in_the_way if name != INDEX_NAME and layout.owns(name)]
         for name in stale:
-            _guard_write(out / name, lambda: (out / name).unlink(missing_ok=True))
+            _guard_write(out.describe(name), lambda: out.remove(name))
 
 
 class _ShardSequence:
-    """Appends samples to shards, rolling over before a shard would pass ``shard_size``.
+    """Appends samples to shards, rolling over before a shard would pass ``shard_size``;
+    each shard is published as soon as it is complete.
 
     Collects what the index needs: each shard's entry, and each sample's duration and key.
     """
 
-    def __init__(self, out: Path, layout: _Layout, shard_size: int):
+    def __init__(self, out: Output, layout: _Layout, shard_size: int):
         self.out = out
         self.layout = layout
         self.shard_size = shard_size
@@ -404,9 +425,9 @@ class _ShardSequence:
             self._finish()
             writer = None
         if writer is None:
-            path = self.out / self.layout.shard_name(len(self.infos))
-            writer = self._writer = _guard_write(path, lambda: ShardWriter(path))
-        _guard_write(writer.tmp_path, lambda: writer.add(sample.key, sample.members))
+            path = self.out.stage(self.layout.shard_name(len(self.infos)))
+            writer = self._writer = _guard_write(str(path), lambda: ShardWriter(path))
+        _guard_write(str(writer.tmp_path), lambda: writer.add(sample.key, sample.members))
         self.durations.append(sample.seconds)
         self.keys.append(sample.key)
         self.seconds += sample.seconds
@@ -422,11 +443,11 @@ class _ShardSequence:
 
     def _finish(self) -> None:
         writer, self._writer = self._writer, None
-        size, sha256 = _guard_write(writer.tmp_path, writer.close)
+        size, sha256 = _guard_write(str(writer.tmp_path), writer.close)
+        name = writer.path.name
+        _guard_write(self.out.describe(name), lambda: self.out.publish(name))
         seconds = self.durations[self._first :]
-        self.infos.append(
-            ShardInfo(writer.path.name, len(seconds), round(sum(seconds), 6), size, sha256, round(max(seconds), 6))
-        )
+        self.infos.append(ShardInfo(name, len(seconds), round(sum(seconds), 6), size, sha256, round(max(seconds), 6)))
         self._first = len(self.durations)
 
 
@@ -526,7 +547,7 @@ def _encode_job(job: tuple[Entry, _Encoding]) -> _Encoded | Reject:
 
 
 def _encode_item(item: SourceItem, encoding: _Encoding) -> _Encoded:
-    source = _piped_audio(item.audio) if item.piped else item.audio
+    source = _audio_bytes(item, encoding.storage_options)
     waveform, info = decode_segment(source, item.start, item.end)
     if len(waveform) == 0:
         raise AudioError("no audio samples")
@@ -535,7 +556,7 @@ def _encode_item(item: SourceItem, encoding: _Encoding) -> _Encoded:
     whole_file = item.start is None and item.end is None
     reencoded = False
     if codec == "copy" and whole_file and info.ext in AUDIO_EXTENSIONS and rate == target:
-        audio, ext = (source if item.piped else Path(source).read_bytes()), info.ext
+        audio, ext = (source if isinstance(source, bytes) else Path(source).read_bytes()), info.ext
         frames = len(waveform)
     else:
         reencoded = codec == "copy"
@@ -549,6 +570,18 @@ def _encode_item(item: SourceItem, encoding: _Encoding) -> _Encoded:
         meta["end"] = item.end
     members = {ext: audio, "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")}
     return _Encoded(item.key, members, frames / target, reencoded)
+
+
+def _audio_bytes(item: SourceItem, storage_options: dict | None) -> str | bytes:
+    """The item's audio: a local path, or the bytes of a piped command's output or of a file at a URL."""
+    if item.piped:
+        return _piped_audio(item.audio)
+    if is_local(item.audio):
+        return item.audio
+    try:
+        return read_all(item.audio, storage_options)
+    except ShardReadError as error:
+        raise AudioError(f"cannot read: {error.reason}") from None
 
 
 def _piped_audio(command: str) -> bytes:
@@ -566,21 +599,14 @@ def _reject_line(reject: Reject) -> str:
     return json.dumps({"origin": reject.origin, "key": reject.key, "reason": reject.reason}, ensure_ascii=False) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    def write() -> None:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-
-    _guard_write(path, write)
-
-
-def _guard_write(path: Path, action):
-    """Run a file-system write; an OSError becomes a one-line PackError naming ``path``."""
+def _guard_write(where: str, action):
+    """Run a write; an OSError becomes a one-line PackError naming ``where`` (an OutputError names it already)."""
     try:
         return action()
+    except OutputError as error:
+        raise PackError(str(error)) from error
     except OSError as error:
-        raise PackError(f"cannot write {path}: {error.strerror or error}") from error
+        raise PackError(f"cannot write {where}: {error.strerror or error}") from error
 
 
 def _created_by() -> str:

@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Union
+from urllib.parse import urlsplit
 
 from streamtrain.audio import AUDIO_EXTENSIONS
 from streamtrain.dataset.shard import sanitize_key
+from streamtrain.storage.location import LocationError, check_location
+from streamtrain.storage.remote import ShardReadError, child_url, is_local, local_path, read_all, redact
 
 
 class SourceError(ValueError):
@@ -69,15 +73,7 @@ def detect_form(source: str | os.PathLike) -> str:
     if not path.exists():
         raise SourceError(f"{path}: no such file or directory")
     if path.is_file():
-        suffix = path.suffix.lower()
-        if suffix in _JSONL_SUFFIXES:
-            return "jsonl"
-        if suffix == ".csv":
-            return "csv"
-        raise SourceError(
-            f"{path}: cannot tell the manifest format from the extension {suffix!r} "
-            f"(use .jsonl or .csv, or name the form: one of {', '.join(FORMS)})"
-        )
+        return _manifest_form(path.name, str(path))
     if (path / "wav.scp").is_file():
         return "kaldi"
     if next(path.rglob("*.trans.txt"), None) is not None:
@@ -85,22 +81,42 @@ def detect_form(source: str | os.PathLike) -> str:
     return "folder"
 
 
-def read_source(source: str | os.PathLike, form: str | None = None, *, kaldi_pipes: bool = False) -> list[Entry]:
+def _manifest_form(name: str, origin: str) -> str:
+    suffix = Path(name).suffix.lower()
+    if suffix in _JSONL_SUFFIXES:
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    raise SourceError(
+        f"{origin}: cannot tell the manifest format from the extension {suffix!r} "
+        f"(use .jsonl or .csv, or name the form: one of {', '.join(FORMS)})"
+    )
+
+
+def read_source(source: str | os.PathLike, form: str | None = None, *, kaldi_pipes: bool = False,
+                storage_options: dict | None = None) -> list[Entry]:
     """Items and per-item problems of ``source``, in source order.
 
     A key seen twice makes the second occurrence a Reject naming both origins.
     ``kaldi_pipes`` accepts Kaldi ``wav.scp`` entries of the form ``cmd |``
     (refused otherwise: a data file's commands run only when asked for).
+    A JSONL or CSV manifest may be at a URL (read with retries, with fsspec's
+    ``storage_options``); its relative audio paths are then taken relative to
+    the manifest's URL.
     """
-    form = form or detect_form(source)
-    if form not in FORMS:
-        raise SourceError(f"unknown source form {form!r}; expected one of {', '.join(FORMS)}")
-    path = Path(source)
-    if not path.exists():
-        raise SourceError(f"{path}: no such file or directory")
+    source = check_location(source)
+    if not is_local(source):
+        entries_of_form = _read_remote_manifest(source, form, storage_options)
+    else:
+        form = form or detect_form(source)
+        if form not in FORMS:
+            raise SourceError(f"unknown source form {form!r}; expected one of {', '.join(FORMS)}")
+        path = Path(local_path(source))
+        if not path.exists():
+            raise SourceError(f"{path}: no such file or directory")
+        entries_of_form = _read_kaldi(path, kaldi_pipes) if form == "kaldi" else _READERS[form](path)
     entries: list[Entry] = []
     first_origin: dict[str, str] = {}
-    entries_of_form = _read_kaldi(path, kaldi_pipes) if form == "kaldi" else _READERS[form](path)
     for entry in entries_of_form:
         if isinstance(entry, SourceItem):
             if entry.key in first_origin:
@@ -113,12 +129,32 @@ def read_source(source: str | os.PathLike, form: str | None = None, *, kaldi_pip
     return entries
 
 
+def _read_remote_manifest(url: str, form: str | None, storage_options: dict | None) -> Iterator[Entry]:
+    """A JSONL or CSV manifest at a URL; its audio is read when packed."""
+    name = redact(url)
+    form = form or _manifest_form(urlsplit(url).path, name)
+    if form not in ("jsonl", "csv"):
+        raise SourceError(f"{name}: only a JSONL or CSV manifest can be read from a URL, not a {form} source")
+    try:
+        data = read_all(url, storage_options)
+    except ShardReadError as error:
+        raise SourceError(str(error)) from None
+    base = url.rsplit("/", 1)[0]
+    return _jsonl_records(data, name, base) if form == "jsonl" else _csv_records(data, name, base)
+
+
 def _item(
-    key: str, audio: Path, text: Any, origin: str, fields: dict[str, Any], source_root: Path, **segment: float
+    key: str, audio: Path | str, text: Any, origin: str, fields: dict[str, Any], source_root: Path | None,
+    **segment: float
 ) -> Entry:
-    """An item after the checks every form shares, or the Reject that explains it."""
+    """An item after the checks every form shares, or the Reject that explains it.
+
+    Audio at a URL (a str) is not looked for here: a failure to read it is a Reject when it is packed.
+    """
     if not _has_text(text):
         return Reject(origin, key, "missing or empty transcript")
+    if isinstance(audio, str):
+        return SourceItem(key, audio, " ".join(text.split()), origin, {**fields, "source": redact(audio)}, **segment)
     if not audio.is_file():
         return Reject(origin, key, f"audio file not found: {audio}")
     fields = {**fields, "source": _relative(audio, source_root)}
@@ -137,34 +173,49 @@ def _has_text(text: Any) -> bool:
     return isinstance(text, str) and bool(text.strip())
 
 
-def _relative(path: Path, root: Path) -> str:
+def _relative(path: Path, root: Path | None) -> str:
     """Provenance stored in the shard: the path under the source root where possible.
 
     Relative paths keep shards independent of where the corpus happened to be.
     """
     try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
+        return path.resolve().relative_to(root.resolve()).as_posix() if root is not None else str(path.resolve())
     except ValueError:
         return str(path.resolve())
 
 
-def _record_item(record: dict[str, Any], origin: str, base: Path) -> Entry:
-    """One JSONL object or CSV row: ``audio`` and ``text``, optional ``id``/``key``."""
+def _record_item(record: dict[str, Any], origin: str, base: Path | str) -> Entry:
+    """One JSONL object or CSV row: ``audio`` and ``text``, optional ``id``/``key``.
+
+    ``base`` is the manifest's folder, or its URL's parent for a manifest at a URL.
+    """
     audio_field = record.get("audio")
     if not isinstance(audio_field, str) or not audio_field.strip():
         return Reject(origin, None, "missing or empty 'audio' field")
-    audio = Path(audio_field)
-    if not audio.is_absolute():
-        audio = base / audio
+    try:
+        audio = _audio_location(audio_field, base)
+    except LocationError as error:
+        return Reject(origin, None, str(error))
     raw_key = record.get("id", record.get("key"))
-    key = sanitize_key(str(raw_key)) if raw_key not in (None, "") else sanitize_key(audio.stem)
+    stem = Path(urlsplit(audio).path if isinstance(audio, str) else audio).stem
+    key = sanitize_key(str(raw_key)) if raw_key not in (None, "") else sanitize_key(stem)
     fields = {name: value for name, value in record.items() if name not in ("audio", "text")}
-    return _item(key, audio, record.get("text"), origin, fields, base)
+    return _item(key, audio, record.get("text"), origin, fields, base if isinstance(base, Path) else None)
 
 
-def _text_lines(path: Path) -> Iterator[tuple[int, str | None, str]]:
+def _audio_location(field: str, base: Path | str) -> Path | str:
+    """A manifest's audio field as a local path, or as a URL (a str) where it is one or is relative to one."""
+    location = check_location(field)
+    if not is_local(location):
+        return location
+    path = Path(local_path(location))
+    if path.is_absolute():
+        return path
+    return base / path if isinstance(base, Path) else child_url(base, path.as_posix())
+
+
+def _text_lines(data: bytes) -> Iterator[tuple[int, str | None, str]]:
     """(line number, text or None if not UTF-8, what is wrong) of each line; a UTF-8 BOM is allowed."""
-    data = path.read_bytes()
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8) :]
     for number, raw in enumerate(data.splitlines(), start=1):
@@ -175,8 +226,12 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str | None, str]]:
 
 
 def _read_jsonl(path: Path) -> Iterator[Entry]:
-    for number, line, problem in _text_lines(path):
-        origin = f"{path} line {number}"
+    return _jsonl_records(path.read_bytes(), str(path), path.parent)
+
+
+def _jsonl_records(data: bytes, name: str, base: Path | str) -> Iterator[Entry]:
+    for number, line, problem in _text_lines(data):
+        origin = f"{name} line {number}"
         if line is None:
             yield Reject(origin, None, problem)
             continue
@@ -190,26 +245,30 @@ def _read_jsonl(path: Path) -> Iterator[Entry]:
         if not isinstance(record, dict):
             yield Reject(origin, None, "expected a JSON object")
             continue
-        yield _record_item(record, origin, path.parent)
+        yield _record_item(record, origin, base)
 
 
 _UNDECODED = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, kept by "surrogateescape"
 
 
 def _read_csv(path: Path) -> Iterator[Entry]:
-    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"audio", "text"} - set(reader.fieldnames or ())
-        if missing:
-            raise SourceError(f"{path} line 1: CSV header lacks column(s) {', '.join(sorted(missing))}")
-        for row in reader:
-            origin = f"{path} line {reader.line_num}"
-            bad = next((name for name, value in row.items() if isinstance(value, str) and _UNDECODED.search(value)),
-                       None)
-            if bad is not None:
-                yield Reject(origin, None, f"column {bad!r} is not UTF-8 text")
-                continue
-            yield _record_item(row, origin, path.parent)
+    return _csv_records(path.read_bytes(), str(path), path.parent)
+
+
+def _csv_records(data: bytes, name: str, base: Path | str) -> Iterator[Entry]:
+    text = io.StringIO(data.decode("utf-8-sig", errors="surrogateescape"), newline="")
+    reader = csv.DictReader(text)
+    missing = {"audio", "text"} - set(reader.fieldnames or ())
+    if missing:
+        raise SourceError(f"{name} line 1: CSV header lacks column(s) {', '.join(sorted(missing))}")
+    for row in reader:
+        origin = f"{name} line {reader.line_num}"
+        bad = next((column for column, value in row.items() if isinstance(value, str) and _UNDECODED.search(value)),
+                   None)
+        if bad is not None:
+            yield Reject(origin, None, f"column {bad!r} is not UTF-8 text")
+            continue
+        yield _record_item(row, origin, base)
 
 
 def _audio_files(root: Path) -> list[Path]:
@@ -246,7 +305,7 @@ def _read_librispeech(root: Path) -> Iterator[Entry]:
     for transcripts in sorted(root.rglob("*.trans.txt")):
         chapter_dir = transcripts.parent
         fields = {"speaker": chapter_dir.parent.name, "chapter": chapter_dir.name}
-        for number, line, problem in _text_lines(transcripts):
+        for number, line, problem in _text_lines(transcripts.read_bytes()):
             origin = f"{transcripts} line {number}"
             if line is None:
                 yield Reject(origin, None, problem)
@@ -272,7 +331,7 @@ def _find_audio(folder: Path, stem: str) -> Path | None:
 
 def _kaldi_lines(path: Path) -> Iterator[tuple[str, str | None, str]]:
     """``id rest-of-line`` lines of a Kaldi file -> (id, rest, origin); rest is None for a line that is not UTF-8."""
-    for number, line, _ in _text_lines(path):
+    for number, line, _ in _text_lines(path.read_bytes()):
         origin = f"{path} line {number}"
         if line is None:
             yield "", None, origin

@@ -181,7 +181,7 @@ def read_all(url: str, storage_options: dict | None = None, policy: RetryPolicy 
         except OSError as error:
             raise _read_error(url, f"cannot read: {error.strerror or error}") from error
     fs, path = filesystem(url, storage_options, policy)
-    size = _with_retries(lambda: fs.size(path), url, policy, time.sleep, "cannot stat")
+    size = with_retries(lambda: fs.size(path), url, policy, time.sleep, "cannot stat")
     return b"".join(_chunks(url, size, storage_options, policy, time.sleep))
 
 
@@ -219,6 +219,17 @@ def fetch_to_file(
         fetch_into(url, size, sha256, out, storage_options, policy)
 
 
+class _Discard:
+    def write(self, data) -> int:
+        return len(data)
+
+
+def verify_url(url: str, size: int, sha256: str, storage_options: dict | None = None,
+               policy: RetryPolicy = RetryPolicy()) -> None:
+    """Re-read ``url`` (streamed, one chunk in memory) and check its size and sha256, e.g. after an upload."""
+    fetch_into(url, size, sha256, _Discard(), storage_options, policy)
+
+
 def sha256_of_file(source: str | os.PathLike | BinaryIO, block: int = 4 * 2**20) -> str:
     """The sha256 of a file, by path or open (an open file is read from the start and rewound)."""
     if not hasattr(source, "read"):
@@ -254,7 +265,7 @@ def _chunks(url: str, size: int, storage_options, policy: RetryPolicy, sleep) ->
     position = 0
     while position < size:
         start, end = position, min(size, position + policy.chunk_bytes)
-        chunk = _with_retries(lambda: _ranged(fs, path, start, end, size), url, policy, sleep,
+        chunk = with_retries(lambda: _ranged(fs, path, start, end, size), url, policy, sleep,
                               f"read failed at byte {start} of {size}")
         if not chunk:
             return
@@ -278,10 +289,10 @@ def read_text(url: str, storage_options: dict | None = None, policy: RetryPolicy
     if is_local(url):
         return Path(local_path(url)).read_text()
     fs, path = filesystem(url, storage_options, policy)
-    return _with_retries(lambda: fs.cat_file(path), url, policy, time.sleep, "cannot read").decode()
+    return with_retries(lambda: fs.cat_file(path), url, policy, time.sleep, "cannot read").decode()
 
 
-def _with_retries(action: Callable, url: str, policy: RetryPolicy, sleep, failure: str):
+def with_retries(action: Callable, url: str, policy: RetryPolicy, sleep, failure: str):
     """``action()``, retried with jittered exponential back-off while its errors are transient."""
     failures = 0
     while True:

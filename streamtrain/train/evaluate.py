@@ -10,8 +10,11 @@ per utterance).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import unicodedata
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
 
 import jiwer
@@ -19,7 +22,7 @@ import torch
 
 from streamtrain.data import StreamLoader
 from streamtrain.train.backoff import OomBackoff
-from streamtrain.train.model import TextCodec, greedy_generate
+from streamtrain.train.model import Generation, TextCodec, greedy_generate
 
 _NOT_WORD = re.compile(r"[^\w' ]|_")
 
@@ -90,6 +93,24 @@ class EvalResult:
     hypotheses: list[Hypothesis] = field(default_factory=list)
 
 
+def transcribe(model, featurizer, codec: TextCodec, audio: torch.Tensor, lengths: torch.Tensor,
+               backoff: OomBackoff, context: Callable[[], ContextManager] = contextlib.nullcontext,
+               suppressed: Sequence[int] = ()) -> list[Generation]:
+    """Greedy transcripts of a padded batch, featurized and decoded in ``backoff``'s pieces
+    (more of them after an out-of-memory error), each piece inside ``context()`` (e.g. autocast);
+    ``suppressed`` token ids are never chosen."""
+
+    def pieces_of(pieces: list[slice]) -> list[Generation]:
+        generations = []
+        for piece in pieces:
+            with context():
+                features, _ = featurizer(audio[piece], lengths[piece])
+                generations += greedy_generate(model, features, codec, suppressed)
+        return generations
+
+    return backoff.run(len(audio), pieces_of)
+
+
 def evaluate(
     model,
     featurizer,
@@ -109,16 +130,7 @@ def evaluate(
     model.eval()
     for batch in loader:
         audio, lengths = batch["audio"].to(device), batch["audio_lens"].to(device)
-
-        def transcribe(pieces: list[slice]) -> list[str]:
-            texts = []
-            for piece in pieces:
-                with autocast():
-                    features, _ = featurizer(audio[piece], lengths[piece])
-                    texts += [g.text for g in greedy_generate(model, features, codec)]
-            return texts
-
-        hypotheses = backoff.run(len(audio), transcribe)
+        hypotheses = [g.text for g in transcribe(model, featurizer, codec, audio, lengths, backoff, autocast)]
         for key, reference, hypothesis in zip(batch["keys"], batch["text"], hypotheses):
             word_errors, char_errors = result.counts.add(reference, hypothesis)
             result.hypotheses.append(Hypothesis(key, reference, hypothesis, word_errors, char_errors))

@@ -1,0 +1,162 @@
+"""An output location: a local folder, or a folder at any fsspec URL (s3://, gs://, az://, file://).
+
+Writers never write to the store directly. They write each file complete,
+atomically, to ``stage(name)``, then call ``publish(name)``. Locally the
+staged path is the final one, so publishing does nothing more. At a URL the
+file is staged in a private temporary folder, uploaded (fsspec's ``put``,
+retried; multipart is the backend's business for large files), verified by
+re-reading its size and sha256 from the store, and only then removed locally:
+local disk holds only the files in flight, and a file is visible at the URL
+only once it has been uploaded whole. Publishing in order (shards, then column
+files, then the index last) is what keeps an interrupted writer from leaving
+an index that lists a missing or partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from streamtrain.storage.atomic import write_atomic
+from streamtrain.storage.location import check_location
+from streamtrain.storage.remote import (
+    RetryPolicy,
+    ShardReadError,
+    child_url,
+    filesystem,
+    is_local,
+    local_path,
+    read_all,
+    redact,
+    sha256_of_file,
+    verify_url,
+    with_retries,
+)
+
+
+class OutputError(OSError):
+    """A file that could not be published, listed or removed at an output location (named in the message)."""
+
+
+class Output:
+    """Where a command's files go; see the module docstring. Use as a context manager (``close`` drops the staging)."""
+
+    def __init__(self, location: str | os.PathLike, storage_options: dict | None = None,
+                 policy: RetryPolicy = RetryPolicy()):
+        self.url = check_location(location).rstrip("/") or "/"
+        self.storage_options = storage_options
+        self.policy = policy
+        self.is_local = is_local(self.url)
+        self._staging: Path | None = None
+
+    def __enter__(self) -> "Output":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def display(self) -> str:
+        """The location as it may be printed: no credentials, no query."""
+        return redact(self.url)
+
+    def describe(self, name: str) -> str:
+        return f"{self.display}/{name}"
+
+    def file_url(self, name: str) -> str:
+        return child_url(self.url, name)
+
+    def create(self) -> None:
+        """Make the local folder (object stores have no folders to make)."""
+        if self.is_local:
+            Path(local_path(self.url)).mkdir(parents=True, exist_ok=True)
+
+    def names(self) -> list[str]:
+        """The names of the files in the folder, sorted; [] when it does not exist."""
+        if self.is_local:
+            folder = Path(local_path(self.url))
+            return sorted(os.listdir(folder)) if folder.is_dir() else []
+        fs, path = filesystem(self.url, self.storage_options, self.policy)
+        fs.invalidate_cache(path)
+        try:
+            listed = self._retried(lambda: _missing_as_empty(lambda: fs.ls(path, detail=False)), "cannot list")
+        finally:
+            fs.invalidate_cache(path)  # fsspec shares the instance: a kept listing would hide files written later
+        return sorted(name.rstrip("/").rsplit("/", 1)[-1] for name in listed)
+
+    def read(self, name: str) -> bytes:
+        """A whole file, with retries (ShardReadError naming it if it cannot be read)."""
+        return read_all(self.file_url(name), self.storage_options, self.policy)
+
+    def stage(self, name: str) -> Path:
+        """The local path to write ``name`` to, complete and atomically, before ``publish(name)``."""
+        if self.is_local:
+            return Path(local_path(self.url)) / name
+        if self._staging is None:
+            self._staging = Path(tempfile.mkdtemp(prefix="streamtrain-output-"))
+        return self._staging / name
+
+    def publish(self, name: str) -> None:
+        """Make the staged ``name`` visible at the location: upload, verify, remove locally (a URL)."""
+        if self.is_local:
+            return
+        staged = self.stage(name)
+        size, sha256 = staged.stat().st_size, sha256_of_file(staged)
+        url = self.file_url(name)
+        fs, path = filesystem(url, self.storage_options, self.policy)
+        self._retried(lambda: fs.put_file(str(staged), path), "cannot upload", name)
+        stored = self._retried(lambda: fs.size(path), "cannot stat the upload", name)
+        try:
+            if stored != size:
+                raise ShardReadError(f"{stored} bytes stored, {size} uploaded")
+            verify_url(url, size, sha256, self.storage_options, self.policy)
+        except ShardReadError as error:
+            raise OutputError(f"{self.describe(name)}: the upload does not read back intact: {error.reason}") from None
+        staged.unlink()
+
+    def write(self, name: str, data: bytes | str) -> None:
+        """Stage and publish a small file in one go."""
+        write_atomic(self.stage(name), data)
+        self.publish(name)
+
+    def remove(self, name: str) -> None:
+        """Remove ``name`` if it is there."""
+        if self.is_local:
+            self.stage(name).unlink(missing_ok=True)
+            return
+        fs, path = filesystem(self.file_url(name), self.storage_options, self.policy)
+        self._retried(lambda: _missing_as_empty(lambda: fs.rm_file(path)), "cannot remove", name)
+
+    def clear(self) -> None:
+        """Remove the folder and everything in it (an ``--overwrite``), leaving an empty one."""
+        if self.is_local:
+            if Path(local_path(self.url)).exists():
+                shutil.rmtree(local_path(self.url))
+            self.create()
+            return
+        fs, path = filesystem(self.url, self.storage_options, self.policy)
+        self._retried(lambda: _missing_as_empty(lambda: fs.rm(path, recursive=True)), "cannot remove")
+
+    def close(self) -> None:
+        """Drop what is staged and not published (an interrupted writer's partial files)."""
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+
+    def _retried(self, action, failure: str, name: str | None = None):
+        """``action()`` with the read retries; a failure is an OutputError naming the file."""
+        try:
+            return with_retries(action, self.file_url(name) if name else self.url, self.policy, time.sleep, failure)
+        except ShardReadError as error:
+            raise OutputError(str(error)) from None
+
+
+def _missing_as_empty(action):
+    """``action()``, or [] where what it lists or removes is not there."""
+    try:
+        return action()
+    except FileNotFoundError:
+        return []
