@@ -9,7 +9,8 @@ a plain WebDataset pipeline that computes features in its workers.
         model.pretrained=models/whisper-small data.batch_size=16 train.micro_batches=1
 
 Both feeds use the same model, optimizer, batch size, precision (the recipe's
-``train.mixed_precision``), gradient checkpointing and featurizer (the recipe's);
+``train.mixed_precision``), gradient checkpointing and featurizer (the recipe's;
+each batch runs in one piece: ``train.micro_batches`` is not applied);
 the only difference is where the features are computed: on the training device
 in batch (streamtrain: waveforms travel, ``WhisperLogMel`` runs on the device),
 or per sample on the CPU in the DataLoader workers (the usual WebDataset +
@@ -36,7 +37,7 @@ from streamtrain.data import StreamLoader
 from streamtrain.dataset.index import load_index
 from streamtrain.features import build_featurizer
 from streamtrain.train.config import Recipe, load_recipe, train_batch_size, validate
-from streamtrain.train.model import TextCodec, build_model, load_tokenizer
+from streamtrain.train.model import IGNORE_INDEX, TextCodec, build_model, load_tokenizer
 from streamtrain.train.objective import cross_entropy_sum
 
 WARMUP = 3
@@ -119,7 +120,7 @@ def run_feed(name: str, batches, model, optimizer, codec: TextCodec, featurizer,
         with autocast:
             logits = model(input_features=features_of(batch, featurizer, device),
                            decoder_input_ids=targets.decoder_input_ids.to(device)).logits
-        (cross_entropy_sum(logits, labels) / max(int((labels != -100).sum()), 1)).backward()
+        (cross_entropy_sum(logits, labels) / max(int((labels != IGNORE_INDEX).sum()), 1)).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         samples += len(batch["text"])
