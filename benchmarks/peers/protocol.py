@@ -68,10 +68,9 @@ def source_samples(root: Path) -> Iterator[tuple[str, bytes, dict]]:
     Reads ``index.json`` and the tar shards with the standard library only, so that
     any peer's venv can convert the corpus without streamtrain installed.
     """
-    index = json.loads((root / "index.json").read_text())
-    for shard in index["shards"]:
+    for name in _shard_field(root, "name"):
         members: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(root / shard["name"]) as tar:
+        with tarfile.open(root / name) as tar:
             for info in tar:
                 if not info.isfile():
                     continue
@@ -83,13 +82,18 @@ def source_samples(root: Path) -> Iterator[tuple[str, bytes, dict]]:
 
 def shard_bytes(root: Path) -> int:
     """Mean bytes of a source shard: peers whose writers cut shards by size get this size."""
-    index = json.loads((root / "index.json").read_text())
-    return int(sum(s["bytes"] for s in index["shards"]) / len(index["shards"]))
+    sizes = _shard_field(root, "bytes")
+    return int(sum(sizes) / len(sizes))
 
 
 def samples_per_shard(root: Path) -> int:
-    index = json.loads((root / "index.json").read_text())
-    return int(max(s["samples"] for s in index["shards"]))
+    return int(max(_shard_field(root, "samples")))
+
+
+def _shard_field(root: Path, field: str) -> list:
+    """One per-shard field of ``index.json``: format 2 stores each as a list, format 1 a list of shard objects."""
+    shards = json.loads((root / "index.json").read_text())["shards"]
+    return shards[field] if isinstance(shards, dict) else [shard[field] for shard in shards]
 
 
 # -- decode and collate (identical for every peer) -----------------------------------
