@@ -49,6 +49,7 @@ from streamtrain.testing.corpus import Corpus, utterances, write_jsonl
 REPO = Path(__file__).resolve().parents[1]
 WHISPER_WINDOW_SECONDS = 30
 WHISPER_FEATURE_BYTES = 80 * 3000 * 4  # n_mels x frames x float32, per 30 s window
+LEAN_FEATURE_BYTES_PER_SECOND = 80 * 100 * 2  # n_mels x 100 frames/s x float16, the utterance's own length
 
 #: Packs one source in a fresh interpreter and prints what it measured as JSON. A first
 #: resampling call loads what the packer's resampler needs (torch, for revisions before
@@ -258,6 +259,7 @@ def print_storage(corpus: Corpus, runs: list[dict], seconds: list[float]) -> Non
     storage = [("WAV source (22.05 kHz 16-bit)", wav)]
     storage += [(f"shards, {r['codec']} 16 kHz, {r['tree']}", r["bytes"]) for r in runs if r["workers"] == 1]
     storage.append(("Whisper log-mel features (80x3000 f32)", features))
+    storage.append(("log-mel, f16, own length (no padding)", sum(s * LEAN_FEATURE_BYTES_PER_SECOND for s in seconds)))
     print(f"\n{'storage':<48} {'MB':>9} {'x WAV':>8} {'x features':>11}")
     for name, size in storage:
         print(f"{name:<48} {size / 1e6:>9.2f} {size / wav:>8.3f} {size / features:>11.4f}")

@@ -1,14 +1,24 @@
-"""Training throughput of the `tiny` recipe: StreamLoader (features on the device) against
-the same loop fed by a plain WebDataset pipeline that computes features in its workers.
+"""Training throughput of a recipe: StreamLoader (features on the device) against the same loop fed by
+a plain WebDataset pipeline that computes features in its workers.
 
     python benchmarks/train_bench.py [--device cpu|cuda] [--steps 40] [--workers 2] [--data shards/train]
+        [--recipe tiny] [--feeds streamtrain,webdataset] [key=value ...]
 
-Both runs use the same model, optimizer, batch size, featurizer (WhisperLogMel
-from the recipe) and worker count; the only difference is where the features
-are computed: on the training device in batch (streamtrain), or per sample on
-the CPU in the DataLoader workers (the usual WebDataset + hand-written loop
-layout). Reported: samples/s, audio seconds/s, and the share of the step time
-the loop spent waiting for data. The first 5 steps are warm-up and not timed.
+    # a whisper-small-architecture model (streamtrain init-model), bf16, 30 s windows, on a GPU:
+    python benchmarks/train_bench.py --device cuda --recipe whisper-finetune \
+        model.pretrained=models/whisper-small data.batch_size=16 train.micro_batches=1
+
+Both feeds use the same model, optimizer, batch size, precision (the recipe's
+``train.mixed_precision``), gradient checkpointing and featurizer (the recipe's;
+each batch runs in one piece: ``train.micro_batches`` is not applied);
+the only difference is where the features are computed: on the training device
+in batch (streamtrain: waveforms travel, ``WhisperLogMel`` runs on the device),
+or per sample on the CPU in the DataLoader workers (the usual WebDataset +
+hand-written loop layout: 80 x 3000 floats per 30 s window travel). Reported per
+feed: samples/s, audio hours/s, the share of the time the loop waited for data,
+the time of one step, and peak accelerator memory (``torch.cuda.max_memory_allocated``;
+on a CPU, the growth of the process's peak resident set). The first WARMUP steps
+are not timed. ``key=value`` words are recipe overrides, as for ``streamtrain train``.
 """
 
 from __future__ import annotations
@@ -16,7 +26,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import resource
 import time
+from dataclasses import dataclass
 
 import soundfile
 import torch
@@ -24,32 +36,41 @@ import torch
 from streamtrain.data import StreamLoader
 from streamtrain.dataset.index import load_index
 from streamtrain.features import build_featurizer
-from streamtrain.train.config import load_recipe
-from streamtrain.train.loop import micro_batch_loss
-from streamtrain.train.model import TextCodec, build_model, load_tokenizer
+from streamtrain.train.config import Recipe, load_recipe, train_batch_size, validate
+from streamtrain.train.model import IGNORE_INDEX, TextCodec, build_model, load_tokenizer
+from streamtrain.train.objective import cross_entropy_sum
 
-WARMUP = 5
-
-
-class _NoAccelerator:
-    """micro_batch_loss only needs autocast from the accelerator."""
-
-    @staticmethod
-    def autocast():
-        return torch.autocast("cpu", enabled=False)
+WARMUP = 3
+FEEDS = {"streamtrain": "streamtrain", "webdataset": "webdataset + features in workers"}  # name: table label
 
 
-def webdataset_batches(root: str, batch_size: int, workers: int, featurizer_config: dict):
+@dataclass
+class FeedResult:
+    name: str
+    samples_per_s: float
+    audio_hours_per_s: float
+    wait: float  # share of the timed loop spent waiting for the next batch
+    step_seconds: float
+    peak_memory_mb: float
+
+
+def webdataset_batches(root: str, batch_size: int, workers: int, recipe: Recipe, device: torch.device):
+    """WebDataset pipeline: decode + featurize per sample in the workers, skip what max_seconds leaves out."""
     import webdataset as wds
 
-    featurizer = build_featurizer(featurizer_config["name"], **featurizer_config["params"])
+    featurizer = build_featurizer(recipe.features.name, **recipe.features.params)
+    limit = recipe.data.max_seconds or float("inf")
 
-    def to_features(sample):
-        audio, _ = soundfile.read(io.BytesIO(sample["flac"] if "flac" in sample else sample["opus"]), dtype="float32")
-        audio = torch.from_numpy(audio)[None]
+    def decode(sample):
+        audio, rate = soundfile.read(io.BytesIO(sample["flac"] if "flac" in sample else sample["opus"]),
+                                     dtype="float32")
+        return torch.from_numpy(audio)[None], rate, json.loads(sample["json"])["text"]
+
+    def to_features(decoded):
+        audio, rate, text = decoded
         with torch.no_grad():
             features, _ = featurizer(audio, torch.tensor([audio.shape[1]]))
-        return features[0], json.loads(sample["json"])["text"], audio.shape[1] / 16000
+        return features[0], text, audio.shape[1] / rate
 
     def collate(samples):
         features, texts, seconds = zip(*samples)
@@ -59,42 +80,66 @@ def webdataset_batches(root: str, batch_size: int, workers: int, featurizer_conf
     pipeline = (
         wds.WebDataset(urls, shardshuffle=len(urls), seed=0, workersplitter=wds.split_by_worker, empty_check=False)
         .shuffle(500, seed=0)
+        .map(decode)
+        .select(lambda decoded: decoded[0].shape[1] / decoded[1] <= limit)
         .map(to_features)
         .batched(batch_size, collation_fn=collate, partial=False)
     )
-    return wds.WebLoader(pipeline, batch_size=None, num_workers=workers).repeat(nepochs=100)
+    return wds.WebLoader(pipeline, batch_size=None, num_workers=workers,
+                         pin_memory=device.type == "cuda").repeat(nepochs=100)
 
 
-def run(name: str, batches, model, optimizer, codec, featurizer, device, steps: int) -> dict:
+def streamtrain_batches(root: str, batch_size: int, workers: int, recipe: Recipe, device: torch.device):
+    return StreamLoader(root, batch_size=batch_size, num_workers=workers, max_seconds=recipe.data.max_seconds,
+                        pin_memory=device.type == "cuda")
+
+
+def features_of(batch, featurizer, device: torch.device) -> torch.Tensor:
+    if "features" in batch:  # computed by the workers
+        return batch["features"].to(device, non_blocking=True)
+    features, _ = featurizer(batch["audio"].to(device, non_blocking=True), batch["audio_lens"].to(device))
+    return features
+
+
+def run_feed(name: str, batches, model, optimizer, codec: TextCodec, featurizer, device: torch.device,
+             precision: str, steps: int) -> FeedResult:
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     iterator = iter(batches)
     samples = audio = waited = 0.0
-    started = None
+    started = time.perf_counter()
     for step in range(steps + WARMUP):
         if step == WARMUP:
+            _synchronize(device)
             samples = audio = waited = 0.0
             started = time.perf_counter()
         before = time.perf_counter()
         batch = next(iterator)
         waited += time.perf_counter() - before
         targets = codec.targets(batch["text"])
-        inputs, labels = targets.decoder_input_ids.to(device), targets.labels.to(device)
-        if "features" in batch:  # computed by the workers
-            features = batch["features"].to(device)
-            logits = model(input_features=features, decoder_input_ids=inputs).logits
-            loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="sum")
-        else:
-            loss = micro_batch_loss(model, featurizer, None, None, _NoAccelerator, batch["audio"].to(device),
-                                    batch["audio_lens"].to(device), inputs, labels)
-        (loss / max(int((labels != -100).sum()), 1)).backward()
+        labels = targets.labels.to(device)
+        with autocast:
+            logits = model(input_features=features_of(batch, featurizer, device),
+                           decoder_input_ids=targets.decoder_input_ids.to(device)).logits
+        (cross_entropy_sum(logits, labels) / max(int((labels != IGNORE_INDEX).sum()), 1)).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
         samples += len(batch["text"])
         audio += float(batch["seconds"].sum())
+    _synchronize(device)
     elapsed = time.perf_counter() - started
-    return {"name": name, "samples_per_s": samples / elapsed, "audio_s_per_s": audio / elapsed,
-            "wait": waited / elapsed}
+    return FeedResult(FEEDS[name], samples / elapsed, audio / 3600 / elapsed, waited / elapsed, elapsed / steps,
+                      _peak_memory_mb(device))
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def main() -> None:
@@ -104,34 +149,42 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--data", default="shards/train")
     parser.add_argument("--recipe", default="tiny")
-    args = parser.parse_args()
+    parser.add_argument("--feeds", default=",".join(FEEDS), help=f"comma-separated, of {', '.join(FEEDS)}")
+    args, overrides = parser.parse_known_args()
     device = torch.device(args.device)
-    recipe = load_recipe(args.recipe)
-    batch_size = recipe.data.batch_size
+    recipe = load_recipe(args.recipe, overrides)
+    validate(recipe)
+    batch_size = train_batch_size(recipe.data, recipe.features)
     codec = TextCodec(load_tokenizer(recipe.model), recipe.model.prompt, recipe.model.eos_token,
                       recipe.model.max_target_tokens)
     featurizer = build_featurizer(recipe.features.name, **recipe.features.params).to(device)
 
-    results = []
-    for name in ("streamtrain", "webdataset + features in workers"):
+    results, parameters = [], 0
+    for name in args.feeds.split(","):
         torch.manual_seed(0)
         model = build_model(recipe.model, codec, featurizer.n_mels, featurizer.n_frames).to(device).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        if name == "streamtrain":
-            batches = StreamLoader(args.data, batch_size=batch_size, num_workers=args.workers,
-                                   sample_rate=featurizer.sample_rate, max_seconds=recipe.data.max_seconds)
-        else:
-            batches = webdataset_batches(args.data, batch_size, args.workers,
-                                         {"name": recipe.features.name, "params": recipe.features.params})
-        results.append(run(name, batches, model, optimizer, codec, featurizer, device, args.steps))
+        parameters = sum(p.numel() for p in model.parameters()) / 1e6
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        make = streamtrain_batches if name == "streamtrain" else webdataset_batches
+        batches = make(args.data, batch_size, args.workers, recipe, device)
+        results.append(run_feed(name, batches, model, optimizer, codec, featurizer, device,
+                                recipe.train.mixed_precision, args.steps))
+        del model, optimizer, batches
 
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
-    print(f"recipe {args.recipe}, batch {batch_size}, {args.workers} workers, {args.steps} timed steps, "
+    print(f"recipe {' '.join([args.recipe, *overrides])}: {parameters:.1f} M parameters, "
+          f"{featurizer.n_mels} mels x {featurizer.chunk_seconds} s windows, batch {batch_size}, "
+          f"{recipe.train.mixed_precision} precision, gradient checkpointing "
+          f"{'on' if recipe.model.gradient_checkpointing else 'off'}, {args.workers} workers, {args.steps} timed steps, "
           f"device {device}{gpu}, torch threads {torch.get_num_threads()}\n")
-    print(f"{'loop fed by':36} {'samples/s':>10} {'audio s/s':>10} {'waiting for data':>17} {'vs streamtrain':>15}")
+    memory = "peak GPU MB" if device.type == "cuda" else "peak RSS MB (process, so far)"
+    print(f"| loop fed by | samples/s | audio h/s | waiting for data | s per step | {memory} | vs streamtrain |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"{r['name']:36} {r['samples_per_s']:10.1f} {r['audio_s_per_s']:10.1f} {100 * r['wait']:16.1f}% "
-              f"{r['samples_per_s'] / results[0]['samples_per_s']:14.2f}x")
+        print(f"| {r.name} | {r.samples_per_s:.2f} | {r.audio_hours_per_s:.5f} | {100 * r.wait:.1f} % | "
+              f"{r.step_seconds:.3f} | {r.peak_memory_mb:.0f} | {r.samples_per_s / results[0].samples_per_s:.2f}x |")
 
 
 if __name__ == "__main__":

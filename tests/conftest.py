@@ -1,4 +1,17 @@
 import os
 
+import pytest
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def whisper_tiny(tmp_path_factory):
+    """A random whisper-tiny of the published architecture and tokenizer (``init-model``), made once for
+    every test that fine-tunes or distils one; tests only read it."""
+    from streamtrain.train.init_model import init_model
+
+    out = tmp_path_factory.mktemp("whisper-tiny") / "model"
+    init_model("whisper-tiny", out)
+    return out

@@ -3,9 +3,12 @@
 Each sample gets ``<key>.json``: ``{"text", "token_ids", "avg_logprob", "wer",
 "keep"}``, where ``wer`` is the label's word error rate against the ground
 truth (normalised as in evaluation) and ``keep`` is false when it exceeds the
-``max_wer`` filter. Shards are written whole and atomically in dataset order;
-a killed run, started again with the same teacher and settings, skips every
-shard already complete, so no shard is written twice.
+``max_wer`` filter. The teacher decodes greedily after its prompt (or the one
+given); with ``<|notimestamps|>`` in the prompt, Whisper's timestamp tokens are
+suppressed, so labels are plain text, as the student is trained on. Shards are
+written whole and atomically in dataset order; a killed run, started again with
+the same teacher and settings, skips every shard already complete, so no shard
+is written twice.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from streamtrain.storage.output import Output
 from streamtrain.distill.teacher import load_teacher
 from streamtrain.train.backoff import OomBackoff
 from streamtrain.train.evaluate import ErrorCounts, normalize, transcribe
-from streamtrain.train.model import inference_config
+from streamtrain.train.model import TextCodec, inference_config
+from streamtrain.train.whisper_tokenizer import timestamp_ids
 
 LABELS_COLUMN = "labels"
 RUN_FILE = "label-run.json"
@@ -45,7 +49,8 @@ class LabelError(ValueError):
 class LabelSettings:
     precision: str = "fp32"
     max_wer: float | None = None
-    max_tokens: int | None = None  # None: the teacher's own limit
+    max_tokens: int | None = None  # None: the teacher's own limit (prompt included)
+    prompt: str | None = None  # space-separated prompt tokens; None: the teacher's own
 
 
 @dataclass
@@ -73,8 +78,9 @@ def label_dataset(
     source = open_dataset(dataset, storage_options)
     teacher, fingerprint = load_teacher(teacher_dir, settings.precision, device)
     featurizer, codec = inference_config(teacher_dir, teacher.config)
-    if settings.max_tokens is not None:
-        codec.max_tokens = settings.max_tokens
+    codec = TextCodec(codec.tokenizer, settings.prompt.split() if settings.prompt else codec.prompt,
+                      codec.eos_token, settings.max_tokens or codec.max_tokens)
+    suppressed = timestamp_ids(codec.tokenizer) if "<|notimestamps|>" in codec.prompt else []
     featurizer.to(device)
     run = {"teacher": str(teacher_dir), "teacher_fingerprint": fingerprint, "settings": asdict(settings),
            "dataset": source.display}
@@ -86,7 +92,7 @@ def label_dataset(
 
         def label_chunk(chunk: DecodedChunk) -> list[dict[str, bytes]]:
             generations = transcribe(teacher, featurizer, codec, chunk.audio, chunk.lengths, backoff,
-                                     torch.inference_mode)
+                                     torch.inference_mode, suppressed)
             return [{"json": json.dumps(tally.label(meta["text"], generation, settings.max_wer)).encode()}
                     for meta, generation in zip(chunk.metas, generations)]
 
@@ -102,7 +108,7 @@ def label_dataset(
         bar.close()
         index = DatasetIndex(codec="column", sample_rate=None, shards=ShardList.of(tally.infos),
                              created_by="streamtrain label",
-                             column={"name": LABELS_COLUMN, "kind": "pseudo_labels", **run,
+                             column={"name": LABELS_COLUMN, "kind": "pseudo_labels", **run, "prompt": codec.prompt,
                                      "kept": tally.kept, "label_wer": tally.counts.wer})
         publish_index(out, index, source.durations, tally.keys)
     return LabelSummary(source.index.samples, tally.kept, tally.written, len(tally.infos) - tally.written,

@@ -20,6 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
                         help="teacher weights: fp32, bf16, or int8 weight-only quantization")
     parser.add_argument("--max-wer", type=float, help="mark labels whose WER against the ground truth exceeds this")
+    parser.add_argument("--prompt", help="the teacher's prompt tokens, space-separated (default: the teacher's own, "
+                                         "for a Whisper checkpoint '<|startoftranscript|> <|en|> <|transcribe|> "
+                                         "<|notimestamps|>'); the student's recipe should use the same")
+    parser.add_argument("--max-tokens", type=int, help="longest label, prompt and end token included "
+                                                       "(default: the teacher's own limit, 448 for Whisper)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out")
@@ -29,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from streamtrain.distill.label import LabelSettings, label_dataset
 
-    summary = label_dataset(args.dataset, args.teacher, args.out, LabelSettings(args.precision, args.max_wer),
+    settings = LabelSettings(args.precision, args.max_wer, args.max_tokens, args.prompt)
+    summary = label_dataset(args.dataset, args.teacher, args.out, settings,
                             batch_size=args.batch_size, device=args.device, overwrite=args.overwrite,
                             progress=not args.no_progress)
     filtered = summary.samples - summary.kept

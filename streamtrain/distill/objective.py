@@ -2,7 +2,9 @@
 
 The teacher is frozen, in eval mode, without gradients, and must be the model
 whose fingerprint the pseudo-label column carries: a KL term against another
-teacher than the labeller silently degrades the student.
+teacher than the labeller silently degrades the student. It sees the features
+without SpecAugment (as when it labelled), unless
+``distill.teacher_sees_augmented`` asks for the student's augmented ones.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Distillation:
     alpha: float
     beta: float
     temperature: float
+    teacher_sees_augmented: bool = False  # False: the teacher gets the features without SpecAugment
 
     def texts(self, batch) -> tuple[list[str], torch.Tensor]:
         column = batch["columns"][LABELS_COLUMN]
@@ -50,22 +53,29 @@ class Distillation:
         cross_entropy = cross_entropy_sum(logits, labels)
         if self.teacher is None or not self.beta:
             return self.alpha * cross_entropy
+        teacher_features = features.seen if self.teacher_sees_augmented else features.clean
         with torch.no_grad():
             teacher_logits = self.teacher(
-                input_features=features.to(self.teacher.dtype), decoder_input_ids=decoder_inputs
+                input_features=teacher_features.to(self.teacher.dtype), decoder_input_ids=decoder_inputs
             ).logits
         return self.alpha * cross_entropy + self.beta * kl_divergence(
             logits, teacher_logits, labels != IGNORE_INDEX, self.temperature
         )
 
 
-def objective_for(config: DistillConfig, columns: list[Dataset], student, device) -> Objective:
-    """The recipe's objective: plain cross-entropy, or distillation (checked against the labeller)."""
+def objective_for(config: DistillConfig, columns: list[Dataset], student, featurizer, prompt: list[str],
+                  device) -> Objective:
+    """The recipe's objective: plain cross-entropy, or distillation (checked against the labeller).
+
+    The teacher's fingerprint is taken with the recipe's featurizer, the features it will be fed: a
+    teacher that labelled other features (mel bins, window, normalisation) is another teacher. Its
+    logits for the KL term follow the recipe's prompt, which must be the one it labelled after.
+    """
     if config.labels is None:
         return CrossEntropy()
     if config.teacher is None:
         return Distillation(None, config.alpha, 0.0, config.temperature)
-    teacher, fingerprint = load_teacher(config.teacher, config.teacher_precision, device)
+    teacher, fingerprint = load_teacher(config.teacher, config.teacher_precision, device, featurizer)
     if teacher.config.vocab_size != student.config.vocab_size:
         raise RecipeError(f"distill.teacher: vocabulary of {teacher.config.vocab_size} tokens, "
                           f"the student has {student.config.vocab_size}")
@@ -74,9 +84,13 @@ def objective_for(config: DistillConfig, columns: list[Dataset], student, device
         labeller = labels.index.column.get("teacher_fingerprint")
         if labeller != fingerprint:
             message = (f"distill.teacher: {config.teacher} (fingerprint {fingerprint[:12]}) is not the teacher that "
-                       f"wrote the pseudo-labels in {config.labels} (fingerprint {str(labeller)[:12]}): a KL term "
-                       "against another teacher degrades the student")
+                       f"wrote the pseudo-labels in {config.labels} (fingerprint {str(labeller)[:12]}; weights, "
+                       "tokenizer and features count): a KL term against another teacher degrades the student")
             if not config.allow_teacher_mismatch:
                 raise RecipeError(message + "; set distill.allow_teacher_mismatch=true to do it anyway")
             log.warning("!!! %s -- continuing because distill.allow_teacher_mismatch is set !!!", message)
-    return Distillation(teacher, config.alpha, config.beta, config.temperature)
+        labelled_after = labels.index.column.get("prompt")
+        if labelled_after is not None and labelled_after != prompt:
+            raise RecipeError(f"model.prompt: {prompt} is not the prompt the teacher wrote the pseudo-labels in "
+                              f"{config.labels} after ({labelled_after}); its KL term would follow another prompt")
+    return Distillation(teacher, config.alpha, config.beta, config.temperature, config.teacher_sees_augmented)

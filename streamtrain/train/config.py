@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from streamtrain.features import build_featurizer
+
 
 class RecipeError(ValueError):
     """A recipe key or value that does not fit the schema."""
@@ -29,6 +31,8 @@ class DataConfig:
     train: str | dict[str, float] = "shards/train"
     validation: str | None = "shards/validation"
     batch_size: int | None = None
+    #: padded seconds of model input per batch: the trainer's Whisper models pad every utterance to the
+    #: featurizer's window (30 s for the published ones), so this counts windows (``train_batch_size``)
     batch_seconds: float | None = 120.0
     max_seconds: float | None = None  # longer utterances are left out (counted)
     num_workers: int = 2
@@ -105,6 +109,9 @@ class DistillConfig:
     beta: float = 1.0  # weight of KL(teacher || student) * temperature^2
     temperature: float = 2.0
     allow_teacher_mismatch: bool = False  # train against a teacher other than the labeller (logged loudly)
+    #: the teacher's logits for the KL term come from the features without SpecAugment (as it labelled them);
+    #: true: from the augmented features the student sees
+    teacher_sees_augmented: bool = False
 
 
 @dataclass
@@ -215,6 +222,8 @@ def _check(hint, value, where: str):
             pass
     if hint is float and isinstance(value, float) and not math.isfinite(value):
         raise RecipeError(f"{where}: must be a finite number, got {value!r}")
+    if hint is str and isinstance(value, bool):  # YAML 1.1 reads no / yes / off / on as booleans
+        raise RecipeError(f"{where}: expected str, got {value!r} (quote the word: {where}='no')")
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):
         raise RecipeError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
@@ -288,6 +297,13 @@ def validate(recipe: Recipe) -> None:
         )
     if recipe.data.batch_size is None and recipe.data.batch_seconds is None:
         raise RecipeError("data: set batch_size or batch_seconds")
+    if recipe.data.batch_seconds is not None and train_batch_size(recipe.data, recipe.features) < 1:
+        window = window_seconds(recipe.features)
+        raise RecipeError(
+            f"data.batch_seconds: {recipe.data.batch_seconds:g} s is less than one {window:g} s window; the model's "
+            f"encoder runs every utterance as a full window, so a batch costs count x {window:g} s "
+            "(set data.batch_size instead)"
+        )
     if recipe.eval.every < 0:
         raise RecipeError(f"eval.every: must be >= 0, got {recipe.eval.every}")
     if recipe.distill.temperature <= 0:
@@ -296,3 +312,26 @@ def validate(recipe: Recipe) -> None:
         raise RecipeError("distill.teacher: the KL term (distill.beta > 0) needs the teacher that wrote distill.labels")
     if len(recipe.optim.betas) != 2:
         raise RecipeError(f"optim.betas: expected two numbers, got {recipe.optim.betas}")
+
+
+def window_seconds(features: FeatureConfig) -> float:
+    """The fixed window every utterance is padded to before the model sees it (Whisper's chunk: 30 s)."""
+    try:
+        return float(build_featurizer(features.name, **features.params).chunk_seconds)
+    except ValueError as error:
+        raise RecipeError(f"features.params: {error}") from None
+
+
+def train_batch_size(data: DataConfig, features: FeatureConfig) -> int:
+    """Samples per training batch, with ``data.batch_seconds`` counted in windows.
+
+    Whisper's encoder runs a full window (30 s for the published models) for a 2 s
+    clip as for a 30 s one, so memory and compute follow count x window, not the
+    loader's usual "longest x count", which would under-count up to 30x on short
+    clips and run out of memory. ``batch_seconds: 120`` with 30 s windows is 4
+    utterances a batch; ``batch_size``, when also set, caps it.
+    """
+    if data.batch_seconds is None:
+        return data.batch_size
+    windows = int(data.batch_seconds // window_seconds(features))
+    return windows if data.batch_size is None else min(windows, data.batch_size)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
 
@@ -94,17 +94,18 @@ class EvalResult:
 
 
 def transcribe(model, featurizer, codec: TextCodec, audio: torch.Tensor, lengths: torch.Tensor,
-               backoff: OomBackoff, context: Callable[[], ContextManager] = contextlib.nullcontext
-               ) -> list[Generation]:
+               backoff: OomBackoff, context: Callable[[], ContextManager] = contextlib.nullcontext,
+               suppressed: Sequence[int] = ()) -> list[Generation]:
     """Greedy transcripts of a padded batch, featurized and decoded in ``backoff``'s pieces
-    (more of them after an out-of-memory error), each piece inside ``context()`` (e.g. autocast)."""
+    (more of them after an out-of-memory error), each piece inside ``context()`` (e.g. autocast);
+    ``suppressed`` token ids are never chosen."""
 
     def pieces_of(pieces: list[slice]) -> list[Generation]:
         generations = []
         for piece in pieces:
             with context():
                 features, _ = featurizer(audio[piece], lengths[piece])
-                generations += greedy_generate(model, features, codec)
+                generations += greedy_generate(model, features, codec, suppressed)
         return generations
 
     return backoff.run(len(audio), pieces_of)

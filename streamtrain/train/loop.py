@@ -38,12 +38,12 @@ from streamtrain.storage.remote import RetryPolicy
 from streamtrain.train import checkpoint as ckpt
 from streamtrain.train.audit import AuditLog, encode_ids, next_session
 from streamtrain.train.backoff import OomBackoff
-from streamtrain.train.config import Recipe, validate
+from streamtrain.train.config import Recipe, train_batch_size, validate
 from streamtrain.train.evaluate import ErrorCounts, evaluate
 from streamtrain.train.export import export_model
 from streamtrain.train.inputs import CachedFeatures, LiveFeatures
 from streamtrain.train.model import IGNORE_INDEX, TextCodec, build_model, load_tokenizer
-from streamtrain.train.objective import CrossEntropy, Objective
+from streamtrain.train.objective import CrossEntropy, Objective, StepFeatures
 from streamtrain.train.plot import plot_history
 from streamtrain.train.run_dir import RunLock, recipe_changes
 from streamtrain.train.signals import StopRequest
@@ -52,7 +52,8 @@ log = logging.getLogger("streamtrain.train")
 
 MODEL_DIR = "model"
 
-#: (distill config, sidecar columns, the model, device) -> the objective; the default trains on transcripts
+#: (distill config, sidecar columns, the model, featurizer, prompt, device) -> the objective; the default
+#: trains on transcripts
 ObjectiveFactory = Callable[..., Objective]
 
 
@@ -109,7 +110,7 @@ class Trainer:
         if recipe.features.cache:
             check_feature_column(self.loader.columns[0], self.featurizer)
         self.objective = objective_for(recipe.distill, self.loader.columns, self.accelerator.unwrap_model(self.model),
-                                       self.device)
+                                       self.featurizer, self.codec.prompt, self.device)
         self.progress = Progress(micro_batches=cfg.micro_batches)
         self.audit: AuditLog | None = None
         if cfg.grad_accum > 1:
@@ -120,7 +121,7 @@ class Trainer:
     def _train_loader(self) -> StreamLoader:
         data = self.recipe.data
         return StreamLoader(
-            data.train, batch_size=data.batch_size, batch_seconds=data.batch_seconds, max_seconds=data.max_seconds,
+            data.train, batch_size=train_batch_size(data, self.recipe.features), max_seconds=data.max_seconds,
             seed=self.recipe.train.seed, num_workers=data.num_workers, block_shards=data.block_shards,
             sample_rate=self.featurizer.sample_rate, on_bad_sample=data.on_bad_sample, cache_dir=data.cache_dir,
             cache_limit=data.cache_limit, storage_options=data.storage_options,
@@ -251,10 +252,9 @@ class Trainer:
             with contextlib.nullcontext() if number == len(steps) - 1 else self.accelerator.no_sync(self.model):
                 with self.accelerator.autocast():
                     features, frames = features_of(piece)
-                    if self.specaugment is not None:
-                        features = self.specaugment(features, frames, generator)
-                    logits = self.model(input_features=features, decoder_input_ids=inputs).logits
-                loss = self.objective.loss(logits, labels, features, inputs)
+                    seen = features if self.specaugment is None else self.specaugment(features, frames, generator)
+                    logits = self.model(input_features=seen, decoder_input_ids=inputs).logits
+                loss = self.objective.loss(logits, labels, StepFeatures(features, seen), inputs)
                 self.accelerator.backward(loss / tokens)
             total += float(loss.detach())
         return total / tokens

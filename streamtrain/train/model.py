@@ -9,6 +9,7 @@ own vocabulary and task tokens).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,7 @@ class TextCodec:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt: list[str], eos_token: str, max_tokens: int):
         self.tokenizer = tokenizer
+        self.prompt, self.eos_token = list(prompt), eos_token
         self.prompt_ids = [self._token_id(t) for t in prompt]
         self.eos_id = self._token_id(eos_token)
         self.max_tokens = max_tokens
@@ -112,8 +114,10 @@ class Generation:
 
 
 @torch.no_grad()
-def greedy_generate(model, features: torch.Tensor, codec: TextCodec) -> list[Generation]:
-    """Greedy transcripts of a batch of features (B x M x F), with the KV cache."""
+def greedy_generate(model, features: torch.Tensor, codec: TextCodec,
+                    suppressed: Sequence[int] = ()) -> list[Generation]:
+    """Greedy transcripts of a batch of features (B x M x F), with the KV cache; ``suppressed`` token ids
+    are never chosen (their probability is moved to the others, as Whisper's decoding suppresses)."""
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
     encoder = model.get_encoder()(features.to(model.dtype)).last_hidden_state
@@ -127,7 +131,9 @@ def greedy_generate(model, features: torch.Tensor, codec: TextCodec) -> list[Gen
     for _ in range(codec.max_tokens - len(codec.prompt_ids)):
         out = model(encoder_outputs=(encoder,), decoder_input_ids=step_input, past_key_values=cache, use_cache=True)
         cache = out.past_key_values
-        logprobs = out.logits[:, -1].float().log_softmax(-1)
+        logits = out.logits[:, -1].float()
+        logits[:, list(suppressed)] = -torch.inf
+        logprobs = logits.log_softmax(-1)
         next_ids = logprobs.argmax(-1)
         next_ids = torch.where(finished, torch.full_like(next_ids, codec.eos_id), next_ids)
         logprob_sum += torch.where(finished, 0.0, logprobs.gather(1, next_ids[:, None])[:, 0].double())

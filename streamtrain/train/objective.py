@@ -8,6 +8,7 @@ from the layer above.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -16,16 +17,24 @@ import torch.nn.functional as F
 from streamtrain.train.model import IGNORE_INDEX
 
 
+@dataclass(frozen=True)
+class StepFeatures:
+    """A micro-batch's features (B x M x F): as the featurizer made them, and as the model saw them
+    (after SpecAugment; the same tensor when it is off)."""
+
+    clean: torch.Tensor
+    seen: torch.Tensor
+
+
 class Objective(Protocol):
     def texts(self, batch) -> tuple[list[str], torch.Tensor | None]:
         """The batch's target texts, and which samples count (bool, B; None: all)."""
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, features: torch.Tensor,
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, features: StepFeatures,
              decoder_inputs: torch.Tensor) -> torch.Tensor:
         """Summed loss of a micro-batch (the loop divides by the batch's target tokens).
 
-        logits: B x L x V; labels: B x L (IGNORE_INDEX where nothing is predicted);
-        features: B x M x F as the model saw them; decoder_inputs: B x L.
+        logits: B x L x V; labels: B x L (IGNORE_INDEX where nothing is predicted); decoder_inputs: B x L.
         """
 
 

@@ -48,6 +48,12 @@ TIMESTAMPS = [f"<|{i * 0.02:.2f}|>" for i in range(1501)]
 PIPELINE_TOKENS = ["<|notimestamps|>", "<|startofprev|>"]
 
 
+def timestamp_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids of Whisper's timestamp tokens in ``tokenizer`` (none in a vocabulary without them)."""
+    vocabulary = tokenizer.get_vocab()
+    return [vocabulary[token] for token in TIMESTAMPS if token in vocabulary]
+
+
 class WhisperTokenizerError(ValueError):
     """No WhisperTokenizer for this: a tokenizer with no equivalent one, or openai-whisper's files missing."""
 

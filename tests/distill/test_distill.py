@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import torch
 from transformers import WhisperForConditionalGeneration
 
 from streamtrain.distill.student import chosen_layers
+from streamtrain.features import build_featurizer
 from streamtrain.distill.teacher import load_teacher, model_fingerprint
 from streamtrain.testing.runs import digit_dataset, micro_recipe, random_whisper
 from streamtrain.distill.objective import kl_divergence
@@ -85,6 +87,25 @@ def test_fingerprint_ignores_precision_and_sees_any_weight(setup):
     assert (exact - approx).abs().max() < 0.05 * exact.abs().max()
 
 
+def test_fingerprint_covers_the_tokenizer_and_the_features(setup, tmp_path):
+    """Labels are text and token ids of the teacher's features: another tokenizer (same size, two words'
+    ids swapped) or other feature settings make another teacher, even with the same weights."""
+    _, _, teacher_dir, _ = setup
+    _, fingerprint = load_teacher(str(teacher_dir))
+    own_features = build_featurizer("whisper_log_mel", n_mels=40, chunk_seconds=4)  # its streamtrain.json's
+    assert load_teacher(str(teacher_dir), featurizer=own_features)[1] == fingerprint
+    for other in ({"do_normalize": True}, {"chunk_seconds": 5}, {"hop_length": 200}):
+        featurizer = build_featurizer("whisper_log_mel", **{**own_features.config(), **other})
+        assert load_teacher(str(teacher_dir), featurizer=featurizer)[1] != fingerprint, other
+    swapped = tmp_path / "swapped-tokenizer"
+    shutil.copytree(teacher_dir, swapped)
+    tokenizer = json.loads((swapped / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    vocab["one"], vocab["two"] = vocab["two"], vocab["one"]
+    (swapped / "tokenizer.json").write_text(json.dumps(tokenizer))
+    assert load_teacher(str(swapped))[1] != fingerprint
+
+
 def test_labelling_resumes_after_sigkill_without_rewriting_a_shard(setup, tmp_path):
     _, data, teacher_dir, _ = setup
     out = tmp_path / "labels"
@@ -120,6 +141,9 @@ def test_distillation_refuses_another_teacher_and_trains_with_the_right_one(setu
                           distill={"labels": str(labels), "teacher": str(other_dir), "teacher_precision": "bf16"})
     refused = streamtrain("train", str(recipe), check=False)
     assert refused.returncode == 2 and "is not the teacher that wrote the pseudo-labels" in refused.stderr
+    other_prompt = streamtrain("train", str(recipe), f"distill.teacher={teacher_dir}",
+                               "model.prompt=[<|startoftranscript|>, <|startoftranscript|>]", check=False)
+    assert other_prompt.returncode == 2 and "is not the prompt the teacher wrote the pseudo-labels" in other_prompt.stderr
     forced = streamtrain("train", str(recipe), "distill.allow_teacher_mismatch=true", check=False)
     assert forced.returncode == 0 and "!!!" in forced.stderr
     good = streamtrain("train", str(recipe), f"distill.teacher={teacher_dir}", "--no-resume")

@@ -1,15 +1,19 @@
 """The distillation objective against an independent reference: direction, temperature, T^2, beta, gradients.
 
 Each check is made so that a reversed KL (student || teacher), a missing T^2, an
-ignored temperature or a dropped beta term fails it; the first test proves that
-the hand-made logits tell those variants apart.
+ignored temperature or a dropped beta term fails it: the references are written
+from the formula (float64 softmaxes, no torch loss function), and
+``test_each_wrong_objective_fails_the_check`` runs the check on each of those
+mistakes, planted in the real objective, and requires it to fail.
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import streamtrain.distill.objective as objective
 from streamtrain.distill.objective import Distillation, kl_divergence
+from streamtrain.train.objective import StepFeatures
 
 T = 2.5
 # B=2 x L=3 x V=4, asymmetric so that KL(t || s) != KL(s || t); the masked-out
@@ -25,16 +29,23 @@ TEACHER = torch.tensor([
 MASK = torch.tensor([[True, True, False], [True, True, True]])
 
 
+def softmax64(logits, temperature):
+    """p_v = exp(z_v / T) / sum_u exp(z_u / T), in float64, from the definition."""
+    scaled = logits.double() / temperature
+    exp = (scaled - scaled.max(-1, keepdim=True).values).exp()
+    return exp / exp.sum(-1, keepdim=True)
+
+
 def reference_kl(student, teacher, mask, temperature):
-    """KL(teacher || student) at ``temperature``, summed over masked positions, times T^2, via F.kl_div."""
-    log_q = F.log_softmax(student[mask] / temperature, dim=-1)
-    log_p = F.log_softmax(teacher[mask] / temperature, dim=-1)
-    return F.kl_div(log_q, log_p, log_target=True, reduction="sum") * temperature**2
+    """T^2 * sum over masked positions of sum_v p_v (log p_v - log q_v), p the teacher's and q the student's
+    softmax at ``temperature``: KL(teacher || student), written out."""
+    p, q = softmax64(teacher[mask], temperature), softmax64(student[mask], temperature)
+    return (p * (p.log() - q.log())).sum() * temperature**2
 
 
 def reference_gradient(student, teacher, mask, temperature):
     """d/d student of reference_kl: T * (softmax(s/T) - softmax(t/T)) where masked, 0 elsewhere."""
-    gradient = temperature * (F.softmax(student / temperature, -1) - F.softmax(teacher / temperature, -1))
+    gradient = temperature * (softmax64(student, temperature) - softmax64(teacher, temperature))
     return gradient * mask[..., None]
 
 
@@ -52,17 +63,20 @@ def test_the_logits_tell_the_wrong_variants_apart():
 
 
 def test_kl_is_the_reference_kl_teacher_to_student_times_t_squared():
-    value = kl_divergence(STUDENT, TEACHER, MASK, T)
-    torch.testing.assert_close(value, reference_kl(STUDENT, TEACHER, MASK, T), rtol=1e-5, atol=1e-6)
-    for temperature in (1.0, 0.5, 4.0):
-        torch.testing.assert_close(kl_divergence(STUDENT, TEACHER, MASK, temperature),
-                                   reference_kl(STUDENT, TEACHER, MASK, temperature), rtol=1e-5, atol=1e-6)
+    for temperature in (T, 1.0, 0.5, 4.0):
+        value = kl_divergence(STUDENT, TEACHER, MASK, temperature)
+        torch.testing.assert_close(value.double(), reference_kl(STUDENT, TEACHER, MASK, temperature),
+                                   rtol=1e-5, atol=1e-6)
+    as_torch_computes_it = F.kl_div(F.log_softmax(STUDENT[MASK] / T, -1), F.log_softmax(TEACHER[MASK] / T, -1),
+                                    log_target=True, reduction="sum") * T**2
+    torch.testing.assert_close(as_torch_computes_it.double(), reference_kl(STUDENT, TEACHER, MASK, T))
 
 
 def test_kl_gradient_is_t_times_the_softmax_difference_on_masked_positions():
     student = STUDENT.clone().requires_grad_(True)
     kl_divergence(student, TEACHER, MASK, T).backward()
-    torch.testing.assert_close(student.grad, reference_gradient(STUDENT, TEACHER, MASK, T), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(student.grad.double(), reference_gradient(STUDENT, TEACHER, MASK, T),
+                               rtol=1e-5, atol=1e-6)
 
 
 class FixedTeacher(torch.nn.Module):
@@ -76,7 +90,7 @@ class FixedTeacher(torch.nn.Module):
         self.calls = []
 
     def forward(self, input_features, decoder_input_ids):
-        self.calls.append((input_features.shape, decoder_input_ids.tolist(), torch.is_grad_enabled()))
+        self.calls.append((input_features, decoder_input_ids.tolist(), torch.is_grad_enabled()))
 
         class Output:
             logits = TEACHER * self.weight
@@ -85,31 +99,75 @@ class FixedTeacher(torch.nn.Module):
 
 
 LABELS = torch.tensor([[2, 0, -100], [1, 3, 2]])  # the targets where MASK holds; -100 (ignored) elsewhere
+INPUTS = torch.tensor([[1, 4, 5], [1, 6, 7]])
+CLEAN = torch.randn(2, 40, 10, generator=torch.Generator().manual_seed(0))
+AUGMENTED = CLEAN.masked_fill(torch.arange(10) < 3, 0.0)  # as if SpecAugment masked the first 3 frames
 
 
 def reference_cross_entropy(student, labels):
-    return F.cross_entropy(student.reshape(-1, 4), labels.reshape(-1), ignore_index=-100, reduction="sum")
+    """-sum over labelled positions of log softmax(student)[label], written out (float64)."""
+    mask = labels != -100
+    return -softmax64(student[mask], 1.0).gather(1, labels[mask][:, None]).log().sum()
+
+
+def reference_loss_and_gradient(alpha, beta):
+    """alpha * CE + beta * T^2 * KL(teacher || student), and its gradient: alpha * (softmax(s) - onehot) on
+    the labelled positions + beta * T * (softmax(s/T) - softmax(t/T)) on the masked ones."""
+    loss = alpha * reference_cross_entropy(STUDENT, LABELS) + beta * reference_kl(STUDENT, TEACHER, MASK, T)
+    onehot = F.one_hot(LABELS.clamp(min=0), 4).double()
+    cross_entropy_gradient = (softmax64(STUDENT, 1.0) - onehot) * MASK[..., None]
+    return loss, alpha * cross_entropy_gradient + beta * reference_gradient(STUDENT, TEACHER, MASK, T)
+
+
+def matches_the_reference(distillation, alpha, beta) -> bool:
+    """Whether the objective's loss and gradient are the reference's, within float32 rounding."""
+    student = STUDENT.clone().requires_grad_(True)
+    loss = distillation.loss(student, LABELS, StepFeatures(CLEAN, AUGMENTED), INPUTS)
+    loss.backward()
+    expected_loss, expected_gradient = reference_loss_and_gradient(alpha, beta)
+    close = torch.allclose(loss.double(), expected_loss, rtol=1e-5, atol=1e-6)
+    return close and torch.allclose(student.grad.double(), expected_gradient, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("alpha,beta", [(0.5, 1.0), (1.0, 0.3), (0.0, 2.0)])
 def test_distillation_loss_weighs_ce_and_kl_and_its_gradient_carries_beta(alpha, beta):
     teacher = FixedTeacher()
-    distillation = Distillation(teacher, alpha=alpha, beta=beta, temperature=T)
-    student = STUDENT.clone().requires_grad_(True)
-    inputs = torch.tensor([[1, 4, 5], [1, 6, 7]])
-    loss = distillation.loss(student, LABELS, torch.zeros(2, 40, 10), inputs)
-    expected = alpha * reference_cross_entropy(STUDENT, LABELS) + beta * reference_kl(STUDENT, TEACHER, MASK, T)
-    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
-    loss.backward()
-    reference = STUDENT.clone().requires_grad_(True)
-    (alpha * reference_cross_entropy(reference, LABELS)).backward()
-    torch.testing.assert_close(student.grad, reference.grad + beta * reference_gradient(STUDENT, TEACHER, MASK, T),
-                               rtol=1e-5, atol=1e-6)
+    assert matches_the_reference(Distillation(teacher, alpha=alpha, beta=beta, temperature=T), alpha, beta)
     assert teacher.weight.grad is None  # the teacher is run without gradients
-    assert teacher.calls == [((2, 40, 10), inputs.tolist(), False)]
+    (features, inputs, grad_enabled), = teacher.calls
+    assert inputs == INPUTS.tolist() and not grad_enabled
+
+
+#: Mistakes an objective could make, each planted in the real one; the check above must catch every one.
+WRONG_KL = {
+    "reversed KL(student || teacher)": lambda s, t, mask, temperature: kl_divergence(t, s, mask, temperature),
+    "no T^2 factor": lambda s, t, mask, temperature: kl_divergence(s, t, mask, temperature) / temperature**2,
+    "temperature ignored": lambda s, t, mask, temperature: kl_divergence(s, t, mask, 1.0),
+    "temperature ignored, T^2 kept": lambda s, t, mask, temperature: kl_divergence(s, t, mask, 1.0) * temperature**2,
+}
+
+
+@pytest.mark.parametrize("mistake", [*WRONG_KL, "beta zeroed"])
+def test_each_wrong_objective_fails_the_check(mistake, monkeypatch):
+    alpha, beta = 0.5, 1.0
+    if mistake in WRONG_KL:
+        monkeypatch.setattr(objective, "kl_divergence", WRONG_KL[mistake])
+        wrong = Distillation(FixedTeacher(), alpha=alpha, beta=beta, temperature=T)
+    else:
+        wrong = Distillation(FixedTeacher(), alpha=alpha, beta=0.0, temperature=T)
+    assert not matches_the_reference(wrong, alpha, beta), mistake
+
+
+@pytest.mark.parametrize("sees_augmented", [False, True])
+def test_the_teacher_sees_the_features_without_specaugment_unless_asked(sees_augmented):
+    teacher = FixedTeacher()
+    distillation = Distillation(teacher, alpha=0.5, beta=1.0, temperature=T, teacher_sees_augmented=sees_augmented)
+    distillation.loss(STUDENT, LABELS, StepFeatures(CLEAN, AUGMENTED), INPUTS)
+    (features, _, _), = teacher.calls
+    assert torch.equal(features, AUGMENTED if sees_augmented else CLEAN)
 
 
 def test_pseudo_labels_without_a_teacher_are_cross_entropy_only():
     distillation = Distillation(None, alpha=0.7, beta=0.0, temperature=T)
-    loss = distillation.loss(STUDENT, LABELS, torch.zeros(2, 40, 10), torch.zeros(2, 3, dtype=torch.long))
-    torch.testing.assert_close(loss, 0.7 * reference_cross_entropy(STUDENT, LABELS))
+    loss = distillation.loss(STUDENT, LABELS, StepFeatures(CLEAN, CLEAN), torch.zeros(2, 3, dtype=torch.long))
+    torch.testing.assert_close(loss.double(), 0.7 * reference_cross_entropy(STUDENT, LABELS))

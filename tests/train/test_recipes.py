@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from streamtrain.train.config import RecipeError, load_recipe, validate
+from streamtrain.train.config import RecipeError, load_recipe, train_batch_size, validate
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
 
@@ -25,6 +25,7 @@ def test_dotted_overrides_are_typed():
         ("model.whisper_layers=2", "unknown key 'model.whisper_layers'"),
         ("optim.betas=[0.9]", "optim.betas: expected two numbers"),
         ("data.batch_size=eight", "data.batch_size: expected int"),
+        ("train.mixed_precision=no", "train.mixed_precision: expected str, got False .quote the word"),
         ("train=3", "train: expected a mapping"),
         ("noequals", "not of the form key=value"),
     ],
@@ -68,3 +69,26 @@ def test_a_mixture_and_storage_options_bind():
     validate(recipe)
     assert recipe.data.train == {"shards/train": 1.0, "s3://bucket/extra": 0.5}
     assert recipe.data.storage_options["client_kwargs"]["endpoint_url"] == "http://127.0.0.1:9000"
+
+
+@pytest.mark.parametrize(
+    "overrides,batch_size",
+    [
+        (["data.batch_seconds=120", "data.batch_size=null"], 4),  # 30 s windows: count x 30 s
+        (["data.batch_seconds=119", "data.batch_size=null"], 3),
+        (["data.batch_seconds=600", "data.batch_size=8"], 8),  # batch_size caps it
+        (["data.batch_seconds=null", "data.batch_size=5"], 5),
+        (["data.batch_seconds=120", "data.batch_size=null", "features.params={n_mels: 80, chunk_seconds: 4}"], 30),
+    ],
+)
+def test_batch_seconds_count_whole_windows_for_whisper(overrides, batch_size):
+    """Whisper's encoder runs every clip as a full window, so a batch of 2 s clips costs as much as one of
+    30 s clips: batch_seconds is count x window, never the loader's "longest x count"."""
+    recipe = load_recipe("whisper-finetune", overrides)
+    validate(recipe)
+    assert train_batch_size(recipe.data, recipe.features) == batch_size
+
+
+def test_batch_seconds_below_one_window_is_refused():
+    with pytest.raises(RecipeError, match=r"data.batch_seconds: 20 s is less than one 30 s window.*set data.batch_size"):
+        validate(load_recipe("whisper-finetune", ["data.batch_seconds=20"]))
