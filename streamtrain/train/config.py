@@ -244,7 +244,12 @@ def _join(where: str, name: str) -> str:
 
 
 def validate(recipe: Recipe) -> None:
-    """Checks across fields that the types alone do not express."""
+    """Checks that the types alone do not express: each value's range, then how fields go together."""
+    _check_values(recipe)
+    _check_combinations(recipe)
+
+
+def _check_values(recipe: Recipe) -> None:
     choices = {
         "train.mixed_precision": (recipe.train.mixed_precision, ("no", "bf16", "fp16")),
         "optim.schedule": (recipe.optim.schedule, ("linear", "cosine", "constant")),
@@ -285,6 +290,15 @@ def validate(recipe: Recipe) -> None:
     for key, value in not_negative.items():
         if value is not None and value < 0:
             raise RecipeError(f"{key}: must be >= 0, got {value!r}")
+    if recipe.eval.every < 0:
+        raise RecipeError(f"eval.every: must be >= 0, got {recipe.eval.every}")
+    if recipe.distill.temperature <= 0:
+        raise RecipeError(f"distill.temperature: must be > 0, got {recipe.distill.temperature}")
+    if len(recipe.optim.betas) != 2:
+        raise RecipeError(f"optim.betas: expected two numbers, got {recipe.optim.betas}")
+
+
+def _check_combinations(recipe: Recipe) -> None:
     for url, weight in (recipe.data.train.items() if isinstance(recipe.data.train, dict) else ()):
         if not weight > 0:
             raise RecipeError(f"data.train.{url}: a mixing weight must be > 0, got {weight!r}")
@@ -304,14 +318,8 @@ def validate(recipe: Recipe) -> None:
             f"encoder runs every utterance as a full window, so a batch costs count x {window:g} s "
             "(set data.batch_size instead)"
         )
-    if recipe.eval.every < 0:
-        raise RecipeError(f"eval.every: must be >= 0, got {recipe.eval.every}")
-    if recipe.distill.temperature <= 0:
-        raise RecipeError(f"distill.temperature: must be > 0, got {recipe.distill.temperature}")
     if recipe.distill.teacher is None and recipe.distill.labels is not None and recipe.distill.beta:
         raise RecipeError("distill.teacher: the KL term (distill.beta > 0) needs the teacher that wrote distill.labels")
-    if len(recipe.optim.betas) != 2:
-        raise RecipeError(f"optim.betas: expected two numbers, got {recipe.optim.betas}")
 
 
 def window_seconds(features: FeatureConfig) -> float:
