@@ -26,6 +26,7 @@ from streamtrain.dataset.dataset import Dataset
 from streamtrain.dataset.tar_layout import LayoutReader, MemberLayout, ShardError
 from streamtrain.storage.cache import ShardCache
 from streamtrain.storage.remote import RetryPolicy, ShardReadError, fetch_into, is_local, local_path
+from streamtrain.storage.warn_once import WarnOnce
 
 log = logging.getLogger("streamtrain.data")
 
@@ -112,7 +113,7 @@ class ShardOpener:
         self.settings = settings
         self.stats = stats
         self.cache = ShardCache(settings.cache_dir, settings.cache_limit) if settings.cache_dir else None
-        self._warned_full = False
+        self._warn_full = WarnOnce(log)
 
     def open(self, dataset: Dataset, shard: int) -> OpenShard:
         info = dataset.index.shards[shard]
@@ -163,9 +164,8 @@ class ShardOpener:
             spill.close()
             if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise
-            if not self._warned_full:
-                log.warning("%s: %s; shards wait in memory instead", spill.name, error.strerror)
-                self._warned_full = True
+            self._warn_full("spill folder %s: %s; shards wait in memory instead",
+                            self.settings.spill_dir or tempfile.gettempdir(), error.strerror)
         except BaseException:
             spill.close()
             raise

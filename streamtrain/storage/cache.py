@@ -30,6 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from streamtrain.storage.warn_once import WarnOnce
+
 log = logging.getLogger("streamtrain.storage")
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -44,7 +46,7 @@ class ShardCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.limit = limit_bytes
         self.suffix = suffix
-        self._warned = False
+        self._warn_full = WarnOnce(log)
 
     def path_for(self, sha256: str) -> Path:
         if not _DIGEST.match(sha256):
@@ -108,9 +110,7 @@ class ShardCache:
             tmp.unlink(missing_ok=True)
             if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise
-            if not self._warned:
-                log.warning("cache %s: %s; reading on without caching", self.dir, error.strerror)
-                self._warned = True
+            self._warn_full("cache %s: %s; reading on without caching", self.dir, error.strerror)
             return None
         except BaseException:
             out.close()
