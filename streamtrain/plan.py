@@ -4,8 +4,8 @@ Everything here is a pure function of (shard table, seed, epoch, settings,
 samples already delivered) and reads no data. Samples are named by a global id
 (``gid``): the position of the sample in the concatenation of every shard of
 the epoch's table, in table order. There is no per-sample Python loop: work is
-numpy over whole arrays, per group of blocks (millions of samples), or per pass across all blocks
-at once, so a plan of 10^8 samples takes seconds.
+numpy over whole arrays, per group of blocks (about 16,000 samples), or per
+pass across all blocks at once, so a plan of 10^8 samples takes seconds.
 
 An epoch is planned in four steps:
 
@@ -122,8 +122,8 @@ def epoch_rng(seed: int, epoch: int, purpose: str) -> np.random.Generator:
     return np.random.Generator(np.random.Philox(key=int.from_bytes(digest[:16], "little")))
 
 
-def shard_blocks(table: ShardTable, seed: int, epoch: int, block_shards: int) -> np.ndarray:
-    """The epoch's blocks: every shard index, permuted; block b is ``[b * block_shards, (b + 1) * block_shards)``."""
+def shard_order(table: ShardTable, seed: int, epoch: int) -> np.ndarray:
+    """Every shard index, permuted for the epoch; block b is positions ``[b * block_shards, (b + 1) * block_shards)``."""
     return epoch_rng(seed, epoch, "shards").permutation(len(table.counts))
 
 
@@ -152,7 +152,7 @@ def block_runs(table: ShardTable, settings: BatchSettings, excluded: np.ndarray 
     """
     rng = epoch_rng(seed, epoch, "samples")
     durations = np.asarray(table.durations)  # a plain view of a memory map: no subclass overhead per gather
-    shards = shard_blocks(table, seed, epoch, settings.block_shards)
+    shards = shard_order(table, seed, epoch)
     counts = table.counts[shards]
     block_sizes = np.add.reduceat(counts, np.arange(0, len(counts), settings.block_shards)) if len(counts) else counts
     id_type = np.int32 if table.samples < 2**31 else np.int64

@@ -14,7 +14,7 @@ from streamtrain.plan import (
     delivery_sequence,
     plan_epoch,
     ranges,
-    shard_blocks,
+    shard_order,
     split_for_ranks,
     split_for_workers,
 )
@@ -36,7 +36,7 @@ def all_batches(t, batching, **kwargs) -> list[np.ndarray]:
 
 def test_blocks_cover_every_shard_and_runs_every_sample_once():
     t = table([5, 3, 8, 1, 4, 7])
-    assert sorted(shard_blocks(t, seed=1, epoch=0, block_shards=2).tolist()) == list(range(6))
+    assert sorted(shard_order(t, seed=1, epoch=0).tolist()) == list(range(6))
     runs = block_runs(t, BatchSettings(batch_size=1, bucketing=False, block_shards=2), None, 1, 0)
     assert sorted(runs.order.tolist()) == list(range(28)) and len(runs.bounds) == 4
 
