@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from streamtrain.data import StreamLoader
+from streamtrain.loader import StreamLoader
 from streamtrain.distill.teacher import load_teacher
 from streamtrain.train.backoff import OomBackoff
 from streamtrain.train.evaluate import evaluate

@@ -22,9 +22,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests/support holds the corpus makers and servers
+
+from tests.support.speech import speech_of_duration  # noqa: E402
 from streamtrain.features import WhisperLogMel  # noqa: E402
-from streamtrain.testing.speech import speech_of_duration  # noqa: E402
-from streamtrain.data.batch import pad_waveforms  # noqa: E402
+from streamtrain.loader.batch import pad_waveforms  # noqa: E402
 
 SAMPLE_RATE = 16000
 LENGTHS_SECONDS = (2, 5, 10, 20, 30)

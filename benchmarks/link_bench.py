@@ -4,8 +4,8 @@ against the same dataset read locally, in one run.
     python benchmarks/link_bench.py [--samples 6000] [--per-shard 500] [--codec opus] [--workers 2]
 
 The dataset (real espeak-ng speech) is served by a local HTTP server
-(``streamtrain.testing.faults.fault_server`` with no faults) behind
-``streamtrain.testing.shaper.link_shaper``, which delays every chunk by half the
+(``tests.support.faults.fault_server`` with no faults) behind
+``tests.support.shaper.link_shaper``, which delays every chunk by half the
 RTT each way and shares one token bucket per direction between connections; both
 run in a process of their own (as a remote store would), so their threads do not
 share the loader's interpreter lock. Each
@@ -30,11 +30,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamtrain.data import StreamLoader
-from streamtrain.dataset.index import load_index
-from streamtrain.testing.datasets import write_dataset
-from streamtrain.testing.servers import file_server
-from streamtrain.testing.shaper import link_shaper
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests/support holds the corpus makers and servers
+
+from tests.support.datasets import write_dataset  # noqa: E402
+from tests.support.servers import file_server  # noqa: E402
+from tests.support.shaper import link_shaper  # noqa: E402
+from streamtrain.loader import StreamLoader
+from streamtrain.format.index import load_index
 
 
 @dataclass

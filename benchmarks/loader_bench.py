@@ -36,11 +36,13 @@ from pathlib import Path
 
 import soundfile
 
-from streamtrain.data import StreamLoader
-from streamtrain.data.batch import pad_waveforms
-from streamtrain.dataset.index import load_index
-from streamtrain.dataset.shard import read_shard
-from streamtrain.testing.datasets import write_dataset
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests/support holds the corpus makers and servers
+
+from tests.support.datasets import write_dataset  # noqa: E402
+from streamtrain.loader import StreamLoader
+from streamtrain.loader.batch import pad_waveforms
+from streamtrain.format.index import load_index
+from streamtrain.format.shard import read_shard
 
 
 def cpu_seconds() -> float:

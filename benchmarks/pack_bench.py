@@ -42,9 +42,11 @@ import numpy as np
 import soundfile
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests/support holds the corpus makers and servers
+
+from tests.support.corpus import Corpus, utterances, write_jsonl  # noqa: E402
 from streamtrain.audio import DEFAULT_OPUS_COMPLEXITY, decode, encode, resample
 from streamtrain.features import WhisperLogMel
-from streamtrain.testing.corpus import Corpus, utterances, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 WHISPER_WINDOW_SECONDS = 30

@@ -65,13 +65,13 @@ def key_blocks(samples: int, chunk: int = 10**7):
 
 
 def build(root: Path, samples: int, per_shard: int, fmt: int) -> None:
-    from streamtrain.dataset.columns import (
+    from streamtrain.format.columns import (
         DURATIONS_DTYPE,
         TEXT,
         column_file_name,
         write_column_file,
     )
-    from streamtrain.dataset.index import DatasetIndex, ShardList
+    from streamtrain.format.index import DatasetIndex, ShardList
 
     root.mkdir(parents=True, exist_ok=True)
     durations = synthetic_durations(samples)
@@ -120,7 +120,7 @@ def peak_mb() -> float:
 
 def measure_plan(root: str, setting: str) -> dict:
     """In this (fresh) process: open, plan one setting, RSS."""
-    from streamtrain.data import StreamLoader
+    from streamtrain.loader import StreamLoader
 
     options = dict(SETTINGS[setting])
     world = options.pop("world_size")
@@ -136,11 +136,11 @@ def measure_plan(root: str, setting: str) -> dict:
 
 def measure_state(root: str) -> dict:
     """In this (fresh) process: 64 ranks' states at half an epoch, merged, loaded, saved."""
-    from streamtrain.data import StreamLoader, merge_states
-    from streamtrain.data.mixture import Mixture
-    from streamtrain.data.sources import epoch_table
-    from streamtrain.data.state import LoaderState, SampleSet
-    from streamtrain.plan import BatchSettings, plan_epoch, split_for_ranks, split_for_workers
+    from streamtrain.loader import StreamLoader, merge_states
+    from streamtrain.loader.mixture import Mixture
+    from streamtrain.loader.dataset_sources import epoch_table
+    from streamtrain.loader.state import LoaderState, SampleSet
+    from streamtrain.loader.plan import BatchSettings, plan_epoch, split_for_ranks, split_for_workers
 
     settings = BatchSettings(batch_seconds=200.0)
     loader = StreamLoader(root, batch_seconds=200.0, num_workers=WORKERS, rank=0, world_size=STATE_RANKS, seed=0)

@@ -33,12 +33,12 @@ from dataclasses import dataclass
 import soundfile
 import torch
 
-from streamtrain.data import StreamLoader
-from streamtrain.dataset.index import load_index
+from streamtrain.loader import StreamLoader
+from streamtrain.format.index import load_index
 from streamtrain.features import build_featurizer
 from streamtrain.train.config import Recipe, load_recipe, train_batch_size, validate
 from streamtrain.train.model import IGNORE_INDEX, TextCodec, build_model, load_tokenizer
-from streamtrain.train.objective import cross_entropy_sum
+from streamtrain.train.loss import cross_entropy_sum
 
 WARMUP = 3
 FEEDS = {"streamtrain": "streamtrain", "webdataset": "webdataset + features in workers"}  # name: table label

@@ -29,10 +29,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from streamtrain.inspect import format_summary, summarize
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests/support holds the corpus makers and servers
+
+from tests.support.corpus import utterances, write_jsonl  # noqa: E402
+from tests.support.speech import digit_text  # noqa: E402
+from streamtrain.pack.inspect import format_summary, summarize
 from streamtrain.pack import pack
-from streamtrain.testing.corpus import utterances, write_jsonl
-from streamtrain.testing.speech import digit_text
 
 SPLITS = ("train", "validation", "test")
 SAMPLE_FOR_CODEC = 200

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import protocol
-from streamtrain.data import StreamLoader
+from streamtrain.loader import StreamLoader
 
 
 class Streamtrain:

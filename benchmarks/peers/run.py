@@ -36,6 +36,7 @@ import psutil
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO))  # tests/support: the corpus makers
 
 import protocol  # noqa: E402
 import venvs  # noqa: E402
@@ -150,7 +151,7 @@ def _kill_tree(pid: int) -> None:
 
 
 def build_corpus(root: Path, samples: int, per_shard: int) -> None:
-    from streamtrain.testing.datasets import write_dataset
+    from tests.support.datasets import write_dataset
 
     shards = [per_shard] * (samples // per_shard) + ([samples % per_shard] if samples % per_shard else [])
     write_dataset(root, shards, min_seconds=1.0, max_seconds=4.0)

@@ -21,15 +21,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from streamtrain.sidecar_writer import (
+from streamtrain.loader.sidecar_writer import (
     DecodedChunk,
     aligned_shard_info,
     write_column_shard,
 )
-from streamtrain.dataset.columns import publish_index
-from streamtrain.dataset.dataset import open_dataset
-from streamtrain.dataset.index import DatasetIndex, ShardInfo, ShardList
-from streamtrain.dataset.shard import read_shard
+from streamtrain.format.columns import publish_index
+from streamtrain.format.dataset import open_dataset
+from streamtrain.format.index import DatasetIndex, ShardInfo, ShardList
+from streamtrain.format.shard import read_shard
 from streamtrain.storage.output import Output
 from streamtrain.distill.teacher import load_teacher
 from streamtrain.train.backoff import OomBackoff

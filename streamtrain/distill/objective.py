@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
-from streamtrain.dataset.dataset import Dataset
+from streamtrain.format.dataset import Dataset
 from streamtrain.distill.label import LABELS_COLUMN
 from streamtrain.distill.teacher import load_teacher
 from streamtrain.train.config import DistillConfig, RecipeError
 from streamtrain.train.model import IGNORE_INDEX
-from streamtrain.train.objective import CrossEntropy, Objective, cross_entropy_sum
+from streamtrain.train.loss import CrossEntropy, Objective, cross_entropy_sum
 
 log = logging.getLogger("streamtrain.train")
 

@@ -5,7 +5,7 @@ frame_lengths)`` on whatever device the batch is on, float32 even under autocast
 """
 
 from streamtrain.features.cmvn import GlobalCMVN, compute_cmvn_stats
-from streamtrain.dataset.feature_codec import decode_features, encode_features
+from streamtrain.format.feature_codec import decode_features, encode_features
 from streamtrain.features.kaldi import KaldiFbank
 from streamtrain.features.registry import (
     FEATURIZER_VERSION,

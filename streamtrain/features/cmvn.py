@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from streamtrain.features.batch import length_mask
+from streamtrain.features.padding import length_mask
 
 #: Variances are floored here before the square root (as WeNet does), so a constant bin stays finite.
 VARIANCE_FLOOR = 1e-20

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 
-from streamtrain.features.batch import check_audio_batch, length_mask, zero_padding
+from streamtrain.features.padding import check_audio_batch, length_mask, zero_padding
 from streamtrain.features.cmvn import GlobalCMVN
 
 _EPSILON = torch.finfo(torch.float32).eps  # Kaldi's floor on energies before the log

@@ -16,7 +16,7 @@ import hashlib
 import torch
 from torch import Tensor, nn
 
-from streamtrain.features.batch import length_mask
+from streamtrain.features.padding import length_mask
 
 
 def generator_for_step(seed: int, step: int, rank: int = 0) -> torch.Generator:

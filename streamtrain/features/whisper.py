@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 
-from streamtrain.features.batch import check_audio_batch, length_mask, zero_padding
+from streamtrain.features.padding import check_audio_batch, length_mask, zero_padding
 
 #: transformers' WhisperFeatureExtractor fixes the top of the mel filters at 8 kHz.
 _MEL_MAX_FREQUENCY = 8000.0

@@ -44,10 +44,10 @@ from streamtrain.audio import (
     opus_compression_level,
     resample,
 )
-from streamtrain.dataset.columns import DURATIONS, KEYS, KeyColumn, concatenate_columns, find_duplicate_key, \
+from streamtrain.format.columns import DURATIONS, KEYS, KeyColumn, concatenate_columns, find_duplicate_key, \
     open_column, publish_index, publish_staged_index
-from streamtrain.dataset.index import INDEX_NAME, ColumnFile, DatasetIndex, ShardInfo, ShardList, parse_index
-from streamtrain.dataset.shard import ShardWriter
+from streamtrain.format.index import INDEX_NAME, ColumnFile, DatasetIndex, ShardInfo, ShardList, parse_index
+from streamtrain.format.shard import ShardWriter
 from streamtrain.pack.sources import Entry, Reject, SourceError, SourceItem, read_source
 from streamtrain.storage.output import Output, OutputError
 from streamtrain.storage.remote import ShardReadError, is_local, read_all

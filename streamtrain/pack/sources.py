@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Union
 from urllib.parse import urlsplit
 
 from streamtrain.audio import AUDIO_EXTENSIONS
-from streamtrain.dataset.shard import sanitize_key
+from streamtrain.format.shard import sanitize_key
 from streamtrain.storage.location import LocationError, check_location
 from streamtrain.storage.remote import ShardReadError, child_url, is_local, local_path, read_all, redact
 

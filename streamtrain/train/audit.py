@@ -3,7 +3,7 @@
 Each run of the trainer is a *session*; each rank of a session appends JSON
 lines to ``<run>/audit/session-KKKK-rank-RRRRR.jsonl.zst``, one zstd frame per
 flush (the trainer flushes at every checkpoint). Samples are named by their
-id in the epoch's sample table (see ``streamtrain.data.sources``), never by
+id in the epoch's sample table (see ``streamtrain.loader.dataset_sources``), never by
 key or URL, so a record costs a few bytes per sample. Records:
 
 - ``{"event": "session", "resumed_from_step": S, "world_size": W}``: first in every file;
@@ -39,12 +39,12 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
-from streamtrain.data.bitmap import Bitmap
-from streamtrain.data.mixture import Mixture, carry_over
-from streamtrain.data.sources import DatasetSource, EpochTable, epoch_table
-from streamtrain.data.state import SampleSet
-from streamtrain.dataset.dataset import Dataset
-from streamtrain.plan import inside_limits
+from streamtrain.loader.bitmap import Bitmap
+from streamtrain.loader.mixture import Mixture, carry_over
+from streamtrain.loader.dataset_sources import DatasetSource, EpochTable, epoch_table
+from streamtrain.loader.state import SampleSet
+from streamtrain.format.dataset import Dataset
+from streamtrain.loader.plan import inside_limits
 
 AUDIT_DIR = "audit"
 SHOWN = 10

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import jiwer
 import torch
 
-from streamtrain.data import StreamLoader
+from streamtrain.loader import StreamLoader
 from streamtrain.train.backoff import OomBackoff
 from streamtrain.train.model import Generation, TextCodec, greedy_generate
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from streamtrain.features.cache import cached_features
+from streamtrain.features.feature_cache import cached_features
 
 Slicer = Callable[[slice], tuple[torch.Tensor, torch.Tensor]]
 

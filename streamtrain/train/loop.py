@@ -31,9 +31,9 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
-from streamtrain.data import Batch, StreamLoader
+from streamtrain.loader import Batch, StreamLoader
 from streamtrain.features import SpecAugment, build_featurizer, generator_for_step
-from streamtrain.features.cache import check_feature_column
+from streamtrain.features.feature_cache import check_feature_column
 from streamtrain.storage.remote import RetryPolicy
 from streamtrain.train import checkpoint as ckpt
 from streamtrain.train.audit import AuditLog, encode_ids, next_session
@@ -43,7 +43,7 @@ from streamtrain.train.evaluate import ErrorCounts, evaluate
 from streamtrain.train.export import export_model
 from streamtrain.train.inputs import CachedFeatures, LiveFeatures
 from streamtrain.train.model import IGNORE_INDEX, TextCodec, build_model, load_tokenizer
-from streamtrain.train.objective import CrossEntropy, Objective, StepFeatures
+from streamtrain.train.loss import CrossEntropy, Objective, StepFeatures
 from streamtrain.train.plot import plot_history
 from streamtrain.train.run_dir import RunLock, recipe_changes
 from streamtrain.train.signals import StopRequest

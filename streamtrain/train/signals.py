@@ -3,7 +3,7 @@
 Schedulers (Slurm, Kubernetes) signal every process of the job. The handler is
 installed as the command starts, before anything heavy is imported, so a signal
 during start-up is a clean, announced stop too. DataLoader workers ignore the
-signals (``streamtrain.data.worker.worker_init``): the main process decides when
+signals (``streamtrain.loader.worker.worker_init``): the main process decides when
 they stop.
 """
 

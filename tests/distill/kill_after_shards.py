@@ -4,7 +4,7 @@ import os
 import signal
 import sys
 
-import streamtrain.dataset.shard as shard
+import streamtrain.format.shard as shard
 from streamtrain.cli import main
 
 limit = int(sys.argv[1])

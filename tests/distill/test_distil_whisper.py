@@ -8,10 +8,10 @@ import json
 
 from transformers import WhisperForConditionalGeneration
 
-from streamtrain.dataset.shard import read_shard
+from streamtrain.format.shard import read_shard
 from streamtrain.distill.student import make_student
 from streamtrain.distill.teacher import load_teacher
-from streamtrain.testing.runs import digit_dataset
+from tests.support.runs import digit_dataset
 from streamtrain.train.config import ModelConfig, load_recipe
 from streamtrain.train.model import load_tokenizer
 from streamtrain.train.whisper_tokenizer import timestamp_ids

@@ -15,7 +15,7 @@ from transformers import WhisperForConditionalGeneration
 from streamtrain.distill.student import chosen_layers
 from streamtrain.features import build_featurizer
 from streamtrain.distill.teacher import load_teacher, model_fingerprint
-from streamtrain.testing.runs import digit_dataset, micro_recipe, random_whisper
+from tests.support.runs import digit_dataset, micro_recipe, random_whisper
 from streamtrain.distill.objective import kl_divergence
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -123,7 +123,7 @@ def test_labelling_resumes_after_sigkill_without_rewriting_a_shard(setup, tmp_pa
     base = json.loads((data / "index.json").read_text())
     assert (index["shards"]["name"], index["shards"]["samples"]) == (base["shards"]["name"], base["shards"]["samples"])
     assert index["column"]["teacher_fingerprint"] == load_teacher(str(teacher_dir))[1]
-    from streamtrain.data import StreamLoader
+    from streamtrain.loader import StreamLoader
 
     keys = [k for b in StreamLoader(data, batch_size=5, epochs=1, num_workers=0, columns=[str(out)]) for k in b["keys"]]
     assert len(keys) == len(set(keys)) == 24

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import streamtrain.distill.objective as objective
 from streamtrain.distill.objective import Distillation, kl_divergence
-from streamtrain.train.objective import StepFeatures
+from streamtrain.train.loss import StepFeatures
 
 T = 2.5
 # B=2 x L=3 x V=4, asymmetric so that KL(t || s) != KL(s || t); the masked-out

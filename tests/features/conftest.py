@@ -5,7 +5,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from streamtrain.testing.speech import espeak_available, speech_of_duration  # noqa: E402
+from tests.support.speech import espeak_available, speech_of_duration  # noqa: E402
 
 #: Durations the Whisper comparison covers: short, just under, exactly and over 30 s.
 DURATIONS = (1.0, 29.99, 30.0, 45.0)

@@ -6,10 +6,10 @@ import sys
 import pytest
 import torch
 
-from streamtrain.data import StreamLoader
+from streamtrain.loader import StreamLoader
 from streamtrain.features import build_featurizer
-from streamtrain.features.cache import FEATURES_COLUMN, FeatureCacheError, check_feature_column, write_feature_column
-from streamtrain.testing.runs import digit_dataset, micro_recipe
+from streamtrain.features.feature_cache import FEATURES_COLUMN, FeatureCacheError, check_feature_column, write_feature_column
+from tests.support.runs import digit_dataset, micro_recipe
 
 PARAMS = {"n_mels": 40, "chunk_seconds": 4}
 

@@ -8,7 +8,7 @@ import torch
 import torchaudio.compliance.kaldi as kaldi
 
 from streamtrain.features import GlobalCMVN, KaldiFbank, WhisperLogMel, compute_cmvn_stats
-from streamtrain.data.batch import pad_waveforms
+from streamtrain.loader.batch import pad_waveforms
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import torch
 import torchaudio.compliance.kaldi as kaldi
 
 from streamtrain.features import KaldiFbank
-from streamtrain.data.batch import pad_waveforms
+from streamtrain.loader.batch import pad_waveforms
 
 #: Max abs difference allowed against torchaudio (log-mel, float32; measured <= 1e-6).
 TOLERANCE = 1e-4

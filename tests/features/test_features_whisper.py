@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from streamtrain.features import WhisperLogMel
-from streamtrain.data.batch import pad_waveforms
+from streamtrain.loader.batch import pad_waveforms
 
 #: Max abs difference allowed against transformers (float32; measured 1.2e-7).
 TOLERANCE = 1e-4

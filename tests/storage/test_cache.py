@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from streamtrain.data import StreamLoader
-from streamtrain.dataset.index import load_index
+from streamtrain.loader import StreamLoader
+from streamtrain.format.index import load_index
 from streamtrain.storage.cache import ShardCache
-from streamtrain.testing.datasets import replace_shard, write_dataset
-from streamtrain.testing.servers import file_server
+from tests.support.datasets import replace_shard, write_dataset
+from tests.support.servers import file_server
 
 SIZES = [6, 5, 7, 4, 6, 5]
 
@@ -115,7 +115,7 @@ def test_the_limit_holds_at_every_instant_with_three_processes_of_two_workers(se
     limit = sizes[-1] + sizes[-2] + sizes[0]
     cache = tmp_path / "cache"
     cache.mkdir()
-    script = (f"from streamtrain.data import StreamLoader\n"
+    script = (f"from streamtrain.loader import StreamLoader\n"
               f"l = StreamLoader({url!r}, batch_size=2, num_workers=2, epochs=3, seed=int(__import__('sys').argv[1]), "
               f"cache_dir={str(cache)!r}, cache_limit={limit})\n"
               f"print(sum(len(b['keys']) for b in l))\n")
@@ -153,7 +153,7 @@ def test_a_full_cache_disk_means_reading_on_without_caching_and_one_warning(serv
     cache = tmp_path / "cache"
     script = (f"import resource, logging; resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
               f"logging.basicConfig(level=logging.WARNING)\n"
-              f"from streamtrain.data import StreamLoader\n"
+              f"from streamtrain.loader import StreamLoader\n"
               f"l = StreamLoader({url!r}, batch_size=3, num_workers=0, epochs=1, cache_dir={str(cache)!r})\n"
               f"print(sorted(k for b in l for k in b['keys']))\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

@@ -15,17 +15,17 @@ import pytest
 import s3fs
 
 from streamtrain.cli import main
-from streamtrain.data import StreamLoader
-from streamtrain.dataset.dataset import open_dataset
+from streamtrain.loader import StreamLoader
+from streamtrain.format.dataset import open_dataset
 from streamtrain.distill.label import label_dataset
 from streamtrain.features import build_featurizer
-from streamtrain.features.cache import FEATURES_COLUMN, FeatureCacheError, write_feature_column
+from streamtrain.features.feature_cache import FEATURES_COLUMN, FeatureCacheError, write_feature_column
 from streamtrain.pack import PackError, SourceError, merge, pack
 from streamtrain.storage.location import LocationError, check_location
 from streamtrain.storage.output import Output
-from streamtrain.testing.corpus import utterances, write_corpus
-from streamtrain.testing.runs import random_whisper
-from streamtrain.testing.servers import s3_server
+from tests.support.corpus import utterances, write_corpus
+from tests.support.runs import random_whisper
+from tests.support.servers import s3_server
 
 REPO = Path(__file__).resolve().parents[2]
 KILLER = Path(__file__).with_name("kill_after_publish.py")

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from streamtrain.data import RetryPolicy, StreamLoader
+from streamtrain.loader import RetryPolicy, StreamLoader
 from streamtrain.storage.remote import ShardReadError, read_url
-from streamtrain.testing.datasets import write_dataset
-from streamtrain.testing.faults import FaultPlan, fault_server
+from tests.support.datasets import write_dataset
+from tests.support.faults import FaultPlan, fault_server
 
 SIZES = [6, 5, 7, 4]
 KEYS = {f"utt-{s:03d}-{i:04d}" for s, n in enumerate(SIZES) for i in range(n)}

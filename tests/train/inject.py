@@ -29,7 +29,7 @@ from streamtrain.cli import main
 from streamtrain.features import generator_for_step
 from streamtrain.train.inputs import LiveFeatures
 from streamtrain.train.loop import Trainer
-from streamtrain.train.objective import CrossEntropy
+from streamtrain.train.loss import CrossEntropy
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--kill-at-step", type=int)

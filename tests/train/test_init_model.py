@@ -9,10 +9,10 @@ import torch
 from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor, pipeline
 
 from streamtrain.features import build_featurizer
-from streamtrain.testing.openai_whisper import openai_whisper_tokenizer
-from streamtrain.testing.pipeline import eval_and_pipeline, run_cli
-from streamtrain.testing.runs import digit_dataset
-from streamtrain.testing.speech import Voice, synthesize
+from tests.support.openai_whisper import openai_whisper_tokenizer
+from tests.support.pipeline import eval_and_pipeline, run_cli
+from tests.support.runs import digit_dataset
+from tests.support.speech import Voice, synthesize
 from streamtrain.train.config import FeatureConfig, ModelConfig, Recipe
 from streamtrain.train.export import export_model
 from streamtrain.train.init_model import ARCHITECTURES, init_model

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from streamtrain.testing.datasets import write_dataset
-from streamtrain.testing.runs import accelerate_launch, digit_dataset, micro_recipe
+from tests.support.datasets import write_dataset
+from tests.support.runs import accelerate_launch, digit_dataset, micro_recipe
 
 INJECT = Path(__file__).with_name("inject.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",

@@ -3,10 +3,10 @@
 import torch
 
 from streamtrain.features import generator_for_step
-from streamtrain.testing.runs import digit_dataset, micro_recipe
+from tests.support.runs import digit_dataset, micro_recipe
 from streamtrain.train.config import load_recipe
 from streamtrain.train.loop import Trainer
-from streamtrain.train.objective import CrossEntropy
+from streamtrain.train.loss import CrossEntropy
 
 
 class RecordingObjective(CrossEntropy):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from streamtrain.cli import main as cli_main
-from streamtrain.testing.runs import accelerate_launch, digit_dataset, micro_recipe
+from tests.support.runs import accelerate_launch, digit_dataset, micro_recipe
 from streamtrain.train.audit import AUDIT_DIR, decode_ids, encode_ids
 
 INJECT = Path(__file__).with_name("inject.py")

@@ -15,7 +15,7 @@ import torch
 from transformers import WhisperForConditionalGeneration
 
 from streamtrain.cli import main
-from streamtrain.testing.runs import digit_dataset
+from tests.support.runs import digit_dataset
 from streamtrain.train.config import load_recipe
 from tests.train.test_trainer import assert_bit_identical, final_parameters, streamtrain
 

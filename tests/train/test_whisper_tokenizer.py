@@ -5,7 +5,7 @@ import random
 import pytest
 from transformers import AutoTokenizer, WhisperTokenizer
 
-from streamtrain.testing.openai_whisper import openai_whisper_tokenizer
+from tests.support.openai_whisper import openai_whisper_tokenizer
 from streamtrain.train import whisper_tokenizer
 from streamtrain.train.whisper_tokenizer import TIMESTAMPS, WhisperTokenizerError, published_tokenizer
 

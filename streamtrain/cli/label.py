@@ -1,0 +1,45 @@
+"""``streamtrain label DATASET --teacher MODEL_DIR --out COLUMN_DIR``: pseudo-label a dataset once."""
+
+from __future__ import annotations
+
+import argparse
+
+from streamtrain.storage.output import OutputError
+from streamtrain.storage.remote import ShardReadError, redact
+from streamtrain.format.index import DatasetIndexError
+from streamtrain.distill.label import LabelError
+from streamtrain.train.config import RecipeError
+
+ERRORS = (LabelError, RecipeError, DatasetIndexError, ShardReadError, OutputError, ValueError, FileNotFoundError)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", help="a packed dataset folder or URL")
+    parser.add_argument("--teacher", required=True, help="the teacher model folder (Hugging Face format)")
+    parser.add_argument("--out", required=True, help="the label column folder or URL (an interrupted run continues)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                        help="teacher weights: fp32, bf16, or int8 weight-only quantization")
+    parser.add_argument("--max-wer", type=float, help="mark labels whose WER against the ground truth exceeds this")
+    parser.add_argument("--prompt", help="the teacher's prompt tokens, space-separated (default: the teacher's own, "
+                                         "for a Whisper checkpoint '<|startoftranscript|> <|en|> <|transcribe|> "
+                                         "<|notimestamps|>'); the student's recipe should use the same")
+    parser.add_argument("--max-tokens", type=int, help="longest label, prompt and end token included "
+                                                       "(default: the teacher's own limit, 448 for Whisper)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamtrain.distill.label import LabelSettings, label_dataset
+
+    settings = LabelSettings(args.precision, args.max_wer, args.max_tokens, args.prompt)
+    summary = label_dataset(args.dataset, args.teacher, args.out, settings,
+                            batch_size=args.batch_size, device=args.device, overwrite=args.overwrite,
+                            progress=not args.no_progress)
+    filtered = summary.samples - summary.kept
+    print(f"{redact(args.out)}: {summary.samples} samples labelled ({summary.shards_written} shards written, "
+          f"{summary.shards_skipped} already complete); label WER {100 * summary.wer:.2f}%"
+          + (f"; {filtered} labels over --max-wer {args.max_wer} marked keep=false" if args.max_wer is not None else ""))
+    return 0

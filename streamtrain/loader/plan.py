@@ -1,0 +1,483 @@
+"""The epoch plan: which sample goes into which batch, for which rank, in what order.
+
+Everything here is a pure function of (shard table, seed, epoch, settings,
+samples already delivered) and reads no data. Samples are named by a global id
+(``gid``): the position of the sample in the concatenation of every shard of
+the epoch's table, in table order. There is no per-sample Python loop: work is
+numpy over whole arrays, per group of blocks (about 16,000 samples), or per
+pass across all blocks at once, so a plan of 10^8 samples takes seconds.
+
+An epoch is planned in four steps:
+
+1. ``block_runs``: shards are permuted and grouped into blocks of
+   ``block_shards``; the samples of each block are permuted; samples already
+   delivered or outside the duration limits are left out; with bucketing each
+   block's samples are then sorted by duration (ties stay in random order).
+2. ``cut_batches``: each block's run is cut into batches; what remains of a
+   block (less than a batch) joins the other blocks' remains, in block order,
+   and these are cut the same way (such a batch spans neighbouring blocks), so
+   only the epoch's last batch can be smaller than the settings allow. With
+   bucketing the batches of a block are shuffled, so lengths stay mixed over
+   steps. Batch composition does not depend on the number of ranks or workers.
+3. ``split_for_ranks``: the batch list is cut into one contiguous run per rank,
+   of equal length (DDP needs every rank to take the same number of steps);
+   the few batches left over (fewer than the number of ranks) are dropped for
+   this epoch and reported.
+4. ``delivery_sequence``: a rank's batches are cut into contiguous runs, one
+   per DataLoader worker, so each worker reads about its share of the blocks
+   once; the delivery order interleaves the workers round-robin.
+
+How a run is cut: with bucketing (or with a fixed ``batch_size`` only) a batch
+is taken from the long end of the sorted run: its longest sample fixes how many
+fit (``batch_seconds // longest``, capped by ``batch_size``). Without bucketing
+and with ``batch_seconds``, batches are cut greedily in run order, each as long
+as its padded cost (longest x count) stays within ``batch_seconds``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from functools import cached_property
+
+import numpy as np
+
+from streamtrain.format.index import sample_offsets
+
+#: Bucketing sorts durations by a 16-bit key (a linear-time radix sort): the
+#: logarithm of the duration over 1 ms .. 10^5 s, so a bucket spans 0.03 % of its
+#: durations. A batch's count is then fixed by its top bucket's upper edge, which
+#: no sample of the batch exceeds: the padded cost stays within batch_seconds.
+_MAX_BUCKET = np.iinfo(np.uint16).max
+# Duration buckets are the top bits of a float32 (sign 0, exponent, 11 mantissa bits): log-spaced, 0.05 %
+# wide, from 1 ms up (32 octaves), computed by integer arithmetic alone, so the same on every CPU.
+_BUCKET_SHIFT = 12
+_BUCKET_BASE = int(np.float32(1e-3).view(np.uint32)) >> _BUCKET_SHIFT
+
+
+@dataclass(frozen=True)
+class ShardTable:
+    """Sample counts and durations of every shard, in a fixed global order."""
+
+    counts: np.ndarray  # (S,) int64 samples per shard
+    durations: np.ndarray  # (N,) float32 seconds per sample, by gid (may be a read-only memory map)
+
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        """(S + 1,) gid of the first sample of each shard, plus the total."""
+        return sample_offsets(self.counts)
+
+    @property
+    def samples(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, gids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """gids -> (shard index, sample index within the shard)."""
+        shard = np.searchsorted(self.offsets, gids, side="right") - 1
+        return shard, gids - self.offsets[shard]
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """How samples become batches. Part of the loader state's schedule.
+
+    With ``batch_seconds`` a batch holds as many samples as fit in that many
+    padded seconds; ``batch_size`` alone fixes the count, and with both it caps it.
+    """
+
+    batch_size: int | None = None
+    batch_seconds: float | None = None
+    bucketing: bool = True
+    min_seconds: float | None = None
+    max_seconds: float | None = None
+    block_shards: int = 4
+
+    def __post_init__(self) -> None:
+        if self.batch_size is None and self.batch_seconds is None:
+            raise ValueError("give batch_size, batch_seconds, or both (batch_size then caps the count)")
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or self.batch_size < 1):
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_seconds is not None and not (0 < self.batch_seconds < float("inf")):
+            raise ValueError(f"batch_seconds must be a positive finite number, got {self.batch_seconds}")
+        if self.block_shards < 1:
+            raise ValueError(f"block_shards must be >= 1, got {self.block_shards}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The concatenation of ``arange(start, start + size)`` for each pair, vectorised."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    offsets = sample_offsets(sizes)
+    out = np.repeat(np.asarray(starts, dtype=np.int64) - offsets[:-1], sizes)
+    out += np.arange(offsets[-1], dtype=np.int64)
+    return out
+
+
+def epoch_rng(seed: int, epoch: int, purpose: str) -> np.random.Generator:
+    """A generator that depends only on (seed, epoch, purpose): never the clock or the pid."""
+    digest = hashlib.sha256(f"{seed}:{epoch}:{purpose}".encode()).digest()
+    return np.random.Generator(np.random.Philox(key=int.from_bytes(digest[:16], "little")))
+
+
+def shard_order(table: ShardTable, seed: int, epoch: int) -> np.ndarray:
+    """Every shard index, permuted for the epoch; block b is positions ``[b * block_shards, (b + 1) * block_shards)``."""
+    return epoch_rng(seed, epoch, "shards").permutation(len(table.counts))
+
+
+@dataclass(frozen=True)
+class Runs:
+    """Each block's planned samples as one contiguous run of ``order``."""
+
+    order: np.ndarray  # gids, block after block
+    bounds: np.ndarray  # (blocks + 1,) where each block's run starts in ``order``
+    filtered: int  # samples outside the duration limits (not counting those already delivered)
+
+
+_GROUP_SAMPLES = 2**14  # samples of the blocks sorted together: few enough to sort inside the CPU cache
+_GROUP_BLOCKS = 2**16  # blocks sorted together (a block's number in its group is 16 bits)
+_PERMUTATION_KEYS = 2  # random 16-bit keys per sample for a permutation: 32 bits, a tie in a group is rare
+
+
+def block_runs(table: ShardTable, settings: BatchSettings, excluded: np.ndarray | None, seed: int, epoch: int
+               ) -> Runs:
+    """Step 1: the permuted (and, with bucketing, duration-sorted) samples of every block.
+
+    Blocks are sorted a group at a time (about ``_GROUP_SAMPLES`` samples), each
+    group by one segmented sort: linear-time 16-bit radix passes over all its
+    samples. The cost is per sample, never per block, so 10^6 shards plan about as fast
+    as 10^5 shards of the same samples, and the groups depend on the table only.
+    """
+    rng = epoch_rng(seed, epoch, "samples")
+    durations = np.asarray(table.durations)  # a plain view of a memory map: no subclass overhead per gather
+    shards = shard_order(table, seed, epoch)
+    counts = table.counts[shards]
+    block_sizes = np.add.reduceat(counts, np.arange(0, len(counts), settings.block_shards)) if len(counts) else counts
+    id_type = np.int32 if table.samples < 2**31 else np.int64
+    order = np.empty(table.samples, dtype=id_type)
+    planned = np.zeros(len(block_sizes), dtype=np.int64)
+    filled = filtered = 0
+    for first, end in _block_groups(block_sizes):
+        group = shards[first * settings.block_shards : end * settings.block_shards]
+        gids = ranges(table.offsets[group], table.counts[group])
+        block = np.repeat(np.arange(end - first, dtype=np.uint16), block_sizes[first:end])
+        if excluded is not None:
+            keep = ~excluded[gids]
+            gids, block = gids[keep], block[keep]
+        seconds = durations[gids] if settings.bucketing or _limited(settings) else None
+        if _limited(settings):
+            inside = inside_limits(seconds, settings.min_seconds, settings.max_seconds)
+            filtered += len(gids) - int(inside.sum())
+            gids, block, seconds = gids[inside], block[inside], seconds[inside]
+        # sorted by duration, equal durations in random order; or in random order
+        keys = [rng.integers(0, _MAX_BUCKET + 1, len(gids), dtype=np.uint16)]
+        keys += [_bucket(seconds)] if settings.bucketing else [
+            rng.integers(0, _MAX_BUCKET + 1, len(gids), dtype=np.uint16) for _ in range(_PERMUTATION_KEYS - 1)]
+        gids = gids[_sorted_within(block, keys)]
+        order[filled : filled + len(gids)] = gids
+        planned[first:end] = np.bincount(block, minlength=end - first)
+        filled += len(gids)
+    return Runs(order[:filled], sample_offsets(planned), filtered)
+
+
+def _block_groups(block_sizes: np.ndarray) -> Iterator[tuple[int, int]]:
+    """Consecutive ranges of blocks holding about ``_GROUP_SAMPLES`` samples (at least one block each)."""
+    ends = np.cumsum(block_sizes)
+    first = 0
+    while first < len(block_sizes):
+        reached = ends[first - 1] if first else 0
+        end = int(np.searchsorted(ends, reached + _GROUP_SAMPLES, side="right"))
+        end = min(max(end, first + 1), first + _GROUP_BLOCKS)
+        yield first, end
+        first = end
+
+
+def _sorted_within(segment: np.ndarray, keys: list[np.ndarray]) -> np.ndarray:
+    """The order sorting by ``segment``, then ``keys[-1]``, ..., then ``keys[0]``: stable 16-bit radix passes."""
+    order = np.argsort(keys[0], kind="stable")
+    for key in [*keys[1:], segment]:
+        order = order[np.argsort(key[order], kind="stable")]
+    return order
+
+
+def _limited(settings: BatchSettings) -> bool:
+    return settings.min_seconds is not None or settings.max_seconds is not None
+
+
+def inside_limits(seconds: np.ndarray, min_seconds: float | None, max_seconds: float | None) -> np.ndarray:
+    """Which durations lie within the limits (None: no limit on that side)."""
+    inside = np.ones(len(seconds), dtype=bool)
+    if min_seconds is not None:
+        inside &= seconds >= min_seconds
+    if max_seconds is not None:
+        inside &= seconds <= max_seconds
+    return inside
+
+
+def _bucket(seconds: np.ndarray) -> np.ndarray:
+    bits = np.asarray(seconds, dtype=np.float32).view(np.uint32) >> _BUCKET_SHIFT
+    return (np.clip(bits, _BUCKET_BASE, _BUCKET_BASE + _MAX_BUCKET) - _BUCKET_BASE).astype(np.uint16)
+
+
+def _bucket_ceiling(buckets: np.ndarray) -> np.ndarray:
+    """An upper bound of the durations in each bucket (infinite for the last, open-ended one)."""
+    edge = ((buckets.astype(np.uint32) + (_BUCKET_BASE + 1)) << _BUCKET_SHIFT).view(np.float32).astype(np.float64)
+    return np.where(buckets == _MAX_BUCKET, np.inf, edge)
+
+
+@dataclass(frozen=True)
+class BatchList:
+    """Batches as slices of two gid arrays: ``order`` (blocks' runs) and ``leftovers``.
+
+    Batch i is ``(leftovers if from_leftovers[i] else order)[starts[i] : starts[i] + sizes[i]]``.
+    The epoch's batches stay slices of the arrays the plan built (no copy);
+    ``take`` makes a compact list of some of them.
+    """
+
+    order: np.ndarray
+    leftovers: np.ndarray
+    from_leftovers: np.ndarray  # (B,) bool
+    starts: np.ndarray  # (B,) int64
+    sizes: np.ndarray  # (B,) int64
+
+    @classmethod
+    def of(cls, batches: list[np.ndarray]) -> "BatchList":
+        sizes = np.asarray([len(b) for b in batches], dtype=np.int64)
+        gids = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
+        return cls(gids, gids[:0], np.zeros(len(sizes), dtype=bool), sample_offsets(sizes)[:-1], sizes)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        source = self.leftovers if self.from_leftovers[i] else self.order
+        return source[self.starts[i] : self.starts[i] + self.sizes[i]]
+
+    def to_list(self) -> list[np.ndarray]:
+        return [self[i] for i in range(len(self))]
+
+    def window(self, first: int, end: int) -> "BatchList":
+        """Batches ``first .. end - 1``, sharing the gid arrays."""
+        return BatchList(self.order, self.leftovers, self.from_leftovers[first:end], self.starts[first:end],
+                         self.sizes[first:end])
+
+    def take(self, indices: np.ndarray) -> "BatchList":
+        """The batches at ``indices``, in that order, copied into one compact gid array."""
+        indices = np.asarray(indices, dtype=np.int64)
+        sizes = self.sizes[indices]
+        order = self.order
+        # one index space: order, then leftovers; gather from order, then patch in the leftovers
+        where = ranges(self.starts[indices] + self.from_leftovers[indices] * len(order), sizes)
+        gids = np.zeros(len(where), dtype=np.int64)
+        if len(order):
+            gids[:] = order[np.minimum(where, len(order) - 1)]
+        patch = np.flatnonzero(where >= len(order))
+        gids[patch] = self.leftovers[where[patch] - len(order)]
+        return BatchList(gids, gids[:0], np.zeros(len(sizes), dtype=bool), sample_offsets(sizes)[:-1], sizes)
+
+    def gids(self) -> np.ndarray:
+        """Every batch's gids, concatenated in batch order."""
+        return self.take(np.arange(len(self))).order
+
+
+def cut_batches(table: ShardTable, runs: Runs, settings: BatchSettings, seed: int, epoch: int) -> BatchList:
+    """Step 2: cut every run into batches, cut the leftovers, order the batches block by block."""
+    durations = table.durations
+    if settings.bucketing or settings.batch_seconds is None:
+        block, starts, sizes, rest_start, rest_end = _cut_from_long_end(runs, durations, settings)
+    else:
+        block, starts, sizes, rest_start, rest_end = _cut_in_order(runs, durations, settings)
+    leftovers, left_block, left_starts, left_sizes = _cut_leftovers(runs, durations, settings, rest_start, rest_end)
+    from_leftovers = np.concatenate([np.zeros(len(block), dtype=bool), np.ones(len(left_block), dtype=bool)])
+    block = np.concatenate([block, left_block])
+    starts = np.concatenate([starts, left_starts])
+    sizes = np.concatenate([sizes, left_sizes])
+    if settings.bucketing:  # block by block, each block's batches in random order
+        order = np.argsort(block + epoch_rng(seed, epoch, "batches").random(len(block)))
+    else:  # block by block, in cutting order
+        order = np.argsort(block, kind="stable")
+    return BatchList(runs.order, leftovers, from_leftovers[order], starts[order], sizes[order])
+
+
+def _count_for(longest: np.ndarray, settings: BatchSettings) -> np.ndarray:
+    """How many samples fit in a batch whose longest sample lasts at most ``longest`` seconds (at least 1)."""
+    count = np.full(len(longest), np.iinfo(np.int64).max, dtype=np.int64)
+    if settings.batch_seconds is not None:
+        with np.errstate(divide="ignore"):
+            fit = np.floor(settings.batch_seconds / np.asarray(longest, dtype=np.float64))
+        count = np.minimum(count, np.where(np.isfinite(fit), fit, count).astype(np.int64))
+    if settings.batch_size is not None:
+        count = np.minimum(count, settings.batch_size)
+    return np.maximum(count, 1)
+
+
+def _cut_from_long_end(runs: Runs, durations: np.ndarray, settings: BatchSettings):
+    """Batches taken from the top (longest end) of each run, all runs advanced together.
+
+    Each pass takes one batch from every run that still holds a full one, so
+    the number of passes is the largest number of batches in one block.
+    Returns (block, start, size) of each batch and each run's remaining range.
+    """
+    low = runs.bounds[:-1].copy()
+    high = runs.bounds[1:].copy()
+    blocks, starts, sizes = [], [], []
+    active = np.flatnonzero(high > low)
+    while len(active):
+        top = high[active]
+        longest = durations[runs.order[top - 1]]
+        if settings.bucketing:  # the run is sorted by bucket: its top bucket bounds the batch's longest sample
+            longest = _bucket_ceiling(_bucket(longest))
+        count = _count_for(longest, settings)
+        full = top - low[active] >= count
+        active, top, count = active[full], top[full], count[full]
+        blocks.append(active)
+        starts.append(top - count)
+        sizes.append(count)
+        high[active] = top - count
+        active = active[high[active] > low[active]]
+    return (*_joined(blocks, starts, sizes), low, high)
+
+
+def _cut_in_order(runs: Runs, durations: np.ndarray, settings: BatchSettings):
+    """Greedy batches in run order (no bucketing, by seconds): one sample per pass across all runs.
+
+    A batch grows while its padded cost (longest x count) stays within
+    ``batch_seconds`` and its count within ``batch_size``.
+    """
+    start = runs.bounds[:-1].copy()
+    end = runs.bounds[1:]
+    longest = np.zeros(len(start), dtype=np.float64)
+    position = start.copy()
+    blocks, starts, sizes = [], [], []
+    active = np.flatnonzero(position < end)
+    while len(active):
+        seconds = durations[runs.order[position[active]]].astype(np.float64)
+        grown = np.maximum(longest[active], seconds)
+        count = position[active] - start[active] + 1
+        over = grown * count > settings.batch_seconds
+        if settings.batch_size is not None:
+            over |= count > settings.batch_size
+        cut = over & (count > 1)
+        closing = active[cut]
+        blocks.append(closing)
+        starts.append(start[closing])
+        sizes.append(position[closing] - start[closing])
+        start[closing] = position[closing]
+        longest[active] = np.where(cut, seconds, grown)
+        position[active] += 1
+        active = active[position[active] < end[active]]
+    return (*_joined(blocks, starts, sizes), start, end)
+
+
+def _joined(blocks, starts, sizes):
+    if not blocks:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    return (np.concatenate(blocks).astype(np.int64), np.concatenate(starts).astype(np.int64),
+            np.concatenate(sizes).astype(np.int64))
+
+
+def _cut_leftovers(runs: Runs, durations: np.ndarray, settings: BatchSettings, rest_start: np.ndarray,
+                   rest_end: np.ndarray):
+    """Cut the blocks' leftover samples (less than a batch each), joined in block order.
+
+    The joined leftovers are cut greedily in order, each batch as long as its
+    padded cost (longest x count) stays within the settings; a batch belongs to
+    the block of its last sample (it is delivered with that block). What
+    remains at the end is the epoch's last, possibly partial, batch, placed
+    after every block. Returns (the leftover gids, and block, start, size of
+    each batch, starts indexing the leftover gids).
+    """
+    sizes_left = rest_end - rest_start
+    leftovers = runs.order[ranges(rest_start, sizes_left)].astype(np.int64)
+    owner = np.repeat(np.arange(len(sizes_left)), sizes_left)
+    if settings.batch_seconds is None:
+        starts = np.arange(0, len(leftovers), settings.batch_size, dtype=np.int64)
+    else:
+        starts = _greedy_starts(durations[leftovers].astype(np.float64), settings)
+    sizes = np.diff(np.append(starts, len(leftovers)))
+    blocks = owner[starts + sizes - 1] if len(starts) else np.zeros(0, dtype=np.int64)
+    if len(starts):
+        blocks[-1] = len(runs.bounds) - 1  # the last batch, full or not, comes after every block
+    return leftovers, blocks, starts, sizes
+
+
+def _greedy_starts(seconds: np.ndarray, settings: BatchSettings) -> np.ndarray:
+    """Where each batch starts when ``seconds`` are cut greedily in order, batch by batch."""
+    starts: list[int] = []
+    position, window = 0, 64
+    while position < len(seconds):
+        starts.append(position)
+        while True:
+            piece = seconds[position : position + window]
+            over = np.maximum.accumulate(piece) * np.arange(1, len(piece) + 1) > settings.batch_seconds
+            if settings.batch_size is not None:
+                over[settings.batch_size :] = True
+            if over.any() or position + window >= len(seconds):
+                break
+            window *= 2
+        position += max(int(np.argmax(over)), 1) if over.any() else len(piece)
+    return np.asarray(starts, dtype=np.int64)
+
+
+def split_for_ranks(count: int, world_size: int, equalize: bool = True) -> tuple[list[range], range]:
+    """Contiguous ranges of batch indices per rank, and the leftover range dropped.
+
+    With ``equalize`` every rank gets the same count and the leftover (fewer
+    than ``world_size`` batches) is dropped; without it (evaluation, where no
+    rank waits for another) nothing is dropped and counts differ by at most one.
+    """
+    per_rank, leftover = divmod(count, world_size)
+    extra = 0 if equalize else leftover
+    bounds = [r * per_rank + min(r, extra) for r in range(world_size + 1)]
+    return [range(bounds[r], bounds[r + 1]) for r in range(world_size)], range(bounds[-1], count)
+
+
+def split_for_workers(count: int, num_workers: int) -> list[range]:
+    """Contiguous ranges of a rank's batch indices, one per worker (at least one)."""
+    workers = max(1, num_workers)
+    bounds = [count * w // workers for w in range(workers + 1)]
+    return [range(bounds[w], bounds[w + 1]) for w in range(workers)]
+
+
+def delivery_sequence(ranges_: list[range]) -> np.ndarray:
+    """Each batch index's place in a round-robin over the workers' ranges (vectorised)."""
+    count = ranges_[-1].stop if ranges_ else 0
+    worker = np.repeat(np.arange(len(ranges_)), [len(r) for r in ranges_])
+    within = np.arange(count) - np.asarray([r.start for r in ranges_], dtype=np.int64)[worker]
+    order = np.lexsort((worker, within))  # batch indices in delivery order
+    sequence = np.empty(count, dtype=np.int64)
+    sequence[order] = np.arange(count)
+    return sequence
+
+
+@dataclass(frozen=True)
+class RankPlan:
+    """One rank's share of an epoch."""
+
+    batches: BatchList  # this rank's batches, in plan order
+    total_batches: int  # over all ranks, the dropped ones included
+    dropped: BatchList  # the leftover batches no rank takes (equalized ranks only)
+    filtered: int  # samples outside the duration limits
+
+
+def plan_epoch(
+    table: ShardTable,
+    settings: BatchSettings,
+    excluded: np.ndarray | None,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    equalize: bool = True,
+) -> RankPlan:
+    """Steps 1 to 3 for one rank. ``excluded``: bool mask by gid of samples not to plan (delivered)."""
+    runs = block_runs(table, settings, excluded, seed, epoch)
+    batches = cut_batches(table, runs, settings, seed, epoch)
+    per_rank, dropped = split_for_ranks(len(batches), world_size, equalize)
+    mine = batches.window(per_rank[rank].start, per_rank[rank].stop)
+    if 2 * len(mine) < len(batches):  # a small share: copy it out and let the epoch's arrays go
+        mine = mine.take(np.arange(len(mine)))
+    return RankPlan(mine, len(batches), batches.take(np.arange(dropped.start, dropped.stop)), runs.filtered)

@@ -1,0 +1,517 @@
+"""StreamLoader: exactly-once, resumable, elastic streaming of packed datasets.
+
+The main process plans the epoch (``streamtrain.loader.plan``), hands each DataLoader
+worker its list of batches, puts the workers' batches back in plan order and
+records every sample it yields in the loader state. Only what was yielded to
+the caller counts as delivered; what workers prefetched does not.
+
+Under torch.distributed the loader owns its checkpoint: ``state_dict()`` is a
+collective that returns the state merged over all ranks, which
+``load_state_dict()`` accepts on any world size. What the plan leaves out on
+purpose and where epochs end are *events* (``pop_events()``) that name samples
+by id, for logs and audits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from streamtrain.loader.batch import Batch, as_tensors
+from streamtrain.loader.dataset_sources import EpochTable, epoch_table, open_column, open_source
+from streamtrain.loader.mixture import Mixture, carry_over, describe_change, state_bits
+from streamtrain.loader.state import LoaderState, LoaderStateError, SampleSet, Schedule, check_header, merge_states
+from streamtrain.loader.transfer import SPARE_SLOTS, AudioSlots, slot_floats
+from streamtrain.loader.worker import ON_BAD_SAMPLE, BatchStream, ReadSettings, ShardReader, worker_init
+from streamtrain.loader.plan import (BatchList, BatchSettings, RankPlan, delivery_sequence, inside_limits, plan_epoch,
+                              split_for_workers)
+from streamtrain.storage.remote import RetryPolicy
+
+log = logging.getLogger("streamtrain.loader")
+
+DatasetSpec = str | os.PathLike | Sequence | Mapping
+
+
+class EmptyEpochError(ValueError):
+    """An epoch in which this rank has no batch: iterating would never yield."""
+
+
+@dataclass
+class LoaderStats:
+    batches: int = 0
+    samples: int = 0
+    audio_seconds: float = 0.0
+    padded_seconds: float = 0.0
+    bytes_read: int = 0
+    cache_hits: int = 0
+    shards_read: int = 0
+    skipped: int = 0
+    worker_read_seconds: float = 0.0
+    worker_decode_seconds: float = 0.0
+    wait_seconds: float = 0.0  # time the caller's loop waited for the next batch
+    started: float = field(default_factory=time.perf_counter)
+
+    def summary(self) -> dict:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        return {
+            "batches": self.batches,
+            "samples": self.samples,
+            "samples_per_s": self.samples / elapsed,
+            "audio_seconds_per_s": self.audio_seconds / elapsed,
+            "padding_fraction": 1 - self.audio_seconds / self.padded_seconds if self.padded_seconds else 0.0,
+            "bytes_read": self.bytes_read,
+            "cache_hits": self.cache_hits,
+            "shards_read": self.shards_read,
+            "skipped": self.skipped,
+            "worker_read_seconds": self.worker_read_seconds,
+            "worker_decode_seconds": self.worker_decode_seconds,
+            "wait_seconds": self.wait_seconds,
+        }
+
+
+@dataclass(frozen=True)
+class Topology:
+    """This loader's rank among how many (None: torch.distributed's), and whether ranks take equal batch counts."""
+
+    rank: int | None = None
+    world_size: int | None = None
+    equalize_ranks: bool = True
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The DataLoader processes that read and decode (0: in the calling process)."""
+
+    num_workers: int = 2
+    prefetch_factor: int = 2
+    pin_memory: bool = False
+
+
+@dataclass(frozen=True)
+class _EpochPlan:
+    """This rank's plan of the current epoch under the current schedule."""
+
+    table: EpochTable
+    plan: RankPlan
+    sequence: np.ndarray  # batch index -> place in delivery order
+    workers: list[range]  # batch indices per worker
+    pending: np.ndarray  # (B,) bool: batches not yet delivered
+
+    def tasks(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per worker: (sequence numbers, batch indices) of the batches it still has to deliver."""
+        tasks = []
+        for r in self.workers:
+            indices = np.arange(r.start, r.stop)[self.pending[r.start : r.stop]]
+            tasks.append((self.sequence[indices], indices))
+        return tasks
+
+
+class StreamLoader:
+    """Iterate batches of a packed dataset (or a weighted mix of several).
+
+    dataset: a folder or URL (file://, http(s)://, s3://, any fsspec URL) of a
+    packed dataset; a list of them; or a mapping / list of (url, weight) pairs
+    to mix, where a weight is the number of passes over that dataset per epoch.
+    rank / world_size: this process's place among the ranks; by default
+    torch.distributed's, and then ``state_dict()`` is a collective.
+    equalize_ranks: every rank yields the same number of batches (training under
+    DDP needs it); False deals the leftover batches too (evaluation).
+    columns: folders or URLs of sidecar columns (cached features, pseudo-labels)
+    of a single dataset, joined to each sample by key (``batch["columns"]``).
+
+    The keywords fall into four groups, each a plain dataclass that
+    ``StreamLoader.from_settings`` takes as it is: ``BatchSettings`` (batch_size,
+    batch_seconds, bucketing, min/max_seconds, block_shards), ``ReadSettings``
+    (sample_rate, on_bad_sample, cache_dir, cache_limit, storage_options, retry,
+    prefetch_shards), ``Topology`` (rank, world_size, equalize_ranks) and
+    ``WorkerSettings`` (num_workers, prefetch_factor, pin_memory).
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetSpec,
+        *,
+        batch_size: int | None = None,
+        batch_seconds: float | None = None,
+        seed: int = 0,
+        num_workers: int = 2,
+        rank: int | None = None,
+        world_size: int | None = None,
+        sample_rate: int = 16000,
+        epochs: int | None = None,
+        bucketing: bool = True,
+        min_seconds: float | None = None,
+        max_seconds: float | None = None,
+        block_shards: int = 4,
+        on_bad_sample: str = "raise",
+        cache_dir: str | os.PathLike | None = None,
+        cache_limit: int | None = None,
+        storage_options: dict | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        prefetch_factor: int = 2,
+        prefetch_shards: int | None = None,
+        pin_memory: bool = False,
+        equalize_ranks: bool = True,
+        columns: Sequence[str] = (),
+    ):
+        self._setup(
+            dataset,
+            BatchSettings(batch_size=batch_size, batch_seconds=batch_seconds, bucketing=bucketing,
+                          min_seconds=min_seconds, max_seconds=max_seconds, block_shards=block_shards),
+            ReadSettings(sample_rate=sample_rate, on_bad_sample=on_bad_sample,
+                         cache_dir=None if cache_dir is None else str(cache_dir), cache_limit=cache_limit,
+                         storage_options=storage_options, retry=retry, prefetch_shards=prefetch_shards),
+            Topology(rank=rank, world_size=world_size, equalize_ranks=equalize_ranks),
+            WorkerSettings(num_workers=num_workers, prefetch_factor=prefetch_factor, pin_memory=pin_memory),
+            seed=seed, epochs=epochs, columns=columns,
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        dataset: DatasetSpec,
+        batching: BatchSettings,
+        reading: ReadSettings = ReadSettings(),
+        topology: Topology = Topology(),
+        workers: WorkerSettings = WorkerSettings(),
+        *,
+        seed: int = 0,
+        epochs: int | None = None,
+        columns: Sequence[str] = (),
+    ) -> "StreamLoader":
+        """The same loader from its settings grouped by concern (each a plain dataclass):
+        ``BatchSettings`` (what a batch is), ``ReadSettings`` (how shards are read),
+        ``Topology`` (ranks), ``WorkerSettings`` (the DataLoader's processes)."""
+        loader = cls.__new__(cls)
+        loader._setup(dataset, batching, reading, topology, workers, seed=seed, epochs=epochs, columns=columns)
+        return loader
+
+    def _setup(self, dataset: DatasetSpec, batching: BatchSettings, reading: ReadSettings, topology: Topology,
+               workers: WorkerSettings, *, seed: int, epochs: int | None, columns: Sequence[str]) -> None:
+        if reading.on_bad_sample not in ON_BAD_SAMPLE:
+            raise ValueError(f"on_bad_sample must be one of {ON_BAD_SAMPLE}, got {reading.on_bad_sample!r}")
+        if workers.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {workers.num_workers}")
+        if epochs is not None and epochs < 0:
+            raise ValueError(f"epochs must be >= 0 or None, got {epochs}")
+        if reading.prefetch_shards is None:
+            reading = dataclasses.replace(reading, prefetch_shards=batching.block_shards)
+        self.batching, self.reading, self.workers = batching, reading, workers
+        self.seed = int(seed)
+        self.rank, self.world_size, self.collective = _topology(topology.rank, topology.world_size)
+        self.equalize_ranks = topology.equalize_ranks
+        self.epochs = epochs
+        self.sources = [open_source(url, weight, reading.storage_options, reading.retry)
+                        for url, weight in _dataset_specs(dataset)]
+        if columns and len(self.sources) != 1:
+            raise ValueError("sidecar columns need a single dataset (not a mix)")
+        self.columns = [open_column(str(url), self.sources[0], reading.storage_options, reading.retry)
+                        for url in columns]
+        self.stats = LoaderStats()
+        self._events: list[dict] = []
+        self._table_cache: tuple[int, EpochTable] | None = None
+        self._plan_cache: _EpochPlan | None = None
+        self._state = self._fresh_state(0, counters={})
+
+    # -- state -----------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        return self._state.epoch
+
+    def state_dict(self) -> dict:
+        """JSON: the epoch, its data mixture, which of its samples were delivered (merged over ranks
+        under torch.distributed)."""
+        table = self._table(self.epoch)
+        state = self._state.to_json(Mixture.of(table, self._state.delivered.per_shard).to_json(), self._limits())
+        if not self.collective:
+            return state
+        gathered: list[dict | None] = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, state)
+        return merge_states(gathered)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state``: one rank's, ``merge_states`` of all ranks', or a collective ``state_dict()``.
+
+        A state saved under another data mixture (datasets added or removed, weights changed)
+        or other duration limits goes on under this loader's: the rest of the epoch is planned
+        anew without anything the epoch already delivered (``streamtrain.loader.mixture``), and
+        the change is logged and recorded as a ``mixture_change`` event.
+        """
+        check_header(state)
+        if int(state["seed"]) != self.seed:
+            raise LoaderStateError(f"the state was saved with seed {state['seed']}, this loader has seed {self.seed}")
+        epoch = int(state["epoch"])
+        table = self._table(epoch)
+        current = Mixture.of(table)
+        saved = Mixture.from_json(state["mixture"]) if "mixture" in state else current  # an older state: its own data
+        change: dict = {}
+        if saved.same_as(current):
+            if state["fingerprint"] != table.fingerprint:
+                raise LoaderStateError(
+                    "the state belongs to other data (its shard table differs from this loader's datasets)")
+            loaded = LoaderState.from_json(state, lambda epoch: self._table(epoch).counts)
+        else:
+            carried = carry_over(saved, state_bits(state["delivered"], saved, self.seed, epoch), self.seed, epoch, table)
+            loaded = LoaderState(self.seed, epoch, table.fingerprint, SampleSet(table.counts, carried.excluded),
+                                 counters={k: int(v) for k, v in state.get("counters", {}).items()})
+            change = {**saved.changes_to(current), "delivered_before": carried.delivered_before,
+                      "newly_in": carried.newly_in, "left_out": carried.left_out}
+        limits = self._limits_change(state.get("limits"), table, loaded.delivered.mask)
+        if limits or change:
+            change = {"event": "mixture_change", "epoch": epoch, "added": [], "removed": [], "reweighted": [],
+                      **change, "limits": limits}
+            self._events.append(change)
+            if self.rank == 0:
+                log.warning(describe_change(change))
+        if self.rank != 0:  # counters are summed over ranks when merged: keep them once
+            loaded.counters = {}
+        self._state = loaded
+        self._plan_cache = None
+
+    def _limits(self) -> list[float | None]:
+        return [self.batching.min_seconds, self.batching.max_seconds]
+
+    def _limits_change(self, saved: list | None, table: EpochTable, delivered: np.ndarray) -> dict | None:
+        """How changed duration limits move the epoch's samples not yet delivered (None: unchanged)."""
+        if saved is None or list(saved) == self._limits():
+            return None
+        before, after = inside_limits(table.durations, *saved), inside_limits(table.durations, *self._limits())
+        return {"from": list(saved), "to": self._limits(),
+                "newly_in": int((after & ~before & ~delivered).sum()),
+                "newly_out": int((before & ~after & ~delivered).sum())}
+
+    def pop_events(self) -> list[dict]:
+        """What happened since the last call, oldest first: epochs planned and ended, samples
+        left out to equalize ranks, samples skipped as bad. Plain JSON values; samples by id."""
+        events, self._events = self._events, []
+        return events
+
+    def _fresh_state(self, epoch: int, counters: dict[str, int]) -> LoaderState:
+        table = self._table(epoch)
+        return LoaderState(self.seed, epoch, table.fingerprint, SampleSet(table.counts), counters=dict(counters))
+
+    def _table(self, epoch: int) -> EpochTable:
+        if self._table_cache is None or self._table_cache[0] != epoch:
+            self._table_cache = (epoch, epoch_table(self.sources, self.seed, epoch))
+        return self._table_cache[1]
+
+    # -- planning --------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """This rank's batches still to come in the current epoch (from the plan; no shard is read)."""
+        return int(self._current_plan().pending.sum())
+
+    def _schedule_settings(self) -> dict:
+        return {
+            **self.batching.to_json(),
+            "world_size": self.world_size,
+            "num_workers": self.workers.num_workers,
+            "equalize_ranks": self.equalize_ranks,
+        }
+
+    def _current_plan(self) -> _EpochPlan:
+        state = self._state
+        settings = self._schedule_settings()
+        if state.schedule is None or state.schedule.settings != settings:
+            state.schedule = Schedule(settings, SampleSet(state.delivered.counts, state.delivered.mask.copy()))
+            self._plan_cache = None
+        if self._plan_cache is None:
+            table = self._table(state.epoch)
+            excluded = state.schedule.excluded
+            plan = plan_epoch(table, self.batching, excluded.mask if len(excluded) else None, self.seed, state.epoch,
+                              self.rank, self.world_size, self.equalize_ranks)
+            workers = split_for_workers(len(plan.batches), self.workers.num_workers)
+            pending = _undelivered(plan.batches, state.delivered.mask, len(state.delivered) > len(excluded))
+            self._plan_cache = _EpochPlan(table, plan, delivery_sequence(workers), workers, pending)
+        return self._plan_cache
+
+    # -- iteration -------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Batch]:
+        while self.epochs is None or self.epoch < self.epochs:
+            yield from self._epoch_batches()
+            self._state = self._fresh_state(self.epoch + 1, self._state.counters)
+            self._plan_cache = None
+
+    def _epoch_batches(self) -> Iterator[Batch]:
+        current = self._current_plan()
+        plan, table = current.plan, current.table
+        self._announce(current)
+        tasks = current.tasks()
+        expected = np.sort(np.concatenate([sequences for sequences, _ in tasks])).tolist()
+        if not expected:
+            if self.epochs is None and not len(plan.batches) and not len(self._state.schedule.excluded):
+                raise EmptyEpochError(self._why_empty(plan, table))  # every epoch would be empty: never yields
+            self._events.append({"event": "epoch_end", "epoch": self.epoch})
+            return
+        slots = self._audio_slots(current) if self.workers.num_workers else None
+        stream = BatchStream(table, plan.batches, ShardReader(self.sources, self.columns, self.reading), tasks,
+                             slots)
+        produced = iter(stream if self.workers.num_workers == 0 else self._data_loader(stream))
+        try:
+            yield from self._in_order(produced, expected, slots)
+        finally:  # stop the workers now, by the DataLoader's own protocol (they ignore SIGTERM)
+            shutdown = getattr(produced, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+
+    def _in_order(self, produced: Iterator[Batch], expected: list[int], slots: AudioSlots | None) -> Iterator[Batch]:
+        """The workers' batches in plan order, each recorded as delivered as it is yielded."""
+        pending: dict[int, Batch] = {}
+        for n, sequence in enumerate(expected):
+            while sequence not in pending:
+                waited = time.perf_counter()
+                batch = next(produced)
+                if "audio_slot" in batch:  # copied out at once: the worker may reuse the slot
+                    batch["audio"] = slots.take(*batch.pop("audio_slot"))
+                    if self.workers.pin_memory:
+                        batch["audio"] = batch["audio"].pin_memory()
+                self.stats.wait_seconds += time.perf_counter() - waited
+                pending[batch.pop("sequence")] = batch
+            batch = pending.pop(sequence)
+            self._record(batch)
+            if n == len(expected) - 1:
+                self._events.append({"event": "epoch_end", "epoch": self.epoch})
+            yield batch
+
+    def _audio_slots(self, current: _EpochPlan) -> AudioSlots:
+        """Shared memory for the audio of the batches in flight, as wide as this rank's widest batch."""
+        batches, durations = current.plan.batches, current.table.durations
+        widest, chunk = 0, 2**16
+        for first in range(0, len(batches), chunk):
+            part = batches.take(np.arange(first, min(first + chunk, len(batches))))
+            if len(part.order):
+                longest = np.maximum.reduceat(durations[part.order], part.starts).astype(np.float64)
+                widest = max(widest, slot_floats(part.sizes, longest, self.reading.sample_rate))
+        return AudioSlots(self.workers.num_workers, self.workers.prefetch_factor + SPARE_SLOTS, widest)
+
+    def _data_loader(self, stream: BatchStream) -> DataLoader:
+        return DataLoader(
+            stream,
+            batch_size=None,
+            collate_fn=_as_sent,  # not torch's default_convert: the small arrays stay numpy on the way
+            num_workers=self.workers.num_workers,
+            prefetch_factor=self.workers.prefetch_factor,
+            pin_memory=self.workers.pin_memory,
+            worker_init_fn=worker_init,
+            # its own generator: creating the workers must not draw from the global
+            # RNG, or a resumed run's dropout would differ from an uninterrupted one
+            generator=torch.Generator().manual_seed(self.seed),
+            multiprocessing_context="fork" if "fork" in torch.multiprocessing.get_all_start_methods() else None,
+        )
+
+    def _announce(self, current: _EpochPlan) -> None:
+        """Record the epoch's plan (and, on rank 0, the batches no rank takes) as events."""
+        plan, table = current.plan, current.table
+        self._events.append({
+            "event": "epoch",
+            "epoch": self.epoch,
+            "seed": self.seed,
+            "sources": [{"url": s.display, "fingerprint": s.index.fingerprint, "weight": s.weight}
+                        for s in self.sources],
+            "min_seconds": self.batching.min_seconds,
+            "max_seconds": self.batching.max_seconds,
+            "samples": table.samples,
+            "table": table.fingerprint,
+            "world_size": self.world_size,
+            "batches": plan.total_batches,
+            "filtered": plan.filtered,
+        })
+        if self.rank == 0 and len(plan.dropped):
+            dropped = plan.dropped.gids()
+            self._events.append({"event": "dropped", "epoch": self.epoch, "world_size": self.world_size,
+                                 "batches": len(plan.dropped), "ids": dropped.tolist()})
+            log.info("epoch %d: %d samples in %d leftover batches are left out so that all %d ranks take the "
+                     "same number of steps", self.epoch, len(dropped), len(plan.dropped), self.world_size)
+
+    def _why_empty(self, plan: RankPlan, table: EpochTable) -> str:
+        if plan.total_batches == 0:
+            return (f"epoch {self.epoch} has no batch: all {table.samples} samples are outside "
+                    f"min_seconds={self.batching.min_seconds} / max_seconds={self.batching.max_seconds}")
+        return (f"epoch {self.epoch} has {plan.total_batches} batches for {self.world_size} ranks: rank {self.rank} "
+                f"gets none (use a smaller batch, or fewer ranks)")
+
+    def describe(self, sample_id: int, epoch: int | None = None) -> str:
+        """``dataset/shard.tar#position (key)`` of a sample id of ``epoch`` (default: the current one)."""
+        return self._table(self.epoch if epoch is None else epoch).describe(int(sample_id))
+
+    def _record(self, batch: Batch) -> None:
+        """Mark the batch's samples (and the bad ones it skipped) delivered."""
+        skipped = batch.pop("skipped_ids")
+        read = batch.pop("loader_stats")
+        self._state.delivered.add(batch["sample_ids"])
+        self._state.delivered.add(skipped)
+        counters = self._state.counters
+        counters["delivered"] = counters.get("delivered", 0) + batch.size
+        counters["skipped_bad"] = counters.get("skipped_bad", 0) + len(skipped)
+        if len(skipped):
+            self._events.append({"event": "skipped", "epoch": self.epoch, "ids": skipped.tolist(),
+                                 "reasons": read["skipped"]})
+        as_tensors(batch)
+        batch["epoch"] = self.epoch
+        stats = self.stats
+        stats.batches += 1
+        stats.samples += batch.size
+        stats.audio_seconds += float(batch["seconds"].sum())
+        stats.padded_seconds += batch["audio"].shape[0] * batch["audio"].shape[1] / self.reading.sample_rate
+        stats.bytes_read += read["bytes_read"]
+        stats.cache_hits += read["cache_hits"]
+        stats.shards_read += read["shards_read"]
+        stats.skipped += len(read["skipped"])
+        stats.worker_read_seconds += read["read_seconds"]
+        stats.worker_decode_seconds += read["decode_seconds"]
+        batch["skipped"] = read["skipped"]
+
+
+def _as_sent(batch: Batch) -> Batch:
+    return batch
+
+
+def _undelivered(batches: BatchList, delivered: np.ndarray, any_delivered: bool, chunk: int = 2**16) -> np.ndarray:
+    """(B,) bool: the batches holding a sample not yet delivered; vectorised, chunk by chunk."""
+    pending = np.ones(len(batches), dtype=bool)
+    if not any_delivered:
+        return pending
+    for first in range(0, len(batches), chunk):
+        part = batches.take(np.arange(first, min(first + chunk, len(batches))))
+        done = np.logical_and.reduceat(delivered[part.order], part.starts) if len(part.order) else []
+        pending[first : first + len(done)] = ~np.asarray(done, dtype=bool)
+    return pending
+
+
+def _topology(rank: int | None, world_size: int | None) -> tuple[int, int, bool]:
+    """(rank, world size, whether the state is merged by a torch.distributed collective)."""
+    if rank is None and world_size is None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size(), True
+    rank = 0 if rank is None else int(rank)
+    world_size = 1 if world_size is None else int(world_size)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of size {world_size}")
+    return rank, world_size, False
+
+
+def _dataset_specs(dataset: DatasetSpec) -> list[tuple[str, float]]:
+    if isinstance(dataset, (str, os.PathLike)):
+        return [(os.fspath(dataset), 1.0)]
+    if isinstance(dataset, Mapping):
+        return [(os.fspath(url), float(weight)) for url, weight in dataset.items()]
+    specs = []
+    for item in dataset:
+        if isinstance(item, (str, os.PathLike)):
+            specs.append((os.fspath(item), 1.0))
+        else:
+            url, weight = item
+            specs.append((os.fspath(url), float(weight)))
+    if not specs:
+        raise ValueError("no dataset given")
+    return specs

@@ -1,0 +1,227 @@
+"""What a DataLoader worker does: read the shards its batches need, decode, collate.
+
+A worker receives its list of planned batches (sample ids) and produces them in
+order. It keeps open (as files, see ``streamtrain.format.shard_reader``) the shards that
+its current and coming batches use, and lets a shard go after the last batch
+that needs it.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import signal
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from streamtrain.loader.batch import Sample, SampleError, collate, decode_column, decode_sample
+from streamtrain.format.shard_reader import OpenShard, ReadSettings, ReadStats, ShardOpener
+from streamtrain.loader.dataset_sources import DatasetSource, EpochTable
+from streamtrain.loader.transfer import AudioSlots
+from streamtrain.format.dataset import Dataset
+from streamtrain.format.shard import ShardError
+from streamtrain.loader.plan import BatchList
+from streamtrain.storage.remote import ShardReadError
+
+log = logging.getLogger("streamtrain.loader")
+
+ON_BAD_SAMPLE = ("raise", "skip")
+
+
+class ShardWithColumns:
+    """A dataset shard opened with the aligned shards of its sidecar columns (checked key by key)."""
+
+    def __init__(self, base: OpenShard, columns: list[tuple[str, OpenShard]]):
+        self.base = base
+        self.columns = columns
+        for _, column in columns:
+            if column.keys != base.keys:
+                first = next(i for i, (a, b) in enumerate(zip(column.keys, base.keys)) if a != b)
+                self.close()
+                raise ShardError(f"{column.origin}: sample {first} is {column.keys[first]!r}, "
+                                 f"the dataset's is {base.keys[first]!r}")
+
+    def sample(self, position: int) -> tuple[str, dict[str, bytes], dict[str, dict[str, bytes]]]:
+        return (self.base.keys[position], self.base.members(position),
+                {name: column.members(position) for name, column in self.columns})
+
+    def close(self) -> None:
+        for shard in [self.base, *(column for _, column in self.columns)]:
+            shard.close()
+
+
+class ShardReader:
+    """Opens shards (local, remote, cached) with their sidecar columns."""
+
+    def __init__(self, sources: list[DatasetSource], columns: list[Dataset], settings: ReadSettings):
+        self.sources = sources
+        self.columns = columns  # sidecar columns of sources[0]
+        self.settings = settings
+        self.stats = ReadStats()
+        self.opener = ShardOpener(settings, self.stats)
+
+    def open(self, source: int, shard: int) -> ShardWithColumns:
+        base = self.opener.open(self.sources[source].dataset, shard)
+        columns = []
+        try:
+            for column in self.columns:
+                columns.append((column.index.column["name"], self.opener.open(column, shard)))
+        except BaseException:
+            ShardWithColumns(base, columns).close()
+            raise
+        return ShardWithColumns(base, columns)
+
+
+class BatchStream(IterableDataset):
+    """Produces planned batches; worker ``w`` produces the batches of ``tasks[w]``.
+
+    A task list is (sequence numbers, batch indices into ``batches``); the
+    loader puts the batches back in sequence order. A worker keeps a shard's
+    samples until the last of its batches that needs them.
+    """
+
+    def __init__(self, table: EpochTable, batches: BatchList, reader: ShardReader,
+                 tasks: list[tuple[np.ndarray, np.ndarray]], slots: AudioSlots | None = None):
+        self.table = table
+        self.batches = batches
+        self.reader = reader
+        self.tasks = tasks
+        self.slots = slots  # shared memory for the audio, in a DataLoader worker
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        sequences, indices = self.tasks[worker]
+        place = None if self.slots is None else (lambda waveforms: self.slots.pad_into(worker, waveforms))
+        mine = self.batches.take(indices)
+        shard_of, index_in_shard = self.table.locate(mine.order)
+        first_use = shard_of[np.sort(np.unique(shard_of, return_index=True)[1])].tolist()
+        with OpenShards(self.reader, self.table, first_use, self.reader.settings.prefetch_shards) as shards:
+            release_after = _release_schedule(shard_of, mine.sizes)
+            for t, sequence in enumerate(sequences.tolist()):
+                first, end = int(mine.starts[t]), int(mine.starts[t] + mine.sizes[t])
+                samples, skipped_ids = [], []
+                for gid, s, i in zip(mine.order[first:end].tolist(), shard_of[first:end].tolist(),
+                                     index_in_shard[first:end].tolist()):
+                    sample = self._sample(shards.get(s), gid, s, i)
+                    if sample is None:
+                        skipped_ids.append(gid)
+                    else:
+                        samples.append(sample)
+                for s in release_after.get(t, ()):
+                    shards.release(s)
+                batch = collate(samples, self.reader.settings.sample_rate, place)
+                batch["sequence"] = sequence
+                batch["skipped_ids"] = np.array(skipped_ids, dtype=np.int64)
+                batch["loader_stats"] = self.reader.stats.take()
+                yield batch
+
+    def _sample(self, entry: "ShardWithColumns | Exception", gid: int, shard: int, index: int) -> Sample | None:
+        skip = self.reader.settings.on_bad_sample == "skip"
+        if isinstance(entry, Exception):
+            if not skip:
+                raise entry
+            self.reader.stats.add(skipped=[f"{self.table.origin(shard)}#{index}: {entry}"])
+            return None
+        origin = entry.base.origin
+        started = time.perf_counter()
+        try:
+            key, members, columns = entry.sample(index)
+            audio, meta = decode_sample(key, members, origin, self.reader.settings.sample_rate)
+            columns = {name: decode_column(key, members, origin) for name, members in columns.items()}
+        except (SampleError, ShardError) as error:
+            if not skip:
+                raise
+            log.warning("skipping bad sample: %s", error)
+            self.reader.stats.add(skipped=[f"{origin}#{index}: {error}"])
+            return None
+        finally:
+            self.reader.stats.add(decode_seconds=time.perf_counter() - started)
+        return Sample(key, gid, audio, meta, columns)
+
+
+class OpenShards:
+    """The shards a worker has open, opened ahead of need (``depth`` at a time, in first-use order)
+    by background threads: the next shard's download and sha256 check overlap the current
+    one's decoding. A shard that cannot be opened is kept as its error (raised, or its samples
+    skipped, by the caller)."""
+
+    def __init__(self, reader: ShardReader, table: EpochTable, first_use: list[int], depth: int):
+        self.reader, self.table = reader, table
+        self._upcoming = collections.deque(first_use)
+        self._ahead: dict[int, concurrent.futures.Future] = {}
+        self._open: dict[int, ShardWithColumns | Exception] = {}
+        self._depth = max(0, depth)
+        self._pool = concurrent.futures.ThreadPoolExecutor(self._depth) if self._depth else None
+
+    def __enter__(self) -> "OpenShards":
+        self._fill()
+        return self
+
+    def get(self, shard: int) -> ShardWithColumns | Exception:
+        if shard not in self._open:
+            future = self._ahead.pop(shard, None)
+            self._open[shard] = future.result() if future is not None else self._opened(shard)
+            if shard in self._upcoming:
+                self._upcoming.remove(shard)
+            self._fill()
+        return self._open[shard]
+
+    def release(self, shard: int) -> None:
+        entry = self._open.pop(shard, None)
+        if isinstance(entry, ShardWithColumns):
+            entry.close()
+
+    def _fill(self) -> None:
+        while self._pool is not None and len(self._ahead) < self._depth and self._upcoming:
+            shard = self._upcoming.popleft()
+            self._ahead[shard] = self._pool.submit(self._opened, shard)
+
+    def _opened(self, shard: int) -> ShardWithColumns | Exception:
+        try:
+            return self.reader.open(int(self.table.source[shard]), int(self.table.shard[shard]))
+        except (ShardError, ShardReadError) as error:
+            if self.reader.settings.on_bad_sample == "skip":
+                log.warning("skipping the rest of shard %s: %s", self.table.origin(shard), error)
+            return error
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        opened_ahead = [f.result() for f in self._ahead.values() if not f.cancelled() and f.exception() is None]
+        for entry in [*opened_ahead, *self._open.values()]:
+            if isinstance(entry, ShardWithColumns):
+                entry.close()
+
+
+def _release_schedule(shard_of: np.ndarray, sizes: np.ndarray) -> dict[int, list[int]]:
+    """task number -> the shards whose last use is that task."""
+    if not len(shard_of):
+        return {}
+    task_of = np.repeat(np.arange(len(sizes)), sizes)
+    shards, last_index = np.unique(shard_of[::-1], return_index=True)
+    last_task = task_of[::-1][last_index]
+    schedule: dict[int, list[int]] = {}
+    for shard, task in zip(shards.tolist(), last_task.tolist()):
+        schedule.setdefault(task, []).append(shard)
+    return schedule
+
+
+def worker_init(_worker_id: int) -> None:
+    """One intra-op thread per worker (the workers are the parallelism).
+
+    A batch's audio goes to the main process in shared memory named by a file
+    (torch's "file_system" strategy, set in the worker only): the default
+    strategy passes a file descriptor over a socket with a challenge handshake for
+    every tensor, which cost the main process more than the batches' decoding.
+    SIGINT and SIGTERM are the main process's to handle: a scheduler that preempts
+    a job signals its whole process group, and the main process then finishes the
+    step (with its workers' batches), checkpoints, and stops the workers itself."""
+    torch.set_num_threads(1)
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -1,0 +1,175 @@
+"""Summarize and verify a packed dataset, local or at a URL (``streamtrain inspect``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from streamtrain.audio import AUDIO_EXTENSIONS, AudioError, probe
+from streamtrain.format.columns import DURATIONS, KEYS, find_duplicate_key
+from streamtrain.format.dataset import Dataset, open_dataset
+from streamtrain.format.index import DatasetIndex, DatasetIndexError
+from streamtrain.format.shard import ShardError, ShardSample, read_shard
+from streamtrain.storage.remote import ShardReadError, read_all
+
+#: How far a sample's stored ``seconds`` may be from its audio header's length.
+#: Lossy codecs and mp3 copies report lengths that can differ by a few frames.
+SECONDS_TOLERANCE = 0.05
+#: How far a shard's ``seconds`` may be from the sum of its samples' durations, per sample
+#: (format 1 indexes stored each duration to the millisecond).
+SAMPLE_SECONDS_ROUNDING = 0.0005
+
+
+def summarize(dataset: str | os.PathLike) -> dict[str, Any]:
+    """Totals of a dataset from its index alone (no shard or column file is opened)."""
+    index = open_dataset(str(dataset)).index
+    return {
+        "path": str(dataset),
+        "format_version": index.format_version,
+        "samples": index.samples,
+        "hours": round(index.seconds / 3600, 6),
+        "shards": len(index.shards),
+        "bytes": index.bytes,
+        "codec": index.codec,
+        "sample_rate": index.sample_rate,
+        "bitrate": index.bitrate,
+        "kbit_per_second": round(index.bytes * 8 / index.seconds / 1000, 3) if index.seconds else 0.0,
+        "mean_seconds": round(index.seconds / index.samples, 6) if index.samples else 0.0,
+        "max_seconds": index.max_seconds,
+        "rejected": index.rejected,
+        "created_by": index.created_by,
+        "fingerprint": index.fingerprint,
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    rate = "kept per item" if summary["sample_rate"] is None else f"{summary['sample_rate']} Hz"
+    lines = [
+        ("dataset", summary["path"]),
+        ("samples", f"{summary['samples']}"),
+        ("audio", f"{summary['hours']:.3f} h (mean {summary['mean_seconds']:.2f} s, max {summary['max_seconds']:.2f} s)"),
+        ("shards", f"{summary['shards']}, {summary['bytes'] / 1e6:.2f} MB"),
+        ("codec", f"{summary['codec']}, {rate}"),
+        ("bitrate", f"{summary['kbit_per_second']:.1f} kbit/s stored, tar headers included"
+                    + ("" if summary["bitrate"] is None else f" (encoder target {summary['bitrate'] / 1000:g} kbit/s)")),
+        ("rejected", f"{summary['rejected']}"),
+        ("index", f"format {summary['format_version']}, fingerprint {summary['fingerprint']}"
+                  + (" (run `streamtrain index upgrade` for format 2)" if summary["format_version"] < 2 else "")),
+    ]
+    return "\n".join(f"{name:<9} {value}" for name, value in lines)
+
+
+def verify(dataset: str | os.PathLike) -> list[str]:
+    """Re-read every shard and column file; a list of problems, each naming its file (empty: all good).
+
+    Checks the column files' size and sha256, that durations add up to each
+    shard's seconds and keys are unique; each shard's size, sha256 and sample
+    count against the index, its keys against the keys column, and that every
+    sample has an audio member whose header agrees with a json member holding
+    text, seconds and sample_rate.
+    """
+    opened = open_dataset(str(dataset))
+    index = opened.index
+    problems, keys = _column_problems(opened)
+    offsets = index.shards.offsets
+    for shard in range(len(index.shards)):
+        name = index.shards.names[shard]
+        samples = _verify_shard(opened, shard, problems)
+        problems += [f"{name}: {p}" for sample in samples for p in _sample_problems(sample, index)]
+        if keys is not None and samples and len(samples) == index.shards.samples[shard]:
+            listed = keys.range(int(offsets[shard]), int(offsets[shard + 1]))
+            stored = [sample.key for sample in samples]
+            if listed != stored:
+                at = next(i for i, (a, b) in enumerate(zip(listed, stored)) if a != b)
+                problems.append(f"{name}: sample {at} has key {stored[at]!r}, the keys column says {listed[at]!r}")
+    return problems
+
+
+def _column_problems(opened: Dataset):
+    """Problems of the per-sample columns, and the keys column (None if unusable)."""
+    index, problems = opened.index, []
+    if index.format_version < 2:
+        problems.append("index.json: format 1, without column files (run `streamtrain index upgrade`)")
+    try:
+        durations = opened.durations
+    except DatasetIndexError as error:
+        return [*problems, str(error)], None
+    sums = np.add.reduceat(durations.astype(np.float64), index.shards.offsets[:-1]) if len(durations) else []
+    for name, total, seconds, count in zip(index.shards.names, np.asarray(sums).tolist(),
+                                           index.shards.seconds.tolist(), index.shards.samples.tolist()):
+        if abs(total - seconds) > SAMPLE_SECONDS_ROUNDING * count + 1e-3:
+            problems.append(f"{name}: durations add up to {total:.3f} s, the index says {seconds:.3f} s")
+    if KEYS not in index.columns:
+        return problems, None
+    try:
+        keys = opened.keys
+        duplicate = find_duplicate_key([keys])
+    except DatasetIndexError as error:
+        return [*problems, str(error)], None
+    if duplicate is not None:
+        key, first, second = duplicate
+        shard_of = np.searchsorted(index.shards.offsets, [first, second], side="right") - 1
+        problems.append(f"{index.shards.names[shard_of[1]]}: key {key!r} is also in {index.shards.names[shard_of[0]]}")
+    return problems, keys
+
+
+def _verify_shard(opened: Dataset, shard: int, problems: list[str]) -> list[ShardSample]:
+    """Check one shard file against its index entry; its samples, or [] if unreadable."""
+    info = opened.index.shards[shard]
+    try:
+        data = read_all(opened.shard_url(shard), opened.storage_options, opened.retry)
+    except ShardReadError as error:
+        problems.append(f"{info.name}: {error.reason}")
+        return []
+    if len(data) != info.bytes:
+        problems.append(f"{info.name}: {len(data)} bytes, index says {info.bytes}")
+    if hashlib.sha256(data).hexdigest() != info.sha256:
+        problems.append(f"{info.name}: sha256 differs from the index")
+    try:
+        samples = read_shard(data, info.name)
+    except ShardError as error:
+        problems.append(str(error))
+        return []
+    if len(samples) != info.samples:
+        problems.append(f"{info.name}: {len(samples)} samples, index says {info.samples}")
+    return samples
+
+
+def _sample_problems(sample: ShardSample, index: DatasetIndex) -> list[str]:
+    where = f"sample {sample.key!r}"
+    audio = [ext for ext in sample.members if ext in AUDIO_EXTENSIONS]
+    if len(audio) != 1:
+        return [f"{where}: expected one audio member, found {audio or 'none'}"]
+    if "json" not in sample.members:
+        return [f"{where}: no json member"]
+    try:
+        meta = json.loads(sample.members["json"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return [f"{where}: json member is not valid JSON: {error}"]
+    if not isinstance(meta, dict):
+        return [f"{where}: json member is not an object"]
+    problems = []
+    if not isinstance(meta.get("text"), str) or not meta["text"].strip():
+        problems.append(f"{where}: json has no text")
+    seconds, rate = meta.get("seconds"), meta.get("sample_rate")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        problems.append(f"{where}: json seconds is {seconds!r}")
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
+        problems.append(f"{where}: json sample_rate is {rate!r}")
+    if problems:
+        return problems
+    if index.sample_rate is not None and rate != index.sample_rate:
+        problems.append(f"{where}: sample_rate {rate}, index says {index.sample_rate}")
+    try:
+        info = probe(sample.members[audio[0]])
+    except AudioError as error:
+        return problems + [f"{where}: {error}"]
+    if info.sample_rate != rate:
+        problems.append(f"{where}: audio is {info.sample_rate} Hz, json says {rate}")
+    elif abs(info.frames / info.sample_rate - seconds) > SECONDS_TOLERANCE:
+        problems.append(f"{where}: audio lasts {info.frames / info.sample_rate:.3f} s, json says {seconds}")
+    return problems

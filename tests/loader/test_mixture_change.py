@@ -1,0 +1,126 @@
+"""Changing the data mixture at a resume: nothing the epoch delivered comes again (beyond what weights
+ask), everything the new mixture wants comes once, whatever else changes at the same resume."""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamtrain.loader import StreamLoader, merge_states
+from tests.support.datasets import write_dataset
+
+LAYOUTS = {"a": [4, 3, 5], "b": [6, 2], "c": [3, 3, 3, 3]}
+WEIGHTS = st.sampled_from([0.5, 1.0, 1.5, 2.0])
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mixtures")
+    for name, sizes in LAYOUTS.items():
+        write_dataset(root / name, sizes, seed=len(name), key_prefix=name)
+    return {name: str(root / name) for name in LAYOUTS}
+
+
+def run(mixture: dict, state, world: int, batch_size: int, stop_after=None, seed: int = 4):
+    """Every rank of one run (in this process) to the end of the epoch it starts in: delivered keys,
+    the merged state, the events."""
+    keys, states, events = [], [], []
+    epochs = 1 if state is None else state["epoch"] + 1
+    for rank in range(world):
+        loader = StreamLoader(mixture, batch_size=batch_size, num_workers=0, rank=rank, world_size=world,
+                              epochs=epochs, seed=seed)
+        if state is not None:
+            loader.load_state_dict(json.loads(json.dumps(state)))
+        for number, batch in enumerate(loader, start=1):
+            keys += batch["keys"]
+            if number == stop_after:
+                break
+        states.append(loader.state_dict())
+        events += loader.pop_events()
+    return keys, merge_states(states), events, loader
+
+
+def passes_offered(loader, epoch: int) -> collections.Counter:
+    """How many passes the loader's table for ``epoch`` gives each sample key."""
+    table = loader._table(epoch)
+    offered = collections.Counter()
+    for v in range(len(table.counts)):
+        dataset = table.sources[int(table.source[v])].dataset
+        first = int(dataset.index.shards.offsets[int(table.shard[v])])
+        offered.update(dataset.keys.range(first, first + int(table.counts[v])))
+    return offered
+
+
+def key_of(loader, sample_id: int, epoch: int) -> str:
+    return loader.describe(sample_id, epoch).rsplit("(", 1)[1].rstrip(")")
+
+
+mixtures = st.dictionaries(st.sampled_from(sorted(LAYOUTS)), WEIGHTS, min_size=1, max_size=3)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(before=mixtures, after=mixtures, first=st.tuples(st.integers(1, 3), st.integers(1, 5)),
+       second=st.tuples(st.integers(1, 3), st.integers(1, 5)), stop_after=st.integers(1, 4))
+def test_a_changed_mixture_delivers_what_it_wants_once_and_nothing_again(roots, before, after, first, second,
+                                                                         stop_after):
+    world1, size1 = first
+    world2, size2 = second
+    keys1, state, _, _ = run({roots[n]: w for n, w in before.items()}, None, world1, size1, stop_after)
+    epoch = state["epoch"]  # 1 when the first run ended its epoch before stopping
+    keys2, _, events, loader = run({roots[n]: w for n, w in after.items()}, state, world2, size2)
+    before_counts, after_counts = collections.Counter(keys1 if epoch == 0 else []), collections.Counter(keys2)
+    dropped = collections.Counter()
+    for event in (e for e in events if e["event"] == "dropped"):
+        dropped.update(key_of(loader, i, epoch) for i in event["ids"])
+    wanted = passes_offered(loader, epoch)
+    for key in set(wanted) | set(before_counts) | set(after_counts):
+        owed = max(0, wanted[key] - before_counts[key])
+        assert after_counts[key] + dropped[key] == owed, (key, before_counts[key], wanted[key], after_counts[key])
+    if before != after:
+        assert any(e["event"] == "mixture_change" for e in events)
+
+
+def test_the_change_is_logged_and_counted(roots, caplog):
+    keys, state, _, _ = run({roots["a"]: 1.0, roots["b"]: 1.0}, None, 1, 4, stop_after=2)
+    with caplog.at_level("WARNING"):
+        rest, _, events, _ = run({roots["a"]: 2.0, roots["c"]: 1.0}, state, 1, 4)
+    change = next(e for e in events if e["event"] == "mixture_change")
+    assert [s["url"] for s in change["added"]] == [roots["c"]] and [s["url"] for s in change["removed"]] == [roots["b"]]
+    assert change["reweighted"] == [{"url": roots["a"], "fingerprint": change["reweighted"][0]["fingerprint"],
+                                     "from": 1.0, "to": 2.0}]
+    assert change["delivered_before"] == len(keys) == 8
+    b_delivered = sum(k.startswith("b") for k in keys)
+    assert change["left_out"] == 8 - b_delivered  # b's samples not yet delivered
+    assert change["newly_in"] == 12 + 12  # a's second pass, and all of c
+    assert "removed    " + roots["b"] in caplog.text and "reweighted " + roots["a"] + ": 1 -> 2" in caplog.text
+    assert not [k for k in rest if k.startswith("b")]
+
+
+def test_a_changed_duration_filter_at_resume_is_exactly_once(roots):
+    keys, state, _, _ = run({roots["a"]: 1.0}, None, 1, 3, stop_after=2)
+    loader = StreamLoader(roots["a"], batch_size=3, num_workers=0, epochs=1, seed=4, max_seconds=1.0)
+    loader.load_state_dict(state)
+    rest = [k for batch in loader for k in batch["keys"]]
+    assert not set(keys) & set(rest)
+    events = loader.pop_events()
+    plan = next(e for e in events if e["event"] == "epoch")
+    assert len(keys) + len(rest) + plan["filtered"] == 12 and plan["max_seconds"] == 1.0
+    change = next(e for e in events if e["event"] == "mixture_change")
+    table = loader._table(0)
+    too_long_unseen = [i for i in range(table.samples)
+                       if table.durations[i] > 1.0 and key_of(loader, i, 0) not in keys]
+    assert too_long_unseen and change["limits"] == {"from": [None, None], "to": [None, 1.0], "newly_in": 0,
+                                                    "newly_out": len(too_long_unseen)}
+    assert not change["added"] and not change["removed"] and not change["reweighted"]
+
+
+def test_a_state_saved_before_mixtures_were_recorded_still_resumes(roots):
+    keys, state, _, _ = run({roots["a"]: 1.0}, None, 1, 3, stop_after=2)
+    del state["mixture"], state["limits"]
+    rest, _, events, _ = run({roots["a"]: 1.0}, state, 1, 3)
+    assert sorted(keys + rest) == sorted(set(keys + rest)) and len(keys + rest) == 12
+    assert not [e for e in events if e["event"] == "mixture_change"]
