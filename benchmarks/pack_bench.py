@@ -244,7 +244,7 @@ def print_resampling(waveforms: list[np.ndarray]) -> None:
 
     timed = {}
     for name, function in [("torchaudio Resample", torchaudio_resample),
-                           ("streamtrain.audio.resample", lambda w: resample(w, 22050, 16000))]:
+                           ("streamtrain.audio.resampling", lambda w: resample(w, 22050, 16000))]:
         function(waveforms[0])
         started = time.process_time()
         for waveform in waveforms:
@@ -252,7 +252,7 @@ def print_resampling(waveforms: list[np.ndarray]) -> None:
         timed[name] = (time.process_time() - started) / len(waveforms)
     print(f"\n{'resampling 22.05 -> 16 kHz, one thread':<40} {'CPU ms per utterance':>21} {'x streamtrain':>14}")
     for name, cpu in timed.items():
-        print(f"{name:<40} {cpu * 1e3:>21.3f} {cpu / timed['streamtrain.audio.resample']:>14.2f}")
+        print(f"{name:<40} {cpu * 1e3:>21.3f} {cpu / timed['streamtrain.audio.resampling']:>14.2f}")
 
 
 def print_storage(corpus: Corpus, runs: list[dict], seconds: list[float]) -> None:

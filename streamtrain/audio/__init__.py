@@ -1,7 +1,7 @@
 """Audio in and out: decoding (soundfile), resampling, encoding (flac, wav, opus)."""
 
-from streamtrain.audio.decode import AUDIO_EXTENSIONS, AudioError, AudioInfo, decode, decode_segment, probe
-from streamtrain.audio.encode import (
+from streamtrain.audio.decoding import AUDIO_EXTENSIONS, AudioError, AudioInfo, decode, decode_segment, probe
+from streamtrain.audio.encoding import (
     CODECS,
     DEFAULT_OPUS_COMPLEXITY,
     OPUS_BITRATES,
@@ -11,7 +11,7 @@ from streamtrain.audio.encode import (
     opus_compression_level,
     quantize16,
 )
-from streamtrain.audio.resample import resample
+from streamtrain.audio.resampling import resample
 
 __all__ = ["AUDIO_EXTENSIONS", "CODECS", "DEFAULT_OPUS_COMPLEXITY", "OPUS_BITRATES", "OPUS_RATES", "AudioError",
            "AudioInfo", "decode", "decode_segment", "encode", "opus_complexity", "opus_compression_level", "probe",

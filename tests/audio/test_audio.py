@@ -12,7 +12,7 @@ import soundfile
 import torch
 from torchaudio.transforms import Resample
 
-import streamtrain.audio.encode
+import streamtrain.audio.encoding
 from streamtrain.audio import (
     DEFAULT_OPUS_COMPLEXITY,
     OPUS_RATES,
@@ -25,7 +25,7 @@ from streamtrain.audio import (
     resample,
 )
 from streamtrain.audio.opus import ogg_crc
-from streamtrain.audio.resample import _PRODUCT_SIZE, _polyphase
+from streamtrain.audio.resampling import _PRODUCT_SIZE, _polyphase
 from tests.support.corpus import speech, utterances
 
 #: Rate pairs: down, up, integer and awkward ratios, and a gcd of 5 (a 3200-phase kernel).
@@ -137,7 +137,7 @@ def test_complexity_applies_to_opus_only():
 
 
 def test_without_libopus_soundfile_encodes_opus(monkeypatch):
-    monkeypatch.setattr(streamtrain.audio.encode, "libopus", lambda: None)
+    monkeypatch.setattr(streamtrain.audio.encoding, "libopus", lambda: None)
     waveform = speech_at(16000)
     assert opus_complexity(None) is None
     data, _ = encode(waveform, 16000, "opus", bitrate=24000)

@@ -8,7 +8,7 @@ import io
 import numpy as np
 import soundfile
 
-from streamtrain.audio.decode import AudioError
+from streamtrain.audio.decoding import AudioError
 from streamtrain.audio.opus import OpusError, encode_opus, libopus
 
 #: Codec name -> (member extension, soundfile format, soundfile subtype).
