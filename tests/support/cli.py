@@ -23,9 +23,11 @@ class CliRun(NamedTuple):
     err: str  # stderr, with the log records the command wrote at INFO and above
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> CliRun:
+def run_cli(*args: str, env: dict[str, str] | None = None, threads: int | None = None, check: bool = True) -> CliRun:
     """Run ``streamtrain ARGS`` through ``streamtrain.cli.main``; ``env`` is added to ``os.environ`` for the
-    call. With ``check``, an exit code other than 0 fails with what the command printed."""
+    call. ``threads`` sets torch's threads for the call: 1 gives the float results of a process started with
+    OMP_NUM_THREADS=1, for a run compared bit for bit with one. With ``check``, an exit code other than 0
+    fails with what the command printed."""
     out, err = io.StringIO(), io.StringIO()
     # The command's logging.basicConfig is a no-op under pytest (the root logger has pytest's handlers):
     # this handler puts the records where a user would see them, on stderr.
@@ -35,16 +37,29 @@ def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -
     level = root.level
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    threads_before = _set_threads(threads)
     try:
         with mock.patch.dict(os.environ, env or {}), redirect_stdout(out), redirect_stderr(err):
             try:
                 code = main(list(args))
-            except SystemExit as stop:  # argparse's usage errors
-                code = stop.code if isinstance(stop.code, int) else 1
+            except SystemExit as stop:  # argparse: usage errors (2) and --help (0)
+                code = int(stop.code or 0)
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
+        _set_threads(threads_before)
     result = CliRun(code, out.getvalue(), err.getvalue())
     if check and code != 0:
         raise AssertionError(f"streamtrain {' '.join(args)} exited {code}:\n{result.out}\n{result.err}")
     return result
+
+
+def _set_threads(threads: int | None) -> int | None:
+    """Set torch's intra-op threads (None: leave them); returns the number before."""
+    if threads is None:
+        return None
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return before

@@ -8,7 +8,8 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordPiece
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, WhisperTokenizer
 
-from tests.support.pipeline import eval_and_pipeline, run_cli
+from tests.support.cli import run_cli
+from tests.support.pipeline import eval_and_pipeline
 from tests.support.runs import DIGITS_TOKENIZER, digit_dataset, micro_recipe
 from tests.support.speech import DIGIT_WORDS
 from streamtrain.train.whisper_tokenizer import WhisperTokenizerError, as_whisper_tokenizer

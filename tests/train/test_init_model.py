@@ -10,7 +10,8 @@ from transformers import GenerationConfig, WhisperForConditionalGeneration, Whis
 
 from streamtrain.features import build_featurizer
 from tests.support.openai_whisper import openai_whisper_tokenizer
-from tests.support.pipeline import eval_and_pipeline, run_cli
+from tests.support.cli import run_cli
+from tests.support.pipeline import eval_and_pipeline
 from tests.support.runs import digit_dataset
 from tests.support.speech import Voice, synthesize
 from streamtrain.train.config import FeatureConfig, ModelConfig, Recipe
@@ -43,7 +44,7 @@ def test_parameter_counts_are_the_published_ones(name):
 def whisper_tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("init") / "whisper-tiny"
     result = run_cli("init-model", "--arch", "whisper-tiny", "--out", str(out), "--seed", "3")
-    assert "37.8 M parameters" in result.stdout
+    assert "37.8 M parameters" in result.out
     return out
 
 

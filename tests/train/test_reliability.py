@@ -1,5 +1,6 @@
 """The trainer against what goes wrong in real clusters: ranks, locks, bad batches, full disks.
-Every fault is real (processes, signals, file-size limits); nothing is mocked."""
+Every fault is real (processes, signals, file-size limits); nothing is mocked. Runs with no fault of
+their own run in this process (``run_cli``)."""
 
 import json
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import run_cli
 from tests.support.datasets import write_dataset
 from tests.support.runs import accelerate_launch, digit_dataset, micro_recipe
 
@@ -66,10 +68,9 @@ def test_batches_whose_samples_are_all_bad_still_make_every_rank_step(tmp_path):
     assert result.returncode == 0, result.stderr
     trainer = json.loads((tmp_path / "skip" / "checkpoints" / "step-00000004" / "trainer.json").read_text())
     assert trainer["step"] == 4 and trainer["loader"]["counters"]["skipped_bad"] == 8  # two epochs
-    audit = run("audit", str(tmp_path / "skip"))
-    assert audit.returncode == 0, audit.stdout
-    assert "epoch 0 (complete): 16 samples, 12 seen, 0 duplicates, 0 missing" in audit.stdout
-    assert "4 skipped as bad" in audit.stdout
+    audit = run_cli("audit", str(tmp_path / "skip")).out
+    assert "epoch 0 (complete): 16 samples, 12 seen, 0 duplicates, 0 missing" in audit
+    assert "4 skipped as bad" in audit
 
 
 def test_a_second_trainer_on_the_same_folder_is_refused_and_a_killed_one_leaves_no_lock(data, tmp_path):
@@ -81,24 +82,22 @@ def test_a_second_trainer_on_the_same_folder_is_refused_and_a_killed_one_leaves_
         for line in first.stdout:  # the first trainer is stepping
             if line.startswith("step "):
                 break
-        second = run("train", str(recipe))
-        assert second.returncode == 2
-        assert f"run folder {run_dir} is in use by another `streamtrain train` (pid {first.pid}" in second.stderr
-        assert "Traceback" not in second.stderr
+        code, _, err = run_cli("train", str(recipe), check=False)
+        assert code == 2
+        assert f"run folder {run_dir} is in use by another `streamtrain train` (pid {first.pid}" in err
+        assert "Traceback" not in err
     finally:
         first.kill()
         first.wait()
-    third = run("train", str(recipe), "train.max_steps=2", "optim.lr=0.002")
-    assert third.returncode == 0, third.stderr
+    run_cli("train", str(recipe), "train.max_steps=2", "optim.lr=0.002")
 
 
 def test_a_resume_says_what_changed_in_the_recipe(data, tmp_path):
     recipe = micro_recipe(tmp_path / "changed", *data, train={"max_steps": 4, "checkpoint_every": 2})
-    assert run("train", str(recipe)).returncode == 0
-    resumed = run("train", str(recipe), "train.max_steps=6", "optim.lr=0.001")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "the recipe changed since that checkpoint:" in resumed.stdout
-    assert "optim.lr: 0.003 -> 0.001" in resumed.stdout and "train.max_steps: 4 -> 6" in resumed.stdout
+    run_cli("train", str(recipe))
+    resumed = run_cli("train", str(recipe), "train.max_steps=6", "optim.lr=0.001").out
+    assert "the recipe changed since that checkpoint:" in resumed
+    assert "optim.lr: 0.003 -> 0.001" in resumed and "train.max_steps: 4 -> 6" in resumed
 
 
 def test_a_full_disk_at_a_checkpoint_is_a_one_line_error_that_leaves_nothing_half_written(data, tmp_path):
@@ -115,6 +114,6 @@ def test_a_full_disk_at_a_checkpoint_is_a_one_line_error_that_leaves_nothing_hal
 def test_an_output_dir_that_is_a_file_is_named(data, tmp_path):
     (tmp_path / "afile").write_text("")
     recipe = micro_recipe(tmp_path / "x", *data)
-    result = run("train", str(recipe), f"train.output_dir={tmp_path / 'afile'}")
-    assert result.returncode == 2
-    assert f"train.output_dir {tmp_path / 'afile'} is a file, not a folder" in result.stderr
+    code, _, err = run_cli("train", str(recipe), f"train.output_dir={tmp_path / 'afile'}", check=False)
+    assert code == 2
+    assert f"train.output_dir {tmp_path / 'afile'} is a file, not a folder" in err
