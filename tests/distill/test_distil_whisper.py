@@ -6,6 +6,8 @@ of at most 8 tokens (4 of them the prompt), 2 steps of a batch of 2, fp32."""
 
 import json
 
+import pytest
+
 from transformers import WhisperForConditionalGeneration
 
 from streamtrain.format.shard import read_shard
@@ -16,6 +18,8 @@ from tests.support.runs import digit_dataset
 from streamtrain.train.config import ModelConfig, load_recipe
 from streamtrain.train.model import load_tokenizer
 from streamtrain.train.whisper_tokenizer import timestamp_ids
+
+pytestmark = pytest.mark.whisper
 
 PROMPT = load_recipe("distil-whisper").model.prompt
 

@@ -108,6 +108,7 @@ class IndexWatcher(threading.Thread):
         self.join()
 
 
+@pytest.mark.servers
 def test_pack_to_s3_killed_after_an_upload_then_rerun_completes_and_verifies(s3, corpus):
     url = f"s3://{BUCKET}/killed"
     args = ["pack", str(corpus.source), url, "--shard-size", str(SHARD_SIZE), "--no-progress"]
@@ -129,6 +130,7 @@ def test_pack_to_s3_killed_after_an_upload_then_rerun_completes_and_verifies(s3,
     assert list(open_dataset(url, storage_options(s3)).keys.range(0, 16)) == sorted(corpus.texts)
 
 
+@pytest.mark.servers
 def test_pack_to_s3_holds_one_shard_on_local_disk_at_a_time_and_leaves_none(s3, corpus, monkeypatch):
     staged_beside, staging_folders = {}, set()
     real_publish = Output.publish
@@ -149,11 +151,13 @@ def test_pack_to_s3_holds_one_shard_on_local_disk_at_a_time_and_leaves_none(s3, 
     assert not any(folder.exists() for folder in staging_folders)
 
 
+@pytest.mark.servers
 def test_an_upload_that_fails_is_an_error_naming_the_file(s3, corpus):
     with pytest.raises(PackError, match=r"s3://no-such-bucket/ds/shard-000000\.tar: cannot upload after 1 attempt"):
         pack(corpus.source, "s3://no-such-bucket/ds", progress=False, storage_options=storage_options(s3))
 
 
+@pytest.mark.servers
 def test_a_manifest_and_audio_at_a_url_pack_in_parts_to_s3_and_merge(s3, corpus):
     fs = s3fs_of(s3)
     fs.put(str(corpus.source.parent), f"{BUCKET}/source", recursive=True)  # manifest.jsonl + audio/*.wav
@@ -174,6 +178,7 @@ def test_a_manifest_and_audio_at_a_url_pack_in_parts_to_s3_and_merge(s3, corpus)
     assert "OK" in cli("inspect", "--verify", url, endpoint=s3).out
 
 
+@pytest.mark.servers
 def test_a_manifest_at_a_url_takes_audio_urls_and_rejects_audio_it_cannot_read(s3, corpus, tmp_path):
     fs = s3fs_of(s3)
     first = sorted(corpus.audio)[0]
@@ -192,6 +197,7 @@ def test_a_manifest_at_a_url_takes_audio_urls_and_rejects_audio_it_cannot_read(s
         pack(f"s3://{BUCKET}/loose", tmp_path / "folder", source_form="folder", storage_options=options)
 
 
+@pytest.mark.servers
 def test_train_tiny_from_s3_then_eval_and_audit(s3, dataset, tmp_path, monkeypatch):
     run = tmp_path / "run"
     options = f"data.storage_options={{client_kwargs: {{endpoint_url: {s3}}}}}"  # the endpoint from the recipe only
@@ -206,6 +212,7 @@ def test_train_tiny_from_s3_then_eval_and_audit(s3, dataset, tmp_path, monkeypat
     assert "WER" in evaluated.out and len(out.read_text().splitlines()) == 4
 
 
+@pytest.mark.servers
 def test_label_to_s3_killed_after_a_shard_resumes_without_relabelling_it(s3, dataset, tmp_path):
     teacher = random_whisper(tmp_path / "teacher")
     labels = f"s3://{BUCKET}/labels"
@@ -223,6 +230,7 @@ def test_label_to_s3_killed_after_a_shard_resumes_without_relabelling_it(s3, dat
     assert len(keys) == len(set(keys)) == 16
 
 
+@pytest.mark.servers
 def test_featurize_to_s3_is_joined_by_the_loader_and_stats_reads_the_dataset(s3, dataset, tmp_path):
     options = storage_options(s3)
     column = f"s3://{BUCKET}/features"

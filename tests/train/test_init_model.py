@@ -48,6 +48,7 @@ def whisper_tiny(tmp_path_factory):
     return out
 
 
+@pytest.mark.whisper
 def test_whisper_tiny_loads_as_the_published_checkpoint_does(whisper_tiny):
     model = WhisperForConditionalGeneration.from_pretrained(whisper_tiny)
     assert (model.config.vocab_size, model.config.num_mel_bins, model.config.d_model) == (51865, 80, 384)
@@ -67,6 +68,7 @@ def test_whisper_tiny_loads_as_the_published_checkpoint_does(whisper_tiny):
     assert generation.suppress_tokens == sorted({*reference.non_speech_tokens, *control})
 
 
+@pytest.mark.whisper
 def test_the_pipeline_runs_on_it_with_no_arguments(whisper_tiny, tmp_path):
     """As published: language detection, 5 beams (the pipeline's default), up to 448 tokens. Random weights
     run to the limit (about 40 s on 2 CPU cores), so this copy of the folder stops after 8."""
@@ -79,6 +81,7 @@ def test_the_pipeline_runs_on_it_with_no_arguments(whisper_tiny, tmp_path):
     assert isinstance(result["text"], str)
 
 
+@pytest.mark.whisper
 def test_exported_whisper_tiny_transcribes_alike_in_the_pipeline(whisper_tiny, tmp_path):
     """The random whisper-tiny exported as ``streamtrain train`` exports a fine-tuned one (Whisper's prompt and
     vocabulary). Transcripts are capped at 20 tokens after the 4-token prompt (max_target_tokens 24): random

@@ -36,6 +36,7 @@ def data(tmp_path_factory):
     return digit_dataset(root / "train", 40, seed=4), digit_dataset(root / "validation", 8, seed=5)
 
 
+@pytest.mark.distributed
 def test_each_rank_draws_its_own_masks_and_rank_0_chooses_the_checkpoint(data, tmp_path):
     run_dir, log = tmp_path / "ranks", tmp_path / "random"
     log.mkdir()
@@ -54,6 +55,7 @@ def test_each_rank_draws_its_own_masks_and_rank_0_chooses_the_checkpoint(data, t
     assert trainer["step"] == 8
 
 
+@pytest.mark.distributed
 def test_batches_whose_samples_are_all_bad_still_make_every_rank_step(tmp_path):
     """Shard 1 is truncated: with on_bad_sample=skip its 4 samples are skipped, and the batch made of
     them is empty on the rank that gets it; both ranks still take every step, and the audit counts them."""

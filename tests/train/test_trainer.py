@@ -179,6 +179,7 @@ def two_processes(*args, inject=()):
     return result
 
 
+@pytest.mark.distributed
 def test_two_processes_then_one_stays_exactly_once(data, tmp_path):
     run = tmp_path / "ddp"
     recipe = micro_recipe(run, *data, train={"max_steps": 6, "checkpoint_every": 3})
@@ -232,6 +233,7 @@ def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypothese
     assert set(json.loads(lines[0])) == {"key", "reference", "hypothesis", "word_errors", "char_errors"}
 
 
+@pytest.mark.distributed
 def test_out_of_memory_on_one_rank_backs_off_there_only_and_keeps_ranks_in_step(data, tmp_path):
     """Rank 0 runs each step in 4 micro-batches (3 without gradient sync), rank 1 in one:
     both still meet at exactly one all-reduce per step, so nothing hangs and the result

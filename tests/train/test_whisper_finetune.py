@@ -19,6 +19,8 @@ from streamtrain.train.config import load_recipe
 from tests.support.cli import run_cli
 from tests.train.test_trainer import assert_bit_identical, final_parameters, streamtrain
 
+pytestmark = pytest.mark.whisper
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
