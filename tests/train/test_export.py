@@ -10,17 +10,16 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast, WhisperTokenize
 
 from tests.support.cli import run_cli
 from tests.support.pipeline import eval_and_pipeline
-from tests.support.runs import DIGITS_TOKENIZER, digit_dataset, micro_recipe
+from tests.support.runs import DIGITS_TOKENIZER, micro_recipe
 from tests.support.speech import DIGIT_WORDS
 from streamtrain.train.whisper_tokenizer import WhisperTokenizerError, as_whisper_tokenizer
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(digits, tmp_path_factory):
     """The micro recipe trained long enough to say different things about different utterances."""
-    root = tmp_path_factory.mktemp("export")
-    train, test = digit_dataset(root / "train", 56, seed=1), digit_dataset(root / "test", 12, seed=2)
-    run = root / "run"
+    train, test = digits
+    run = tmp_path_factory.mktemp("export") / "run"
     run_cli("train", str(micro_recipe(run, train, None, train={"max_steps": 60, "checkpoint_every": 60},
                                       features={"specaugment": None})))
     return run / "model", test

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.cli import run_cli
 from tests.support.datasets import write_dataset
-from tests.support.runs import accelerate_launch, digit_dataset, micro_recipe
+from tests.support.runs import accelerate_launch, micro_recipe
 
 INJECT = Path(__file__).with_name("inject.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
@@ -30,17 +30,11 @@ def run(*args, inject=(), processes=1, limit=None, timeout=300):
     return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits")
-    return digit_dataset(root / "train", 40, seed=4), digit_dataset(root / "validation", 8, seed=5)
-
-
 @pytest.mark.distributed
-def test_each_rank_draws_its_own_masks_and_rank_0_chooses_the_checkpoint(data, tmp_path):
+def test_each_rank_draws_its_own_masks_and_rank_0_chooses_the_checkpoint(digits, tmp_path):
     run_dir, log = tmp_path / "ranks", tmp_path / "random"
     log.mkdir()
-    recipe = micro_recipe(run_dir, *data, train={"max_steps": 6, "checkpoint_every": 3})
+    recipe = micro_recipe(run_dir, *digits, train={"max_steps": 6, "checkpoint_every": 3})
     first = run("train", str(recipe), inject=["--random-log", str(log)], processes=2)
     assert first.returncode == 0, first.stderr
     ranks = [[json.loads(line) for line in (log / f"rank-{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
@@ -75,9 +69,9 @@ def test_batches_whose_samples_are_all_bad_still_make_every_rank_step(tmp_path):
     assert "4 skipped as bad" in audit
 
 
-def test_a_second_trainer_on_the_same_folder_is_refused_and_a_killed_one_leaves_no_lock(data, tmp_path):
+def test_a_second_trainer_on_the_same_folder_is_refused_and_a_killed_one_leaves_no_lock(digits, tmp_path):
     run_dir = tmp_path / "locked"
-    recipe = micro_recipe(run_dir, *data, train={"max_steps": 400, "checkpoint_every": 1000})
+    recipe = micro_recipe(run_dir, *digits, train={"max_steps": 400, "checkpoint_every": 1000})
     first = subprocess.Popen([sys.executable, "-m", "streamtrain", "train", str(recipe)], env=ENV,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -94,15 +88,15 @@ def test_a_second_trainer_on_the_same_folder_is_refused_and_a_killed_one_leaves_
     run_cli("train", str(recipe), "train.max_steps=2", "optim.lr=0.002")
 
 
-def test_a_resume_says_what_changed_in_the_recipe(data, tmp_path):
-    recipe = micro_recipe(tmp_path / "changed", *data, train={"max_steps": 4, "checkpoint_every": 2})
+def test_a_resume_says_what_changed_in_the_recipe(digits, tmp_path):
+    recipe = micro_recipe(tmp_path / "changed", *digits, train={"max_steps": 4, "checkpoint_every": 2})
     run_cli("train", str(recipe))
     resumed = run_cli("train", str(recipe), "train.max_steps=6", "optim.lr=0.001").out
     assert "the recipe changed since that checkpoint:" in resumed
     assert "optim.lr: 0.003 -> 0.001" in resumed and "train.max_steps: 4 -> 6" in resumed
 
 
-def test_a_full_disk_at_a_checkpoint_is_a_one_line_error_that_leaves_nothing_half_written(data, tmp_path):
+def test_a_full_disk_at_a_checkpoint_is_a_one_line_error_that_leaves_nothing_half_written(digits, tmp_path):
     run_dir = tmp_path / "full"  # no workers: the limit would also stop the workers' shared-memory files
     recipe = micro_recipe(run_dir, *data, data={"num_workers": 0}, train={"max_steps": 4, "checkpoint_every": 2})
     result = run("train", str(recipe), limit=150_000)
@@ -113,9 +107,9 @@ def test_a_full_disk_at_a_checkpoint_is_a_one_line_error_that_leaves_nothing_hal
     assert list((run_dir / "checkpoints").iterdir()) == []
 
 
-def test_an_output_dir_that_is_a_file_is_named(data, tmp_path):
+def test_an_output_dir_that_is_a_file_is_named(digits, tmp_path):
     (tmp_path / "afile").write_text("")
-    recipe = micro_recipe(tmp_path / "x", *data)
+    recipe = micro_recipe(tmp_path / "x", *digits)
     code, _, err = run_cli("train", str(recipe), f"train.output_dir={tmp_path / 'afile'}", check=False)
     assert code == 2
     assert f"train.output_dir {tmp_path / 'afile'} is a file, not a folder" in err
