@@ -99,6 +99,7 @@ def test_fingerprint_covers_the_tokenizer_and_the_features(setup, tmp_path):
     assert load_teacher(str(swapped))[1] != fingerprint
 
 
+@pytest.mark.slow
 def test_labelling_resumes_after_sigkill_without_rewriting_a_shard(setup, tmp_path):
     _, data, teacher_dir, _ = setup
     out = tmp_path / "labels"
@@ -121,6 +122,7 @@ def test_labelling_resumes_after_sigkill_without_rewriting_a_shard(setup, tmp_pa
     assert len(keys) == len(set(keys)) == 24
 
 
+@pytest.mark.slow
 def test_distillation_refuses_another_teacher_and_trains_with_the_right_one(setup, tmp_path):
     root, data, teacher_dir, other_dir = setup
     labels = tmp_path / "labels"

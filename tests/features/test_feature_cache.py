@@ -52,6 +52,7 @@ def test_a_column_of_another_dataset_is_refused(column, tmp_path):
         StreamLoader(other, batch_size=2, columns=[str(column)])
 
 
+@pytest.mark.slow
 def test_training_uses_the_cache_and_refuses_a_stale_one(dataset, column, tmp_path):
     recipe = micro_recipe(tmp_path / "run", dataset, None, train={"max_steps": 3})
     run_cli("train", str(recipe), f"features.cache={column}")

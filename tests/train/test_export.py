@@ -25,6 +25,7 @@ def trained(digits, tmp_path_factory):
     return run / "model", test
 
 
+@pytest.mark.slow
 def test_the_pipeline_transcribes_every_utterance_as_streamtrain_eval(trained, tmp_path):
     model_dir, test = trained
     transcripts = eval_and_pipeline(model_dir, test, tmp_path / "eval.jsonl")
@@ -34,6 +35,7 @@ def test_the_pipeline_transcribes_every_utterance_as_streamtrain_eval(trained, t
     assert not differing
 
 
+@pytest.mark.slow
 def test_the_folder_names_what_the_pipeline_needs(trained):
     model_dir, _ = trained
     generation = json.loads((model_dir / "generation_config.json").read_text())

@@ -69,6 +69,7 @@ def test_batches_whose_samples_are_all_bad_still_make_every_rank_step(tmp_path):
     assert "4 skipped as bad" in audit
 
 
+@pytest.mark.slow
 def test_a_second_trainer_on_the_same_folder_is_refused_and_a_killed_one_leaves_no_lock(digits, tmp_path):
     run_dir = tmp_path / "locked"
     recipe = micro_recipe(run_dir, *digits, train={"max_steps": 400, "checkpoint_every": 1000})
@@ -88,6 +89,7 @@ def test_a_second_trainer_on_the_same_folder_is_refused_and_a_killed_one_leaves_
     run_cli("train", str(recipe), "train.max_steps=2", "optim.lr=0.002")
 
 
+@pytest.mark.slow
 def test_a_resume_says_what_changed_in_the_recipe(digits, tmp_path):
     recipe = micro_recipe(tmp_path / "changed", *digits, train={"max_steps": 4, "checkpoint_every": 2})
     run_cli("train", str(recipe))
@@ -96,6 +98,7 @@ def test_a_resume_says_what_changed_in_the_recipe(digits, tmp_path):
     assert "optim.lr: 0.003 -> 0.001" in resumed and "train.max_steps: 4 -> 6" in resumed
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_a_checkpoint_is_a_one_line_error_that_leaves_nothing_half_written(digits, tmp_path):
     run_dir = tmp_path / "full"  # no workers: the limit would also stop the workers' shared-memory files
     recipe = micro_recipe(run_dir, *data, data={"num_workers": 0}, train={"max_steps": 4, "checkpoint_every": 2})

@@ -55,6 +55,7 @@ def uninterrupted(digits, tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_killed_twice_at_random_steps_and_resumed_is_bit_identical_and_audits_clean(digits, uninterrupted, tmp_path):
     run = tmp_path / "killed"
     recipe = micro_recipe(run, *digits)
@@ -68,6 +69,7 @@ def test_killed_twice_at_random_steps_and_resumed_is_bit_identical_and_audits_cl
     assert "audit: OK" in audit.out and "3 session(s)" in audit.out
 
 
+@pytest.mark.slow
 def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(digits, uninterrupted, tmp_path):
     run = tmp_path / "killed-in-checkpoint"
     recipe = micro_recipe(run, *digits)
@@ -80,6 +82,7 @@ def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(digits,
     assert_bit_identical(final_parameters(uninterrupted), final_parameters(run))
 
 
+@pytest.mark.slow
 def test_out_of_memory_backs_off_to_micro_batches_with_the_same_result(digits, tmp_path):
     backed_off = tmp_path / "oom"
     result = streamtrain("train", str(micro_recipe(backed_off, *digits)), inject=["--oom-above", "3"])
@@ -91,6 +94,7 @@ def test_out_of_memory_backs_off_to_micro_batches_with_the_same_result(digits, t
     assert_bit_identical(final_parameters(backed_off), final_parameters(accumulated))
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_process_group_finishes_the_step_checkpoints_and_exits_zero(digits, tmp_path):
     """The way Slurm and Kubernetes preempt: SIGTERM to every process of the job, DataLoader workers
     included. The workers keep serving the step; the trainer checkpoints and exits 0."""
@@ -123,6 +127,7 @@ def test_sigterm_to_the_process_group_finishes_the_step_checkpoints_and_exits_ze
     assert 0 < step < 400
 
 
+@pytest.mark.slow
 def test_sigterm_during_start_up_is_a_clean_announced_stop(digits, tmp_path):
     recipe = micro_recipe(tmp_path / "early", *digits)
     process = subprocess.Popen([sys.executable, "-m", "streamtrain", "train", str(recipe)], env=ENV,
@@ -135,6 +140,7 @@ def test_sigterm_during_start_up_is_a_clean_announced_stop(digits, tmp_path):
     assert "Traceback" not in err and not list((tmp_path / "early" / "checkpoints").glob("step-*"))
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_skipped_with_a_warning(digits, uninterrupted, tmp_path):
     run = tmp_path / "damaged"
     recipe = micro_recipe(run, *digits, train={"max_steps": 8})
@@ -187,6 +193,7 @@ def test_two_processes_then_one_stays_exactly_once(digits, tmp_path):
     assert "audit: OK" in audit.out and "epoch 0 (complete)" in audit.out
 
 
+@pytest.mark.slow
 def test_audit_finds_a_duplicate_in_a_doctored_log(digits, uninterrupted, tmp_path):
     import shutil
 
@@ -211,6 +218,7 @@ def test_audit_finds_a_duplicate_in_a_doctored_log(digits, uninterrupted, tmp_pa
     assert "1 duplicates" in result.out and "audit: FAILED" in result.out
 
 
+@pytest.mark.slow
 def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypotheses(digits, uninterrupted):
     from transformers import AutoFeatureExtractor, AutoModelForSpeechSeq2Seq, AutoTokenizer
 
@@ -252,6 +260,7 @@ def test_out_of_memory_on_one_rank_backs_off_there_only_and_keeps_ranks_in_step(
 
 
 
+@pytest.mark.slow
 def test_the_mixture_changes_at_two_kills_and_the_audit_explains_the_epoch(digits, tmp_path):
     """Add and re-weight (one dataset read twice), then remove one, each at a SIGKILL resume."""
     train, validation = digits
