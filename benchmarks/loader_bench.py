@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import soundfile
 
@@ -82,7 +83,7 @@ def decode_wds_sample(sample):
 def collate_wds(samples):
     keys, audios, texts = zip(*samples)
     audio, lengths = pad_waveforms(audios)  # the same padding StreamLoader's batches get
-    return {"keys": list(keys), "audio": audio, "audio_lens": lengths, "text": list(texts)}
+    return SimpleNamespace(keys=list(keys), audio=audio, audio_lens=lengths, text=list(texts))  # StreamLoader's names
 
 
 def webdataset_loader(root: Path, batch_size: int, workers: int, skip: int = 0):
@@ -107,7 +108,7 @@ def streamtrain_loader(root: Path, batch_size: int, workers: int, **options) -> 
 
 
 def count(batches) -> int:
-    return sum(len(batch["keys"]) for batch in batches)
+    return sum(len(batch.keys) for batch in batches)
 
 
 def first_batch_seconds(make) -> float:

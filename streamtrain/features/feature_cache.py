@@ -109,7 +109,7 @@ def check_feature_column(column: Dataset, featurizer: nn.Module) -> None:
 
 def cached_features(batch, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(features B x M x F float32, frame lengths B) from a batch's feature column."""
-    column = batch["columns"][FEATURES_COLUMN]
+    column = batch.columns[FEATURES_COLUMN]
     features = torch.stack([sample[FEATURES_EXT] for sample in column]).to(device, torch.float32)
     frames = torch.tensor([sample["json"]["frames"] for sample in column], device=device)
     return features, frames

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from streamtrain.loader.batch import Sample, SampleError, collate, decode_column, decode_sample
+from streamtrain.loader.batch import Sample, SampleError, WorkerNote, collate, decode_column, decode_sample
 from streamtrain.format.shard_reader import OpenShard, ReadSettings, ReadStats, ShardOpener
 from streamtrain.loader.dataset_sources import DatasetSource, EpochTable
 from streamtrain.loader.transfer import AudioSlots
@@ -77,7 +77,8 @@ class ShardReader:
 
 
 class BatchStream(IterableDataset):
-    """Produces planned batches; worker ``w`` produces the batches of ``tasks[w]``.
+    """Produces planned batches, as (``Collated``, ``WorkerNote``) pairs; worker ``w`` produces the
+    batches of ``tasks[w]``.
 
     A task list is (sequence numbers, batch indices into ``batches``); the
     loader puts the batches back in sequence order. A worker keeps a shard's
@@ -114,11 +115,9 @@ class BatchStream(IterableDataset):
                         samples.append(sample)
                 for s in release_after.get(t, ()):
                     shards.release(s)
-                batch = collate(samples, self.reader.settings.sample_rate, place)
-                batch["sequence"] = sequence
-                batch["skipped_ids"] = np.array(skipped_ids, dtype=np.int64)
-                batch["loader_stats"] = self.reader.stats.take()
-                yield batch
+                collated, slot = collate(samples, self.reader.settings.sample_rate, place)
+                yield collated, WorkerNote(sequence, np.array(skipped_ids, dtype=np.int64),
+                                           self.reader.stats.take(), slot)
 
     def _sample(self, entry: "ShardWithColumns | Exception", gid: int, shard: int, index: int) -> Sample | None:
         skip = self.reader.settings.on_bad_sample == "skip"

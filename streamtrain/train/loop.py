@@ -190,8 +190,8 @@ class Trainer:
             progress.step += 1
             meter.add(taken)
             for batch in taken:
-                self.audit.add({"event": "step", "step": progress.step, "epoch": batch["epoch"],
-                                "ids": encode_ids(batch["sample_ids"])})
+                self.audit.add({"event": "step", "step": progress.step, "epoch": batch.epoch,
+                                "ids": encode_ids(batch.sample_ids)})
             if progress.step % cfg.log_every == 0 or progress.step == cfg.max_steps:
                 self._log(loss, meter, bar, taken[-1]["epoch"])
             bar.update(1)
@@ -378,7 +378,7 @@ class _Meter:
         self.unsettled = [0, 0.0]  # since the last settle
 
     def add(self, batches: list[Batch]) -> None:
-        samples, audio = sum(b.size for b in batches), sum(float(b["seconds"].sum()) for b in batches)
+        samples, audio = sum(b.size for b in batches), sum(float(b.seconds.sum()) for b in batches)
         for counts in (self.window, self.unsettled):
             counts[0] += samples
             counts[1] += audio

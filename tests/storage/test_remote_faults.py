@@ -26,7 +26,7 @@ def root(tmp_path_factory):
 
 
 def delivered(loader) -> list[str]:
-    return [k for batch in loader for k in batch["keys"]]
+    return [k for batch in loader for k in batch.keys]
 
 
 def test_a_stalled_read_is_abandoned_after_stall_timeout_and_retried(root):
