@@ -193,7 +193,7 @@ class Trainer:
                 self.audit.add({"event": "step", "step": progress.step, "epoch": batch.epoch,
                                 "ids": encode_ids(batch.sample_ids)})
             if progress.step % cfg.log_every == 0 or progress.step == cfg.max_steps:
-                self._log(loss, meter, bar, taken[-1]["epoch"])
+                self._log(loss, meter, bar, taken[-1].epoch)
             bar.update(1)
             if self.recipe.eval.every and progress.step % self.recipe.eval.every == 0 \
                     and progress.step < cfg.max_steps:
