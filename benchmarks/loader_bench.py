@@ -43,7 +43,7 @@ from tests.support.datasets import write_dataset  # noqa: E402
 from streamtrain.loader import StreamLoader
 from streamtrain.loader.batch import pad_waveforms
 from streamtrain.format.index import load_index
-from streamtrain.format.shard import read_shard
+from streamtrain.format.shard_reader import ShardFile
 
 
 def cpu_seconds() -> float:
@@ -61,10 +61,10 @@ def measured(run) -> tuple[float, float]:
 
 def decode_names(root: Path, names: list[str]) -> int:
     """Decode every FLAC member of these shards, from bytes in memory (the shards are read first)."""
-    shards = [read_shard((root / name).read_bytes(), name) for name in names]
+    shards = [ShardFile.in_memory((root / name).read_bytes(), name) for name in names]
     for shard in shards:
-        for sample in shard:
-            soundfile.read(io.BytesIO(sample.members["flac"]), dtype="float32")
+        for _, members in shard:
+            soundfile.read(io.BytesIO(members["flac"]), dtype="float32")
     return sum(len(shard) for shard in shards)
 
 

@@ -10,11 +10,6 @@ import numpy as np
 import torch
 
 from streamtrain.audio import AUDIO_EXTENSIONS, AudioError, decode, resample
-from streamtrain.format.feature_codec import decode_features
-
-
-#: The member extension of cached features in a sidecar column.
-FEATURES_EXT = "feat.zst"
 
 
 class SampleError(ValueError):
@@ -117,23 +112,6 @@ def decode_sample(key: str, members: dict[str, bytes], origin: str, sample_rate:
     except AudioError as error:
         raise SampleError(f"{origin}: sample {key!r}: {error}") from error
     return resample(waveform, rate, sample_rate), meta
-
-
-def decode_column(key: str, members: dict[str, bytes], origin: str) -> dict:
-    """A sidecar column's members: JSON parsed, cached features decoded, nothing else touched."""
-
-    decoded = {}
-    for ext, data in members.items():
-        try:
-            if ext == "json":
-                decoded[ext] = json.loads(data)
-            elif ext == FEATURES_EXT:
-                decoded[ext] = decode_features(data)
-            else:
-                decoded[ext] = data
-        except ValueError as error:
-            raise SampleError(f"{origin}: sample {key!r}: column member .{ext}: {error}") from error
-    return decoded
 
 
 def pad_waveforms(

@@ -27,11 +27,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from streamtrain.loader.batch import Batch, Collated, WorkerNote
-from streamtrain.loader.dataset_sources import EpochTable, epoch_table, open_column, open_source
+from streamtrain.format.sidecar import open_column
+from streamtrain.loader.dataset_sources import EpochTable, epoch_table, open_source
 from streamtrain.loader.mixture import Mixture, carry_over, describe_change, state_bits
 from streamtrain.loader.state import LoaderState, LoaderStateError, SampleSet, Schedule, check_header, merge_states
 from streamtrain.loader.transfer import SPARE_SLOTS, AudioSlots, slot_floats
-from streamtrain.loader.worker import ON_BAD_SAMPLE, BatchStream, ReadSettings, ShardReader, worker_init
+from streamtrain.format.shard_reader import ReadSettings
+from streamtrain.loader.worker import ON_BAD_SAMPLE, BatchStream, ShardReader, worker_init
 from streamtrain.loader.plan import (BatchList, BatchSettings, RankPlan, delivery_sequence, inside_limits, plan_epoch,
                               split_for_workers)
 from streamtrain.storage.remote import RetryPolicy
@@ -214,7 +216,7 @@ class StreamLoader:
                         for url, weight in _dataset_specs(dataset)]
         if columns and len(self.sources) != 1:
             raise ValueError("sidecar columns need a single dataset (not a mix)")
-        self.columns = [open_column(str(url), self.sources[0], reading.storage_options, reading.retry)
+        self.columns = [open_column(str(url), self.sources[0].dataset, reading.storage_options, reading.retry)
                         for url in columns]
         self.stats = LoaderStats()
         self._events: list[dict] = []
@@ -355,8 +357,8 @@ class StreamLoader:
             self._events.append({"event": "epoch_end", "epoch": self.epoch})
             return
         slots = self._audio_slots(current) if self.workers.num_workers else None
-        stream = BatchStream(table, plan.batches, ShardReader(self.sources, self.columns, self.reading), tasks,
-                             slots)
+        opener = ShardReader(self.sources, self.columns, self.reading)
+        stream = BatchStream(table, plan.batches, opener, tasks, slots)
         produced = iter(stream if self.workers.num_workers == 0 else self._data_loader(stream))
         try:
             yield from self._in_order(produced, expected, slots)

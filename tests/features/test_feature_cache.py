@@ -8,7 +8,8 @@ import torch
 
 from streamtrain.loader import StreamLoader
 from streamtrain.features import build_featurizer
-from streamtrain.features.feature_cache import FEATURES_COLUMN, FeatureCacheError, check_feature_column, write_feature_column
+from streamtrain.features.feature_cache import FeatureCacheError, check_feature_column, write_feature_column
+from streamtrain.format.sidecar import FEATURES_COLUMN
 from tests.support.runs import digit_dataset, micro_recipe
 
 PARAMS = {"n_mels": 40, "chunk_seconds": 4}

@@ -17,7 +17,7 @@ from streamtrain.loader import (BatchSettings, LoaderStateError, ReadSettings, S
 from streamtrain.loader.batch import Batch, SampleError
 from streamtrain.storage.remote import ShardReadError
 from streamtrain.format.index import load_index
-from streamtrain.format.shard import read_shard
+from streamtrain.format.shard_reader import ShardFile
 from tests.support.datasets import replace_shard, write_dataset
 
 SEED = 5
@@ -106,9 +106,9 @@ def test_batches_hold_the_stored_audio_text_and_lengths(datasets):
     path = datasets((6, 5))
     stored = {}
     for shard in load_index(path).shards:
-        for sample in read_shard((path / shard.name).read_bytes(), shard.name):
-            audio, _ = soundfile.read(io.BytesIO(sample.members["flac"]), dtype="float32")
-            stored[sample.key] = (audio, json.loads(sample.members["json"]))
+        for key, members in ShardFile.in_memory((path / shard.name).read_bytes(), shard.name):
+            audio, _ = soundfile.read(io.BytesIO(members["flac"]), dtype="float32")
+            stored[key] = (audio, json.loads(members["json"]))
     seen = set()
     for batch in StreamLoader(path, batch_size=4, num_workers=2, epochs=1):
         assert batch.audio.dtype.is_floating_point and batch.audio.ndim == 2

@@ -19,7 +19,8 @@ from streamtrain.loader import StreamLoader
 from streamtrain.format.dataset import open_dataset
 from streamtrain.distill.label import label_dataset
 from streamtrain.features import build_featurizer
-from streamtrain.features.feature_cache import FEATURES_COLUMN, FeatureCacheError, write_feature_column
+from streamtrain.features.feature_cache import FeatureCacheError, write_feature_column
+from streamtrain.format.sidecar import FEATURES_COLUMN
 from streamtrain.pack import PackError, SourceError, merge, pack
 from streamtrain.storage.location import LocationError, check_location
 from streamtrain.storage.output import Output
