@@ -10,7 +10,7 @@ import pytest
 
 from transformers import WhisperForConditionalGeneration
 
-from streamtrain.format.shard import read_shard
+from streamtrain.format.shard_reader import ShardFile
 from streamtrain.distill.student import make_student
 from streamtrain.distill.teacher import load_teacher
 from tests.support.cli import run_cli
@@ -34,8 +34,8 @@ def test_label_make_student_and_distil_a_whisper_tiny_teacher(whisper_tiny, tmp_
     column = json.loads((labels / "index.json").read_text())["column"]
     assert column["teacher_fingerprint"] == load_teacher(str(whisper_tiny))[1]
     assert column["settings"]["prompt"] == " ".join(PROMPT) and column["prompt"] == PROMPT
-    rows = [json.loads(sample.members["json"]) for shard in sorted(labels.glob("*.tar"))
-            for sample in read_shard(shard.read_bytes(), str(shard))]
+    rows = [json.loads(members["json"]) for shard in sorted(labels.glob("*.tar"))
+            for _, members in ShardFile.in_memory(shard.read_bytes(), str(shard))]
     timestamps = set(timestamp_ids(load_tokenizer(ModelConfig(tokenizer=str(whisper_tiny)))))
     assert len(rows) == 4 and all(len(row["token_ids"]) <= 8 - len(PROMPT) for row in rows)
     assert not any(timestamps & set(row["token_ids"]) for row in rows)  # plain text, as the student learns

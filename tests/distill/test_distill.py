@@ -118,7 +118,7 @@ def test_labelling_resumes_after_sigkill_without_rewriting_a_shard(setup, tmp_pa
     assert index["column"]["teacher_fingerprint"] == load_teacher(str(teacher_dir))[1]
     from streamtrain.loader import StreamLoader
 
-    keys = [k for b in StreamLoader(data, batch_size=5, epochs=1, num_workers=0, columns=[str(out)]) for k in b["keys"]]
+    keys = [k for b in StreamLoader(data, batch_size=5, epochs=1, num_workers=0, columns=[str(out)]) for k in b.keys]
     assert len(keys) == len(set(keys)) == 24
 
 

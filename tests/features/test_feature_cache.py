@@ -5,7 +5,8 @@ import torch
 
 from streamtrain.loader import StreamLoader
 from streamtrain.features import build_featurizer
-from streamtrain.features.feature_cache import FEATURES_COLUMN, FeatureCacheError, check_feature_column, write_feature_column
+from streamtrain.features.feature_cache import FeatureCacheError, check_feature_column, write_feature_column
+from streamtrain.format.sidecar import FEATURES_COLUMN
 from tests.support.cli import run_cli
 from tests.support.runs import digit_dataset, micro_recipe
 
@@ -30,8 +31,8 @@ def test_cached_features_equal_on_the_fly_features_within_float16(dataset, colum
     loader = StreamLoader(dataset, batch_size=5, num_workers=1, epochs=1, columns=[str(column)])
     seen = 0
     for batch in loader:
-        expected, frames = featurizer(batch["audio"], batch["audio_lens"])
-        for row, cached in enumerate(batch["columns"][FEATURES_COLUMN]):
+        expected, frames = featurizer(batch.audio, batch.audio_lens)
+        for row, cached in enumerate(batch.columns[FEATURES_COLUMN]):
             assert cached["feat.zst"].dtype == torch.float16
             torch.testing.assert_close(cached["feat.zst"].float(), expected[row], atol=2e-3, rtol=1e-3)
             assert cached["json"]["frames"] == int(frames[row])

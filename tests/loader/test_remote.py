@@ -35,7 +35,7 @@ def expected_keys():
 
 
 def delivered(loader):
-    keys = [k for batch in loader for k in batch["keys"]]
+    keys = [k for batch in loader for k in batch.keys]
     assert not [k for k, n in collections.Counter(keys).items() if n > 1], "duplicates"
     return set(keys)
 
@@ -78,7 +78,7 @@ def test_s3_streams_exactly_once_with_a_cache_that_respects_its_limit(dataset, s
     )
     keys = collections.Counter()
     for batch in loader:
-        keys.update(batch["keys"])
+        keys.update(batch.keys)
         assert ShardCache(cache, limit).used_bytes() <= limit
     assert keys == {k: 2 for k in expected_keys()}
     # with room for every shard, a second pass reads nothing remote

@@ -59,7 +59,7 @@ def served(tmp_path):
 
 
 def keys_and_texts(loader):
-    return {key: text for batch in loader for key, text in zip(batch["keys"], batch["text"])}
+    return {key: text for batch in loader for key, text in zip(batch.keys, batch.text)}
 
 
 def with_changed_transcript(data: bytes, key: str, text: str) -> bytes:

@@ -19,7 +19,8 @@ from streamtrain.loader import StreamLoader
 from streamtrain.format.dataset import open_dataset
 from streamtrain.distill.label import label_dataset
 from streamtrain.features import build_featurizer
-from streamtrain.features.feature_cache import FEATURES_COLUMN, FeatureCacheError, write_feature_column
+from streamtrain.features.feature_cache import FeatureCacheError, write_feature_column
+from streamtrain.format.sidecar import FEATURES_COLUMN
 from streamtrain.pack import PackError, SourceError, merge, pack
 from streamtrain.storage.location import LocationError, check_location
 from streamtrain.storage.output import Output
@@ -174,7 +175,7 @@ def test_a_manifest_and_audio_at_a_url_pack_in_parts_to_s3_and_merge(s3, corpus)
     opened = open_dataset(url, options)
     assert sorted(opened.keys.range(0, 16)) == sorted(corpus.texts)
     loader = StreamLoader(url, batch_size=4, epochs=1, num_workers=0, storage_options=options)
-    assert {key: text for batch in loader for key, text in zip(batch["keys"], batch["text"])} == corpus.texts
+    assert {key: text for batch in loader for key, text in zip(batch.keys, batch.text)} == corpus.texts
     assert "OK" in cli("inspect", "--verify", url, endpoint=s3).out
 
 
@@ -226,7 +227,7 @@ def test_label_to_s3_killed_after_a_shard_resumes_without_relabelling_it(s3, dat
     assert resumed.shards_skipped == 1 and resumed.shards_written == len(open_dataset(dataset, options).index.shards) - 1
     assert s3fs_of(s3).info(f"{BUCKET}/labels/shard-000000.tar")["LastModified"] == first
     loader = StreamLoader(dataset, batch_size=16, epochs=1, num_workers=0, storage_options=options, columns=[labels])
-    keys = [key for batch in loader for key in batch["keys"]]
+    keys = [key for batch in loader for key in batch.keys]
     assert len(keys) == len(set(keys)) == 16
 
 
@@ -243,7 +244,7 @@ def test_featurize_to_s3_is_joined_by_the_loader_and_stats_reads_the_dataset(s3,
     assert names(s3, "features") == sorted([*index.shards.names, "index.json", "index.durations.f32",
                                             "index.keys.txt"])
     loader = StreamLoader(dataset, batch_size=8, epochs=1, num_workers=0, storage_options=options, columns=[column])
-    frames = [sample["json"]["frames"] for batch in loader for sample in batch["columns"][FEATURES_COLUMN]]
+    frames = [sample["json"]["frames"] for batch in loader for sample in batch.columns[FEATURES_COLUMN]]
     assert len(frames) == 16 and min(frames) > 0
     stats = cli("stats", dataset, "--out", str(tmp_path / "cmvn.json"), "--num-workers", "0", "--max-samples", "8",
                 endpoint=s3)

@@ -35,7 +35,7 @@ def eval_and_pipeline(model_dir: str | Path, dataset: str | Path, out: str | Pat
     loader = StreamLoader(str(dataset), batch_size=1, epochs=1, num_workers=0,
                           sample_rate=asr.feature_extractor.sampling_rate)
     for batch in loader:
-        key, length = batch["keys"][0], int(batch["audio_lens"][0])
-        text = asr(batch["audio"][0, :length].numpy())["text"]
-        transcripts.append(Transcripts(key, float(batch["seconds"][0]), written[key], text))
+        key, length = batch.keys[0], int(batch.audio_lens[0])
+        text = asr(batch.audio[0, :length].numpy())["text"]
+        transcripts.append(Transcripts(key, float(batch.seconds[0]), written[key], text))
     return transcripts

@@ -30,7 +30,7 @@ def test_the_objective_gets_the_features_before_and_after_specaugment(digits, tm
     batch = next(iter(trainer.loader))
     trainer.step([batch])
     (features,) = recorder.features
-    clean, frame_lengths = trainer.featurizer(batch["audio"], batch["audio_lens"])
+    clean, frame_lengths = trainer.featurizer(batch.audio, batch.audio_lens)
     assert torch.equal(features.clean, clean)
     augmented = trainer.specaugment(clean, frame_lengths, generator_for_step(recipe.train.seed, 0, 0))
     assert torch.equal(features.seen, augmented) and not torch.equal(features.seen, clean)
