@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from streamtrain.format.index import load_index
-from streamtrain.format.shard import read_shard
+from streamtrain.format.shard_reader import ShardFile
 from streamtrain.loader import StreamLoader
 from tests.support.cli import run_cli
 from tests.support.speech import DIGIT_WORDS
@@ -18,8 +18,8 @@ SPLITS = {"train": 1800, "validation": 200, "test": 200}
 
 def texts(split: str) -> list[str]:
     root = BUNDLED / split
-    return [json.loads(sample.members["json"])["text"] for name in load_index(root).shards.names
-            for sample in read_shard((root / name).read_bytes(), name)]
+    return [json.loads(members["json"])["text"] for name in load_index(root).shards.names
+            for _, members in ShardFile.in_memory((root / name).read_bytes(), name)]
 
 
 @pytest.mark.parametrize("split", list(SPLITS))
@@ -41,7 +41,7 @@ def test_the_splits_have_disjoint_digit_texts():
 def test_the_loader_decodes_a_split_at_16_khz():
     loader = StreamLoader(BUNDLED / "test", batch_size=8, num_workers=0, epochs=1, seed=0)
     batch = next(iter(loader))
-    assert batch["audio"].shape[0] == 8 and batch["audio"].abs().max() > 0.05  # speech, not silence
-    assert all(0.5 < float(seconds) < 10 for seconds in batch["seconds"])
-    assert all(int(length) == round(float(seconds) * 16000) for length, seconds in zip(batch["audio_lens"],
-                                                                                      batch["seconds"]))
+    assert batch.audio.shape[0] == 8 and batch.audio.abs().max() > 0.05  # speech, not silence
+    assert all(0.5 < float(seconds) < 10 for seconds in batch.seconds)
+    assert all(int(length) == round(float(seconds) * 16000) for length, seconds in zip(batch.audio_lens,
+                                                                                      batch.seconds))
