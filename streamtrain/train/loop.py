@@ -142,8 +142,9 @@ class Trainer:
                     if stale.exists():
                         log.warning("--no-resume: removing %s from an earlier run", stale)
                         shutil.rmtree(stale)
-        newest = ckpt.newest_valid_checkpoint(self.run_dir) if resume and accelerator.is_main_process else None
-        chosen = _broadcast(None if newest is None else str(newest))
+        chosen = _broadcast(_newest_checkpoint(self.run_dir) if resume and accelerator.is_main_process else None)
+        if isinstance(chosen, dict):  # every checkpoint damaged: every rank stops with rank 0's message
+            raise ckpt.CheckpointError(chosen["error"])
         if chosen is not None:
             self._load(Path(chosen))
         session = _broadcast(next_session(self.run_dir) if accelerator.is_main_process else None)
@@ -428,6 +429,15 @@ def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
         return bool(flag)
     value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(value, "sum").item() > 0)
+
+
+def _newest_checkpoint(run_dir: Path) -> str | dict | None:
+    """The checkpoint to resume (as a path), none, or ``{"error": message}`` for the other ranks to raise too."""
+    try:
+        newest = ckpt.newest_valid_checkpoint(run_dir)
+    except ckpt.CheckpointError as error:
+        return {"error": str(error)}
+    return None if newest is None else str(newest)
 
 
 def _broadcast(value):

@@ -147,6 +147,26 @@ def test_a_damaged_checkpoint_is_skipped_with_a_warning(data, uninterrupted, tmp
     assert "resumed from" in resumed.stdout and "(step 4," in resumed.stdout
 
 
+def test_all_checkpoints_damaged_is_refused_in_one_line_and_nothing_is_deleted(data, tmp_path, capsys):
+    """In process: starting over from step 0 would throw the run away, and rotation would delete the
+    damaged checkpoints; the run stops with exit 2 and names --no-resume instead."""
+    run = tmp_path / "all-damaged"
+    recipe = str(micro_recipe(run, *data, train={"max_steps": 4, "checkpoint_every": 2, "keep_checkpoints": 2}))
+    assert cli_main(["train", recipe]) == 0
+    for state in (run / "checkpoints").glob("step-*/state.pt"):
+        state.write_bytes(state.read_bytes()[:1000])
+    damaged = {p: p.read_bytes() for p in (run / "checkpoints").glob("*/*")}
+    capsys.readouterr()
+    assert cli_main(["train", recipe, "train.max_steps=8"]) == 2
+    err = capsys.readouterr().err
+    error = [line for line in err.splitlines() if line.startswith("streamtrain: error:")]
+    assert error == [f"streamtrain: error: all 2 checkpoints in {run / 'checkpoints'} are damaged; nothing was "
+                     "deleted: repair or restore one, or start over with --no-resume"]
+    assert "Traceback" not in err
+    assert {p: p.read_bytes() for p in (run / "checkpoints").glob("*/*")} == damaged
+    assert cli_main(["train", recipe, "--no-resume", "train.max_steps=2"]) == 0
+
+
 @pytest.mark.parametrize(
     "override,message",
     [
