@@ -14,9 +14,9 @@ import yaml
 from streamtrain.format.dataset import Dataset, open_dataset
 from streamtrain.format.index import DatasetIndexError
 from streamtrain.storage.remote import ShardReadError
-from streamtrain.train.audit import audit_run
+from streamtrain.train.audit import AuditLogError, audit_run
 
-ERRORS = (DatasetIndexError, ShardReadError, FileNotFoundError)
+ERRORS = (DatasetIndexError, ShardReadError, FileNotFoundError, AuditLogError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -424,6 +424,7 @@ class StreamLoader:
             "samples": table.samples,
             "table": table.fingerprint,
             "world_size": self.world_size,
+            "batch_size": self.batching.batch_size,  # with batches: bounds what may be dropped, for the audit
             "batches": plan.total_batches,
             "filtered": plan.filtered,
         })

@@ -51,6 +51,10 @@ SHOWN = 10
 _FILE = re.compile(r"session-(\d{4})-rank-(\d{5})\.jsonl\.zst$")
 
 
+class AuditLogError(ValueError):
+    """An audit log whose records lack what the audit needs (written by hand, or by another program)."""
+
+
 class AuditLog:
     """Appends this rank's records for one session; ``flush`` writes one zstd frame."""
 
@@ -155,11 +159,15 @@ def audit_run(run_dir: Path, resolve: DatasetResolver) -> AuditReport:
     for session, _, path in files:
         cutoff = cutoffs[session]
         for record in _stream(path, torn):
-            if record["event"] == "session" or (cutoff is not None and record.get("step", 0) > cutoff):
-                continue
-            last_step = max(last_step, record.get("step", 0))
-            if "epoch" in record:
-                tallies.setdefault(record["epoch"], _EpochTally(record["epoch"], resolve)).add(record)
+            try:
+                if record["event"] == "session" or (cutoff is not None and record.get("step", 0) > cutoff):
+                    continue
+                last_step = max(last_step, record.get("step", 0))
+                if "epoch" in record:
+                    tallies.setdefault(record["epoch"], _EpochTally(record["epoch"], resolve)).add(record)
+            except KeyError as missing:
+                raise AuditLogError(f"{path}: a {record.get('event', 'record')!r} record of step {record.get('step')} "
+                                    f"has no {missing} field") from None
     return AuditReport(len(sessions), last_step, [tallies[e].result() for e in sorted(tallies)], sum(torn))
 
 
@@ -219,11 +227,25 @@ class _EpochTally:
             self.duplicates += [self.table.describe(i) for i in repeated[: SHOWN - len(self.duplicates)]]
         elif event in self.kinds:
             ids = self._inside(decode_ids(record["ids"]))
+            if event == "dropped":
+                self._check_dropped(record, ids)
             self.explained.add(ids)
             self.kinds[event].append(ids)
-            if event == "dropped" and record["batches"] >= record["world_size"]:
-                self.audit.problems.append(f"{record['batches']} batches dropped with {record['world_size']} ranks "
-                                           "(the plan leaves out fewer batches than ranks)")
+
+    def _check_dropped(self, record: dict, ids: np.ndarray) -> None:
+        """Samples left out to equalize ranks are checked by their ids against the plan they belong to
+        (the record's own ``batches`` count is not trusted): none on one rank, never more than the
+        plan's leftover batches can hold, and none also delivered."""
+        world, batches, batch_size = self.plan["world_size"], self.plan["batches"], self.plan.get("batch_size")
+        problems = self.audit.problems
+        if record["world_size"] != world:
+            problems.append(f"a 'dropped' record for {record['world_size']} ranks in a plan for {world}")
+        if world == 1 and len(ids):
+            problems.append(f"{len(ids)} samples recorded as dropped on a one-rank run (one rank never leaves "
+                            "batches out)")
+        elif batch_size is not None and len(ids) > (batches % world) * batch_size:
+            problems.append(f"{len(ids)} samples recorded as dropped, but the plan's {batches % world} leftover "
+                            f"batch(es) of at most {batch_size} hold fewer")
 
     def _plan(self, record: dict) -> None:
         if self.table is not None and record["table"] == self.plan["table"]:
@@ -260,6 +282,10 @@ class _EpochTally:
 
     def _close_segment(self) -> None:
         """Count what the current table's segment delivered."""
+        dropped = np.concatenate(self.kinds["dropped"]) if self.kinds["dropped"] else np.zeros(0, np.int64)
+        delivered = dropped[self.seen.has(dropped)]
+        if len(delivered):
+            self.audit.problems.append(f"{len(delivered)} samples recorded as dropped were delivered too")
         self.audit.seen += self.seen.count()
         for kind, parts in self.kinds.items():
             setattr(self.audit, kind, getattr(self.audit, kind) + (len(np.unique(np.concatenate(parts))) if parts else 0))

@@ -231,6 +231,42 @@ def test_audit_finds_a_duplicate_in_a_doctored_log(data, uninterrupted, tmp_path
     assert "1 duplicates" in result.stdout and "audit: FAILED" in result.stdout
 
 
+def doctor_log(source, run, change):
+    """A copy of the run ``source`` whose rank-0 audit log is its records passed through ``change``
+    (a function of the list of records that returns the new list)."""
+    import shutil
+
+    import zstandard
+
+    shutil.copytree(source, run)
+    log = run / AUDIT_DIR / "session-0000-rank-00000.jsonl.zst"
+    text = zstandard.ZstdDecompressor().stream_reader(log.read_bytes(), read_across_frames=True).read().decode()
+    records = change([json.loads(line) for line in text.splitlines()])
+    log.write_bytes(zstandard.ZstdCompressor().compress("".join(json.dumps(r) + "\n" for r in records).encode()))
+
+
+def move_a_step_to_dropped(records, **dropped):
+    step = next(r for r in records if r["event"] == "step")
+    ids, step["ids"] = step["ids"], encode_ids(decode_ids(step["ids"])[:0])
+    return records + [{"event": "dropped", "step": step["step"], "epoch": 0, "ids": decode_ids(ids).tolist(),
+                       **dropped}]
+
+
+def test_audit_checks_dropped_samples_by_id_not_by_the_records_count(data, uninterrupted, tmp_path, capsys):
+    """In process: a one-rank run never drops a batch, whatever the record's ``batches`` says."""
+    doctor_log(uninterrupted, tmp_path / "dropped", lambda r: move_a_step_to_dropped(r, batches=0, world_size=1))
+    assert cli_main(["audit", str(tmp_path / "dropped")]) == 1
+    out = capsys.readouterr().out
+    assert "problem: 8 samples recorded as dropped on a one-rank run" in out and "audit: FAILED" in out
+
+
+def test_audit_of_a_dropped_record_without_world_size_is_one_line(data, uninterrupted, tmp_path, capsys):
+    doctor_log(uninterrupted, tmp_path / "malformed", lambda r: move_a_step_to_dropped(r, batches=0))
+    assert cli_main(["audit", str(tmp_path / "malformed")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a 'dropped' record of step 1 has no 'world_size' field" in err
+
+
 def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypotheses(data, uninterrupted):
     from transformers import AutoFeatureExtractor, AutoModelForSpeechSeq2Seq, AutoTokenizer
 
