@@ -14,11 +14,13 @@ by id, for logs and audits.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
-
 import logging
+import multiprocessing.util  # noqa: F401  (registers its exit hook before ours: see _stop_running)
 import os
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -358,6 +360,8 @@ class StreamLoader:
         stream = BatchStream(table, plan.batches, ShardReader(self.sources, self.columns, self.reading), tasks,
                              slots)
         produced = iter(stream if self.workers.num_workers == 0 else self._data_loader(stream))
+        if self.workers.num_workers:
+            _RUNNING.add(produced)
         try:
             yield from self._in_order(produced, expected, slots)
         finally:  # stop the workers now, by the DataLoader's own protocol (they ignore SIGTERM)
@@ -472,6 +476,25 @@ class StreamLoader:
         stats.worker_read_seconds += read["read_seconds"]
         stats.worker_decode_seconds += read["decode_seconds"]
         batch["skipped"] = read["skipped"]
+
+
+_RUNNING: "weakref.WeakSet" = weakref.WeakSet()  # DataLoader iterators whose workers may be alive
+
+
+def _stop_running() -> None:
+    """Stop, by the DataLoader's own protocol, the workers of iterators the caller has not closed.
+
+    The workers ignore SIGTERM (``worker_init``: preemption is the main process's to handle), and at
+    exit multiprocessing terminates its daemonic children with SIGTERM and then joins them: a script
+    that keeps a partly used iterator would never end. atexit runs hooks last registered first, and
+    this one is registered after multiprocessing's and torch's (imported above), so it runs before
+    both: before torch's, after which the DataLoader's shutdown protocol does nothing.
+    """
+    for produced in list(_RUNNING):
+        produced._shutdown_workers()
+
+
+atexit.register(_stop_running)
 
 
 def _as_sent(batch: Batch) -> Batch:
