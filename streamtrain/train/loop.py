@@ -184,26 +184,25 @@ class Trainer:
         bar = tqdm(total=cfg.max_steps, initial=progress.step, unit="step", dynamic_ncols=True,
                    disable=not (cfg.progress and self.accelerator.is_main_process))
         meter = _Meter(self.accelerator)
-        batches = iter(self.loader)
-        while progress.step < cfg.max_steps and not _any_rank(self.accelerator, stop.requested):
-            taken = [self._next(batches, meter) for _ in range(cfg.grad_accum)]
-            loss = self.step(taken)
-            progress.step += 1
-            meter.add(taken)
-            for batch in taken:
-                self.audit.add({"event": "step", "step": progress.step, "epoch": batch["epoch"],
-                                "ids": encode_ids(batch["sample_ids"])})
-            if progress.step % cfg.log_every == 0 or progress.step == cfg.max_steps:
-                self._log(loss, meter, bar, taken[-1]["epoch"])
-            bar.update(1)
-            if self.recipe.eval.every and progress.step % self.recipe.eval.every == 0 \
-                    and progress.step < cfg.max_steps:
-                self.evaluate()
-            if progress.step % cfg.checkpoint_every == 0 or progress.step == cfg.max_steps:
-                meter.settle(progress)
-                self.save()
-        bar.close()
-        batches.close()  # the loader's workers stop here, not at interpreter exit
+        with contextlib.closing(iter(self.loader)) as batches:  # the workers stop here, even on an error
+            while progress.step < cfg.max_steps and not _any_rank(self.accelerator, stop.requested):
+                taken = [self._next(batches, meter) for _ in range(cfg.grad_accum)]
+                loss = self.step(taken)
+                progress.step += 1
+                meter.add(taken)
+                for batch in taken:
+                    self.audit.add({"event": "step", "step": progress.step, "epoch": batch["epoch"],
+                                    "ids": encode_ids(batch["sample_ids"])})
+                if progress.step % cfg.log_every == 0 or progress.step == cfg.max_steps:
+                    self._log(loss, meter, bar, taken[-1]["epoch"])
+                bar.update(1)
+                if self.recipe.eval.every and progress.step % self.recipe.eval.every == 0 \
+                        and progress.step < cfg.max_steps:
+                    self.evaluate()
+                if progress.step % cfg.checkpoint_every == 0 or progress.step == cfg.max_steps:
+                    meter.settle(progress)
+                    self.save()
+            bar.close()
         meter.settle(progress)
         return self.finish(stop)
 

@@ -3,6 +3,7 @@ Every fault is real (processes, signals, file-size limits); nothing is mocked.""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -109,6 +110,58 @@ def test_a_full_disk_at_a_checkpoint_is_a_one_line_error_that_leaves_nothing_hal
     assert f"streamtrain: error: cannot write checkpoint {run_dir / 'checkpoints' / 'step-00000002'}: " \
            "File too large" in result.stderr
     assert "Traceback" not in result.stderr and "inline_container" not in result.stderr
+    assert list((run_dir / "checkpoints").iterdir()) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real file system of 96 KiB (tmpfs), mounted for the test: enough for a run's logs, not for a
+    checkpoint."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(disk)], check=True)
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def session_processes(session: int) -> list[str]:
+    """``pid command`` of the processes still alive in session ``session``."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # state, ppid, pgrp, session, ...
+            if int(fields[3]) != session or fields[0] == "Z":
+                continue
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # the process ended while being read
+            continue
+        alive.append(f"{stat.parent.name} {command[:200]}")
+    return alive
+
+
+def test_a_full_disk_at_a_checkpoint_with_workers_exits_2_at_once_and_leaves_no_worker(data, small_disk):
+    """A real full disk (a 96 KiB tmpfs) under the run folder, a DataLoader worker running: one line,
+    exit 2, and no process of the run left behind."""
+    run_dir = small_disk / "run"
+    recipe = micro_recipe(run_dir, *data, data={"num_workers": 1}, train={"max_steps": 4, "checkpoint_every": 2})
+    process = subprocess.Popen([sys.executable, "-m", "streamtrain", "train", str(recipe)], env=ENV,
+                               start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("the trainer hung after the full disk")
+    finally:
+        left = session_processes(process.pid)
+        if left:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 2, err
+    assert f"streamtrain: error: cannot write checkpoint {run_dir / 'checkpoints' / 'step-00000002'}: " \
+           "No space left on device" in err and "Traceback" not in err
+    assert not left, left
     assert list((run_dir / "checkpoints").iterdir()) == []
 
 
