@@ -313,6 +313,12 @@ class StreamLoader:
         """This rank's batches still to come in the current epoch (from the plan; no shard is read)."""
         return int(self._current_plan().pending.sum())
 
+    def samples_left(self) -> int:
+        """This rank's samples in the batches still to come in the current epoch (from the plan; no shard
+        is read): what an evaluation split over ranks can count on each rank."""
+        current = self._current_plan()
+        return int(current.plan.batches.sizes[current.pending].sum())
+
     def _schedule_settings(self) -> dict:
         return {
             **self.batching.to_json(),

@@ -39,7 +39,7 @@ from streamtrain.train import checkpoint as ckpt
 from streamtrain.train.audit import AuditLog, encode_ids, next_session
 from streamtrain.train.backoff import OomBackoff
 from streamtrain.train.config import Recipe, train_batch_size, validate
-from streamtrain.train.evaluate import ErrorCounts, evaluate
+from streamtrain.train.evaluate import ErrorCounts, evaluate, rank_quotas
 from streamtrain.train.export import export_model
 from streamtrain.train.inputs import CachedFeatures, LiveFeatures
 from streamtrain.train.model import IGNORE_INDEX, TextCodec, build_model, load_tokenizer
@@ -75,6 +75,7 @@ class TrainResult:
     run_dir: Path
     progress: Progress
     stopped_by_signal: bool
+    main_process: bool = True  # rank 0: the one that prints the run's summary
 
 
 class Trainer:
@@ -291,8 +292,11 @@ class Trainer:
                               rank=self.rank, world_size=accelerator.num_processes, equalize_ranks=False,
                               storage_options=recipe.data.storage_options)
         backoff = OomBackoff("evaluation", self.progress.eval_pieces)
+        quota = None  # eval.max_samples is over all ranks
+        if recipe.eval.max_samples is not None:
+            quota = rank_quotas(recipe.eval.max_samples, gather_object([loader.samples_left()]))[self.rank]
         result = evaluate(accelerator.unwrap_model(self.model), self.featurizer, self.codec, loader, self.device,
-                          accelerator.autocast, backoff, recipe.eval.max_samples)
+                          accelerator.autocast, backoff, quota)
         self.model.train()
         counts = ErrorCounts.from_tensor(accelerator.reduce(result.counts.as_tensor().to(self.device), "sum").cpu())
         record = {"step": self.progress.step, "wer": counts.wer, "cer": counts.cer, "utterances": counts.utterances}
@@ -351,7 +355,7 @@ class Trainer:
                 self.save()  # keep the final evaluation in the counters
         self.audit.flush()
         self.accelerator.end_training()
-        return TrainResult(self.run_dir, self.progress, stopped)
+        return TrainResult(self.run_dir, self.progress, stopped, self.accelerator.is_main_process)
 
 
 def train(recipe: Recipe, resume: bool = True, objective_for: ObjectiveFactory | None = None,

@@ -73,6 +73,20 @@ def test_batches_whose_samples_are_all_bad_still_make_every_rank_step(tmp_path):
     assert "4 skipped as bad" in audit.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_eval_max_samples_counts_utterances_over_all_ranks_and_the_wer_line_is_printed_once(data, tmp_path):
+    """8 validation utterances in batches of 4 on 2 ranks: max_samples=5 is 5, not 2 batches a rank."""
+    recipe = micro_recipe(tmp_path / "eval", *data, train={"max_steps": 2, "checkpoint_every": 2},
+                          eval={"batch_size": 4, "max_samples": 5})
+    result = run("train", str(recipe), processes=2)
+    assert result.returncode == 0, result.stderr
+    assert "validation WER" in result.stdout and "on 5 utterances" in result.stdout
+    assert result.stdout.count("validation WER: ") == 1, result.stdout
+    trainer = json.loads((tmp_path / "eval" / "checkpoints" / "step-00000002" / "trainer.json").read_text())
+    assert [e["utterances"] for e in trainer["progress"]["evaluations"]] == [5]
+
+
 def test_a_second_trainer_on_the_same_folder_is_refused_and_a_killed_one_leaves_no_lock(data, tmp_path):
     run_dir = tmp_path / "locked"
     recipe = micro_recipe(run_dir, *data, train={"max_steps": 400, "checkpoint_every": 1000})

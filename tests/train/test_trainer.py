@@ -284,6 +284,22 @@ def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypothese
     assert set(json.loads(lines[0])) == {"key", "reference", "hypothesis", "word_errors", "char_errors"}
 
 
+def test_eval_max_samples_is_exactly_that_many_utterances_not_whole_batches(data, uninterrupted, tmp_path, capsys):
+    out = tmp_path / "five.jsonl"
+    assert cli_main(["eval", str(uninterrupted), str(data[1]), "--num-workers", "0", "--batch-size", "4",
+                     "--max-samples", "5", "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 5 and "5 utterances" in capsys.readouterr().out
+
+
+def test_rank_quotas_add_up_to_the_total_as_evenly_as_the_ranks_allow():
+    from streamtrain.train.evaluate import rank_quotas
+
+    assert rank_quotas(5, [6, 6]) == [3, 2]
+    assert rank_quotas(10, [2, 100, 100]) == [2, 4, 4]
+    assert rank_quotas(50, [8, 4]) == [8, 4]  # fewer than asked: all there are
+    assert rank_quotas(0, [8, 4]) == [0, 0]
+
+
 def test_out_of_memory_on_one_rank_backs_off_there_only_and_keeps_ranks_in_step(data, tmp_path):
     """Rank 0 runs each step in 4 micro-batches (3 without gradient sync), rank 1 in one:
     both still meet at exactly one all-reduce per step, so nothing hangs and the result
