@@ -38,7 +38,7 @@ from streamtrain.storage.remote import RetryPolicy
 from streamtrain.train import checkpoint as ckpt
 from streamtrain.train.audit import AuditLog, encode_ids, next_session
 from streamtrain.train.backoff import OomBackoff
-from streamtrain.train.config import Recipe, train_batch_size, validate
+from streamtrain.train.config import Recipe, train_batch_size, train_max_seconds, validate
 from streamtrain.train.evaluate import ErrorCounts, evaluate, rank_quotas
 from streamtrain.train.export import export_model
 from streamtrain.train.inputs import CachedFeatures, LiveFeatures
@@ -122,7 +122,8 @@ class Trainer:
     def _train_loader(self) -> StreamLoader:
         data = self.recipe.data
         return StreamLoader(
-            data.train, batch_size=train_batch_size(data, self.recipe.features), max_seconds=data.max_seconds,
+            data.train, batch_size=train_batch_size(data, self.recipe.features),
+            max_seconds=train_max_seconds(data, self.recipe.features),
             seed=self.recipe.train.seed, num_workers=data.num_workers, block_shards=data.block_shards,
             sample_rate=self.featurizer.sample_rate, on_bad_sample=data.on_bad_sample, cache_dir=data.cache_dir,
             cache_limit=data.cache_limit, storage_options=data.storage_options,

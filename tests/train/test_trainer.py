@@ -284,6 +284,34 @@ def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypothese
     assert set(json.loads(lines[0])) == {"key", "reference", "hypothesis", "word_errors", "char_errors"}
 
 
+def test_utterances_longer_than_the_feature_window_are_left_out_and_counted(data, tmp_path, capsys):
+    """data.max_seconds=null and a 2 s window: the training utterances over 2 s would be trained against
+    their whole transcript with only 2 s heard; they are filtered at planning time, as max_seconds
+    filters, and the audit counts them."""
+    import zstandard
+
+    from streamtrain.format.dataset import open_dataset
+
+    run = tmp_path / "window"
+    recipe = micro_recipe(run, *data, data={"max_seconds": None}, features={"params": {"n_mels": 40,
+                                                                                          "chunk_seconds": 2}},
+                          train={"max_steps": 8, "checkpoint_every": 8})
+    durations = open_dataset(str(data[0])).durations
+    longer = int((durations > 2).sum())
+    assert 0 < longer < len(durations)
+    assert cli_main(["train", str(recipe)]) == 0
+    log = run / AUDIT_DIR / "session-0000-rank-00000.jsonl.zst"
+    text = zstandard.ZstdDecompressor().stream_reader(log.read_bytes(), read_across_frames=True).read().decode()
+    records = [json.loads(line) for line in text.splitlines()]
+    assert next(r for r in records if r["event"] == "epoch")["max_seconds"] == 2
+    trained = [i for r in records if r["event"] == "step" and r["epoch"] == 0 for i in decode_ids(r["ids"])]
+    assert sorted(trained) == [i for i, seconds in enumerate(durations) if seconds <= 2]
+    capsys.readouterr()
+    assert cli_main(["audit", str(run)]) == 0
+    assert f"epoch 0 (complete): {len(durations)} samples, {len(trained)} seen, 0 duplicates, 0 missing, " \
+           f"0 dropped to equalize ranks, {longer} filtered by duration" in capsys.readouterr().out
+
+
 def test_eval_max_samples_is_exactly_that_many_utterances_not_whole_batches(data, uninterrupted, tmp_path, capsys):
     out = tmp_path / "five.jsonl"
     assert cli_main(["eval", str(uninterrupted), str(data[1]), "--num-workers", "0", "--batch-size", "4",
