@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from streamtrain.loader.batch import Batch, as_tensors
 from streamtrain.loader.dataset_sources import EpochTable, epoch_table, open_column, open_source
-from streamtrain.loader.mixture import Mixture, carry_over, describe_change, state_bits
+from streamtrain.loader.mixture import Mixture, carry_epoch, describe_change
 from streamtrain.loader.state import LoaderState, LoaderStateError, SampleSet, Schedule, check_header, merge_states
 from streamtrain.loader.transfer import SPARE_SLOTS, AudioSlots, slot_floats
 from streamtrain.loader.worker import ON_BAD_SAMPLE, BatchStream, ReadSettings, ShardReader, worker_init
@@ -263,9 +263,10 @@ class StreamLoader:
                     "the state belongs to other data (its shard table differs from this loader's datasets)")
             loaded = LoaderState.from_json(state, lambda epoch: self._table(epoch).counts)
         else:
-            carried = carry_over(saved, state_bits(state["delivered"], saved, self.seed, epoch), self.seed, epoch, table)
+            carried, retired = carry_epoch(saved, state["delivered"], state.get("retired", []), self.seed, epoch,
+                                           table)
             loaded = LoaderState(self.seed, epoch, table.fingerprint, SampleSet(table.counts, carried.excluded),
-                                 counters={k: int(v) for k, v in state.get("counters", {}).items()})
+                                 counters={k: int(v) for k, v in state.get("counters", {}).items()}, retired=retired)
             change = {**saved.changes_to(current), "delivered_before": carried.delivered_before,
                       "newly_in": carried.newly_in, "left_out": carried.left_out}
         limits = self._limits_change(state.get("limits"), table, loaded.delivered.mask)
