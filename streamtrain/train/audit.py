@@ -23,8 +23,12 @@ memory each: seen once, or filtered by the duration limits (recomputed from
 the index, not taken from the log), or dropped to equalize ranks (bounded), or
 skipped as bad; anything else is a duplicate or a gap. An epoch whose data
 mixture changed at a resume is checked against the loader's own carry-over
-rule: nothing delivered before the change comes again, everything the new
-mixture wants comes once, and what the change took out is counted as left out.
+rule: nothing delivered before the change comes again (datasets removed and
+added back included), everything the new mixture wants comes once, and what
+the change took out is counted as left out. Such an epoch is also counted by
+sample (dataset fingerprint and position) across all its tables, independently
+of that rule: a sample delivered more often than any of its tables offers it
+is a repeat, whatever the rule says.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import numpy as np
 import zstandard
 
 from streamtrain.loader.bitmap import Bitmap
-from streamtrain.loader.mixture import Mixture, carry_over
+from streamtrain.loader.mixture import Mixture, carry_epoch
 from streamtrain.loader.dataset_sources import DatasetSource, EpochTable, epoch_table
 from streamtrain.loader.state import SampleSet
 from streamtrain.format.dataset import Dataset
@@ -100,12 +104,14 @@ class EpochAudit:
     unknown: int = 0  # ids that are not in the epoch's table
     mixture_changes: int = 0  # resumes that changed the epoch's data mixture
     left_out: int = 0  # samples the epoch's first mixture offered, not delivered, that a change took out
+    repeated: int = 0  # samples (by dataset and position) delivered more often than any of the epoch's tables offers
     problems: list[str] = field(default_factory=list)  # plan inconsistencies (e.g. too many dropped batches)
     examples: dict[str, list[str]] = field(default_factory=dict)  # kind -> up to SHOWN samples, named
 
     @property
     def ok(self) -> bool:
-        return not self.duplicates and not self.unknown and not self.problems and (not self.complete or not self.missing)
+        return not self.duplicates and not self.repeated and not self.unknown and not self.problems and (
+            not self.complete or not self.missing)
 
 
 @dataclass
@@ -206,6 +212,8 @@ class _EpochTally:
         self.table: EpochTable | None = None
         self.plan: dict | None = None
         self.changed = False  # a mixture_change record awaits its plan
+        self.retired: list[dict] = []  # datasets a change took out, with what they delivered (as the loader keeps)
+        self.segments: list[tuple[EpochTable, Bitmap]] = []  # each table's samples seen, for the count by id
         self.duplicates: list[int] = []
         self.unknown: list[int] = []
 
@@ -261,11 +269,9 @@ class _EpochTally:
         before = np.zeros(table.samples, dtype=bool)
         if self.table is not None:
             self._close_segment()
-            delivered = self._delivered()
-            old = Mixture.of(self.table, SampleSet(self.table.counts, delivered).per_shard)
-            offsets = self.table.offsets
-            carried = carry_over(old, lambda v, count: delivered[offsets[v] : offsets[v] + count], self.plan["seed"],
-                                 self.audit.epoch, table)
+            delivered = SampleSet(self.table.counts, self._delivered())
+            carried, self.retired = carry_epoch(Mixture.of(self.table, delivered.per_shard), delivered.to_json(),
+                                                self.retired, self.plan["seed"], self.audit.epoch, table)
             before = carried.excluded
             self.audit.left_out += carried.left_out
             self.audit.mixture_changes += 1
@@ -282,6 +288,7 @@ class _EpochTally:
 
     def _close_segment(self) -> None:
         """Count what the current table's segment delivered."""
+        self.segments.append((self.table, self.seen))
         dropped = np.concatenate(self.kinds["dropped"]) if self.kinds["dropped"] else np.zeros(0, np.int64)
         delivered = dropped[self.seen.has(dropped)]
         if len(delivered):
@@ -302,6 +309,8 @@ class _EpochTally:
             audit.problems.append("no record of the epoch's plan")
             return audit
         self._close_segment()
+        repeated = _repeated(self.segments) if len(self.segments) > 1 else []
+        audit.repeated = len(repeated)
         filtered = Bitmap.of_mask(~inside_limits(self.table.durations, self.plan["min_seconds"],
                                                self.plan["max_seconds"]))
         audit.filtered = filtered.count()
@@ -310,8 +319,41 @@ class _EpochTally:
             "duplicate": self.duplicates,
             "missing": [self.table.describe(i) for i in gaps] if audit.complete else [],
             "unknown": [f"sample id {i} of a table of {self.table.samples}" for i in self.unknown],
+            "repeated": repeated[:SHOWN],
         }
         return audit
+
+
+def _repeated(segments: list[tuple[EpochTable, Bitmap]]) -> list[str]:
+    """The samples an epoch whose mixture changed delivered more often than any of its tables offers
+    them, named with their count. Counted by dataset (fingerprint) and position, independently of
+    the carry-over rule, so a flaw in that rule cannot hide a repeat."""
+    delivered: dict[str, np.ndarray] = {}
+    allowed: dict[str, np.ndarray] = {}
+    datasets = {}
+    for table, seen in segments:
+        seen_mask = seen.mask()
+        offered: dict[str, np.ndarray] = {}
+        for v in range(len(table.counts)):
+            dataset = table.sources[int(table.source[v])].dataset
+            fingerprint = dataset.index.fingerprint
+            datasets[fingerprint] = dataset
+            first = int(dataset.index.shards.offsets[int(table.shard[v])])
+            positions = slice(first, first + int(table.counts[v]))
+            for counts in (delivered, offered):
+                counts.setdefault(fingerprint, np.zeros(dataset.index.samples, dtype=np.int64))
+            delivered[fingerprint][positions] += seen_mask[table.offsets[v] : table.offsets[v + 1]]
+            offered[fingerprint][positions] += 1
+        for fingerprint, counts in offered.items():
+            allowed[fingerprint] = np.maximum(allowed.get(fingerprint, counts), counts)
+    named = []
+    for fingerprint, counts in delivered.items():
+        dataset = datasets[fingerprint]
+        for position in np.flatnonzero(counts > allowed[fingerprint]).tolist():
+            shard = int(np.searchsorted(dataset.index.shards.offsets, position, side="right") - 1)
+            named.append(f"{dataset.describe(shard, position - int(dataset.index.shards.offsets[shard]))} delivered "
+                         f"{counts[position]} times, at most {allowed[fingerprint][position]} asked")
+    return named
 
 
 def _table(plan: dict, resolve: DatasetResolver) -> EpochTable:

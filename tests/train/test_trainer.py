@@ -236,12 +236,21 @@ def doctor_log(source, run, change):
     (a function of the list of records that returns the new list)."""
     import shutil
 
+    shutil.copytree(source, run)
+    doctor_log_file(run / AUDIT_DIR / "session-0000-rank-00000.jsonl.zst", change)
+
+
+def read_log(log):
     import zstandard
 
-    shutil.copytree(source, run)
-    log = run / AUDIT_DIR / "session-0000-rank-00000.jsonl.zst"
     text = zstandard.ZstdDecompressor().stream_reader(log.read_bytes(), read_across_frames=True).read().decode()
-    records = change([json.loads(line) for line in text.splitlines()])
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def doctor_log_file(log, change):
+    import zstandard
+
+    records = change(read_log(log))
     log.write_bytes(zstandard.ZstdCompressor().compress("".join(json.dumps(r) + "\n" for r in records).encode()))
 
 
@@ -288,8 +297,6 @@ def test_utterances_longer_than_the_feature_window_are_left_out_and_counted(data
     """data.max_seconds=null and a 2 s window: the training utterances over 2 s would be trained against
     their whole transcript with only 2 s heard; they are filtered at planning time, as max_seconds
     filters, and the audit counts them."""
-    import zstandard
-
     from streamtrain.format.dataset import open_dataset
 
     run = tmp_path / "window"
@@ -300,9 +307,7 @@ def test_utterances_longer_than_the_feature_window_are_left_out_and_counted(data
     longer = int((durations > 2).sum())
     assert 0 < longer < len(durations)
     assert cli_main(["train", str(recipe)]) == 0
-    log = run / AUDIT_DIR / "session-0000-rank-00000.jsonl.zst"
-    text = zstandard.ZstdDecompressor().stream_reader(log.read_bytes(), read_across_frames=True).read().decode()
-    records = [json.loads(line) for line in text.splitlines()]
+    records = read_log(run / AUDIT_DIR / "session-0000-rank-00000.jsonl.zst")
     assert next(r for r in records if r["event"] == "epoch")["max_seconds"] == 2
     trained = [i for r in records if r["event"] == "step" and r["epoch"] == 0 for i in decode_ids(r["ids"])]
     assert sorted(trained) == [i for i, seconds in enumerate(durations) if seconds <= 2]
@@ -373,3 +378,43 @@ def test_the_mixture_changes_at_two_kills_and_the_audit_explains_the_epoch(data,
     assert "audit: OK" in audit.stdout, audit.stdout
     assert f"changed 2 time(s) in this epoch; {left_out} samples not yet delivered were left out" in audit.stdout
     assert "epoch 0 (complete)" in audit.stdout and "0 duplicates" in audit.stdout
+
+
+def test_a_dataset_removed_and_added_back_in_one_epoch_repeats_nothing_and_the_audit_checks_it(data, tmp_path,
+                                                                                                capsys, caplog):
+    """In process: {train, extra} for 3 steps, train alone to step 5, {train, extra} again to step 12
+    (past the end of epoch 0). Nothing of extra comes twice; a log doctored to repeat one of extra's
+    samples after its return fails the audit, named by dataset and position."""
+    train, validation = data
+    extra = digit_dataset(tmp_path / "extra", 24, seed=3)
+    run = tmp_path / "back"
+    both = {str(train): 1.0, str(extra): 1.0}
+    for mixture, steps in ((both, 3), ({str(train): 1.0}, 5), (both, 12)):
+        recipe = micro_recipe(run, mixture, validation, train={"max_steps": steps, "checkpoint_every": 100})
+        with caplog.at_level("WARNING", logger="streamtrain.loader"):
+            assert cli_main(["train", str(recipe)]) == 0
+    back = caplog.text[caplog.text.rindex("the training data changed"):]
+    assert f"added      {extra}" in back and "this epoch: 40 samples delivered before the change are not " \
+        "repeated" in back
+    assert cli_main(["audit", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 0 (complete)" in out and "0 duplicates, 0 missing" in out and "audit: OK" in out
+
+    def repeat_extra(records):
+        return records + [{"event": "step", "step": 12, "epoch": 0, "ids": encode_ids(extra_before[:1])}]
+
+    # extra's samples that session 0 trained on: ids 56.. in a table of train's 56 samples, then extra's 24
+    # (the same ids in session 2's table)
+    session0 = [r for r in read_log(run / AUDIT_DIR / "session-0000-rank-00000.jsonl.zst") if r["event"] == "step"]
+    extra_before = [i for r in session0 for i in decode_ids(r["ids"]) if i >= 56]
+    assert extra_before
+    doctored = tmp_path / "doctored"
+    import shutil
+
+    shutil.copytree(run, doctored)
+    doctor_log_file(sorted((doctored / AUDIT_DIR).iterdir())[-1], repeat_extra)
+    assert cli_main(["audit", str(doctored)]) == 1
+    out = capsys.readouterr().out
+    repeated = [line for line in out.splitlines() if line.startswith("  repeated: ")]
+    assert len(repeated) == 1 and str(extra) in repeated[0] and "delivered 2 times, at most 1 asked" in repeated[0]
+    assert "audit: FAILED" in out
