@@ -13,6 +13,7 @@ import pytest
 
 from tests.support.datasets import write_dataset
 from tests.support.runs import accelerate_launch, digit_dataset, micro_recipe
+from tests.support.servers import free_port
 
 INJECT = Path(__file__).with_name("inject.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
@@ -140,19 +141,28 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
-def session_processes(session: int) -> list[str]:
-    """``pid command`` of the processes still alive in session ``session``."""
-    alive = []
+def processes_running(marker: str) -> dict[int, str]:
+    """pid -> command line of the live processes whose command line holds ``marker`` (a test's own
+    temporary path: its processes, their DataLoader workers included, and no one else's)."""
+    found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # state, ppid, pgrp, session, ...
-            if int(fields[3]) != session or fields[0] == "Z":
+            if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
                 continue
             command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:  # the process ended while being read
             continue
-        alive.append(f"{stat.parent.name} {command[:200]}")
-    return alive
+        if marker in command:
+            found[int(stat.parent.name)] = command
+    return found
+
+
+def kill_all(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def test_a_full_disk_at_a_checkpoint_with_workers_exits_2_at_once_and_leaves_no_worker(data, small_disk):
@@ -169,9 +179,8 @@ def test_a_full_disk_at_a_checkpoint_with_workers_exits_2_at_once_and_leaves_no_
         process.communicate()
         pytest.fail("the trainer hung after the full disk")
     finally:
-        left = session_processes(process.pid)
-        if left:
-            os.killpg(process.pid, signal.SIGKILL)
+        left = processes_running(str(recipe))
+        kill_all(left)
     assert process.returncode == 2, err
     assert f"streamtrain: error: cannot write checkpoint {run_dir / 'checkpoints' / 'step-00000002'}: " \
            "No space left on device" in err and "Traceback" not in err
@@ -185,3 +194,40 @@ def test_an_output_dir_that_is_a_file_is_named(data, tmp_path):
     result = run("train", str(recipe), f"train.output_dir={tmp_path / 'afile'}")
     assert result.returncode == 2
     assert f"train.output_dir {tmp_path / 'afile'} is a file, not a folder" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ranks_whose_launcher_is_killed_checkpoint_stop_and_free_the_run_folder(data, tmp_path):
+    """SIGKILL to torchrun alone (not its process group): each rank notices its launcher died, finishes
+    its step, checkpoints and exits, instead of training on as an orphan holding the run lock."""
+    run_dir = tmp_path / "orphans"
+    recipe = micro_recipe(run_dir, *data, train={"max_steps": 100_000, "checkpoint_every": 100_000})
+    torchrun = Path(sys.executable).with_name("torchrun")
+    output = tmp_path / "output.txt"
+    with open(output, "w") as sink:  # a file, not a pipe: the ranks keep it open after the launcher dies
+        launcher = subprocess.Popen([str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()),
+                                     "-m", "streamtrain", "train", str(recipe)], env=ENV, stdout=sink,
+                                    stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while "\nstep " not in output.read_text() and time.monotonic() < deadline:  # the ranks are stepping
+            time.sleep(0.5)
+        ranks = processes_running(str(recipe))
+        assert len(ranks) >= 2, output.read_text()
+        os.kill(launcher.pid, signal.SIGKILL)  # the launcher alone; torchrun's ranks have sessions of their own
+        launcher.wait()
+        deadline = time.monotonic() + 120
+        while processes_running(str(recipe)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = processes_running(str(recipe))
+    finally:
+        kill_all([launcher.pid, *processes_running(str(recipe))])
+    text = output.read_text()
+    assert not left, f"ranks still running after their launcher died: {left}\n{text}"
+    assert "stopped by signal at step" in text and "checkpoint saved" in text, text
+    saved = [json.loads((c / "trainer.json").read_text())["step"] for c in (run_dir / "checkpoints").glob("step-*")]
+    assert len(saved) == 1 and saved[0] > 0
+    resumed = run("train", str(recipe), f"train.max_steps={saved[0] + 1}")  # the run folder is free
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"(step {saved[0]}," in resumed.stdout
