@@ -70,7 +70,7 @@ def _train(args: argparse.Namespace, stop: StopRequest) -> int:
     recipe = load_recipe(args.recipe, overrides)
     result = train(recipe, resume=not args.no_resume, objective_for=objective_for, stop=stop)
     evaluations = result.progress.evaluations
-    if evaluations and not result.stopped_by_signal:
+    if evaluations and not result.stopped_by_signal and result.main_process:  # once, not once per rank
         first, last = evaluations[0], evaluations[-1]
         print(f"validation WER: {100 * first['wer']:.2f}% at step {first['step']} -> "
               f"{100 * last['wer']:.2f}% at step {last['step']}")

@@ -34,7 +34,8 @@ class DataConfig:
     #: padded seconds of model input per batch: the trainer's Whisper models pad every utterance to the
     #: featurizer's window (30 s for the published ones), so this counts windows (``train_batch_size``)
     batch_seconds: float | None = 120.0
-    max_seconds: float | None = None  # longer utterances are left out (counted)
+    #: longer utterances are left out (counted); the featurizer's window bounds it (``train_max_seconds``)
+    max_seconds: float | None = None
     num_workers: int = 2
     block_shards: int = 4
     on_bad_sample: str = "raise"
@@ -328,6 +329,17 @@ def window_seconds(features: FeatureConfig) -> float:
         return float(build_featurizer(features.name, **features.params).chunk_seconds)
     except ValueError as error:
         raise RecipeError(f"features.params: {error}") from None
+
+
+def train_max_seconds(data: DataConfig, features: FeatureConfig) -> float:
+    """The longest utterance the trainer plans: ``data.max_seconds``, bounded by the featurizer's window.
+
+    The model sees only an utterance's first window; trained against the whole transcript, a longer
+    one teaches it to hallucinate what it never heard. So it is left out at planning time and
+    counted with the other samples outside the duration limits, whatever ``data.max_seconds`` says.
+    """
+    window = window_seconds(features)
+    return window if data.max_seconds is None else min(data.max_seconds, window)
 
 
 def train_batch_size(data: DataConfig, features: FeatureConfig) -> int:
