@@ -141,8 +141,9 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_recipe(path_or_name: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Load a recipe file (or the name of one in recipes/) and apply ``key=value`` overrides."""
+def load_recipe(path_or_name: str | Path, overrides: list[str] = (), values: dict | None = None) -> Recipe:
+    """Load a recipe file (or the name of one in recipes/), apply ``key=value`` overrides (values parsed
+    as YAML), then ``values`` (dotted key -> value taken as it is, e.g. a command's typed flags)."""
     path = resolve_recipe_path(path_or_name)
     try:
         data = yaml.load(path.read_text(), Loader=_StrictLoader) or {}
@@ -159,6 +160,8 @@ def load_recipe(path_or_name: str | Path, overrides: list[str] = ()) -> Recipe:
         except yaml.YAMLError as error:
             raise RecipeError(f"override {override!r}: invalid value: {error}") from error
         _set_dotted(data, key.strip(), parsed)
+    for key, value in (values or {}).items():
+        _set_dotted(data, key, value)
     return bind(Recipe, data, "")
 
 

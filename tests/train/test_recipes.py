@@ -92,3 +92,12 @@ def test_batch_seconds_count_whole_windows_for_whisper(overrides, batch_size):
 def test_batch_seconds_below_one_window_is_refused():
     with pytest.raises(RecipeError, match=r"data.batch_seconds: 20 s is less than one 30 s window.*set data.batch_size"):
         validate(load_recipe("whisper-finetune", ["data.batch_seconds=20"]))
+
+
+@pytest.mark.parametrize("folder", ["run #1", "2024", "yes", "a: b"])
+def test_a_path_flag_is_a_string_never_yaml(folder):
+    from streamtrain.cli import build_parser, train as train_command
+
+    parser, _ = build_parser("train", train_command)
+    args = parser.parse_args(["train", "tiny", "--output-dir", folder])
+    assert train_command.recipe_of(args).train.output_dir == folder
