@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from streamtrain.loader.sidecar_writer import (
     DecodedChunk,
     aligned_shard_info,
+    base_identity,
     write_column_shard,
 )
 from streamtrain.format.columns import publish_index
@@ -83,7 +84,7 @@ def label_dataset(
     suppressed = timestamp_ids(codec.tokenizer) if "<|notimestamps|>" in codec.prompt else []
     featurizer.to(device)
     run = {"teacher": str(teacher_dir), "teacher_fingerprint": fingerprint, "settings": asdict(settings),
-           "dataset": source.display}
+           **base_identity(source)}
     with Output(out_dir, storage_options) as out:
         complete = _prepare(out, run, overwrite)
         tally = _Tally()
@@ -161,9 +162,14 @@ def _prepare(out: Output, run: dict, overwrite: bool) -> set[str]:
         raise LabelError(f"{out.display}: not empty and not an interrupted labelling run (use --overwrite)")
     elif names:
         previous = json.loads(out.read(RUN_FILE))
-        if previous != run:
-            differs = sorted(k for k in run if previous.get(k) != run[k])
-            raise LabelError(f"{out.display}: an earlier run used another {', '.join(differs)}; "
+        if previous.get("base_fingerprint") != run["base_fingerprint"]:
+            raise LabelError(
+                f"{out.display}: an earlier run labelled another dataset ({previous.get('base')}, fingerprint "
+                f"{previous.get('base_fingerprint')}; this one is {run['base']}, fingerprint {run['base_fingerprint']}: "
+                "re-packed since?); use --overwrite to restart")
+        differs = sorted(k for k in run if k != "base" and previous.get(k) != run[k])
+        if differs:
+            raise LabelError(f"{out.display}: an earlier run differs in its {', '.join(differs)}; "
                              "use --overwrite to restart")
         for partial in (name for name in names if name.endswith(".tmp")):
             out.remove(partial)

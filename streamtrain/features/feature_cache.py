@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from streamtrain.loader.batch import FEATURES_EXT
-from streamtrain.loader.sidecar_writer import DecodedChunk, write_column_shard
+from streamtrain.loader.sidecar_writer import DecodedChunk, base_identity, write_column_shard
 from streamtrain.format.columns import publish_index
 from streamtrain.format.dataset import Dataset, open_dataset
 from streamtrain.format.index import DatasetIndex, ShardList
@@ -66,7 +66,7 @@ def write_feature_column(
                 "config": featurizer.config(),
                 "featurizer_version": FEATURIZER_VERSION,
                 "fingerprint": featurizer_fingerprint(featurizer),
-                "base": source.display,
+                **base_identity(source),
             },
         )
         bar = tqdm(total=source.index.samples, unit=" samples", disable=not progress, desc="featurize")

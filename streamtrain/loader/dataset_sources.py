@@ -18,6 +18,7 @@ from functools import cached_property
 import numpy as np
 
 from streamtrain.format.dataset import Dataset, open_dataset
+from streamtrain.format.index import DatasetIndexError
 from streamtrain.loader.plan import ShardTable, epoch_rng, ranges
 from streamtrain.storage.remote import RetryPolicy, redact
 
@@ -48,14 +49,24 @@ def open_source(url: str, weight: float = 1.0, storage_options: dict | None = No
 
 def open_column(url: str, base: DatasetSource, storage_options: dict | None = None,
                 retry: RetryPolicy = RetryPolicy()) -> Dataset:
-    """A sidecar column of ``base``: same shard names and sample counts, in the same order."""
+    """A sidecar column of ``base``: made from the same content (its fingerprint), with the same shard
+    names and sample counts, in the same order."""
     column = open_dataset(url, storage_options, retry)
-    if column.index.column is None or "name" not in column.index.column:
-        raise ValueError(f"{column.display}: not a sidecar column (its index.json has no 'column' entry)")
+    info = column.index.column
+    if info is None or "name" not in info:
+        raise DatasetIndexError(f"{column.display}: not a sidecar column (its index.json has no 'column' entry)")
     if column.index.shards.names != base.index.shards.names or not np.array_equal(
         column.index.shards.samples, base.index.shards.samples
     ):
-        raise ValueError(f"{column.display}: its shards do not align with {base.display} (names or sample counts differ)")
+        raise DatasetIndexError(
+            f"{column.display}: its shards do not align with {base.display} (names or sample counts differ)")
+    if info.get("base_fingerprint") != base.index.fingerprint:
+        made_from = (f"fingerprint {info['base_fingerprint']}" if "base_fingerprint" in info
+                     else "no fingerprint: written before columns recorded one")
+        raise DatasetIndexError(
+            f"{column.display}: a {info['name']} column of another dataset: made from {info.get('base')} "
+            f"({made_from}), but {base.display} has fingerprint {base.index.fingerprint} (re-packed since?); "
+            f"write the column again from this dataset")
     return column
 
 

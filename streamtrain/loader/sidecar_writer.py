@@ -69,6 +69,13 @@ def write_column_shard(
     return aligned_shard_info(info, size, sha256), [s.key for s in samples]
 
 
+def base_identity(source: Dataset) -> dict:
+    """What a column records of the dataset it was made from: its location (for messages) and its
+    content fingerprint (shard checksums), which ``open_column`` checks; a path alone would accept a
+    dataset re-packed in place with other audio under the same keys."""
+    return {"base": source.display, "base_fingerprint": source.index.fingerprint}
+
+
 def aligned_shard_info(base: ShardInfo, size: int, sha256: str) -> ShardInfo:
     """A column shard's index entry: the base shard's counts and seconds, its own bytes and checksum."""
     return ShardInfo(base.name, base.samples, base.seconds, size, sha256, base.max_seconds)
