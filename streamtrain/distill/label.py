@@ -77,15 +77,16 @@ def label_dataset(
 ) -> LabelSummary:
     """Label ``dataset`` into a column at ``out_dir`` (a folder or URL); see the module docstring."""
     source = open_dataset(dataset, storage_options)
-    teacher, fingerprint = load_teacher(teacher_dir, settings.precision, device)
-    featurizer, codec = inference_config(teacher_dir, teacher.config)
-    codec = TextCodec(codec.tokenizer, settings.prompt.split() if settings.prompt else codec.prompt,
-                      codec.eos_token, settings.max_tokens or codec.max_tokens)
-    suppressed = timestamp_ids(codec.tokenizer) if "<|notimestamps|>" in codec.prompt else []
-    featurizer.to(device)
-    run = {"teacher": str(teacher_dir), "teacher_fingerprint": fingerprint, "settings": asdict(settings),
-           **base_identity(source)}
     with Output(out_dir, storage_options) as out:
+        out.check_writable()  # before the teacher loads and the work starts
+        teacher, fingerprint = load_teacher(teacher_dir, settings.precision, device)
+        featurizer, codec = inference_config(teacher_dir, teacher.config)
+        codec = TextCodec(codec.tokenizer, settings.prompt.split() if settings.prompt else codec.prompt,
+                          codec.eos_token, settings.max_tokens or codec.max_tokens)
+        suppressed = timestamp_ids(codec.tokenizer) if "<|notimestamps|>" in codec.prompt else []
+        featurizer.to(device)
+        run = {"teacher": str(teacher_dir), "teacher_fingerprint": fingerprint, "settings": asdict(settings),
+               **base_identity(source)}
         complete = _prepare(out, run, overwrite)
         tally = _Tally()
         backoff = OomBackoff("labelling")

@@ -49,6 +49,7 @@ def write_feature_column(
     (a folder or URL): each shard is published when complete, the index last."""
     source = open_dataset(dataset, storage_options)
     with Output(out_dir, storage_options) as out:
+        out.check_writable()
         if out.names():
             if not overwrite:
                 raise FeatureCacheError(f"{out.display}: not empty (use --overwrite to replace it)")

@@ -41,6 +41,23 @@ class OutputError(OSError):
     """A file that could not be published, listed or removed at an output location (named in the message)."""
 
 
+def check_writable(folder: str | os.PathLike) -> None:
+    """Make the local ``folder`` and write, flush and remove a one-byte probe in it, so that a read-only
+    folder or a full disk is an error naming it before a command does its work, not after."""
+    folder = Path(folder)
+    probe = folder / f".streamtrain-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        raise OutputError(f"{folder}: cannot write there: {error.strerror or error}") from None
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 class Output:
     """Where a command's files go; see the module docstring. Use as a context manager (``close`` drops the staging)."""
 
@@ -73,6 +90,11 @@ class Output:
         """Make the local folder (object stores have no folders to make)."""
         if self.is_local:
             Path(local_path(self.url)).mkdir(parents=True, exist_ok=True)
+
+    def check_writable(self) -> None:
+        """A local folder is made and probed (``check_writable``); a store answers at its first upload."""
+        if self.is_local:
+            check_writable(local_path(self.url))
 
     def names(self) -> list[str]:
         """The names of the files in the folder, sorted; [] when it does not exist."""
