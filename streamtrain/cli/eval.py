@@ -9,7 +9,7 @@ from pathlib import Path
 
 from streamtrain.storage.atomic import atomic_file
 from streamtrain.storage.output import check_writable
-from streamtrain.storage.remote import ShardReadError
+from streamtrain.storage.remote import ShardReadError, redact
 from streamtrain.format.index import DatasetIndexError
 from streamtrain.train.config import RecipeError
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     path = model_folder(args.model)
     if (path / MODEL_DIR).is_dir():
         path = path / MODEL_DIR
-    out = Path(args.out) if args.out else path / f"eval-{Path(str(args.dataset).rstrip('/')).name}.jsonl"
+    out = Path(args.out) if args.out else path / f"eval-{Path(redact(str(args.dataset)).rstrip('/')).name}.jsonl"
     check_writable(out.parent)  # before the work, not after it
     model, featurizer, codec = load_trained(path)
     device = torch.device(args.device)

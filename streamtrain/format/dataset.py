@@ -82,6 +82,8 @@ def open_dataset(url: str, storage_options: dict | None = None, retry: RetryPoli
         text = read_text(child_url(url, INDEX_NAME), storage_options, retry)
     except FileNotFoundError:
         raise DatasetIndexError(f"{origin}: no index.json (is this a packed dataset?)") from None
-    except (ShardReadError, OSError) as error:
-        raise DatasetIndexError(f"{origin}: cannot read: {error}") from None
+    except ShardReadError as error:  # names the file already
+        raise DatasetIndexError(str(error)) from None
+    except OSError as error:
+        raise DatasetIndexError(f"{origin}: cannot read: {error.strerror or error}") from None
     return Dataset(url, parse_index(text, origin), storage_options, retry)

@@ -26,9 +26,10 @@ SAMPLE_SECONDS_ROUNDING = 0.0005
 
 def summarize(dataset: str | os.PathLike) -> dict[str, Any]:
     """Totals of a dataset from its index alone (no shard or column file is opened)."""
-    index = open_dataset(str(dataset)).index
+    opened = open_dataset(str(dataset))
+    index = opened.index
     return {
-        "path": str(dataset),
+        "path": opened.display,
         "format_version": index.format_version,
         "samples": index.samples,
         "hours": round(index.seconds / 3600, 6),

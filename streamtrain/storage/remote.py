@@ -36,6 +36,10 @@ class ShardReadError(IOError):
         self.reason = reason or message  # what went wrong, without the URL
 
 
+class MissingFileError(ShardReadError, FileNotFoundError):
+    """A file that is not there (not retried); a FileNotFoundError too, so callers can say what it means."""
+
+
 def _read_error(url: str, reason: str) -> ShardReadError:
     return ShardReadError(f"{redact(url)}: {reason}", reason)
 
@@ -80,6 +84,22 @@ def redact(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+#: storage_options keys whose values are secrets (s3fs key/secret/token, gcsfs token, adlfs account_key...).
+_SECRET_OPTION = re.compile(r"(^|_)(key|secret|token|password|passwd|credentials?|sas_token|connection_string)$", re.I)
+
+
+def redacted(value, hide_secret_keys: bool = False):
+    """A JSON-like value (a recipe, storage_options) as it may be printed or stored: every string
+    ``redact``-ed; with ``hide_secret_keys``, the value of each key that names a secret (fsspec's
+    key, secret, token, password...) replaced by ``<redacted>``."""
+    if isinstance(value, dict):
+        return {k: "<redacted>" if hide_secret_keys and _SECRET_OPTION.search(str(k))
+                else redacted(v, hide_secret_keys) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(v, hide_secret_keys) for v in value]
+    return redact(value) if isinstance(value, str) else value
 
 
 def is_local(url: str) -> bool:
@@ -293,7 +313,11 @@ def read_text(url: str, storage_options: dict | None = None, policy: RetryPolicy
 
 
 def with_retries(action: Callable, url: str, policy: RetryPolicy, sleep, failure: str):
-    """``action()``, retried with jittered exponential back-off while its errors are transient."""
+    """``action()``, retried with jittered exponential back-off while its errors are transient.
+
+    The error raised names ``url`` redacted and chains nothing: a library's exception (and its own
+    causes) may hold the URL with its credentials, and a traceback prints every link of a chain.
+    """
     failures = 0
     while True:
         try:
@@ -301,8 +325,13 @@ def with_retries(action: Callable, url: str, policy: RetryPolicy, sleep, failure
         except Exception as error:  # classified below; fsspec backends raise many types
             failures += 1
             reason = scrub(f"{type(error).__name__}: {error}")
-            if not is_transient(error) or failures >= policy.attempts:
-                raise _read_error(url, f"{failure} after {failures} attempt(s): {reason}") from None
-            delay = min(policy.max_delay, policy.first_delay * 2 ** (failures - 1)) * (0.5 + random.random() / 2)
-            log.warning("%s: transient error (%s: %s), retry %d in %.2fs", redact(url), failure, reason, failures, delay)
-            sleep(delay)
+            missing = isinstance(error, FileNotFoundError)
+            final = not is_transient(error) or failures >= policy.attempts
+        if final:
+            break
+        delay = min(policy.max_delay, policy.first_delay * 2 ** (failures - 1)) * (0.5 + random.random() / 2)
+        log.warning("%s: transient error (%s: %s), retry %d in %.2fs", redact(url), failure, reason, failures, delay)
+        sleep(delay)
+    if missing:
+        raise MissingFileError(f"{redact(url)}: no such file", "no such file")
+    raise _read_error(url, f"{failure} after {failures} attempt(s): {reason}")

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from streamtrain.features import build_featurizer
+from streamtrain.storage.remote import redacted
 
 
 class RecipeError(ValueError):
@@ -125,7 +126,12 @@ class Recipe:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The recipe as it may be printed or stored (the run's recipe.yaml, checkpoints, TensorBoard,
+        the resume's diff): locations redacted (no credentials, no query), storage_options' secrets hidden.
+        A token that changes between sessions is therefore no change of the recipe."""
+        data = dataclasses.asdict(self)
+        options = data["data"].pop("storage_options")
+        return {**redacted(data), "data": {**redacted(data["data"]), "storage_options": redacted(options, True)}}
 
 
 class _StrictLoader(yaml.SafeLoader):
