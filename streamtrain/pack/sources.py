@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from streamtrain.audio import AUDIO_EXTENSIONS
 from streamtrain.format.shard import sanitize_key
 from streamtrain.storage.location import LocationError, check_location
-from streamtrain.storage.remote import ShardReadError, child_url, is_local, local_path, read_all, redact
+from streamtrain.storage.remote import ShardReadError, child_url, is_local, local_path, read_all, redact, scrub
 
 
 class SourceError(ValueError):
@@ -47,8 +47,8 @@ class SourceItem:
 
     @property
     def location(self) -> str:
-        """Where the audio comes from, as a person would write it."""
-        return f"{self.audio} |" if self.piped else self.audio
+        """Where the audio comes from, as a person would write it, and as it may be printed."""
+        return f"{scrub(self.audio)} |" if self.piped else redact(self.audio)
 
 
 @dataclass(frozen=True)

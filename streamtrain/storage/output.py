@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from streamtrain.storage.atomic import write_atomic
 from streamtrain.storage.location import check_location
@@ -64,6 +65,9 @@ class Output:
     def __init__(self, location: str | os.PathLike, storage_options: dict | None = None,
                  policy: RetryPolicy = RetryPolicy()):
         self.url = check_location(location).rstrip("/") or "/"
+        if not is_local(self.url) and urlsplit(self.url).query:
+            raise OutputError(f"{redact(self.url)}: an output location cannot carry a query string (it would become "
+                              "part of every file's name); give credentials in the environment or storage_options")
         self.storage_options = storage_options
         self.policy = policy
         self.is_local = is_local(self.url)
