@@ -20,12 +20,15 @@ def __getattr__(name: str):
     if name != "ERRORS":
         raise AttributeError(name)
     from streamtrain.loader.state import LoaderStateError
+    from streamtrain.loader.stream_loader import EmptyEpochError
+    from streamtrain.loader.worker import DATA_ERRORS
     from streamtrain.format.index import DatasetIndexError
     from streamtrain.features.feature_cache import FeatureCacheError
     from streamtrain.train.checkpoint import CheckpointError
     from streamtrain.train.config import RecipeError
 
-    return RecipeError, DatasetIndexError, LoaderStateError, FeatureCacheError, CheckpointError, FileNotFoundError
+    return (RecipeError, DatasetIndexError, LoaderStateError, FeatureCacheError, CheckpointError, FileNotFoundError,
+            EmptyEpochError, *DATA_ERRORS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

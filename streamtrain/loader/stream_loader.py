@@ -372,6 +372,8 @@ class StreamLoader:
             while sequence not in pending:
                 waited = time.perf_counter()
                 batch = next(produced)
+                if "error" in batch:  # a bad shard or sample, from the worker
+                    raise batch["error"]
                 if "audio_slot" in batch:  # copied out at once: the worker may reuse the slot
                     batch["audio"] = slots.take(*batch.pop("audio_slot"))
                     if self.workers.pin_memory:
