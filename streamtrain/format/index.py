@@ -39,7 +39,6 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SHARD_FIELDS = ("name", "samples", "seconds", "bytes", "sha256", "max_seconds")
 
 
-
 class DatasetIndexError(ValueError):
     """An index.json (or a column file it lists) that is missing, malformed or inconsistent."""
 
