@@ -71,8 +71,15 @@ def recipe_of(args: argparse.Namespace):
     return load_recipe(args.recipe, args.overrides, {k: v for k, v in flags.items() if v is not None})
 
 
+def configure_logging() -> None:
+    """Our INFO lines on the console; other libraries' only from WARNING (aiobotocore says at INFO
+    where it found credentials, on every start)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("streamtrain").setLevel(logging.INFO)
+
+
 def _train(args: argparse.Namespace, stop: StopRequest) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     from streamtrain.distill.objective import objective_for
     from streamtrain.train.loop import train
 

@@ -80,7 +80,8 @@ def verify(dataset: str | os.PathLike) -> list[str]:
     for shard in range(len(index.shards)):
         name = index.shards.names[shard]
         samples = _verify_shard(opened, shard, problems)
-        problems += [f"{name}: {p}" for sample in samples for p in _sample_problems(sample, index)]
+        check = _sample_problems if index.column is None else _column_sample_problems
+        problems += [f"{name}: {p}" for sample in samples for p in check(sample, index)]
         if keys is not None and samples and len(samples) == index.shards.samples[shard]:
             listed = keys.range(int(offsets[shard]), int(offsets[shard + 1]))
             stored = [sample.key for sample in samples]
@@ -140,19 +141,31 @@ def _verify_shard(opened: Dataset, shard: int, problems: list[str]) -> list[Shar
     return samples
 
 
+def _json_member(sample: ShardSample) -> dict | str:
+    """The sample's json member as an object, or what is wrong with it."""
+    if "json" not in sample.members:
+        return "no json member"
+    try:
+        meta = json.loads(sample.members["json"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return f"json member is not valid JSON: {error}"
+    return meta if isinstance(meta, dict) else "json member is not an object"
+
+
+def _column_sample_problems(sample: ShardSample, index: DatasetIndex) -> list[str]:
+    """A sidecar column's sample (pseudo-labels, cached features) has no audio: its json member is checked."""
+    meta = _json_member(sample)
+    return [f"sample {sample.key!r}: {meta}"] if isinstance(meta, str) else []
+
+
 def _sample_problems(sample: ShardSample, index: DatasetIndex) -> list[str]:
     where = f"sample {sample.key!r}"
     audio = [ext for ext in sample.members if ext in AUDIO_EXTENSIONS]
     if len(audio) != 1:
         return [f"{where}: expected one audio member, found {audio or 'none'}"]
-    if "json" not in sample.members:
-        return [f"{where}: no json member"]
-    try:
-        meta = json.loads(sample.members["json"])
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        return [f"{where}: json member is not valid JSON: {error}"]
-    if not isinstance(meta, dict):
-        return [f"{where}: json member is not an object"]
+    meta = _json_member(sample)
+    if isinstance(meta, str):
+        return [f"{where}: {meta}"]
     problems = []
     if not isinstance(meta.get("text"), str) or not meta["text"].strip():
         problems.append(f"{where}: json has no text")

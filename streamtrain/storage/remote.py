@@ -150,6 +150,8 @@ def is_transient(error: BaseException) -> bool:
     """
     if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
+    if type(error).__name__.endswith("CredentialsError"):  # botocore's No/Partial credentials: retrying cannot help
+        return False
     if _unparsable_response(error):
         return True
     status = getattr(error, "status", None) or getattr(error, "status_code", None)
