@@ -91,12 +91,12 @@ _SECRET_OPTION = re.compile(r"(^|_)(key|secret|token|password|passwd|credentials
 
 
 def redacted(value, hide_secret_keys: bool = False):
-    """A JSON-like value (a recipe, storage_options) as it may be printed or stored: every string
-    ``redact``-ed; with ``hide_secret_keys``, the value of each key that names a secret (fsspec's
+    """A JSON-like value (a recipe, storage_options) as it may be printed or stored: every string,
+    mapping keys included, ``redact``-ed; with ``hide_secret_keys``, the value of each key that names a secret (fsspec's
     key, secret, token, password...) replaced by ``<redacted>``."""
     if isinstance(value, dict):
-        return {k: "<redacted>" if hide_secret_keys and _SECRET_OPTION.search(str(k))
-                else redacted(v, hide_secret_keys) for k, v in value.items()}
+        return {redacted(k): "<redacted>" if hide_secret_keys and _SECRET_OPTION.search(str(k))
+                else redacted(v, hide_secret_keys) for k, v in value.items()}  # keys too: a mixture's are URLs
     if isinstance(value, list):
         return [redacted(v, hide_secret_keys) for v in value]
     return redact(value) if isinstance(value, str) else value

@@ -101,3 +101,18 @@ def test_a_path_flag_is_a_string_never_yaml(folder):
     parser, _ = build_parser("train", train_command)
     args = parser.parse_args(["train", "tiny", "--output-dir", folder])
     assert train_command.recipe_of(args).train.output_dir == folder
+
+
+def test_the_stored_recipe_holds_no_secret():
+    """What a run writes and prints of its recipe: URLs without credentials or query, storage_options'
+    secrets hidden (what a backend needs that is not secret, like an endpoint, is kept)."""
+    recipe = load_recipe("tiny", ["data.train=s3://bucket/ds?token=TOKEN", "data.validation=https://u:PW@host/v",
+                                  "data.storage_options={key: AKIA, secret: PW, client_kwargs: {endpoint_url: "
+                                  "'http://127.0.0.1:9000'}}"])
+    stored = recipe.to_dict()
+    assert stored["data"]["train"] == "s3://bucket/ds" and stored["data"]["validation"] == "https://host/v"
+    assert stored["data"]["storage_options"] == {"key": "<redacted>", "secret": "<redacted>",
+                                                 "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
+    assert recipe.data.train == "s3://bucket/ds?token=TOKEN"  # the recipe itself keeps what reading needs
+    mixture = load_recipe("tiny", ["data.train={'s3://b/a?token=TOKEN': 1, 'https://u:PW@h/b': 2}"]).to_dict()
+    assert mixture["data"]["train"] == {"s3://b/a": 1, "https://h/b": 2}
