@@ -67,6 +67,8 @@ def test_no_exception_of_a_chain_holds_a_secret(served):
     with pytest.raises(Exception) as caught:
         StreamLoader(missing, batch_size=2, num_workers=0)
     assert_clean(exception_texts(caught.value), "the exception chain")
+    assert str(caught.value).endswith("/missing/index.json: no index.json (is this a packed dataset?)")
+    assert str(caught.value).count("index.json") == 2  # said once, not "URL: cannot read: URL: cannot read after"
 
 
 def test_inspect_prints_no_secret(served, capfd):

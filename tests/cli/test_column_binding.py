@@ -67,8 +67,10 @@ def test_label_resumed_against_a_repacked_dataset_is_refused(tmp_path, teacher, 
     assert main(command) == 0
     for finished in ("index.json", "index.keys.txt", "index.durations.f32", "shard-000001.tar"):
         (labels / finished).unlink()  # as if killed after its first shard
-    repack_in_place(dataset)
     capsys.readouterr()
+    assert main(command + ["--max-wer", "0.5"]) == 2
+    assert "an earlier run differs in its settings; use --overwrite" in one_line(capsys)
+    repack_in_place(dataset)
     assert main(command) == 2
     error = one_line(capsys)
     assert "another dataset" in error and "--overwrite" in error
