@@ -7,8 +7,9 @@ truth (normalised as in evaluation) and ``keep`` is false when it exceeds the
 given); with ``<|notimestamps|>`` in the prompt, Whisper's timestamp tokens are
 suppressed, so labels are plain text, as the student is trained on. Shards are
 written whole and atomically in dataset order; a killed run, started again with
-the same teacher and settings, skips every shard already complete, so no shard
-is written twice.
+the same teacher, settings and dataset content (``label-run.json`` holds the
+dataset's fingerprint: a dataset re-packed in place is refused), skips every
+shard already complete, so no shard is written twice.
 """
 
 from __future__ import annotations
@@ -166,8 +167,8 @@ def _prepare(out: Output, run: dict, overwrite: bool) -> set[str]:
         if previous.get("base_fingerprint") != run["base_fingerprint"]:
             raise LabelError(
                 f"{out.display}: an earlier run labelled another dataset ({previous.get('base')}, fingerprint "
-                f"{previous.get('base_fingerprint')}; this one is {run['base']}, fingerprint {run['base_fingerprint']}: "
-                "re-packed since?); use --overwrite to restart")
+                f"{previous.get('base_fingerprint')}; this one is {run['base']}, fingerprint "
+                f"{run['base_fingerprint']}: re-packed since?); use --overwrite to restart")
         differs = sorted(k for k in run if k != "base" and previous.get(k) != run[k])
         if differs:
             raise LabelError(f"{out.display}: an earlier run differs in its {', '.join(differs)}; "

@@ -5,7 +5,8 @@ is cheaper than reading cached features). The column's shards align with the
 dataset's (same names, keys and order); each sample gets ``<key>.feat.zst``
 (float16, zstandard, see ``codec``) and ``<key>.json`` (its frame count). The
 column's index holds the featurizer's name, configuration and fingerprint; the
-trainer refuses a column whose fingerprint differs from its featurizer's, so
+trainer refuses a column whose fingerprint differs from its featurizer's, and
+the loader one made from another dataset's content (``base_fingerprint``), so
 stale features are never used.
 """
 

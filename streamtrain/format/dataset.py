@@ -13,7 +13,14 @@ from functools import cached_property
 import numpy as np
 
 from streamtrain.format.columns import DURATIONS, KEYS, KeyColumn, open_column
-from streamtrain.format.index import INDEX_NAME, LEGACY_VERSION, DatasetIndex, DatasetIndexError, check_durations, parse_index
+from streamtrain.format.index import (
+    INDEX_NAME,
+    LEGACY_VERSION,
+    DatasetIndex,
+    DatasetIndexError,
+    check_durations,
+    parse_index,
+)
 from streamtrain.storage.location import LocationError, check_location
 from streamtrain.storage.remote import RetryPolicy, ShardReadError, child_url, read_text, redact
 
