@@ -327,13 +327,22 @@ def with_retries(action: Callable, url: str, policy: RetryPolicy, sleep, failure
         except Exception as error:  # classified below; fsspec backends raise many types
             failures += 1
             reason = scrub(f"{type(error).__name__}: {error}")
-            missing = isinstance(error, FileNotFoundError)
+            missing = _missing(error, url)
             final = not is_transient(error) or failures >= policy.attempts
         if final:
             break
         delay = min(policy.max_delay, policy.first_delay * 2 ** (failures - 1)) * (0.5 + random.random() / 2)
         log.warning("%s: transient error (%s: %s), retry %d in %.2fs", redact(url), failure, reason, failures, delay)
         sleep(delay)
-    if missing:
-        raise MissingFileError(f"{redact(url)}: no such file", "no such file")
+    if missing is not None:
+        raise MissingFileError(f"{redact(url)}: {failure}: {missing}", f"{failure}: {missing}")
     raise _read_error(url, f"{failure} after {failures} attempt(s): {reason}")
+
+
+def _missing(error: Exception, url: str) -> str | None:
+    """What is missing, for a FileNotFoundError (not retried): its own words ("the specified bucket does
+    not exist"), or "no such file" where they only repeat the URL (fsspec's http says so for a 404)."""
+    if not isinstance(error, FileNotFoundError):
+        return None
+    said = scrub(str(error)).strip()
+    return "no such file" if not said or urlsplit(redact(url)).path in said else said
