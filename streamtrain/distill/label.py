@@ -164,10 +164,13 @@ def _prepare(out: Output, run: dict, overwrite: bool) -> set[str]:
         raise LabelError(f"{out.display}: not empty and not an interrupted labelling run (use --overwrite)")
     elif names:
         previous = json.loads(out.read(RUN_FILE))
-        if previous.get("base_fingerprint") != run["base_fingerprint"]:
+        if "base_fingerprint" not in previous:
+            raise LabelError(f"{out.display}: the earlier run's {RUN_FILE} records no dataset fingerprint (an older "
+                             "streamtrain wrote it), so it cannot be continued safely; use --overwrite to restart")
+        if previous["base_fingerprint"] != run["base_fingerprint"]:
             raise LabelError(
                 f"{out.display}: an earlier run labelled another dataset ({previous.get('base')}, fingerprint "
-                f"{previous.get('base_fingerprint')}; this one is {run['base']}, fingerprint "
+                f"{previous['base_fingerprint']}; this one is {run['base']}, fingerprint "
                 f"{run['base_fingerprint']}: re-packed since?); use --overwrite to restart")
         differs = sorted(k for k in run if k != "base" and previous.get(k) != run[k])
         if differs:
