@@ -378,14 +378,17 @@ class StreamLoader:
             if shutdown is not None:
                 shutdown()
 
-    def _in_order(self, produced: Iterator[tuple[Collated, WorkerNote]], expected: list[int],
+    def _in_order(self, produced: Iterator[tuple[Collated, WorkerNote] | Exception], expected: list[int],
                   slots: AudioSlots | None) -> Iterator[Batch]:
         """The workers' batches in plan order, each recorded as delivered as it is yielded."""
         pending: dict[int, tuple[Collated, torch.Tensor, WorkerNote]] = {}
         for n, sequence in enumerate(expected):
             while sequence not in pending:
                 waited = time.perf_counter()
-                collated, note = next(produced)
+                item = next(produced)
+                if isinstance(item, BaseException):  # a bad shard or sample, from the worker
+                    raise item
+                collated, note = item
                 # copied out of its slot at once: the worker may reuse the slot
                 audio = collated.audio if note.audio_slot is None else slots.take(*note.audio_slot)
                 if self.workers.pin_memory and torch.cuda.is_available():

@@ -157,8 +157,15 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         tensors, trainer = ckpt.load_checkpoint(path)
-        self.accelerator.unwrap_model(self.model).load_state_dict(tensors["model"])
-        self.optimizer.load_state_dict(tensors["optimizer"])
+        changes = recipe_changes(trainer["recipe"], self.recipe.to_dict())
+        try:
+            self.accelerator.unwrap_model(self.model).load_state_dict(tensors["model"])
+            self.optimizer.load_state_dict(tensors["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:  # torch's message lists every tensor: not shown
+            raise ckpt.CheckpointError(
+                f"{path}: the model or optimizer does not fit this checkpoint ({type(error).__name__}); the recipe "
+                f"changed since: {'; '.join(changes) or 'nothing'}; resume with that run's recipe, "
+                "or start over with --no-resume or another train.output_dir") from None
         self.scheduler.load_state_dict(tensors["scheduler"])
         if self.accelerator.scaler is not None and tensors.get("scaler"):
             self.accelerator.scaler.load_state_dict(tensors["scaler"])
@@ -172,7 +179,6 @@ class Trainer:
         del tensors  # the model and optimizer hold their own copies now
         gc.collect()
         self.accelerator.print(f"resumed from {path} (step {self.progress.step}, epoch {self.loader.epoch})")
-        changes = recipe_changes(trainer["recipe"], self.recipe.to_dict())
         if changes:
             self.accelerator.print("the recipe changed since that checkpoint:\n  " + "\n  ".join(changes))
 
