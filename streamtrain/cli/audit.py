@@ -14,9 +14,9 @@ import yaml
 from streamtrain.format.dataset import Dataset, open_dataset
 from streamtrain.format.index import DatasetIndexError
 from streamtrain.storage.remote import ShardReadError
-from streamtrain.train.audit import audit_run
+from streamtrain.train.audit import AuditLogError, audit_run
 
-ERRORS = (DatasetIndexError, ShardReadError, FileNotFoundError)
+ERRORS = (DatasetIndexError, ShardReadError, FileNotFoundError, AuditLogError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
               f"{epoch.skipped} skipped as bad, {epoch.unknown} not in the epoch's table")
         if epoch.mixture_changes:
             print(f"  the data mixture changed {epoch.mixture_changes} time(s) in this epoch; {epoch.left_out} samples "
-                  "not yet delivered were left out by the change")
+                  f"not yet delivered were left out by the change; {epoch.repeated} samples delivered more often "
+                  "than their weight in any of the epoch's mixtures asks")
         for problem in epoch.problems:
             print(f"  problem: {problem}")
         for label, named in epoch.examples.items():

@@ -115,6 +115,9 @@ class LoaderState:
     delivered: SampleSet
     schedule: Schedule | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    #: datasets removed from the mixture earlier in this epoch, with what they delivered
+    #: (``loader.mixture.carry_epoch``), so that adding one back does not repeat it
+    retired: list[dict] = field(default_factory=list)
 
     def to_json(self, mixture: list[dict], limits: list[float | None]) -> dict:
         """``mixture``: the epoch table's datasets, weights and progress (``data.mixture.Mixture``);
@@ -132,6 +135,7 @@ class LoaderState:
             "delivered": self.delivered.to_json(),
             "schedule": None if self.schedule is None else self.schedule.to_json(),
             "counters": dict(self.counters),
+            "retired": self.retired,
         }
 
     @classmethod
@@ -148,6 +152,7 @@ class LoaderState:
             schedule=None if schedule is None else Schedule(schedule["settings"],
                                                             SampleSet.from_json(schedule["base"], counts)),
             counters={k: int(v) for k, v in data.get("counters", {}).items()},
+            retired=list(data.get("retired", [])),
         )
 
 
@@ -173,7 +178,7 @@ def merge_states(states: list[dict]) -> dict:
     for state in states:
         check_header(state)
     for other in states[1:]:
-        for name in ("seed", "epoch", "fingerprint", "samples", "shards"):
+        for name in ("seed", "epoch", "fingerprint", "samples", "shards", "retired"):
             if other.get(name) != first.get(name):
                 raise LoaderStateError(
                     f"cannot merge loader states that differ in {name!r}: {first.get(name)!r} != {other.get(name)!r}"

@@ -14,11 +14,13 @@ by id, for logs and audits.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
-
 import logging
+import multiprocessing.util  # noqa: F401  (registers its exit hook before ours: see _stop_running)
 import os
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -26,10 +28,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from streamtrain.loader.batch import Batch, Collated, WorkerNote
 from streamtrain.format.sidecar import open_column
+from streamtrain.loader.batch import Batch, Collated, WorkerNote
 from streamtrain.loader.dataset_sources import EpochTable, epoch_table, open_source
-from streamtrain.loader.mixture import Mixture, carry_over, describe_change, state_bits
+from streamtrain.loader.mixture import Mixture, carry_epoch, describe_change
 from streamtrain.loader.state import LoaderState, LoaderStateError, SampleSet, Schedule, check_header, merge_states
 from streamtrain.loader.transfer import SPARE_SLOTS, AudioSlots, slot_floats
 from streamtrain.format.shard_reader import ReadSettings
@@ -263,9 +265,10 @@ class StreamLoader:
                     "the state belongs to other data (its shard table differs from this loader's datasets)")
             loaded = LoaderState.from_json(state, lambda epoch: self._table(epoch).counts)
         else:
-            carried = carry_over(saved, state_bits(state["delivered"], saved, self.seed, epoch), self.seed, epoch, table)
+            carried, retired = carry_epoch(saved, state["delivered"], state.get("retired", []), self.seed, epoch,
+                                           table)
             loaded = LoaderState(self.seed, epoch, table.fingerprint, SampleSet(table.counts, carried.excluded),
-                                 counters={k: int(v) for k, v in state.get("counters", {}).items()})
+                                 counters={k: int(v) for k, v in state.get("counters", {}).items()}, retired=retired)
             change = {**saved.changes_to(current), "delivered_before": carried.delivered_before,
                       "newly_in": carried.newly_in, "left_out": carried.left_out}
         limits = self._limits_change(state.get("limits"), table, loaded.delivered.mask)
@@ -312,6 +315,12 @@ class StreamLoader:
     def __len__(self) -> int:
         """This rank's batches still to come in the current epoch (from the plan; no shard is read)."""
         return int(self._current_plan().pending.sum())
+
+    def samples_left(self) -> int:
+        """This rank's samples in the batches still to come in the current epoch (from the plan; no shard
+        is read): what an evaluation split over ranks can count on each rank."""
+        current = self._current_plan()
+        return int(current.plan.batches.sizes[current.pending].sum())
 
     def _schedule_settings(self) -> dict:
         return {
@@ -360,6 +369,8 @@ class StreamLoader:
         opener = ShardReader(self.sources, self.columns, self.reading)
         stream = BatchStream(table, plan.batches, opener, tasks, slots)
         produced = iter(stream if self.workers.num_workers == 0 else self._data_loader(stream))
+        if self.workers.num_workers:
+            _RUNNING.add(produced)
         try:
             yield from self._in_order(produced, expected, slots)
         finally:  # stop the workers now, by the DataLoader's own protocol (they ignore SIGTERM)
@@ -367,14 +378,17 @@ class StreamLoader:
             if shutdown is not None:
                 shutdown()
 
-    def _in_order(self, produced: Iterator[tuple[Collated, WorkerNote]], expected: list[int],
+    def _in_order(self, produced: Iterator[tuple[Collated, WorkerNote] | Exception], expected: list[int],
                   slots: AudioSlots | None) -> Iterator[Batch]:
         """The workers' batches in plan order, each recorded as delivered as it is yielded."""
         pending: dict[int, tuple[Collated, torch.Tensor, WorkerNote]] = {}
         for n, sequence in enumerate(expected):
             while sequence not in pending:
                 waited = time.perf_counter()
-                collated, note = next(produced)
+                item = next(produced)
+                if isinstance(item, BaseException):  # a bad shard or sample, from the worker
+                    raise item
+                collated, note = item
                 # copied out of its slot at once: the worker may reuse the slot
                 audio = collated.audio if note.audio_slot is None else slots.take(*note.audio_slot)
                 if self.workers.pin_memory and torch.cuda.is_available():
@@ -429,6 +443,7 @@ class StreamLoader:
             "samples": table.samples,
             "table": table.fingerprint,
             "world_size": self.world_size,
+            "batch_size": self.batching.batch_size,  # with batches: bounds what may be dropped, for the audit
             "batches": plan.total_batches,
             "filtered": plan.filtered,
         })
@@ -472,6 +487,25 @@ class StreamLoader:
         stats.skipped += len(read["skipped"])
         stats.worker_read_seconds += read["read_seconds"]
         stats.worker_decode_seconds += read["decode_seconds"]
+
+
+_RUNNING: "weakref.WeakSet" = weakref.WeakSet()  # DataLoader iterators whose workers may be alive
+
+
+def _stop_running() -> None:
+    """Stop, by the DataLoader's own protocol, the workers of iterators the caller has not closed.
+
+    The workers ignore SIGTERM (``worker_init``: preemption is the main process's to handle), and at
+    exit multiprocessing terminates its daemonic children with SIGTERM and then joins them: a script
+    that keeps a partly used iterator would never end. atexit runs hooks last registered first, and
+    this one is registered after multiprocessing's and torch's (imported above), so it runs before
+    both: before torch's, after which the DataLoader's shutdown protocol does nothing.
+    """
+    for produced in list(_RUNNING):
+        produced._shutdown_workers()
+
+
+atexit.register(_stop_running)
 
 
 def _undelivered(batches: BatchList, delivered: np.ndarray, any_delivered: bool, chunk: int = 2**16) -> np.ndarray:

@@ -30,6 +30,9 @@ from streamtrain.storage.remote import ShardReadError
 
 log = logging.getLogger("streamtrain.loader")
 
+#: What a bad shard or sample raises: named in one line, with its shard and key.
+DATA_ERRORS = (SampleError, ShardError, ShardReadError)
+
 ON_BAD_SAMPLE = ("raise", "skip")
 
 
@@ -95,6 +98,15 @@ class BatchStream(IterableDataset):
         self.slots = slots  # shared memory for the audio, in a DataLoader worker
 
     def __iter__(self):
+        """``(Collated, WorkerNote)`` per batch; a bad shard or sample (with ``on_bad_sample: raise``) ends
+        the stream with the error itself, which the main process raises as it is (a DataLoader would
+        re-raise it wrapped in the worker's whole traceback)."""
+        try:
+            yield from self._batches()
+        except DATA_ERRORS as error:
+            yield error
+
+    def _batches(self):
         info = get_worker_info()
         worker = info.id if info is not None else 0
         sequences, indices = self.tasks[worker]

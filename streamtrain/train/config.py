@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from streamtrain.features import build_featurizer
+from streamtrain.storage.remote import redacted
 
 
 class RecipeError(ValueError):
@@ -34,7 +35,8 @@ class DataConfig:
     #: padded seconds of model input per batch: the trainer's Whisper models pad every utterance to the
     #: featurizer's window (30 s for the published ones), so this counts windows (``train_batch_size``)
     batch_seconds: float | None = 120.0
-    max_seconds: float | None = None  # longer utterances are left out (counted)
+    #: longer utterances are left out (counted); the featurizer's window bounds it (``train_max_seconds``)
+    max_seconds: float | None = None
     num_workers: int = 2
     block_shards: int = 4
     on_bad_sample: str = "raise"
@@ -125,7 +127,12 @@ class Recipe:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The recipe as it may be printed or stored (the run's recipe.yaml, checkpoints, TensorBoard,
+        the resume's diff): locations redacted (no credentials, no query), storage_options' secrets hidden.
+        A token that changes between sessions is therefore no change of the recipe."""
+        data = dataclasses.asdict(self)
+        options = data["data"].pop("storage_options")
+        return {**redacted(data), "data": {**redacted(data["data"]), "storage_options": redacted(options, True)}}
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -141,8 +148,9 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_recipe(path_or_name: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Load a recipe file (or the name of one in recipes/) and apply ``key=value`` overrides."""
+def load_recipe(path_or_name: str | Path, overrides: list[str] = (), values: dict | None = None) -> Recipe:
+    """Load a recipe file (or the name of one in recipes/), apply ``key=value`` overrides (values parsed
+    as YAML), then ``values`` (dotted key -> value taken as it is, e.g. a command's typed flags)."""
     path = resolve_recipe_path(path_or_name)
     try:
         data = yaml.load(path.read_text(), Loader=_StrictLoader) or {}
@@ -159,6 +167,8 @@ def load_recipe(path_or_name: str | Path, overrides: list[str] = ()) -> Recipe:
         except yaml.YAMLError as error:
             raise RecipeError(f"override {override!r}: invalid value: {error}") from error
         _set_dotted(data, key.strip(), parsed)
+    for key, value in (values or {}).items():
+        _set_dotted(data, key, value)
     return bind(Recipe, data, "")
 
 
@@ -328,6 +338,17 @@ def window_seconds(features: FeatureConfig) -> float:
         return float(build_featurizer(features.name, **features.params).chunk_seconds)
     except ValueError as error:
         raise RecipeError(f"features.params: {error}") from None
+
+
+def train_max_seconds(data: DataConfig, features: FeatureConfig) -> float:
+    """The longest utterance the trainer plans: ``data.max_seconds``, bounded by the featurizer's window.
+
+    The model sees only an utterance's first window; trained against the whole transcript, a longer
+    one teaches it to hallucinate what it never heard. So it is left out at planning time and
+    counted with the other samples outside the duration limits, whatever ``data.max_seconds`` says.
+    """
+    window = window_seconds(features)
+    return window if data.max_seconds is None else min(data.max_seconds, window)
 
 
 def train_batch_size(data: DataConfig, features: FeatureConfig) -> int:

@@ -38,8 +38,8 @@ from streamtrain.storage.remote import RetryPolicy
 from streamtrain.train import checkpoint as ckpt
 from streamtrain.train.audit import AuditLog, encode_ids, next_session
 from streamtrain.train.backoff import OomBackoff
-from streamtrain.train.config import Recipe, train_batch_size, validate
-from streamtrain.train.evaluate import ErrorCounts, evaluate
+from streamtrain.train.config import Recipe, train_batch_size, train_max_seconds, validate
+from streamtrain.train.evaluate import ErrorCounts, evaluate, rank_quotas
 from streamtrain.train.export import export_model
 from streamtrain.train.inputs import CachedFeatures, LiveFeatures
 from streamtrain.train.model import IGNORE_INDEX, TextCodec, build_model, load_tokenizer
@@ -75,6 +75,7 @@ class TrainResult:
     run_dir: Path
     progress: Progress
     stopped_by_signal: bool
+    main_process: bool = True  # rank 0: the one that prints the run's summary
 
 
 class Trainer:
@@ -121,7 +122,8 @@ class Trainer:
     def _train_loader(self) -> StreamLoader:
         data = self.recipe.data
         return StreamLoader(
-            data.train, batch_size=train_batch_size(data, self.recipe.features), max_seconds=data.max_seconds,
+            data.train, batch_size=train_batch_size(data, self.recipe.features),
+            max_seconds=train_max_seconds(data, self.recipe.features),
             seed=self.recipe.train.seed, num_workers=data.num_workers, block_shards=data.block_shards,
             sample_rate=self.featurizer.sample_rate, on_bad_sample=data.on_bad_sample, cache_dir=data.cache_dir,
             cache_limit=data.cache_limit, storage_options=data.storage_options,
@@ -142,8 +144,9 @@ class Trainer:
                     if stale.exists():
                         log.warning("--no-resume: removing %s from an earlier run", stale)
                         shutil.rmtree(stale)
-        newest = ckpt.newest_valid_checkpoint(self.run_dir) if resume and accelerator.is_main_process else None
-        chosen = _broadcast(None if newest is None else str(newest))
+        chosen = _broadcast(_newest_checkpoint(self.run_dir) if resume and accelerator.is_main_process else None)
+        if isinstance(chosen, dict):  # every checkpoint damaged: every rank stops with rank 0's message
+            raise ckpt.CheckpointError(chosen["error"])
         if chosen is not None:
             self._load(Path(chosen))
         session = _broadcast(next_session(self.run_dir) if accelerator.is_main_process else None)
@@ -154,8 +157,15 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         tensors, trainer = ckpt.load_checkpoint(path)
-        self.accelerator.unwrap_model(self.model).load_state_dict(tensors["model"])
-        self.optimizer.load_state_dict(tensors["optimizer"])
+        changes = recipe_changes(trainer["recipe"], self.recipe.to_dict())
+        try:
+            self.accelerator.unwrap_model(self.model).load_state_dict(tensors["model"])
+            self.optimizer.load_state_dict(tensors["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:  # torch's message lists every tensor: not shown
+            raise ckpt.CheckpointError(
+                f"{path}: the model or optimizer does not fit this checkpoint ({type(error).__name__}); the recipe "
+                f"changed since: {'; '.join(changes) or 'nothing'}; resume with that run's recipe, "
+                "or start over with --no-resume or another train.output_dir") from None
         self.scheduler.load_state_dict(tensors["scheduler"])
         if self.accelerator.scaler is not None and tensors.get("scaler"):
             self.accelerator.scaler.load_state_dict(tensors["scaler"])
@@ -169,7 +179,6 @@ class Trainer:
         del tensors  # the model and optimizer hold their own copies now
         gc.collect()
         self.accelerator.print(f"resumed from {path} (step {self.progress.step}, epoch {self.loader.epoch})")
-        changes = recipe_changes(trainer["recipe"], self.recipe.to_dict())
         if changes:
             self.accelerator.print("the recipe changed since that checkpoint:\n  " + "\n  ".join(changes))
 
@@ -292,8 +301,11 @@ class Trainer:
                               rank=self.rank, world_size=accelerator.num_processes, equalize_ranks=False,
                               storage_options=recipe.data.storage_options)
         backoff = OomBackoff("evaluation", self.progress.eval_pieces)
+        quota = None  # eval.max_samples is over all ranks
+        if recipe.eval.max_samples is not None:
+            quota = rank_quotas(recipe.eval.max_samples, gather_object([loader.samples_left()]))[self.rank]
         result = evaluate(accelerator.unwrap_model(self.model), self.featurizer, self.codec, loader, self.device,
-                          accelerator.autocast, backoff, recipe.eval.max_samples)
+                          accelerator.autocast, backoff, quota)
         self.model.train()
         counts = ErrorCounts.from_tensor(accelerator.reduce(result.counts.as_tensor().to(self.device), "sum").cpu())
         record = {"step": self.progress.step, "wer": counts.wer, "cer": counts.cer, "utterances": counts.utterances}
@@ -352,7 +364,7 @@ class Trainer:
                 self.save()  # keep the final evaluation in the counters
         self.audit.flush()
         self.accelerator.end_training()
-        return TrainResult(self.run_dir, self.progress, stopped)
+        return TrainResult(self.run_dir, self.progress, stopped, self.accelerator.is_main_process)
 
 
 def train(recipe: Recipe, resume: bool = True, objective_for: ObjectiveFactory | None = None,
@@ -429,6 +441,15 @@ def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
         return bool(flag)
     value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(value, "sum").item() > 0)
+
+
+def _newest_checkpoint(run_dir: Path) -> str | dict | None:
+    """The checkpoint to resume (as a path), none, or ``{"error": message}`` for the other ranks to raise too."""
+    try:
+        newest = ckpt.newest_valid_checkpoint(run_dir)
+    except ckpt.CheckpointError as error:
+        return {"error": str(error)}
+    return None if newest is None else str(newest)
 
 
 def _broadcast(value):

@@ -12,7 +12,7 @@ from streamtrain.format.dataset import open_dataset
 from streamtrain.format.feature_codec import encode_features
 from streamtrain.format.index import DatasetIndex, ShardList
 from streamtrain.format.shard_reader import ShardFile
-from streamtrain.format.sidecar import (FEATURES_EXT, ColumnError, decode_members, open_column,
+from streamtrain.format.sidecar import (FEATURES_EXT, ColumnError, base_identity, decode_members, open_column,
                                         write_aligned_shard)
 from streamtrain.format.tar_layout import ShardError
 from streamtrain.storage.output import Output
@@ -41,7 +41,7 @@ def write_column(base, out_dir, count_of=lambda n: n):
             infos.append(written)
             keys += shard_keys
         index = DatasetIndex(codec="column", sample_rate=None, shards=ShardList.of(infos),
-                             column={"name": "test", "kind": "test"})
+                             column={"name": "test", "kind": "test", **base_identity(base)})
         publish_index(out, index, base.durations, keys)
 
 
