@@ -46,6 +46,7 @@ def test_a_feature_cache_of_a_repacked_dataset_is_refused(tmp_path, capsys):
     assert "fingerprint" in one_line(capsys)
 
 
+@pytest.mark.slow
 def test_labels_of_a_repacked_dataset_are_refused(tmp_path, teacher, capsys):
     dataset = tmp_path / "ds"
     write_dataset(dataset, SHARDS)
@@ -59,6 +60,7 @@ def test_labels_of_a_repacked_dataset_are_refused(tmp_path, teacher, capsys):
     assert "another dataset" in one_line(capsys)
 
 
+@pytest.mark.slow
 def test_label_resumed_against_a_repacked_dataset_is_refused(tmp_path, teacher, capsys):
     dataset = tmp_path / "ds"
     write_dataset(dataset, SHARDS)

@@ -85,6 +85,7 @@ def test_eval_max_samples_counts_utterances_over_all_ranks_and_the_wer_line_is_p
     assert [e["utterances"] for e in trainer["progress"]["evaluations"]] == [5]
 
 
+@pytest.mark.slow
 def test_a_second_trainer_on_the_same_folder_is_refused_and_a_killed_one_leaves_no_lock(digits, tmp_path):
     run_dir = tmp_path / "locked"
     recipe = micro_recipe(run_dir, *digits, train={"max_steps": 400, "checkpoint_every": 1000})
@@ -162,6 +163,7 @@ def kill_all(pids) -> None:
             pass
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_a_checkpoint_with_workers_exits_2_at_once_and_leaves_no_worker(digits, small_disk):
     """A real full disk (a 96 KiB tmpfs) under the run folder, a DataLoader worker running: one line,
     exit 2, and no process of the run left behind."""

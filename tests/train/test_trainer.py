@@ -153,6 +153,7 @@ def test_a_damaged_checkpoint_is_skipped_with_a_warning(digits, uninterrupted, t
     assert "resumed from" in resumed.out and "(step 4," in resumed.out
 
 
+@pytest.mark.slow
 def test_all_checkpoints_damaged_is_refused_in_one_line_and_nothing_is_deleted(digits, tmp_path, capsys):
     """In process: starting over from step 0 would throw the run away, and rotation would delete the
     damaged checkpoints; the run stops with exit 2 and names --no-resume instead."""
@@ -301,6 +302,7 @@ def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypothese
     assert set(json.loads(lines[0])) == {"key", "reference", "hypothesis", "word_errors", "char_errors"}
 
 
+@pytest.mark.slow
 def test_utterances_longer_than_the_feature_window_are_left_out_and_counted(digits, tmp_path, capsys):
     """data.max_seconds=null and a 2 s window: the training utterances over 2 s would be trained against
     their whole transcript with only 2 s heard; they are filtered at planning time, as max_seconds
@@ -390,6 +392,7 @@ def test_the_mixture_changes_at_two_kills_and_the_audit_explains_the_epoch(digit
     assert "epoch 0 (complete)" in audit.out and "0 duplicates" in audit.out
 
 
+@pytest.mark.slow
 def test_a_dataset_removed_and_added_back_in_one_epoch_repeats_nothing_and_the_audit_checks_it(digits, tmp_path,
                                                                                                 capsys, caplog):
     """In process: {train, extra} for 3 steps, train alone to step 5, {train, extra} again to step 12
