@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 import logging
+import multiprocessing.util
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -360,12 +361,16 @@ class StreamLoader:
         opener = ShardReader(self.sources, self.columns, self.reading)
         stream = BatchStream(table, plan.batches, opener, tasks, slots)
         produced = iter(stream if self.workers.num_workers == 0 else self._data_loader(stream))
+        # The workers stop by the DataLoader's own protocol (they ignore SIGTERM): when this generator
+        # ends or is closed, or else at interpreter exit, before multiprocessing's exit handler, which
+        # would SIGTERM them and wait forever (a loop that raised leaves this generator suspended).
+        shutdown = getattr(produced, "_shutdown_workers", None)
+        at_exit = multiprocessing.util.Finalize(None, shutdown, exitpriority=10) if shutdown is not None else None
         try:
             yield from self._in_order(produced, expected, slots)
-        finally:  # stop the workers now, by the DataLoader's own protocol (they ignore SIGTERM)
-            shutdown = getattr(produced, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
+        finally:
+            if at_exit is not None:
+                at_exit()  # runs once, and leaves the exit handlers
 
     def _in_order(self, produced: Iterator[tuple[Collated, WorkerNote]], expected: list[int],
                   slots: AudioSlots | None) -> Iterator[Batch]:
