@@ -7,11 +7,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from streamtrain.storage.remote import ShardReadError
+from streamtrain.storage.remote import ReadError
 from streamtrain.format.index import DatasetIndexError
 from streamtrain.train.config import RecipeError
 
-ERRORS = (RecipeError, DatasetIndexError, ShardReadError, FileNotFoundError)
+ERRORS = (RecipeError, DatasetIndexError, ReadError, FileNotFoundError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

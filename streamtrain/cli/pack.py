@@ -12,9 +12,9 @@ from streamtrain.pack.packer import PACK_CODECS, PackError, merge, pack
 from streamtrain.pack.sources import FORMS, SourceError
 from streamtrain.storage.location import LocationError
 from streamtrain.storage.output import OutputError
-from streamtrain.storage.remote import ShardReadError, redact
+from streamtrain.storage.remote import ReadError, redact
 
-ERRORS = (SourceError, PackError, AudioError, DatasetIndexError, ShardError, LocationError, OutputError, ShardReadError)
+ERRORS = (SourceError, PackError, AudioError, DatasetIndexError, ShardError, LocationError, OutputError, ReadError)
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}

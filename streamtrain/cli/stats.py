@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from streamtrain.storage.remote import ShardReadError
+from streamtrain.storage.remote import ReadError
 from streamtrain.format.index import DatasetIndexError
 from streamtrain.cli.featurize import add_featurizer_arguments, featurizer_from_args
 
-ERRORS = (ValueError, DatasetIndexError, ShardReadError, FileNotFoundError)
+ERRORS = (ValueError, DatasetIndexError, ReadError, FileNotFoundError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 from streamtrain.format.columns import DURATIONS, KEYS, KeyColumn, open_column
 from streamtrain.format.index import INDEX_NAME, DatasetIndex, DatasetIndexError, check_durations, parse_index
 from streamtrain.storage.location import LocationError, check_location
-from streamtrain.storage.remote import RetryPolicy, ShardReadError, child_url, read_text, redact
+from streamtrain.storage.remote import RetryPolicy, ReadError, child_url, read_text, redact
 
 
 class Dataset:
@@ -82,6 +82,6 @@ def open_dataset(url: str, storage_options: dict | None = None, retry: RetryPoli
         text = read_text(child_url(url, INDEX_NAME), storage_options, retry)
     except FileNotFoundError:
         raise DatasetIndexError(f"{origin}: no index.json (is this a packed dataset?)") from None
-    except (ShardReadError, OSError) as error:
+    except (ReadError, OSError) as error:
         raise DatasetIndexError(f"{origin}: cannot read: {error}") from None
     return Dataset(url, parse_index(text, origin), storage_options, retry)

@@ -34,7 +34,7 @@ from streamtrain.loader.mixture import Mixture, carry_over, describe_change, sta
 from streamtrain.loader.state import LoaderState, LoaderStateError, SampleSet, Schedule, check_header, merge_states
 from streamtrain.loader.transfer import SPARE_SLOTS, AudioSlots, slot_floats
 from streamtrain.format.shard_reader import ReadSettings
-from streamtrain.loader.worker import ON_BAD_SAMPLE, BatchStream, ShardReader, worker_init
+from streamtrain.loader.worker import ON_BAD_SAMPLE, BatchStream, ShardWithColumnsOpener, worker_init
 from streamtrain.loader.plan import (BatchList, BatchSettings, RankPlan, delivery_sequence, inside_limits, plan_epoch,
                               split_for_workers)
 from streamtrain.storage.remote import RetryPolicy
@@ -358,7 +358,7 @@ class StreamLoader:
             self._events.append({"event": "epoch_end", "epoch": self.epoch})
             return
         slots = self._audio_slots(current) if self.workers.num_workers else None
-        opener = ShardReader(self.sources, self.columns, self.reading)
+        opener = ShardWithColumnsOpener(self.sources, self.columns, self.reading)
         stream = BatchStream(table, plan.batches, opener, tasks, slots)
         produced = iter(stream if self.workers.num_workers == 0 else self._data_loader(stream))
         # The workers stop by the DataLoader's own protocol (they ignore SIGTERM): when this generator

@@ -50,7 +50,7 @@ from streamtrain.format.index import INDEX_NAME, ColumnFile, DatasetIndex, Shard
 from streamtrain.format.shard import ShardWriter
 from streamtrain.pack.sources import Entry, Reject, SourceError, SourceItem, read_source
 from streamtrain.storage.output import Output, OutputError
-from streamtrain.storage.remote import ShardReadError, is_local, read_all
+from streamtrain.storage.remote import ReadError, is_local, read_all
 
 PACK_CODECS = (*CODECS, "copy")
 DEFAULT_SHARD_SIZE = 256 * 10**6
@@ -580,7 +580,7 @@ def _audio_bytes(item: SourceItem, storage_options: dict | None) -> str | bytes:
         return item.audio
     try:
         return read_all(item.audio, storage_options)
-    except ShardReadError as error:
+    except ReadError as error:
         raise AudioError(f"cannot read: {error.reason}") from None
 
 

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from streamtrain.audio import AUDIO_EXTENSIONS
 from streamtrain.format.shard import sanitize_key
 from streamtrain.storage.location import LocationError, check_location
-from streamtrain.storage.remote import ShardReadError, child_url, is_local, local_path, read_all, redact
+from streamtrain.storage.remote import ReadError, child_url, is_local, local_path, read_all, redact
 
 
 class SourceError(ValueError):
@@ -137,7 +137,7 @@ def _read_remote_manifest(url: str, form: str | None, storage_options: dict | No
         raise SourceError(f"{name}: only a JSONL or CSV manifest can be read from a URL, not a {form} source")
     try:
         data = read_all(url, storage_options)
-    except ShardReadError as error:
+    except ReadError as error:
         raise SourceError(str(error)) from None
     base = url.rsplit("/", 1)[0]
     return _jsonl_records(data, name, base) if form == "jsonl" else _csv_records(data, name, base)

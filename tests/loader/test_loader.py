@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from streamtrain.loader import (BatchSettings, LoaderStateError, ReadSettings, StreamLoader, Topology, WorkerSettings,
                               merge_states)
 from streamtrain.loader.batch import Batch, SampleError
-from streamtrain.storage.remote import ShardReadError
+from streamtrain.storage.remote import ReadError
 from streamtrain.format.index import load_index
 from streamtrain.format.shard_reader import ShardFile
 from tests.support.datasets import replace_shard, write_dataset
@@ -282,7 +282,7 @@ def test_truncated_shard_is_an_error_naming_it_or_its_samples_are_skipped(tmp_pa
     write_dataset(tmp_path, [4, 5, 3])
     shard = tmp_path / "shard-000001.tar"
     shard.write_bytes(shard.read_bytes()[:3000])
-    with pytest.raises(ShardReadError, match=r"shard-000001\.tar"):
+    with pytest.raises(ReadError, match=r"shard-000001\.tar"):
         list(StreamLoader(tmp_path, batch_size=2, num_workers=1, epochs=1))
     loader = StreamLoader(tmp_path, batch_size=2, num_workers=0, epochs=1, on_bad_sample="skip")
     keys = [k for b in loader for k in b.keys]
