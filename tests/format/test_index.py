@@ -16,6 +16,7 @@ from streamtrain.loader import StreamLoader
 from streamtrain.format.dataset import open_dataset
 from streamtrain.format.index import DatasetIndexError, load_index
 from streamtrain.format.upgrade import upgrade_index
+from tests.support.cli import run_cli
 from tests.support.datasets import write_dataset
 
 SIZES = [6, 5, 7, 4]
@@ -116,9 +117,7 @@ def test_upgrade_converts_in_place_and_keeps_the_fingerprint_and_loader_states(c
     loader = StreamLoader(copy, batch_size=3, num_workers=0, epochs=1, seed=1)
     seen = [k for _, b in zip(range(3), loader) for k in b.keys]
     state = loader.state_dict()
-    result = subprocess.run([sys.executable, "-m", "streamtrain", "index", "upgrade", str(copy)],
-                            capture_output=True, text=True, check=True)
-    assert "upgraded to format 2" in result.stdout
+    assert "upgraded to format 2" in run_cli("index", "upgrade", str(copy)).out
     after = load_index(copy)
     assert after.format_version == 2 and after.fingerprint == before.fingerprint
     assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in dataset.iterdir())

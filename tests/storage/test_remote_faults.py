@@ -14,6 +14,8 @@ from streamtrain.storage.remote import ReadError, fetch_into
 from tests.support.datasets import write_dataset
 from tests.support.faults import FaultPlan, fault_server
 
+pytestmark = pytest.mark.servers  # every test starts a server
+
 SIZES = [6, 5, 7, 4]
 KEYS = {f"utt-{s:03d}-{i:04d}" for s, n in enumerate(SIZES) for i in range(n)}
 QUICK = dict(attempts=4, first_delay=0.01, max_delay=0.05, chunk_bytes=16 * 1024)
