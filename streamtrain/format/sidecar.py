@@ -55,7 +55,7 @@ def decode_members(key: str, members: dict[str, bytes], origin: str) -> dict:
     return decoded
 
 
-def open_column(url: str, base: Dataset, storage_options: dict | None = None,
+def open_sidecar(url: str, base: Dataset, storage_options: dict | None = None,
                 retry: RetryPolicy = RetryPolicy()) -> Dataset:
     """The column at ``url``, checked against ``base``: same shard names and sample counts, in the same order.
 

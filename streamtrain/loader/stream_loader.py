@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from streamtrain.loader.batch import Batch, Collated, WorkerNote
-from streamtrain.format.sidecar import open_column
+from streamtrain.format.sidecar import open_sidecar
 from streamtrain.loader.dataset_sources import EpochTable, epoch_table, open_source
 from streamtrain.loader.mixture import Mixture, carry_over, describe_change, state_bits
 from streamtrain.loader.state import LoaderState, LoaderStateError, SampleSet, Schedule, check_header, merge_states
@@ -217,7 +217,7 @@ class StreamLoader:
                         for url, weight in _dataset_specs(dataset)]
         if columns and len(self.sources) != 1:
             raise ValueError("sidecar columns need a single dataset (not a mix)")
-        self.columns = [open_column(str(url), self.sources[0].dataset, reading.storage_options, reading.retry)
+        self.columns = [open_sidecar(str(url), self.sources[0].dataset, reading.storage_options, reading.retry)
                         for url in columns]
         self.stats = LoaderStats()
         self._events: list[dict] = []
