@@ -76,7 +76,7 @@ def test_the_wheel_holds_the_package_and_no_test_helper(tmp_path):
 
 def test_every_package_the_code_imports_is_a_declared_runtime_dependency():
     """What ``pip install streamtrain`` must bring (cffi was once imported and not declared); test-only
-    libraries (webdataset, moto, hypothesis) stay out of the package."""
+    libraries (moto, hypothesis) stay out of the package."""
     import importlib.metadata
     import re
     import tomllib

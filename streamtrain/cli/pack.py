@@ -60,7 +60,8 @@ def parse_part(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.usage = "%(prog)s SOURCE OUT_DIR [options]\n       %(prog)s --merge OUT_DIR"
     parser.add_argument("source", nargs="?", metavar="SOURCE",
-                        help="JSONL or CSV manifest (a path or URL), folder of audio + .txt, LibriSpeech or Kaldi data dir")
+                        help="JSONL or CSV manifest (a path or URL), folder of audio + .txt, LibriSpeech or Kaldi "
+                             "data dir, or a folder of WebDataset shards (*.tar)")
     parser.add_argument("out_dir", nargs="?", metavar="OUT_DIR", help="folder or URL (s3://, gs://, ...) for the shards and index.json")
     parser.add_argument("--merge", metavar="OUT_DIR", help="join the part indexes written by --part into index.json")
     parser.add_argument("--codec", choices=PACK_CODECS, default="flac",
