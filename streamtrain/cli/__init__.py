@@ -18,7 +18,7 @@ from types import ModuleType
 
 #: command name -> (module defining add_arguments, run and ERRORS; one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "pack": ("streamtrain.cli.pack", "pack a manifest, folder, LibriSpeech or Kaldi dir into tar shards"),
+    "pack": ("streamtrain.cli.pack", "pack a manifest, folder, LibriSpeech or Kaldi dir, or WebDataset shards"),
     "inspect": ("streamtrain.cli.inspect", "summarize a packed dataset, or verify every shard"),
     "index": ("streamtrain.cli.index", "index maintenance: upgrade a format 1 index.json to format 2"),
     "featurize": ("streamtrain.cli.featurize", "cache features as a fingerprinted sidecar column"),

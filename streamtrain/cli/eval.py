@@ -9,11 +9,11 @@ from pathlib import Path
 
 from streamtrain.storage.atomic import atomic_file
 from streamtrain.storage.output import check_writable
-from streamtrain.storage.remote import ShardReadError, redact
+from streamtrain.storage.remote import ReadError, redact
 from streamtrain.format.index import DatasetIndexError
 from streamtrain.train.config import RecipeError
 
-ERRORS = (RecipeError, DatasetIndexError, ShardReadError, OSError)
+ERRORS = (RecipeError, DatasetIndexError, ReadError, OSError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,11 +6,12 @@ import argparse
 
 import yaml
 
-from streamtrain.storage.remote import ShardReadError, redact
+from streamtrain.storage.output import OutputError
+from streamtrain.storage.remote import ReadError, redact
 from streamtrain.format.index import DatasetIndexError
 from streamtrain.features.feature_cache import FeatureCacheError
 
-ERRORS = (ValueError, DatasetIndexError, ShardReadError, FeatureCacheError, OSError)
+ERRORS = (ValueError, DatasetIndexError, ReadError, OutputError, FeatureCacheError, OSError)
 
 
 def add_featurizer_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from streamtrain.storage.remote import ShardReadError, redact
+from streamtrain.storage.output import OutputError
+from streamtrain.storage.remote import ReadError, redact
 from streamtrain.format.index import DatasetIndexError
 from streamtrain.distill.label import LabelError
 from streamtrain.train.config import RecipeError
 
-ERRORS = (LabelError, RecipeError, DatasetIndexError, ShardReadError, ValueError, OSError)
+ERRORS = (LabelError, RecipeError, DatasetIndexError, ReadError, OutputError, ValueError, OSError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,13 +14,11 @@ by id, for logs and audits.
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import logging
-import multiprocessing.util  # noqa: F401  (registers its exit hook before ours: see _stop_running)
+import multiprocessing.util
 import os
 import time
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -28,14 +26,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from streamtrain.format.sidecar import open_column
 from streamtrain.loader.batch import Batch, Collated, WorkerNote
+from streamtrain.format.sidecar import open_sidecar
 from streamtrain.loader.dataset_sources import EpochTable, epoch_table, open_source
 from streamtrain.loader.mixture import Mixture, carry_epoch, describe_change
 from streamtrain.loader.state import LoaderState, LoaderStateError, SampleSet, Schedule, check_header, merge_states
 from streamtrain.loader.transfer import SPARE_SLOTS, AudioSlots, slot_floats
 from streamtrain.format.shard_reader import ReadSettings
-from streamtrain.loader.worker import ON_BAD_SAMPLE, BatchStream, ShardReader, worker_init
+from streamtrain.loader.worker import ON_BAD_SAMPLE, BatchStream, ShardWithColumnsOpener, worker_init
 from streamtrain.loader.plan import (BatchList, BatchSettings, RankPlan, delivery_sequence, inside_limits, plan_epoch,
                               split_for_workers)
 from streamtrain.storage.remote import RetryPolicy
@@ -218,7 +216,7 @@ class StreamLoader:
                         for url, weight in _dataset_specs(dataset)]
         if columns and len(self.sources) != 1:
             raise ValueError("sidecar columns need a single dataset (not a mix)")
-        self.columns = [open_column(str(url), self.sources[0].dataset, reading.storage_options, reading.retry)
+        self.columns = [open_sidecar(str(url), self.sources[0].dataset, reading.storage_options, reading.retry)
                         for url in columns]
         self.stats = LoaderStats()
         self._events: list[dict] = []
@@ -366,17 +364,19 @@ class StreamLoader:
             self._events.append({"event": "epoch_end", "epoch": self.epoch})
             return
         slots = self._audio_slots(current) if self.workers.num_workers else None
-        opener = ShardReader(self.sources, self.columns, self.reading)
+        opener = ShardWithColumnsOpener(self.sources, self.columns, self.reading)
         stream = BatchStream(table, plan.batches, opener, tasks, slots)
         produced = iter(stream if self.workers.num_workers == 0 else self._data_loader(stream))
-        if self.workers.num_workers:
-            _RUNNING.add(produced)
+        # The workers stop by the DataLoader's own protocol (they ignore SIGTERM): when this generator
+        # ends or is closed, or else at interpreter exit, before multiprocessing's exit handler, which
+        # would SIGTERM them and wait forever (a loop that raised leaves this generator suspended).
+        shutdown = getattr(produced, "_shutdown_workers", None)
+        at_exit = multiprocessing.util.Finalize(None, shutdown, exitpriority=10) if shutdown is not None else None
         try:
             yield from self._in_order(produced, expected, slots)
-        finally:  # stop the workers now, by the DataLoader's own protocol (they ignore SIGTERM)
-            shutdown = getattr(produced, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
+        finally:
+            if at_exit is not None:
+                at_exit()  # runs once, and leaves the exit handlers
 
     def _in_order(self, produced: Iterator[tuple[Collated, WorkerNote] | Exception], expected: list[int],
                   slots: AudioSlots | None) -> Iterator[Batch]:
@@ -487,25 +487,6 @@ class StreamLoader:
         stats.skipped += len(read["skipped"])
         stats.worker_read_seconds += read["read_seconds"]
         stats.worker_decode_seconds += read["decode_seconds"]
-
-
-_RUNNING: "weakref.WeakSet" = weakref.WeakSet()  # DataLoader iterators whose workers may be alive
-
-
-def _stop_running() -> None:
-    """Stop, by the DataLoader's own protocol, the workers of iterators the caller has not closed.
-
-    The workers ignore SIGTERM (``worker_init``: preemption is the main process's to handle), and at
-    exit multiprocessing terminates its daemonic children with SIGTERM and then joins them: a script
-    that keeps a partly used iterator would never end. atexit runs hooks last registered first, and
-    this one is registered after multiprocessing's and torch's (imported above), so it runs before
-    both: before torch's, after which the DataLoader's shutdown protocol does nothing.
-    """
-    for produced in list(_RUNNING):
-        produced._shutdown_workers()
-
-
-atexit.register(_stop_running)
 
 
 def _undelivered(batches: BatchList, delivered: np.ndarray, any_delivered: bool, chunk: int = 2**16) -> np.ndarray:

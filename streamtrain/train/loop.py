@@ -21,8 +21,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -32,6 +31,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
 from streamtrain.loader import Batch, StreamLoader
+from streamtrain.loader.state import Stateful
 from streamtrain.features import SpecAugment, build_featurizer, generator_for_step
 from streamtrain.features.feature_cache import check_feature_column
 from streamtrain.storage.remote import RetryPolicy
@@ -43,7 +43,7 @@ from streamtrain.train.evaluate import ErrorCounts, evaluate, rank_quotas
 from streamtrain.train.export import export_model
 from streamtrain.train.inputs import CachedFeatures, LiveFeatures
 from streamtrain.train.model import IGNORE_INDEX, TextCodec, build_model, load_tokenizer
-from streamtrain.train.loss import CrossEntropy, Objective, StepFeatures
+from streamtrain.train.loss import ObjectiveContext, ObjectiveFactory, StepFeatures, cross_entropy_objective
 from streamtrain.train.plot import plot_history
 from streamtrain.train.run_dir import RunLock, recipe_changes
 from streamtrain.train.signals import StopRequest
@@ -51,10 +51,6 @@ from streamtrain.train.signals import StopRequest
 log = logging.getLogger("streamtrain.train")
 
 MODEL_DIR = "model"
-
-#: (distill config, sidecar columns, the model, featurizer, prompt, device) -> the objective; the default
-#: trains on transcripts
-ObjectiveFactory = Callable[..., Objective]
 
 
 @dataclass
@@ -69,6 +65,16 @@ class Progress:
     history: list[dict] = field(default_factory=list)
     evaluations: list[dict] = field(default_factory=list)
 
+    def state_dict(self) -> dict:
+        """The counters as JSON."""
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()``'s counters."""
+        loaded = Progress(**state)  # an unknown counter is a TypeError naming it
+        for name in (f.name for f in fields(self)):
+            setattr(self, name, getattr(loaded, name))
+
 
 @dataclass
 class TrainResult:
@@ -81,7 +87,7 @@ class TrainResult:
 class Trainer:
     """One training run of a recipe, on every rank that accelerate started."""
 
-    def __init__(self, recipe: Recipe, objective_for: ObjectiveFactory = lambda *args: CrossEntropy()):
+    def __init__(self, recipe: Recipe, objective_for: ObjectiveFactory = cross_entropy_objective):
         validate(recipe)
         self.recipe, cfg = recipe, recipe.train
         self.run_dir = Path(cfg.output_dir)
@@ -110,14 +116,11 @@ class Trainer:
         self.features = CachedFeatures() if recipe.features.cache else LiveFeatures(self.featurizer)
         if recipe.features.cache:
             check_feature_column(self.loader.columns[0], self.featurizer)
-        self.objective = objective_for(recipe.distill, self.loader.columns, self.accelerator.unwrap_model(self.model),
-                                       self.featurizer, self.codec.prompt, self.device)
+        self.objective = objective_for(ObjectiveContext(
+            distill=recipe.distill, columns=self.loader.columns, student=self.accelerator.unwrap_model(self.model),
+            featurizer=self.featurizer, prompt=self.codec.prompt, device=self.device))
         self.progress = Progress(micro_batches=cfg.micro_batches)
         self.audit: AuditLog | None = None
-        if cfg.grad_accum > 1:
-            log.warning("train.grad_accum=%d: each optimizer step accumulates %d loader batches (before streamtrain "
-                        "0.2 grad_accum split each batch, which is now train.micro_batches)", cfg.grad_accum,
-                        cfg.grad_accum)
 
     def _train_loader(self) -> StreamLoader:
         data = self.recipe.data
@@ -155,6 +158,10 @@ class Trainer:
             (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
             accelerator.init_trackers("streamtrain", config=_flat(self.recipe.to_dict()))
 
+    def checkpointed(self) -> dict[str, Stateful]:
+        """The pieces a checkpoint's trainer.json holds, by key: each ``Stateful``, with JSON values."""
+        return {"loader": self.loader, "progress": self.progress}
+
     def _load(self, path: Path) -> None:
         tensors, trainer = ckpt.load_checkpoint(path)
         changes = recipe_changes(trainer["recipe"], self.recipe.to_dict())
@@ -174,8 +181,8 @@ class Trainer:
             torch.set_rng_state(rng["torch"][self.rank])
             if torch.cuda.is_available() and rng.get("cuda"):
                 torch.cuda.set_rng_state(rng["cuda"][self.rank])
-        self.loader.load_state_dict(trainer["loader"])
-        self.progress = Progress(**trainer["progress"])
+        for name, piece in self.checkpointed().items():
+            piece.load_state_dict(trainer[name])
         del tensors  # the model and optimizer hold their own copies now
         gc.collect()
         self.accelerator.print(f"resumed from {path} (step {self.progress.step}, epoch {self.loader.epoch})")
@@ -321,7 +328,8 @@ class Trainer:
     def save(self) -> None:
         """A checkpoint: model, optimizer, scheduler, scaler, every rank's RNG, counters, loader state, recipe."""
         accelerator = self.accelerator
-        loader_state = self.loader.state_dict()  # a collective: merged over ranks
+        # on every rank: the loader's state_dict is a collective (merged over ranks)
+        states = {name: piece.state_dict() for name, piece in self.checkpointed().items()}
         rng = gather_object([torch.get_rng_state()])
         cuda_rng = gather_object([torch.cuda.get_rng_state()]) if torch.cuda.is_available() else []
         self.audit.flush()
@@ -337,8 +345,7 @@ class Trainer:
                 "step": self.progress.step,
                 "epoch": self.loader.epoch,
                 "world_size": accelerator.num_processes,
-                "progress": asdict(self.progress),
-                "loader": loader_state,
+                **states,
                 "recipe": self.recipe.to_dict(),
             }
             ckpt.save_checkpoint(self.run_dir, self.progress.step, tensors, trainer, self.recipe.train.keep_checkpoints)
@@ -367,12 +374,12 @@ class Trainer:
         return TrainResult(self.run_dir, self.progress, stopped, self.accelerator.is_main_process)
 
 
-def train(recipe: Recipe, resume: bool = True, objective_for: ObjectiveFactory | None = None,
+def train(recipe: Recipe, resume: bool = True, objective_for: ObjectiveFactory = cross_entropy_objective,
           stop: StopRequest | None = None) -> TrainResult:
     """Set up, restore and run a recipe; the run folder is locked for the run's duration (by rank 0)."""
     with contextlib.ExitStack() as stack:
         stop = stop or stack.enter_context(StopRequest())
-        trainer = Trainer(recipe, *(() if objective_for is None else (objective_for,)))
+        trainer = Trainer(recipe, objective_for)
         if trainer.accelerator.is_main_process:
             stack.enter_context(RunLock(trainer.run_dir))
         trainer.accelerator.wait_for_everyone()

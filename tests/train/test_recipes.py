@@ -23,6 +23,8 @@ def test_dotted_overrides_are_typed():
     "override,message",
     [
         ("model.whisper_layers=2", "unknown key 'model.whisper_layers'"),
+        ("optim.warmup_step=5", "unknown key 'optim.warmup_step' .did you mean 'optim.warmup_steps'"),
+        ("data.train={a: 1.0, b: lots}", "data.train.b: expected float, got 'lots'"),
         ("optim.betas=[0.9]", "optim.betas: expected two numbers"),
         ("data.batch_size=eight", "data.batch_size: expected int"),
         ("train.mixed_precision=no", "train.mixed_precision: expected str, got False .quote the word"),
