@@ -33,7 +33,10 @@ class Sample:
 class Batch(dict):
     """One batch, as a plain mapping.
 
-    keys: list[str] (B); audio: float32 (B, T) zero-padded; audio_lens: int64 (B);
+    keys: list[str] (B); audio: float32 (R, T) zero-padded, one row per window
+    (R = B without windows); audio_lens: int64 (R); window: int64 (B) the row of
+    each sample; offsets: float32 (B) where each sample starts in its row, in
+    seconds (0 without windows; samples of a row follow each other without a gap);
     text: list[str]; seconds: float32 (B); meta: list[dict]; columns: {column name:
     list (B) of {ext: value}} where ``json`` members are parsed and ``feat.zst``
     members are float16 tensors; sample_ids: int64 (B) epoch sample ids (used by
@@ -103,21 +106,38 @@ def pad_waveforms(
     return torch.from_numpy(audio), torch.from_numpy(lengths)
 
 
-def collate(samples: list[Sample], sample_rate: int, place_audio=None) -> Batch:
+def join_rows(waveforms: list[np.ndarray], rows: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """(one waveform per row: its samples' audio end to end, unchanged; each sample's row, numbered
+    from 0 in order; each sample's first audio frame in its row). ``rows``: (B,) non-decreasing."""
+    lengths = np.array([len(wave) for wave in waveforms], dtype=np.int64)
+    _, row = np.unique(rows, return_inverse=True)
+    ends = np.cumsum(lengths)
+    row_start = np.searchsorted(row, np.arange(row.max() + 1 if len(row) else 0))
+    offsets = ends - lengths - (ends - lengths)[row_start][row]
+    joined = [waveforms[a] if b - a == 1 else np.concatenate(waveforms[a:b])  # a row of one: no copy
+              for a, b in zip(row_start.tolist(), [*row_start[1:].tolist(), len(row)])]
+    return joined, row.astype(np.int64), offsets
+
+
+def collate(samples: list[Sample], sample_rate: int, place_audio=None, rows: np.ndarray | None = None) -> Batch:
     """A batch as a worker sends it: the small per-sample arrays numpy (they travel inline; each
     tensor would cost its own shared-memory segment), the audio padded in place by
     ``place_audio(waveforms)`` when given (a shared-memory slot: ``"audio_slot"``), else a tensor.
-    ``as_tensors`` finishes it."""
-    waveforms = [s.audio for s in samples]
+    ``rows``: the window of each sample (None: a row each). ``as_tensors`` finishes it."""
+    rows = np.arange(len(samples)) if rows is None else rows
+    waveforms, window, offsets = join_rows([s.audio for s in samples], rows)
     placed = place_audio(waveforms) if place_audio is not None else None
     audio = None if placed is not None else pad_waveforms(waveforms)[0]
     lengths = np.array([len(wave) for wave in waveforms], dtype=np.int64)
+    sample_lengths = np.array([len(s.audio) for s in samples], dtype=np.int64)
     return Batch(
         keys=[s.key for s in samples],
         **({"audio": audio} if placed is None else {"audio_slot": placed}),
         audio_lens=lengths,
+        window=window,
+        offsets=offsets.astype(np.float32) / np.float32(sample_rate),
         text=[s.meta["text"] for s in samples],
-        seconds=lengths.astype(np.float32) / np.float32(sample_rate),
+        seconds=sample_lengths.astype(np.float32) / np.float32(sample_rate),
         meta=[s.meta for s in samples],
         columns={name: [s.columns[name] for s in samples] for name in (samples[0].columns if samples else {})},
         sample_ids=np.array([s.gid for s in samples], dtype=np.int64),
@@ -126,6 +146,6 @@ def collate(samples: list[Sample], sample_rate: int, place_audio=None) -> Batch:
 
 def as_tensors(batch: Batch) -> Batch:
     """The batch as the loader yields it: its per-sample arrays as torch tensors (no copy)."""
-    for name in ("audio_lens", "seconds", "sample_ids"):
+    for name in ("audio_lens", "window", "offsets", "seconds", "sample_ids"):
         batch[name] = torch.from_numpy(batch[name])
     return batch
