@@ -437,6 +437,7 @@ class StreamLoader:
                         for s in self.sources],
             "min_seconds": self.batching.min_seconds,
             "max_seconds": self.batching.max_seconds,
+            "fill_windows": self.batching.fill_windows,  # samples longer than a window are left out too
             "samples": table.samples,
             "table": table.fingerprint,
             "world_size": self.world_size,

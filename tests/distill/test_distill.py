@@ -148,3 +148,6 @@ def test_distillation_refuses_another_teacher_and_trains_with_the_right_one(setu
     assert forced.returncode == 0 and "!!!" in forced.stderr
     good = streamtrain("train", str(recipe), f"distill.teacher={teacher_dir}", "--no-resume")
     assert "model saved" in good.stdout
+    windows = streamtrain("train", str(recipe), f"distill.teacher={teacher_dir}", "data.fill_windows=true",
+                          "--no-resume")  # pseudo-labels joined per window, the KL term on the window
+    assert "model saved" in windows.stdout
