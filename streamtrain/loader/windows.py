@@ -33,10 +33,10 @@ MATCH_PASSES = 2
 class Windows:
     """Items grouped into windows: item i is number ``within[i]`` of window ``window[i]``."""
 
-    window: np.ndarray  # (n,) int64
-    within: np.ndarray  # (n,) int64: the item's place in its window (0 first)
+    window: np.ndarray  # (n,) int32
+    within: np.ndarray  # (n,) int32: the item's place in its window (0 first)
     segment: np.ndarray  # (W,) int64: the segment each window belongs to
-    sizes: np.ndarray  # (W,) int64: items per window
+    sizes: np.ndarray  # (W,) int32: items per window
 
 
 def fill_windows(seconds: np.ndarray, segment: np.ndarray, width: float, phase: np.ndarray | None = None
@@ -49,30 +49,30 @@ def fill_windows(seconds: np.ndarray, segment: np.ndarray, width: float, phase: 
     window, the items laid out together come first, in their order, then the matched ones.
     """
     seconds = np.asarray(seconds, dtype=np.float64)
-    segment = np.asarray(segment)
+    segment = np.asarray(segment, dtype=np.int64)
     if len(seconds) and seconds.max() > width:
         raise ValueError(f"an item lasts {seconds.max():.3f} s, longer than the window ({width} s)")
-    window = np.empty(len(seconds), dtype=np.int64)
-    within = np.empty(len(seconds), dtype=np.int64)
+    window = np.empty(len(seconds), dtype=np.int32)
+    within = np.empty(len(seconds), dtype=np.int32)
     content = np.zeros(0, dtype=np.float64)  # seconds in each window so far
-    sizes = np.zeros(0, dtype=np.int64)
+    sizes = np.zeros(0, dtype=np.int32)
     window_segment = np.zeros(0, dtype=np.int64)
-    waiting = np.arange(len(seconds), dtype=np.int64)
+    waiting = np.arange(len(seconds), dtype=np.int32)
     for round_ in range(MAX_ROUNDS + 1):
         if not len(waiting):
             break
-        s, seg = seconds[waiting], segment[waiting]
+        s, seg = (seconds, segment) if round_ == 0 else (seconds[waiting], segment[waiting])
         if round_ == MAX_ROUNDS:  # what still waits: a window each
-            fits, cut = np.ones(len(waiting), dtype=bool), np.arange(len(waiting))
+            fits, key = np.ones(len(waiting), dtype=bool), np.arange(len(waiting))
         else:
-            fits, cut = _lay_out(s, seg, width, phase if round_ == 0 else None)
-        placed, seg, cut = waiting[fits], seg[fits], cut[fits]
+            fits, key = _lay_out(s, seg, width, phase if round_ == 0 else None)
+        placed, seg, key = waiting[fits], seg[fits], key[fits]
         new = np.ones(len(placed), dtype=bool)
-        new[1:] = (seg[1:] != seg[:-1]) | (cut[1:] != cut[:-1])
-        starts = np.flatnonzero(new)
-        ids = len(content) + np.cumsum(new) - 1
-        window[placed] = ids
-        within[placed] = np.arange(len(placed)) - starts[ids - len(content)]
+        np.not_equal(key[1:], key[:-1], out=new[1:])
+        starts = np.flatnonzero(new).astype(np.int32)
+        ids = np.cumsum(new, dtype=np.int32) - 1
+        window[placed] = ids + len(content)
+        within[placed] = np.arange(len(placed), dtype=np.int32) - starts[ids]
         content = np.append(content, np.add.reduceat(s[fits], starts) if len(starts) else [])
         sizes = np.append(sizes, np.diff(np.append(starts, len(placed))))
         window_segment = np.append(window_segment, seg[starts])
@@ -85,7 +85,7 @@ def fill_windows(seconds: np.ndarray, segment: np.ndarray, width: float, phase: 
 def _lay_out(s: np.ndarray, seg: np.ndarray, width: float, phase: np.ndarray | None
              ) -> tuple[np.ndarray, np.ndarray]:
     """Items laid end to end on their segment's time line, cut every ``width`` seconds: whether
-    each lies inside one cut, and which cut."""
+    each lies inside one cut, and a key naming its cut (segment and cut number)."""
     end = np.cumsum(s)
     start = end - s
     first = np.ones(len(s), dtype=bool)
@@ -96,7 +96,7 @@ def _lay_out(s: np.ndarray, seg: np.ndarray, width: float, phase: np.ndarray | N
     start -= base
     end -= base
     cut = np.floor(start / width)
-    return end - cut * width <= width, cut.astype(np.int64)
+    return end - cut * width <= width, (seg << 32) + cut.astype(np.int64)
 
 
 def _match(seconds: np.ndarray, segment: np.ndarray, waiting: np.ndarray, width: float, content: np.ndarray,
