@@ -3,6 +3,7 @@ their exact offsets when drawn), exactly once per utterance across resumes, and 
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -105,3 +106,17 @@ def test_timestamps_need_a_tokenizer_with_time_tokens(data, tmp_path):
         "timestamp_probability": 0.5, "prompt": ["<|startoftranscript|>", "<|notimestamps|>"]}))
     with pytest.raises(RecipeError, match="the tokenizer has no timestamp tokens"):
         Trainer(recipe)
+
+
+def test_the_audit_counts_utterances_longer_than_a_window_as_filtered(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    recipe = micro_recipe(run, data, None, data={"num_workers": 0, "batch_size": 3, "fill_windows": True,
+                                                 "max_seconds": None},
+                          features={"params": {"n_mels": 40, "chunk_seconds": 2}}, train={"max_steps": 6})
+    assert main(["train", str(recipe)]) == 0
+    capsys.readouterr()
+    assert main(["audit", str(run)]) == 0
+    audit = capsys.readouterr().out
+    longer = int((np.fromfile(data / "index.durations.f32", dtype=np.float32) > 2.0).sum())
+    assert longer > 0
+    assert "audit: OK" in audit and "epoch 0 (complete)" in audit and f"{longer} filtered by duration" in audit
