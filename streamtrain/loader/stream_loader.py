@@ -129,10 +129,15 @@ class StreamLoader:
     DDP needs it); False deals the leftover batches too (evaluation).
     columns: folders or URLs of sidecar columns (cached features, pseudo-labels)
     of a single dataset, joined to each sample by key (``batch.columns``).
+    fill_windows: seconds; consecutive samples are joined into windows of at most
+    that long (``streamtrain.loader.windows``): a batch row is a window,
+    ``batch.window`` and ``batch.offsets`` place each sample in it,
+    batch_size and batch_seconds count windows, and longer samples are left out
+    like those over max_seconds. Exactly once still holds per sample.
 
     The keywords fall into four groups, each a plain dataclass that
     ``StreamLoader.from_settings`` takes as it is: ``BatchSettings`` (batch_size,
-    batch_seconds, bucketing, min/max_seconds, block_shards), ``ReadSettings``
+    batch_seconds, bucketing, min/max_seconds, block_shards, fill_windows), ``ReadSettings``
     (sample_rate, on_bad_sample, cache_dir, cache_limit, storage_options, retry,
     prefetch_shards), ``Topology`` (rank, world_size, equalize_ranks) and
     ``WorkerSettings`` (num_workers, prefetch_factor, pin_memory).
@@ -164,11 +169,13 @@ class StreamLoader:
         pin_memory: bool = False,
         equalize_ranks: bool = True,
         columns: Sequence[str] = (),
+        fill_windows: float | None = None,
     ):
         self._setup(
             dataset,
             BatchSettings(batch_size=batch_size, batch_seconds=batch_seconds, bucketing=bucketing,
-                          min_seconds=min_seconds, max_seconds=max_seconds, block_shards=block_shards),
+                          min_seconds=min_seconds, max_seconds=max_seconds, block_shards=block_shards,
+                          fill_windows=fill_windows),
             ReadSettings(sample_rate=sample_rate, on_bad_sample=on_bad_sample,
                          cache_dir=None if cache_dir is None else str(cache_dir), cache_limit=cache_limit,
                          storage_options=storage_options, retry=retry, prefetch_shards=prefetch_shards),
@@ -223,6 +230,11 @@ class StreamLoader:
         self._table_cache: tuple[int, EpochTable] | None = None
         self._plan_cache: _EpochPlan | None = None
         self._state = self._fresh_state(0, counters={})
+        if batching.fill_windows is not None:
+            shortest = float(np.min(self._table(0).durations))
+            if shortest > batching.fill_windows:
+                raise ValueError(f"fill_windows={batching.fill_windows:g} s is shorter than every sample "
+                                 f"(the shortest lasts {shortest:.2f} s)")
 
     # -- state -----------------------------------------------------------------
 
@@ -282,7 +294,7 @@ class StreamLoader:
         self._plan_cache = None
 
     def _limits(self) -> list[float | None]:
-        return [self.batching.min_seconds, self.batching.max_seconds]
+        return [self.batching.min_seconds, self.batching.longest_sample]
 
     def _limits_change(self, saved: list | None, table: EpochTable, delivered: np.ndarray) -> dict | None:
         """How changed duration limits move the epoch's samples not yet delivered (None: unchanged)."""
@@ -408,7 +420,11 @@ class StreamLoader:
         widest, chunk = 0, 2**16
         for first in range(0, len(batches), chunk):
             part = batches.take(np.arange(first, min(first + chunk, len(batches))))
-            if len(part.order):
+            if len(part.order) and part.first_in_row is not None:  # windows: rows x the window
+                rows = np.add.reduceat(part.first_in_row, part.starts)
+                widest = max(widest, slot_floats(rows, np.full(len(rows), self.batching.fill_windows),
+                                                 self.reading.sample_rate))
+            elif len(part.order):
                 longest = np.maximum.reduceat(durations[part.order], part.starts).astype(np.float64)
                 widest = max(widest, slot_floats(part.sizes, longest, self.reading.sample_rate))
         return AudioSlots(self.workers.num_workers, self.workers.prefetch_factor + SPARE_SLOTS, widest)
@@ -440,6 +456,7 @@ class StreamLoader:
                         for s in self.sources],
             "min_seconds": self.batching.min_seconds,
             "max_seconds": self.batching.max_seconds,
+            "fill_windows": self.batching.fill_windows,  # samples longer than a window are left out too
             "samples": table.samples,
             "table": table.fingerprint,
             "world_size": self.world_size,

@@ -118,17 +118,19 @@ class BatchStream(IterableDataset):
             release_after = _release_schedule(shard_of, mine.sizes)
             for t, sequence in enumerate(sequences.tolist()):
                 first, end = int(mine.starts[t]), int(mine.starts[t] + mine.sizes[t])
-                samples, skipped_ids = [], []
-                for gid, s, i in zip(mine.order[first:end].tolist(), shard_of[first:end].tolist(),
-                                     index_in_shard[first:end].tolist()):
+                samples, skipped_ids, rows = [], [], []
+                for gid, s, i, row in zip(mine.order[first:end].tolist(), shard_of[first:end].tolist(),
+                                          index_in_shard[first:end].tolist(), mine.rows(t).tolist()):
                     sample = self._sample(shards.get(s), gid, s, i)
                     if sample is None:
                         skipped_ids.append(gid)
                     else:
                         samples.append(sample)
+                        rows.append(row)
                 for s in release_after.get(t, ()):
                     shards.release(s)
-                collated, slot = collate(samples, self.opener.settings.sample_rate, place)
+                collated, slot = collate(samples, self.opener.settings.sample_rate, place,
+                                         np.asarray(rows, dtype=np.int64))
                 yield collated, WorkerNote(sequence, np.array(skipped_ids, dtype=np.int64),
                                            self.opener.stats.take(), slot)
 

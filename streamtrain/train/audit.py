@@ -10,7 +10,7 @@ key or URL, so a record costs a few bytes per sample. Records:
 - ``{"event": "step", "step": N, "epoch": E, "ids": [...]}``;
 - the loader's events (``StreamLoader.pop_events``), each with the step that
   consumed the batch they came with: ``epoch`` (the epoch's plan: datasets by
-  fingerprint, weights, seed, duration limits, table size), ``dropped`` (the
+  fingerprint, weights, seed, duration limits and window length, table size), ``dropped`` (the
   leftover batches no rank takes, fewer than the world size), ``skipped`` (bad
   samples), ``epoch_end``, ``mixture_change`` (the data changed at a resume:
   the next plan of the epoch has another table).
@@ -311,8 +311,9 @@ class _EpochTally:
         self._close_segment()
         repeated = _repeated(self.segments) if len(self.segments) > 1 else []
         audit.repeated = len(repeated)
+        longest = [x for x in (self.plan["max_seconds"], self.plan.get("fill_windows")) if x is not None]
         filtered = Bitmap.of_mask(~inside_limits(self.table.durations, self.plan["min_seconds"],
-                                               self.plan["max_seconds"]))
+                                               min(longest) if longest else None))
         audit.filtered = filtered.count()
         audit.missing, gaps = (self.seen | self.explained | self.before | filtered).missing(SHOWN)
         audit.examples = {

@@ -58,6 +58,9 @@ class DataConfig:
     batch_seconds: float | None = 120.0
     #: longer utterances are left out (counted); the featurizer's window bounds it (``train_max_seconds``)
     max_seconds: float | None = None
+    #: join consecutive utterances into the featurizer's window (30 s for the published models; see
+    #: docs/windows.md): batch_size / batch_seconds then count windows, evaluation stays per utterance
+    fill_windows: bool = False
     num_workers: int = 2
     block_shards: int = 4
     on_bad_sample: str = "raise"
@@ -83,6 +86,9 @@ class ModelConfig:
     prompt: list[str] = field(default_factory=lambda: ["<|startoftranscript|>"])
     eos_token: str = "<|endoftext|>"
     max_target_tokens: int = 64
+    #: the share of training windows whose targets carry Whisper's timestamp tokens (<|0.00|>..<|30.00|>)
+    #: at each utterance's start and end (Distil-Whisper's name); the others keep <|notimestamps|>
+    timestamp_probability: float = 0.0
     gradient_checkpointing: bool = False
     compile: bool = False
 
@@ -326,6 +332,9 @@ def _check_values(recipe: Recipe) -> None:
             raise RecipeError(f"{key}: must be >= 0, got {value!r}")
     if recipe.eval.every < 0:
         raise RecipeError(f"eval.every: must be >= 0, got {recipe.eval.every}")
+    if not 0.0 <= recipe.model.timestamp_probability <= 1.0:
+        raise RecipeError(f"model.timestamp_probability: must be within 0 .. 1, "
+                          f"got {recipe.model.timestamp_probability}")
     if recipe.distill.temperature <= 0:
         raise RecipeError(f"distill.temperature: must be > 0, got {recipe.distill.temperature}")
     if len(recipe.optim.betas) != 2:
@@ -338,6 +347,15 @@ def _check_combinations(recipe: Recipe) -> None:
             raise RecipeError(f"data.train.{url}: a mixing weight must be > 0, got {weight!r}")
     if isinstance(recipe.data.train, dict) and not recipe.data.train:
         raise RecipeError("data.train: an empty mapping (name at least one dataset)")
+    if recipe.data.fill_windows:
+        window_seconds(recipe.features, needed_by="data.fill_windows")
+        if recipe.features.cache:
+            raise RecipeError("data.fill_windows: features.cache holds features per utterance, not per window "
+                              "(turn one of them off)")
+    if recipe.model.timestamp_probability and (len(recipe.model.prompt) < 2
+                                               or recipe.model.prompt[-1] != "<|notimestamps|>"):
+        raise RecipeError("model.timestamp_probability: model.prompt must end with <|notimestamps|>, after the "
+                          "task tokens (it is left out of the windows trained with timestamps)")
     if recipe.features.name != "whisper_log_mel":
         raise RecipeError(
             f"features.name: the trainer's Whisper models take whisper_log_mel features (mels x fixed frames), "
@@ -356,12 +374,16 @@ def _check_combinations(recipe: Recipe) -> None:
         raise RecipeError("distill.teacher: the KL term (distill.beta > 0) needs the teacher that wrote distill.labels")
 
 
-def window_seconds(features: FeatureConfig) -> float:
+def window_seconds(features: FeatureConfig, needed_by: str = "the trainer") -> float:
     """The fixed window every utterance is padded to before the model sees it (Whisper's chunk: 30 s)."""
     try:
-        return float(build_featurizer(features.name, **features.params).chunk_seconds)
+        featurizer = build_featurizer(features.name, **features.params)
     except ValueError as error:
         raise RecipeError(f"features.params: {error}") from None
+    if getattr(featurizer, "chunk_seconds", None) is None:
+        raise RecipeError(f"{needed_by}: features {features.name!r} have no fixed window (only whisper_log_mel's "
+                          "chunk_seconds is one)")
+    return float(featurizer.chunk_seconds)
 
 
 def train_max_seconds(data: DataConfig, features: FeatureConfig) -> float:

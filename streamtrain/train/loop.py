@@ -38,11 +38,13 @@ from streamtrain.storage.remote import RetryPolicy
 from streamtrain.train import checkpoint as ckpt
 from streamtrain.train.audit import AuditLog, encode_ids, next_session
 from streamtrain.train.backoff import OomBackoff
-from streamtrain.train.config import Recipe, train_batch_size, train_max_seconds, validate
+from streamtrain.train.config import Recipe, RecipeError, train_batch_size, train_max_seconds, validate, window_seconds
 from streamtrain.train.evaluate import ErrorCounts, evaluate, rank_quotas
 from streamtrain.train.export import export_model
 from streamtrain.train.inputs import CachedFeatures, LiveFeatures
 from streamtrain.train.model import IGNORE_INDEX, TextCodec, build_model, load_tokenizer
+from streamtrain.train.whisper_tokenizer import timestamp_ids
+from streamtrain.train.window_targets import row_targets, timestamp_draw
 from streamtrain.train.loss import ObjectiveContext, ObjectiveFactory, StepFeatures, cross_entropy_objective
 from streamtrain.train.plot import plot_history
 from streamtrain.train.run_dir import RunLock, recipe_changes
@@ -99,6 +101,9 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.seed)  # model initialisation: the same on every rank
         self.tokenizer = load_tokenizer(recipe.model)
+        if recipe.model.timestamp_probability and not timestamp_ids(self.tokenizer):
+            raise RecipeError("model.timestamp_probability: the tokenizer has no timestamp tokens (<|0.00|> .. "
+                              "<|30.00|>; Whisper's published tokenizers have them)")
         self.codec = TextCodec(self.tokenizer, recipe.model.prompt, recipe.model.eos_token,
                                recipe.model.max_target_tokens)
         self.featurizer = build_featurizer(recipe.features.name, **recipe.features.params).to(self.device)
@@ -127,6 +132,7 @@ class Trainer:
         return StreamLoader(
             data.train, batch_size=train_batch_size(data, self.recipe.features),
             max_seconds=train_max_seconds(data, self.recipe.features),
+            fill_windows=window_seconds(self.recipe.features) if data.fill_windows else None,
             seed=self.recipe.train.seed, num_workers=data.num_workers, block_shards=data.block_shards,
             sample_rate=self.featurizer.sample_rate, on_bad_sample=data.on_bad_sample, cache_dir=data.cache_dir,
             cache_limit=data.cache_limit, storage_options=data.storage_options,
@@ -234,11 +240,14 @@ class Trainer:
     def step(self, batches: list[Batch]) -> float:
         """One optimizer step over ``batches``; the mean loss per target token."""
         work = []
+        draw = timestamp_draw(self.recipe.train.seed, self.progress.step, self.rank)
         for batch in (b for b in batches if b.size):
-            texts, keep = self.objective.texts(batch)
-            targets = self.codec.targets(texts)
+            rows = row_targets(batch, *self.objective.texts(batch), self.recipe.model.timestamp_probability,
+                               self.featurizer.chunk_seconds, draw)  # one row per window (or utterance)
+            targets = self.codec.targets(rows.texts, rows.timestamps)
+            keep = rows.keep
             labels = targets.labels if keep is None else targets.labels.masked_fill(~keep[:, None], IGNORE_INDEX)
-            work.append((batch.size, self.features.prepare(batch, self.device),
+            work.append((len(rows.texts), self.features.prepare(batch, self.device),
                          targets.decoder_input_ids.to(self.device), labels.to(self.device)))
         tokens = max(sum(int(labels.ne(IGNORE_INDEX).sum()) for *_, labels in work), 1)
         backoff = OomBackoff("the training step", self.progress.micro_batches)

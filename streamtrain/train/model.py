@@ -44,17 +44,21 @@ class TextCodec:
             raise RecipeError(f"model: token {token!r} is not in the tokenizer's vocabulary")
         return token_id
 
-    def targets(self, texts: list[str]) -> Targets:
-        """prompt + text + eos, cut to max_tokens; only text and eos are predicted."""
-        sequences = []
-        for text in texts:
+    def targets(self, texts: list[str], timestamps: Sequence[bool] = ()) -> Targets:
+        """prompt + text + eos, cut to max_tokens; only text and eos are predicted. Rows marked in
+        ``timestamps`` hold Whisper's time tokens in their text and leave the prompt's last token
+        (<|notimestamps|>, checked by the recipe) out."""
+        sequences, prompts = [], []
+        for row, text in enumerate(texts):
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            sequences.append((self.prompt_ids + ids)[: self.max_tokens - 1] + [self.eos_id])
+            prompt = self.prompt_ids[:-1] if row < len(timestamps) and timestamps[row] else self.prompt_ids
+            sequences.append((prompt + ids)[: self.max_tokens - 1] + [self.eos_id])
+            prompts.append(len(prompt))
         width = max(len(s) for s in sequences) - 1
         inputs = torch.full((len(texts), width), self.eos_id, dtype=torch.long)
         labels = torch.full((len(texts), width), IGNORE_INDEX, dtype=torch.long)
-        first_predicted = len(self.prompt_ids) - 1
-        for row, seq in enumerate(sequences):
+        for row, (seq, prompt) in enumerate(zip(sequences, prompts)):
+            first_predicted = prompt - 1
             inputs[row, : len(seq) - 1] = torch.tensor(seq[:-1])
             labels[row, first_predicted : len(seq) - 1] = torch.tensor(seq[first_predicted + 1 :])
         return Targets(inputs, labels)

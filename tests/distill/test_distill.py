@@ -141,3 +141,6 @@ def test_distillation_refuses_another_teacher_and_trains_with_the_right_one(setu
     assert "!!!" in run_cli("train", str(recipe), "distill.allow_teacher_mismatch=true").err
     good = run_cli("train", str(recipe), f"distill.teacher={teacher_dir}", "--no-resume")
     assert "model saved" in good.out
+    windows = run_cli("train", str(recipe), f"distill.teacher={teacher_dir}", "data.fill_windows=true",
+                      "--no-resume")  # pseudo-labels joined per window, the KL term on the window
+    assert "model saved" in windows.out
