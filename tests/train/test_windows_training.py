@@ -2,7 +2,6 @@
 their exact offsets when drawn), exactly once per utterance across resumes, and clear refusals."""
 
 import random
-
 from types import SimpleNamespace
 
 import numpy as np
