@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from types import ModuleType
+
+from streamtrain.pack.progress import on_terminal
 
 #: command name -> (module defining add_arguments, run and ERRORS; one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -35,6 +38,10 @@ USER_ERROR_EXIT = 2
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if hasattr(sys.stdout, "reconfigure"):  # a log (`> log 2>&1`) keeps stdout's lines in order with stderr's
+        sys.stdout.reconfigure(line_buffering=True)
+    if not on_terminal():
+        _no_library_bars()
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     module = importlib.import_module(COMMANDS[command][0]) if command in COMMANDS else None
     parser, subparser = build_parser(command, module)
@@ -51,6 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("streamtrain: interrupted", file=sys.stderr)
         return 130
+
+
+def _no_library_bars() -> None:
+    """Off a terminal, the bars of transformers and huggingface_hub (weights loaded or written) go too."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub is imported
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def build_parser(

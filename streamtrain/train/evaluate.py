@@ -120,8 +120,9 @@ def evaluate(
     autocast,
     backoff: OomBackoff,
     max_samples: int | None = None,
+    on_batch: Callable[[int], object] = lambda batches: None,
 ) -> EvalResult:
-    """Transcribe every batch of ``loader`` (one pass) on this rank.
+    """Transcribe every batch of ``loader`` (one pass) on this rank; ``on_batch(1)`` after each.
 
     On an out-of-memory error the batch is transcribed in smaller pieces
     (``backoff`` keeps the piece count for later batches and evaluations).
@@ -134,6 +135,7 @@ def evaluate(
         for key, reference, hypothesis in zip(batch["keys"], batch["text"], hypotheses):
             word_errors, char_errors = result.counts.add(reference, hypothesis)
             result.hypotheses.append(Hypothesis(key, reference, hypothesis, word_errors, char_errors))
+        on_batch(1)
         if max_samples is not None and result.counts.utterances >= max_samples:
             break
     return result
