@@ -124,7 +124,8 @@ def epoch_rng(seed: int, epoch: int, purpose: str) -> np.random.Generator:
 
 
 def shard_order(table: ShardTable, seed: int, epoch: int) -> np.ndarray:
-    """Every shard index, permuted for the epoch; block b is positions ``block_starts[b] .. block_starts[b + 1] - 1``."""
+    """Every shard index, permuted for the epoch; block b is positions ``block_starts[b]`` up to
+    ``block_starts[b + 1]`` (excluded)."""
     return epoch_rng(seed, epoch, "shards").permutation(len(table.counts))
 
 

@@ -7,7 +7,7 @@ carriage returns and half lines, so the report is plain lines on stdout: one
 each time the count passes a multiple of ``every`` and one at the end, each
 with the count, the figures last given to ``show``, the rate and the time left::
 
-    train: 20/1200 steps (2%) loss=2.113 lr=4.00e-04 samples/s=31.2 audio_h/s=0.0173 wait=3% epoch=0 | 1.95 steps/s, eta 0:10:05
+    pack: 1200/12000 samples (10%) hours=1.367 | 402 samples/s, eta 0:00:27
 
 This module lives in ``pack``, the lowest layer with a long job; the layers
 above use it too.

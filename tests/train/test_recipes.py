@@ -119,6 +119,7 @@ def test_train_tiny_runs_from_an_empty_folder(tmp_path, monkeypatch, capsys):
     from streamtrain.cli import main
 
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "tiny", "--max-steps", "2", "eval.at_start=false", "eval.batch_size=8", "eval.max_samples=8"]) == 0
+    assert main(["train", "tiny", "--max-steps", "2", "eval.at_start=false", "eval.batch_size=8",
+                 "eval.max_samples=8"]) == 0
     assert (tmp_path / "runs" / "tiny" / "model").is_dir()
     assert "validation WER" in capsys.readouterr().out
