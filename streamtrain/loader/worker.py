@@ -15,6 +15,7 @@ import signal
 import time
 
 import numpy as np
+import numpy.ma  # noqa: F401  np.unique imports it on first use (numpy 2): once here, not in every forked worker
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -120,8 +121,8 @@ class BatchStream(IterableDataset):
                 batch["sequence"] = sequence
                 batch["skipped_ids"] = np.array(skipped_ids, dtype=np.int64)
                 batch["loader_stats"] = self.reader.stats.take()
-                shards.look_ahead()
                 yield batch
+                shards.look_ahead()  # the first batch is on its way: open the next shards now
 
     def _sample(self, entry: "ShardWithColumns | Exception", gid: int, shard: int, index: int) -> Sample | None:
         skip = self.reader.settings.on_bad_sample == "skip"
@@ -153,7 +154,7 @@ class OpenShards:
     one's decoding. A shard that cannot be opened is kept as its error (raised, or its samples
     skipped, by the caller).
 
-    Until ``look_ahead`` is called (when the worker's first batch is made), only the
+    Until ``look_ahead`` is called (when the worker's first batch has been sent), only the
     ``first_batch`` shards that batch needs are opened: shards opened further ahead would
     take the CPU from the first batch, which the training loop is waiting for (fresh or
     resumed); after it, the next ones open while the batches in hand are decoded.
