@@ -49,6 +49,10 @@ def test_the_first_block_holds_one_shard_and_the_others_block_shards():
     assert block_starts(1, 4).tolist() == [0, 1]
     assert block_starts(10, 4).tolist() == [0, 1, 5, 9, 10]
     assert block_starts(3, 1).tolist() == [0, 1, 2, 3]
+    t = table([40] * 12)
+    for bucketing in (True, False):
+        first = plan(t, BatchSettings(batch_size=8, bucketing=bucketing, block_shards=4)).batches[0]
+        assert len(np.unique(t.locate(first)[0])) == 1  # the epoch's first batch needs one shard
 
 
 def test_same_seed_same_order_other_seed_or_epoch_differs():
