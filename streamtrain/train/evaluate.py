@@ -130,9 +130,9 @@ def evaluate(
     result = EvalResult(ErrorCounts())
     model.eval()
     for batch in loader:
-        audio, lengths = batch["audio"].to(device), batch["audio_lens"].to(device)
+        audio, lengths = batch.audio.to(device), batch.audio_lens.to(device)
         hypotheses = [g.text for g in transcribe(model, featurizer, codec, audio, lengths, backoff, autocast)]
-        for key, reference, hypothesis in zip(batch["keys"], batch["text"], hypotheses):
+        for key, reference, hypothesis in zip(batch.keys, batch.text, hypotheses):
             word_errors, char_errors = result.counts.add(reference, hypothesis)
             result.hypotheses.append(Hypothesis(key, reference, hypothesis, word_errors, char_errors))
         on_batch(1)

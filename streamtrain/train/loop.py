@@ -180,29 +180,29 @@ class Trainer:
         if self.recipe.eval.at_start and progress.step == 0 and not stop.requested:
             self.evaluate()
         self.model.train()
+        meter = _Meter(self.accelerator)
         report = ProgressReport("train", cfg.max_steps, "steps", initial=progress.step, every=cfg.log_every,
                                 enabled=self.accelerator.is_main_process, bar=None if cfg.progress else False)
-        meter = _Meter(self.accelerator)
-        batches = iter(self.loader)
-        while progress.step < cfg.max_steps and not _any_rank(self.accelerator, stop.requested):
-            taken = [self._next(batches, meter) for _ in range(cfg.grad_accum)]
-            loss = self.step(taken)
-            progress.step += 1
-            meter.add(taken)
-            for batch in taken:
-                self.audit.add({"event": "step", "step": progress.step, "epoch": batch["epoch"],
-                                "ids": encode_ids(batch["sample_ids"])})
-            if progress.step % cfg.log_every == 0 or progress.step == cfg.max_steps:
-                self._log(loss, meter, report, taken[-1]["epoch"])
-            report.update(1)  # on a log step without a bar: the plain line
-            if self.recipe.eval.every and progress.step % self.recipe.eval.every == 0 \
-                    and progress.step < cfg.max_steps:
-                self.evaluate()
-            if progress.step % cfg.checkpoint_every == 0 or progress.step == cfg.max_steps:
-                meter.settle(progress)
-                self.save()
-        report.close()
-        batches.close()  # the loader's workers stop here, not at interpreter exit
+        # closed here, even when a step raises: the workers ignore SIGTERM, so multiprocessing's exit
+        # handler (terminate, then join) would wait for them forever
+        with report, contextlib.closing(iter(self.loader)) as batches:
+            while progress.step < cfg.max_steps and not _any_rank(self.accelerator, stop.requested):
+                taken = [self._next(batches, meter) for _ in range(cfg.grad_accum)]
+                loss = self.step(taken)
+                progress.step += 1
+                meter.add(taken)
+                for batch in taken:
+                    self.audit.add({"event": "step", "step": progress.step, "epoch": batch.epoch,
+                                    "ids": encode_ids(batch.sample_ids)})
+                if progress.step % cfg.log_every == 0 or progress.step == cfg.max_steps:
+                    self._log(loss, meter, report, taken[-1].epoch)
+                report.update(1)  # on a log step without a bar: the plain line
+                if self.recipe.eval.every and progress.step % self.recipe.eval.every == 0 \
+                        and progress.step < cfg.max_steps:
+                    self.evaluate()
+                if progress.step % cfg.checkpoint_every == 0 or progress.step == cfg.max_steps:
+                    meter.settle(progress)
+                    self.save()
         meter.settle(progress)
         return self.finish(stop)
 
@@ -374,7 +374,7 @@ class _Meter:
         self.unsettled = [0, 0.0]  # since the last settle
 
     def add(self, batches: list[Batch]) -> None:
-        samples, audio = sum(b.size for b in batches), sum(float(b["seconds"].sum()) for b in batches)
+        samples, audio = sum(b.size for b in batches), sum(float(b.seconds.sum()) for b in batches)
         for counts in (self.window, self.unsettled):
             counts[0] += samples
             counts[1] += audio

@@ -3,8 +3,8 @@
 import io
 import re
 
-from streamtrain.cli import main
 from streamtrain.pack.progress import ProgressReport, on_terminal
+from tests.support.cli import run_cli
 from tests.support.corpus import utterances, write_corpus
 
 
@@ -43,11 +43,10 @@ def test_a_bar_draws_frames_and_a_disabled_report_writes_nothing():
     assert silent.getvalue() == ""
 
 
-def test_pack_without_a_terminal_writes_plain_lines(tmp_path, capsys):
+def test_pack_without_a_terminal_writes_plain_lines(tmp_path):
     assert not on_terminal()  # pytest captures both streams
     corpus = write_corpus("jsonl", tmp_path / "src", utterances(12, seed=3))
-    assert main(["pack", str(corpus.source), str(tmp_path / "out"), "--workers", "1"]) == 0
-    out, err = capsys.readouterr()
+    out, err = run_cli("pack", str(corpus.source), str(tmp_path / "out"), "--workers", "1")[1:]
     lines = [line for line in out.splitlines() if line.startswith("pack: ")]
     assert len(lines) == 12 and re.match(r"pack: 12/12 samples \(100%\) hours=0\.\d{3} \| ", lines[-1]), out
     assert "\r" not in out + err

@@ -115,11 +115,11 @@ def test_relative_paths_lead_to_the_recipe_folder_where_they_exist_there_and_def
     assert recipe.model.tokenizer == str(BUNDLED / "tokenizers" / "digits")  # a default
 
 
-def test_train_tiny_runs_from_an_empty_folder(tmp_path, monkeypatch, capsys):
-    from streamtrain.cli import main
+@pytest.mark.slow
+def test_train_tiny_runs_from_an_empty_folder(tmp_path, monkeypatch):
+    from tests.support.cli import run_cli
 
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "tiny", "--max-steps", "2", "eval.at_start=false", "eval.batch_size=8",
-                 "eval.max_samples=8"]) == 0
-    assert (tmp_path / "runs" / "tiny" / "model").is_dir()
-    assert "validation WER" in capsys.readouterr().out
+    run = run_cli("train", "tiny", "--max-steps", "2", "eval.at_start=false", "eval.batch_size=8",
+                  "eval.max_samples=8")
+    assert (tmp_path / "runs" / "tiny" / "model").is_dir() and "validation WER" in run.out
