@@ -20,7 +20,7 @@ from streamtrain.pack.progress import on_terminal
 
 #: command name -> (module defining add_arguments, run and ERRORS; one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "pack": ("streamtrain.cli.pack", "pack a manifest, folder, LibriSpeech or Kaldi dir into tar shards"),
+    "pack": ("streamtrain.cli.pack", "pack a manifest, folder, LibriSpeech or Kaldi dir, or WebDataset shards"),
     "inspect": ("streamtrain.cli.inspect", "summarize a packed dataset, or verify every shard"),
     "index": ("streamtrain.cli.index", "index maintenance: upgrade a format 1 index.json to format 2"),
     "featurize": ("streamtrain.cli.featurize", "cache features as a fingerprinted sidecar column"),
@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 USER_ERROR_EXIT = 2
+BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a tool its pipe's reader left
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("streamtrain: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        return BROKEN_PIPE_EXIT
 
 
 def _no_library_bars() -> None:

@@ -13,10 +13,10 @@ import yaml
 
 from streamtrain.format.dataset import Dataset, open_dataset
 from streamtrain.format.index import DatasetIndexError
-from streamtrain.storage.remote import ShardReadError
-from streamtrain.train.audit import audit_run
+from streamtrain.storage.remote import ReadError
+from streamtrain.train.audit import AuditLogError, audit_run
 
-ERRORS = (DatasetIndexError, ShardReadError, FileNotFoundError)
+ERRORS = (DatasetIndexError, ReadError, FileNotFoundError, AuditLogError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +43,7 @@ class Datasets:
         if fingerprint not in self.opened:  # e.g. a dataset a mixture change removed from the recipe
             try:
                 dataset = open_dataset(logged_url, self.storage_options)
-            except (DatasetIndexError, ShardReadError, FileNotFoundError):
+            except (DatasetIndexError, ReadError, FileNotFoundError):
                 dataset = None
             if dataset is not None:
                 self.opened[dataset.index.fingerprint] = dataset
@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
               f"{epoch.skipped} skipped as bad, {epoch.unknown} not in the epoch's table")
         if epoch.mixture_changes:
             print(f"  the data mixture changed {epoch.mixture_changes} time(s) in this epoch; {epoch.left_out} samples "
-                  "not yet delivered were left out by the change")
+                  f"not yet delivered were left out by the change; {epoch.repeated} samples delivered more often "
+                  "than their weight in any of the epoch's mixtures asks")
         for problem in epoch.problems:
             print(f"  problem: {problem}")
         for label, named in epoch.examples.items():

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from streamtrain.format.dataset import Dataset
-from streamtrain.distill.label import LABELS_COLUMN
+from streamtrain.format.sidecar import LABELS_COLUMN
 from streamtrain.distill.teacher import load_teacher
-from streamtrain.train.config import DistillConfig, RecipeError
+from streamtrain.train.config import RecipeError
 from streamtrain.train.model import IGNORE_INDEX
-from streamtrain.train.loss import CrossEntropy, Objective, cross_entropy_sum
+from streamtrain.train.loss import CrossEntropy, Objective, ObjectiveContext, cross_entropy_sum
 
 log = logging.getLogger("streamtrain.train")
 
@@ -63,23 +62,23 @@ class Distillation:
         )
 
 
-def objective_for(config: DistillConfig, columns: list[Dataset], student, featurizer, prompt: list[str],
-                  device) -> Objective:
+def objective_for(context: ObjectiveContext) -> Objective:
     """The recipe's objective: plain cross-entropy, or distillation (checked against the labeller).
 
     The teacher's fingerprint is taken with the recipe's featurizer, the features it will be fed: a
     teacher that labelled other features (mel bins, window, normalisation) is another teacher. Its
     logits for the KL term follow the recipe's prompt, which must be the one it labelled after.
     """
+    config, student, prompt = context.distill, context.student, context.prompt
     if config.labels is None:
         return CrossEntropy()
     if config.teacher is None:
         return Distillation(None, config.alpha, 0.0, config.temperature)
-    teacher, fingerprint = load_teacher(config.teacher, config.teacher_precision, device, featurizer)
+    teacher, fingerprint = load_teacher(config.teacher, config.teacher_precision, context.device, context.featurizer)
     if teacher.config.vocab_size != student.config.vocab_size:
         raise RecipeError(f"distill.teacher: vocabulary of {teacher.config.vocab_size} tokens, "
                           f"the student has {student.config.vocab_size}")
-    labels = next((c for c in columns if (c.index.column or {}).get("name") == LABELS_COLUMN), None)
+    labels = next((c for c in context.columns if (c.index.column or {}).get("name") == LABELS_COLUMN), None)
     if labels is not None:
         labeller = labels.index.column.get("teacher_fingerprint")
         if labeller != fingerprint:

@@ -5,7 +5,8 @@ is cheaper than reading cached features). The column's shards align with the
 dataset's (same names, keys and order); each sample gets ``<key>.feat.zst``
 (float16, zstandard: ``streamtrain.format.feature_codec``) and ``<key>.json`` (its frame count). The
 column's index holds the featurizer's name, configuration and fingerprint; the
-trainer refuses a column whose fingerprint differs from its featurizer's, so
+trainer refuses a column whose fingerprint differs from its featurizer's, and
+the loader one made from another dataset's content (``base_fingerprint``), so
 stale features are never used.
 """
 
@@ -22,7 +23,7 @@ from streamtrain.format.columns import publish_index
 from streamtrain.format.dataset import Dataset, open_dataset
 from streamtrain.format.index import DatasetIndex, ShardList
 from streamtrain.format.feature_codec import encode_features
-from streamtrain.format.sidecar import FEATURES_COLUMN, FEATURES_EXT
+from streamtrain.format.sidecar import FEATURES_COLUMN, FEATURES_EXT, base_identity
 from streamtrain.pack.progress import ProgressReport
 from streamtrain.features.registry import FEATURIZER_VERSION, featurizer_fingerprint
 from streamtrain.storage.output import Output
@@ -47,6 +48,7 @@ def write_feature_column(
     (a folder or URL): each shard is published when complete, the index last."""
     source = open_dataset(dataset, storage_options)
     with Output(out_dir, storage_options) as out:
+        out.check_writable()
         if out.names():
             if not overwrite:
                 raise FeatureCacheError(f"{out.display}: not empty (use --overwrite to replace it)")
@@ -64,7 +66,7 @@ def write_feature_column(
                 "config": featurizer.config(),
                 "featurizer_version": FEATURIZER_VERSION,
                 "fingerprint": featurizer_fingerprint(featurizer),
-                "base": source.display,
+                **base_identity(source),
             },
         )
         report = ProgressReport("featurize", source.index.samples, "samples", enabled=progress)

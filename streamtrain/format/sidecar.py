@@ -22,7 +22,7 @@ import numpy as np
 
 from streamtrain.format.dataset import Dataset, open_dataset
 from streamtrain.format.feature_codec import decode_features
-from streamtrain.format.index import ShardInfo
+from streamtrain.format.index import DatasetIndexError, ShardInfo
 from streamtrain.format.shard import ShardWriter
 from streamtrain.format.tar_layout import ShardError
 from streamtrain.storage.output import Output
@@ -55,20 +55,29 @@ def decode_members(key: str, members: dict[str, bytes], origin: str) -> dict:
     return decoded
 
 
-def open_column(url: str, base: Dataset, storage_options: dict | None = None,
+def open_sidecar(url: str, base: Dataset, storage_options: dict | None = None,
                 retry: RetryPolicy = RetryPolicy()) -> Dataset:
-    """The column at ``url``, checked against ``base``: same shard names and sample counts, in the same order.
+    """The column at ``url``, checked against ``base``: made from the same content (its fingerprint), with
+    the same shard names and sample counts, in the same order.
 
     The keys are checked shard by shard as the loader opens them.
     """
     column = open_dataset(url, storage_options, retry)
-    if column.index.column is None or "name" not in column.index.column:
-        raise ValueError(f"{column.display}: not a sidecar column (its index.json has no 'column' entry)")
+    info = column.index.column
+    if info is None or "name" not in info:
+        raise DatasetIndexError(f"{column.display}: not a sidecar column (its index.json has no 'column' entry)")
     if column.index.shards.names != base.index.shards.names or not np.array_equal(
         column.index.shards.samples, base.index.shards.samples
     ):
-        raise ValueError(f"{column.display}: its shards do not align with {base.display} "
-                         "(names or sample counts differ)")
+        raise DatasetIndexError(
+            f"{column.display}: its shards do not align with {base.display} (names or sample counts differ)")
+    if info.get("base_fingerprint") != base.index.fingerprint:
+        made_from = (f"fingerprint {info['base_fingerprint']}" if "base_fingerprint" in info
+                     else "no fingerprint: written before columns recorded one")
+        raise DatasetIndexError(
+            f"{column.display}: a {info['name']} column of another dataset: made from {info.get('base')} "
+            f"({made_from}), but {base.display} has fingerprint {base.index.fingerprint} (re-packed since?); "
+            f"write the column again from this dataset")
     return column
 
 
@@ -94,6 +103,13 @@ def write_aligned_shard(base: ShardInfo, out: Output, samples: Iterable[tuple[st
         raise
     out.publish(base.name)
     return aligned_shard_info(base, size, sha256), keys
+
+
+def base_identity(source: Dataset) -> dict:
+    """What a column records of the dataset it was made from: its location (for messages) and its
+    content fingerprint (shard checksums), which ``open_sidecar`` checks; a path alone would accept a
+    dataset re-packed in place with other audio under the same keys."""
+    return {"base": source.display, "base_fingerprint": source.index.fingerprint}
 
 
 def aligned_shard_info(base: ShardInfo, size: int, sha256: str) -> ShardInfo:

@@ -18,6 +18,7 @@ from functools import cached_property
 import numpy as np
 
 from streamtrain.format.dataset import Dataset, open_dataset
+from streamtrain.format.index import DatasetIndexError
 from streamtrain.loader.plan import ShardTable, epoch_rng, ranges
 from streamtrain.storage.remote import RetryPolicy, redact
 
@@ -41,6 +42,10 @@ def open_source(url: str, weight: float = 1.0, storage_options: dict | None = No
     if not (weight > 0 and math.isfinite(weight)):
         raise ValueError(f"{redact(str(url))}: mixing weight must be a positive number, got {weight!r}")
     dataset = open_dataset(url, storage_options, retry)
+    if dataset.index.column is not None:
+        raise DatasetIndexError(
+            f"{dataset.display}: a {dataset.index.column.get('name')} column, not a dataset of audio: a column is "
+            "read with its dataset (a recipe's features.cache or distill.labels; StreamLoader's columns=)")
     if dataset.index.samples == 0:
         raise ValueError(f"{dataset.display}: the dataset has no samples")
     return DatasetSource(dataset, weight)

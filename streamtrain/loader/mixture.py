@@ -17,7 +17,10 @@ goes on under the new mixture:
   repeats only where a weight above 1 asks for them;
 - samples of the old table that the new mixture no longer wants in this epoch
   (a dataset removed, a weight lowered, a window moved) are *left out by the
-  change*, and counted as such.
+  change*, and counted as such;
+- a dataset removed keeps, in the state, what it delivered in the epoch (its
+  *retired* entry, by fingerprint), until the epoch ends: added back in the same
+  epoch, it does not deliver those samples again (``carry_epoch``).
 
 The same function serves the loader (what to exclude) and the audit (what the
 epoch should then hold), so the two cannot disagree.
@@ -32,7 +35,7 @@ import numpy as np
 
 from streamtrain.loader.bitmap import Bitmap
 from streamtrain.loader.dataset_sources import EpochTable, virtual_shards
-from streamtrain.loader.state import decode_bits
+from streamtrain.loader.state import decode_bits, encode_bits
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,11 @@ class MixtureSource:
     def to_json(self) -> dict:
         return {"fingerprint": self.fingerprint, "weight": self.weight, "shards": self.shards, "url": self.url,
                 "samples": self.samples, "delivered": self.delivered}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "MixtureSource":
+        return cls(d["fingerprint"], float(d["weight"]), int(d["shards"]), d["url"], int(d.get("samples", 0)),
+                   int(d.get("delivered", 0)))
 
 
 @dataclass(frozen=True)
@@ -65,8 +73,7 @@ class Mixture:
 
     @classmethod
     def from_json(cls, data: list[dict]) -> "Mixture":
-        return cls(tuple(MixtureSource(d["fingerprint"], float(d["weight"]), int(d["shards"]), d["url"],
-                                       int(d.get("samples", 0)), int(d.get("delivered", 0))) for d in data))
+        return cls(tuple(MixtureSource.from_json(d) for d in data))
 
     def to_json(self) -> list[dict]:
         return [source.to_json() for source in self.sources]
@@ -134,19 +141,58 @@ def carry_over(old: Mixture, delivered: DeliveredBits, seed: int, epoch: int, ne
     )
 
 
-def state_bits(delivered: dict, old: Mixture, seed: int, epoch: int) -> DeliveredBits:
-    """``DeliveredBits`` of a loader state's ``delivered`` JSON (``data.state.SampleSet``) for ``old``'s table."""
-    shards = len(virtual_shards([s.shards for s in old.sources], [s.weight for s in old.sources],
-                                [s.fingerprint for s in old.sources], seed, epoch)[0])
-    done = Bitmap.from_text(delivered["done"], shards)
-    partial = {int(v): bits for v, (_, bits) in delivered["partial"].items()}
+def carry_epoch(old: Mixture, delivered: dict, retired: list[dict], seed: int, epoch: int, new: EpochTable
+                ) -> tuple[CarryOver, list[dict]]:
+    """``carry_over`` of a loader state's JSON, with the datasets retired earlier in the epoch: those the
+    new mixture has again count with what they delivered before they were removed.
+
+    ``delivered``: the state's ``delivered`` (``loader.state.SampleSet`` JSON over ``old``'s table);
+    ``retired``: its ``retired`` entries. Returns the carry-over and the new ``retired`` entries: the
+    earlier ones still out of the mixture, and ``old``'s datasets the new mixture leaves out, each
+    ``MixtureSource`` JSON + ``passes`` (SampleSet JSON over that dataset's own virtual shards).
+    """
+    wanted = {s.index.fingerprint for s in new.sources}
+    present = {s.fingerprint for s in old.sources}
+    returning = [r for r in retired if r["fingerprint"] in wanted and r["fingerprint"] not in present]
+    parts = [(delivered, _virtual_count(old, seed, epoch))]
+    parts += [(r["passes"], _virtual_count(Mixture((MixtureSource.from_json(r),)), seed, epoch)) for r in returning]
+    extended = Mixture(old.sources + tuple(MixtureSource.from_json(r) for r in returning))
+    carried = carry_over(extended, _parts_bits(parts), seed, epoch, new)
+    source_of = virtual_shards([s.shards for s in old.sources], [s.weight for s in old.sources],
+                               [s.fingerprint for s in old.sources], seed, epoch)[0]
+    leaving = [_retire(s, np.flatnonzero(source_of == i), delivered, len(source_of))
+               for i, s in enumerate(old.sources) if s.fingerprint not in wanted]
+    return carried, [r for r in retired if r["fingerprint"] not in wanted] + leaving
+
+
+def _virtual_count(mixture: Mixture, seed: int, epoch: int) -> int:
+    return len(virtual_shards([s.shards for s in mixture.sources], [s.weight for s in mixture.sources],
+                              [s.fingerprint for s in mixture.sources], seed, epoch)[0])
+
+
+def _parts_bits(parts: list[tuple[dict, int]]) -> DeliveredBits:
+    """``DeliveredBits`` over consecutive ranges of virtual shards, each given as SampleSet JSON."""
+    done, partial, first = [], {}, 0
+    for delivered, count in parts:
+        done.append(Bitmap.from_text(delivered["done"], count).mask())
+        partial.update({first + int(v): bits for v, (_, bits) in delivered["partial"].items()})
+        first += count
+    done_all = np.concatenate(done) if done else np.zeros(0, dtype=bool)
 
     def bits(virtual: int, count: int) -> np.ndarray:
         if virtual in partial:
             return decode_bits(partial[virtual], count)
-        return np.full(count, bool(done.has(np.array([virtual]))[0]))
+        return np.full(count, bool(done_all[virtual]))
 
     return bits
+
+
+def _retire(source: MixtureSource, virtual: np.ndarray, delivered: dict, total: int) -> dict:
+    """The retired entry of ``source``, whose virtual shards are ``virtual`` (a range) of a table of ``total``."""
+    first, end = (int(virtual[0]), int(virtual[-1]) + 1) if len(virtual) else (0, 0)
+    done = Bitmap.from_text(delivered["done"], total).mask()[first:end]
+    partial = {str(int(v) - first): entry for v, entry in delivered["partial"].items() if first <= int(v) < end}
+    return {**source.to_json(), "passes": {"done": encode_bits(done), "partial": partial}}
 
 
 def _positions(index, shard: int) -> tuple[slice, int]:

@@ -46,13 +46,12 @@ import numpy as np
 
 from streamtrain.format.index import sample_offsets
 
-#: Bucketing sorts durations by a 16-bit key (a linear-time radix sort): the
-#: logarithm of the duration over 1 ms .. 10^5 s, so a bucket spans 0.03 % of its
-#: durations. A batch's count is then fixed by its top bucket's upper edge, which
-#: no sample of the batch exceeds: the padded cost stays within batch_seconds.
+#: A duration's bucket is the top bits of its float32 (sign 0, exponent, 11 mantissa bits), counted from
+#: 1 ms: log-spaced buckets 2^-11 (0.05 %) wide, computed by integer arithmetic alone, so the same on every
+#: CPU. A 16-bit key holds 32 octaves (1 ms to about 50 days; shorter and longer durations share the end
+#: buckets), and bucketing sorts by it with linear-time radix passes. A batch's count is fixed by its top
+#: bucket's upper edge, which no sample of the batch exceeds: the padded cost stays within batch_seconds.
 _MAX_BUCKET = np.iinfo(np.uint16).max
-# Duration buckets are the top bits of a float32 (sign 0, exponent, 11 mantissa bits): log-spaced, 0.05 %
-# wide, from 1 ms up (32 octaves), computed by integer arithmetic alone, so the same on every CPU.
 _BUCKET_SHIFT = 12
 _BUCKET_BASE = int(np.float32(1e-3).view(np.uint32)) >> _BUCKET_SHIFT
 

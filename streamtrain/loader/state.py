@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -28,6 +29,21 @@ STATE_VERSION = 2
 
 class LoaderStateError(ValueError):
     """A state that cannot be loaded into this loader."""
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A piece of a run that a checkpoint holds as plain data (the loader, the trainer's counters).
+
+    ``state_dict()`` returns JSON values only (dicts with string keys, lists, strings, numbers,
+    booleans, None), so a checkpoint's ``trainer.json`` can be read with ``python -m json.tool``;
+    ``load_state_dict(state)`` takes what ``state_dict()`` returned, possibly after a JSON round trip,
+    and continues from there. (Model, optimizer, scheduler and scaler are torch's own, with tensors.)
+    """
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def encode_bits(bits: np.ndarray) -> str:
@@ -115,6 +131,9 @@ class LoaderState:
     delivered: SampleSet
     schedule: Schedule | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    #: datasets removed from the mixture earlier in this epoch, with what they delivered
+    #: (``loader.mixture.carry_epoch``), so that adding one back does not repeat it
+    retired: list[dict] = field(default_factory=list)
 
     def to_json(self, mixture: list[dict], limits: list[float | None]) -> dict:
         """``mixture``: the epoch table's datasets, weights and progress (``data.mixture.Mixture``);
@@ -132,6 +151,7 @@ class LoaderState:
             "delivered": self.delivered.to_json(),
             "schedule": None if self.schedule is None else self.schedule.to_json(),
             "counters": dict(self.counters),
+            "retired": self.retired,
         }
 
     @classmethod
@@ -148,6 +168,7 @@ class LoaderState:
             schedule=None if schedule is None else Schedule(schedule["settings"],
                                                             SampleSet.from_json(schedule["base"], counts)),
             counters={k: int(v) for k, v in data.get("counters", {}).items()},
+            retired=list(data.get("retired", [])),
         )
 
 
@@ -173,7 +194,7 @@ def merge_states(states: list[dict]) -> dict:
     for state in states:
         check_header(state)
     for other in states[1:]:
-        for name in ("seed", "epoch", "fingerprint", "samples", "shards"):
+        for name in ("seed", "epoch", "fingerprint", "samples", "shards", "retired"):
             if other.get(name) != first.get(name):
                 raise LoaderStateError(
                     f"cannot merge loader states that differ in {name!r}: {first.get(name)!r} != {other.get(name)!r}"

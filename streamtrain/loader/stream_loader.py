@@ -15,8 +15,8 @@ by id, for logs and audits.
 from __future__ import annotations
 
 import dataclasses
-
 import logging
+import multiprocessing.util
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,13 +27,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from streamtrain.loader.batch import Batch, Collated, WorkerNote
-from streamtrain.format.sidecar import open_column
+from streamtrain.format.sidecar import open_sidecar
 from streamtrain.loader.dataset_sources import EpochTable, epoch_table, open_source
-from streamtrain.loader.mixture import Mixture, carry_over, describe_change, state_bits
+from streamtrain.loader.mixture import Mixture, carry_epoch, describe_change
 from streamtrain.loader.state import LoaderState, LoaderStateError, SampleSet, Schedule, check_header, merge_states
 from streamtrain.loader.transfer import SPARE_SLOTS, AudioSlots, slot_floats
 from streamtrain.format.shard_reader import ReadSettings
-from streamtrain.loader.worker import ON_BAD_SAMPLE, BatchStream, ShardReader, worker_init
+from streamtrain.loader.worker import ON_BAD_SAMPLE, BatchStream, ShardWithColumnsOpener, worker_init
 from streamtrain.loader.plan import (BatchList, BatchSettings, RankPlan, delivery_sequence, inside_limits, plan_epoch,
                               split_for_workers)
 from streamtrain.storage.remote import RetryPolicy
@@ -216,7 +216,7 @@ class StreamLoader:
                         for url, weight in _dataset_specs(dataset)]
         if columns and len(self.sources) != 1:
             raise ValueError("sidecar columns need a single dataset (not a mix)")
-        self.columns = [open_column(str(url), self.sources[0].dataset, reading.storage_options, reading.retry)
+        self.columns = [open_sidecar(str(url), self.sources[0].dataset, reading.storage_options, reading.retry)
                         for url in columns]
         self.stats = LoaderStats()
         self._events: list[dict] = []
@@ -263,9 +263,10 @@ class StreamLoader:
                     "the state belongs to other data (its shard table differs from this loader's datasets)")
             loaded = LoaderState.from_json(state, lambda epoch: self._table(epoch).counts)
         else:
-            carried = carry_over(saved, state_bits(state["delivered"], saved, self.seed, epoch), self.seed, epoch, table)
+            carried, retired = carry_epoch(saved, state["delivered"], state.get("retired", []), self.seed, epoch,
+                                           table)
             loaded = LoaderState(self.seed, epoch, table.fingerprint, SampleSet(table.counts, carried.excluded),
-                                 counters={k: int(v) for k, v in state.get("counters", {}).items()})
+                                 counters={k: int(v) for k, v in state.get("counters", {}).items()}, retired=retired)
             change = {**saved.changes_to(current), "delivered_before": carried.delivered_before,
                       "newly_in": carried.newly_in, "left_out": carried.left_out}
         limits = self._limits_change(state.get("limits"), table, loaded.delivered.mask)
@@ -313,6 +314,12 @@ class StreamLoader:
         """This rank's batches still to come in the current epoch (from the plan; no shard is read)."""
         return int(self._current_plan().pending.sum())
 
+    def samples_left(self) -> int:
+        """This rank's samples in the batches still to come in the current epoch (from the plan; no shard
+        is read): what an evaluation split over ranks can count on each rank."""
+        current = self._current_plan()
+        return int(current.plan.batches.sizes[current.pending].sum())
+
     def _schedule_settings(self) -> dict:
         return {
             **self.batching.to_json(),
@@ -357,24 +364,31 @@ class StreamLoader:
             self._events.append({"event": "epoch_end", "epoch": self.epoch})
             return
         slots = self._audio_slots(current) if self.workers.num_workers else None
-        opener = ShardReader(self.sources, self.columns, self.reading)
+        opener = ShardWithColumnsOpener(self.sources, self.columns, self.reading)
         stream = BatchStream(table, plan.batches, opener, tasks, slots)
         produced = iter(stream if self.workers.num_workers == 0 else self._data_loader(stream))
+        # The workers stop by the DataLoader's own protocol (they ignore SIGTERM): when this generator
+        # ends or is closed, or else at interpreter exit, before multiprocessing's exit handler, which
+        # would SIGTERM them and wait forever (a loop that raised leaves this generator suspended).
+        shutdown = getattr(produced, "_shutdown_workers", None)
+        at_exit = multiprocessing.util.Finalize(None, shutdown, exitpriority=10) if shutdown is not None else None
         try:
             yield from self._in_order(produced, expected, slots)
-        finally:  # stop the workers now, by the DataLoader's own protocol (they ignore SIGTERM)
-            shutdown = getattr(produced, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
+        finally:
+            if at_exit is not None:
+                at_exit()  # runs once, and leaves the exit handlers
 
-    def _in_order(self, produced: Iterator[tuple[Collated, WorkerNote]], expected: list[int],
+    def _in_order(self, produced: Iterator[tuple[Collated, WorkerNote] | Exception], expected: list[int],
                   slots: AudioSlots | None) -> Iterator[Batch]:
         """The workers' batches in plan order, each recorded as delivered as it is yielded."""
         pending: dict[int, tuple[Collated, torch.Tensor, WorkerNote]] = {}
         for n, sequence in enumerate(expected):
             while sequence not in pending:
                 waited = time.perf_counter()
-                collated, note = next(produced)
+                item = next(produced)
+                if isinstance(item, BaseException):  # a bad shard or sample, from the worker
+                    raise item
+                collated, note = item
                 # copied out of its slot at once: the worker may reuse the slot
                 audio = collated.audio if note.audio_slot is None else slots.take(*note.audio_slot)
                 if self.workers.pin_memory and torch.cuda.is_available():
@@ -429,6 +443,7 @@ class StreamLoader:
             "samples": table.samples,
             "table": table.fingerprint,
             "world_size": self.world_size,
+            "batch_size": self.batching.batch_size,  # with batches: bounds what may be dropped, for the audit
             "batches": plan.total_batches,
             "filtered": plan.filtered,
         })

@@ -27,9 +27,12 @@ from streamtrain.loader.transfer import AudioSlots
 from streamtrain.format.dataset import Dataset
 from streamtrain.format.shard import ShardError
 from streamtrain.loader.plan import BatchList
-from streamtrain.storage.remote import ShardReadError
+from streamtrain.storage.remote import ReadError
 
 log = logging.getLogger("streamtrain.loader")
+
+#: What a bad shard or sample raises: named in one line, with its shard and key.
+DATA_ERRORS = (SampleError, ShardError, ReadError)
 
 ON_BAD_SAMPLE = ("raise", "skip")
 
@@ -56,7 +59,7 @@ class ShardWithColumns:
             shard.close()
 
 
-class ShardReader:
+class ShardWithColumnsOpener:
     """Opens a source's shard (local, remote, cached) with the aligned shards of its sidecar columns."""
 
     def __init__(self, sources: list[DatasetSource], columns: list[Dataset], settings: ReadSettings):
@@ -87,7 +90,7 @@ class BatchStream(IterableDataset):
     samples until the last of its batches that needs them.
     """
 
-    def __init__(self, table: EpochTable, batches: BatchList, opener: ShardReader,
+    def __init__(self, table: EpochTable, batches: BatchList, opener: ShardWithColumnsOpener,
                  tasks: list[tuple[np.ndarray, np.ndarray]], slots: AudioSlots | None = None):
         self.table = table
         self.batches = batches
@@ -96,6 +99,15 @@ class BatchStream(IterableDataset):
         self.slots = slots  # shared memory for the audio, in a DataLoader worker
 
     def __iter__(self):
+        """``(Collated, WorkerNote)`` per batch; a bad shard or sample (with ``on_bad_sample: raise``) ends
+        the stream with the error itself, which the main process raises as it is (a DataLoader would
+        re-raise it wrapped in the worker's whole traceback)."""
+        try:
+            yield from self._batches()
+        except DATA_ERRORS as error:
+            yield error
+
+    def _batches(self):
         info = get_worker_info()
         worker = info.id if info is not None else 0
         sequences, indices = self.tasks[worker]
@@ -104,8 +116,8 @@ class BatchStream(IterableDataset):
         shard_of, index_in_shard = self.table.locate(mine.order)
         first_use = shard_of[np.sort(np.unique(shard_of, return_index=True)[1])].tolist()
         first_batch = len(np.unique(shard_of[: int(mine.sizes[0])])) if len(mine) else 0
-        with OpenShards(self.opener, self.table, first_use, self.opener.settings.prefetch_shards,
-                        first_batch) as shards:
+        with ShardPrefetcher(self.opener, self.table, first_use, self.opener.settings.prefetch_shards,
+                             first_batch) as shards:
             release_after = _release_schedule(shard_of, mine.sizes)
             for t, sequence in enumerate(sequences.tolist()):
                 first, end = int(mine.starts[t]), int(mine.starts[t] + mine.sizes[t])
@@ -148,7 +160,7 @@ class BatchStream(IterableDataset):
         return Sample(key, gid, audio, meta, columns)
 
 
-class OpenShards:
+class ShardPrefetcher:
     """The shards a worker has open, opened ahead of need (``depth`` at a time, in first-use order)
     by background threads: the next shard's download and sha256 check overlap the current
     one's decoding. A shard that cannot be opened is kept as its error (raised, or its samples
@@ -160,7 +172,7 @@ class OpenShards:
     resumed); after it, the next ones open while the batches in hand are decoded.
     """
 
-    def __init__(self, opener: ShardReader, table: EpochTable, first_use: list[int], depth: int,
+    def __init__(self, opener: ShardWithColumnsOpener, table: EpochTable, first_use: list[int], depth: int,
                  first_batch: int | None = None):
         self.opener, self.table = opener, table
         self._upcoming = collections.deque(first_use)
@@ -170,7 +182,7 @@ class OpenShards:
         self._pool = concurrent.futures.ThreadPoolExecutor(self._depth) if self._depth else None
         self._held = first_batch  # how many more may start opening before look_ahead; None: no limit
 
-    def __enter__(self) -> "OpenShards":
+    def __enter__(self) -> "ShardPrefetcher":
         self._fill()
         return self
 
@@ -204,7 +216,7 @@ class OpenShards:
     def _opened(self, shard: int) -> ShardWithColumns | Exception:
         try:
             return self.opener.open(int(self.table.source[shard]), int(self.table.shard[shard]))
-        except (ShardError, ShardReadError) as error:
+        except (ShardError, ReadError) as error:
             if self.opener.settings.on_bad_sample == "skip":
                 log.warning("skipping the rest of shard %s: %s", self.table.origin(shard), error)
             return error

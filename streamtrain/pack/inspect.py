@@ -15,7 +15,7 @@ from streamtrain.format.dataset import Dataset, open_dataset
 from streamtrain.format.index import DatasetIndex, DatasetIndexError
 from streamtrain.format.shard_reader import ReadSettings, ReadStats, ShardOpener
 from streamtrain.format.tar_layout import ShardError
-from streamtrain.storage.remote import ShardReadError
+from streamtrain.storage.remote import ReadError
 
 #: How far a sample's stored ``seconds`` may be from its audio header's length.
 #: Lossy codecs and mp3 copies report lengths that can differ by a few frames.
@@ -27,9 +27,10 @@ SAMPLE_SECONDS_ROUNDING = 0.0005
 
 def summarize(dataset: str | os.PathLike) -> dict[str, Any]:
     """Totals of a dataset from its index alone (no shard or column file is opened)."""
-    index = open_dataset(str(dataset)).index
+    opened = open_dataset(str(dataset))
+    index = opened.index
     return {
-        "path": str(dataset),
+        "path": opened.display,
         "format_version": index.format_version,
         "samples": index.samples,
         "hours": round(index.seconds / 3600, 6),
@@ -84,16 +85,16 @@ def verify(dataset: str | os.PathLike) -> list[str]:
         name = index.shards.names[shard]
         try:
             shard_file = opener.open(opened, shard)
-        except ShardReadError as error:
+        except ReadError as error:
             problems.append(f"{name}: {error.reason}")
             continue
         except ShardError as error:
             problems.append(str(error))
             continue
+        check = _sample_problems if index.column is None else _column_sample_problems
         with closing(shard_file):
             try:
-                problems += [f"{name}: {p}" for key, members in shard_file for p in _sample_problems(key, members,
-                                                                                                     index)]
+                problems += [f"{name}: {p}" for key, members in shard_file for p in check(key, members, index)]
             except ShardError as error:
                 problems.append(str(error))
         if keys is not None:
@@ -133,19 +134,31 @@ def _column_problems(opened: Dataset):
     return problems, keys
 
 
+def _json_member(members: dict[str, bytes]) -> dict | str:
+    """The sample's json member as an object, or what is wrong with it."""
+    if "json" not in members:
+        return "no json member"
+    try:
+        meta = json.loads(members["json"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return f"json member is not valid JSON: {error}"
+    return meta if isinstance(meta, dict) else "json member is not an object"
+
+
+def _column_sample_problems(key: str, members: dict[str, bytes], index: DatasetIndex) -> list[str]:
+    """A sidecar column's sample (pseudo-labels, cached features) has no audio: its json member is checked."""
+    meta = _json_member(members)
+    return [f"sample {key!r}: {meta}"] if isinstance(meta, str) else []
+
+
 def _sample_problems(key: str, members: dict[str, bytes], index: DatasetIndex) -> list[str]:
     where = f"sample {key!r}"
     audio = [ext for ext in members if ext in AUDIO_EXTENSIONS]
     if len(audio) != 1:
         return [f"{where}: expected one audio member, found {audio or 'none'}"]
-    if "json" not in members:
-        return [f"{where}: no json member"]
-    try:
-        meta = json.loads(members["json"])
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        return [f"{where}: json member is not valid JSON: {error}"]
-    if not isinstance(meta, dict):
-        return [f"{where}: json member is not an object"]
+    meta = _json_member(members)
+    if isinstance(meta, str):
+        return [f"{where}: {meta}"]
     problems = []
     if not isinstance(meta.get("text"), str) or not meta["text"].strip():
         problems.append(f"{where}: json has no text")

@@ -16,6 +16,7 @@ names that cannot collide with other parts; ``merge`` joins the parts' indexes.
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
@@ -23,6 +24,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -50,7 +52,7 @@ from streamtrain.format.shard import ShardWriter
 from streamtrain.pack.progress import ProgressReport
 from streamtrain.pack.sources import Entry, Reject, SourceError, SourceItem, read_source
 from streamtrain.storage.output import Output, OutputError
-from streamtrain.storage.remote import ShardReadError, is_local, read_all
+from streamtrain.storage.remote import ReadError, is_local, read_all
 
 PACK_CODECS = (*CODECS, "copy")
 DEFAULT_SHARD_SIZE = 256 * 10**6
@@ -201,6 +203,9 @@ def pack(
         if rejects:
             _guard_write(out.describe(layout.rejects_name),
                          lambda: out.write(layout.rejects_name, "".join(_reject_line(r) for r in rejects)))
+        if rejects and not shards.infos and part is None:  # a part may be all bad: the other parts are not
+            raise PackError(f"all {len(rejects)} items were rejected, nothing to pack (see "
+                            f"{out.describe(layout.rejects_name)}); the first: {rejects[0].message()}")
         index = DatasetIndex(codec=codec, sample_rate=sample_rate, shards=ShardList.of(shards.infos),
                              rejected=len(rejects), created_by=_created_by(), bitrate=bitrate)
         _guard_write(out.describe(layout.index_name),
@@ -573,15 +578,41 @@ def _encode_item(item: SourceItem, encoding: _Encoding) -> _Encoded:
 
 
 def _audio_bytes(item: SourceItem, storage_options: dict | None) -> str | bytes:
-    """The item's audio: a local path, or the bytes of a piped command's output or of a file at a URL."""
+    """The item's audio: a local path, or the bytes of a piped command's output, of a tar member or of a
+    file at a URL."""
     if item.piped:
         return _piped_audio(item.audio)
+    if item.member is not None:
+        return _tar_member(item.audio, item.member)
     if is_local(item.audio):
         return item.audio
     try:
         return read_all(item.audio, storage_options)
-    except ShardReadError as error:
+    except ReadError as error:
         raise AudioError(f"cannot read: {error.reason}") from None
+
+
+def _tar_member(path: str, member: str) -> bytes:
+    """A member of a (WebDataset) tar file, read by offset; each process lists a tar's members once."""
+    try:
+        offset, size = _tar_members(path)[member]
+        with open(path, "rb") as file:
+            data = os.pread(file.fileno(), size, offset)
+    except (OSError, tarfile.TarError) as error:
+        raise AudioError(f"cannot read: {error}") from None
+    except KeyError:
+        raise AudioError("no such member (was the tar file changed since it was listed?)") from None
+    if len(data) != size:
+        raise AudioError(f"truncated: {len(data)} of {size} bytes")
+    return data
+
+
+@functools.lru_cache(maxsize=4)
+def _tar_members(path: str) -> dict[str, tuple[int, int]]:
+    """member name -> (data offset, size) of a tar file, from its headers. Reads go by ``pread``, never
+    through a shared file position: a forked worker may inherit this cache."""
+    with tarfile.open(path) as tar:
+        return {info.name: (info.offset_data, info.size) for info in tar.getmembers() if info.isreg()}
 
 
 def _piped_audio(command: str) -> bytes:

@@ -19,12 +19,13 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from streamtrain.storage.atomic import write_atomic
 from streamtrain.storage.location import check_location
 from streamtrain.storage.remote import (
     RetryPolicy,
-    ShardReadError,
+    ReadError,
     child_url,
     filesystem,
     is_local,
@@ -41,12 +42,32 @@ class OutputError(OSError):
     """A file that could not be published, listed or removed at an output location (named in the message)."""
 
 
+def check_writable(folder: str | os.PathLike) -> None:
+    """Make the local ``folder`` and write, flush and remove a one-byte probe in it, so that a read-only
+    folder or a full disk is an error naming it before a command does its work, not after."""
+    folder = Path(folder)
+    probe = folder / f".streamtrain-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        raise OutputError(f"{folder}: cannot write there: {error.strerror or error}") from None
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 class Output:
     """Where a command's files go; see the module docstring. Use as a context manager (``close`` drops the staging)."""
 
     def __init__(self, location: str | os.PathLike, storage_options: dict | None = None,
                  policy: RetryPolicy = RetryPolicy()):
         self.url = check_location(location).rstrip("/") or "/"
+        if not is_local(self.url) and urlsplit(self.url).query:
+            raise OutputError(f"{redact(self.url)}: an output location cannot carry a query string (it would become "
+                              "part of every file's name); give credentials in the environment or storage_options")
         self.storage_options = storage_options
         self.policy = policy
         self.is_local = is_local(self.url)
@@ -74,6 +95,11 @@ class Output:
         if self.is_local:
             Path(local_path(self.url)).mkdir(parents=True, exist_ok=True)
 
+    def check_writable(self) -> None:
+        """A local folder is made and probed (``check_writable``); a store answers at its first upload."""
+        if self.is_local:
+            check_writable(local_path(self.url))
+
     def names(self) -> list[str]:
         """The names of the files in the folder, sorted; [] when it does not exist."""
         if self.is_local:
@@ -88,7 +114,7 @@ class Output:
         return sorted(name.rstrip("/").rsplit("/", 1)[-1] for name in listed)
 
     def read(self, name: str) -> bytes:
-        """A whole file, with retries (ShardReadError naming it if it cannot be read)."""
+        """A whole file, with retries (ReadError naming it if it cannot be read)."""
         return read_all(self.file_url(name), self.storage_options, self.policy)
 
     def stage(self, name: str) -> Path:
@@ -111,9 +137,9 @@ class Output:
         stored = self._retried(lambda: fs.size(path), "cannot stat the upload", name)
         try:
             if stored != size:
-                raise ShardReadError(f"{stored} bytes stored, {size} uploaded")
+                raise ReadError(f"{stored} bytes stored, {size} uploaded")
             verify_url(url, size, sha256, self.storage_options, self.policy)
-        except ShardReadError as error:
+        except ReadError as error:
             raise OutputError(f"{self.describe(name)}: the upload does not read back intact: {error.reason}") from None
         staged.unlink()
 
@@ -150,7 +176,7 @@ class Output:
         """``action()`` with the read retries; a failure is an OutputError naming the file."""
         try:
             return with_retries(action, self.file_url(name) if name else self.url, self.policy, time.sleep, failure)
-        except ShardReadError as error:
+        except ReadError as error:
             raise OutputError(str(error)) from None
 
 

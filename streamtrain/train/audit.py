@@ -23,8 +23,12 @@ memory each: seen once, or filtered by the duration limits (recomputed from
 the index, not taken from the log), or dropped to equalize ranks (bounded), or
 skipped as bad; anything else is a duplicate or a gap. An epoch whose data
 mixture changed at a resume is checked against the loader's own carry-over
-rule: nothing delivered before the change comes again, everything the new
-mixture wants comes once, and what the change took out is counted as left out.
+rule: nothing delivered before the change comes again (datasets removed and
+added back included), everything the new mixture wants comes once, and what
+the change took out is counted as left out. Such an epoch is also counted by
+sample (dataset fingerprint and position) across all its tables, independently
+of that rule: a sample delivered more often than any of its tables offers it
+is a repeat, whatever the rule says.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import numpy as np
 import zstandard
 
 from streamtrain.loader.bitmap import Bitmap
-from streamtrain.loader.mixture import Mixture, carry_over
+from streamtrain.loader.mixture import Mixture, carry_epoch
 from streamtrain.loader.dataset_sources import DatasetSource, EpochTable, epoch_table
 from streamtrain.loader.state import SampleSet
 from streamtrain.format.dataset import Dataset
@@ -49,6 +53,10 @@ from streamtrain.loader.plan import inside_limits
 AUDIT_DIR = "audit"
 SHOWN = 10
 _FILE = re.compile(r"session-(\d{4})-rank-(\d{5})\.jsonl\.zst$")
+
+
+class AuditLogError(ValueError):
+    """An audit log whose records lack what the audit needs (written by hand, or by another program)."""
 
 
 class AuditLog:
@@ -96,12 +104,14 @@ class EpochAudit:
     unknown: int = 0  # ids that are not in the epoch's table
     mixture_changes: int = 0  # resumes that changed the epoch's data mixture
     left_out: int = 0  # samples the epoch's first mixture offered, not delivered, that a change took out
+    repeated: int = 0  # samples (by dataset and position) delivered more often than any of the epoch's tables offers
     problems: list[str] = field(default_factory=list)  # plan inconsistencies (e.g. too many dropped batches)
     examples: dict[str, list[str]] = field(default_factory=dict)  # kind -> up to SHOWN samples, named
 
     @property
     def ok(self) -> bool:
-        return not self.duplicates and not self.unknown and not self.problems and (not self.complete or not self.missing)
+        return not self.duplicates and not self.repeated and not self.unknown and not self.problems and (
+            not self.complete or not self.missing)
 
 
 @dataclass
@@ -155,11 +165,15 @@ def audit_run(run_dir: Path, resolve: DatasetResolver) -> AuditReport:
     for session, _, path in files:
         cutoff = cutoffs[session]
         for record in _stream(path, torn):
-            if record["event"] == "session" or (cutoff is not None and record.get("step", 0) > cutoff):
-                continue
-            last_step = max(last_step, record.get("step", 0))
-            if "epoch" in record:
-                tallies.setdefault(record["epoch"], _EpochTally(record["epoch"], resolve)).add(record)
+            try:
+                if record["event"] == "session" or (cutoff is not None and record.get("step", 0) > cutoff):
+                    continue
+                last_step = max(last_step, record.get("step", 0))
+                if "epoch" in record:
+                    tallies.setdefault(record["epoch"], _EpochTally(record["epoch"], resolve)).add(record)
+            except KeyError as missing:
+                raise AuditLogError(f"{path}: a {record.get('event', 'record')!r} record of step {record.get('step')} "
+                                    f"has no {missing} field") from None
     return AuditReport(len(sessions), last_step, [tallies[e].result() for e in sorted(tallies)], sum(torn))
 
 
@@ -198,6 +212,8 @@ class _EpochTally:
         self.table: EpochTable | None = None
         self.plan: dict | None = None
         self.changed = False  # a mixture_change record awaits its plan
+        self.retired: list[dict] = []  # datasets a change took out, with what they delivered (as the loader keeps)
+        self.segments: list[tuple[EpochTable, Bitmap]] = []  # each table's samples seen, for the count by id
         self.duplicates: list[int] = []
         self.unknown: list[int] = []
 
@@ -219,11 +235,25 @@ class _EpochTally:
             self.duplicates += [self.table.describe(i) for i in repeated[: SHOWN - len(self.duplicates)]]
         elif event in self.kinds:
             ids = self._inside(decode_ids(record["ids"]))
+            if event == "dropped":
+                self._check_dropped(record, ids)
             self.explained.add(ids)
             self.kinds[event].append(ids)
-            if event == "dropped" and record["batches"] >= record["world_size"]:
-                self.audit.problems.append(f"{record['batches']} batches dropped with {record['world_size']} ranks "
-                                           "(the plan leaves out fewer batches than ranks)")
+
+    def _check_dropped(self, record: dict, ids: np.ndarray) -> None:
+        """Samples left out to equalize ranks are checked by their ids against the plan they belong to
+        (the record's own ``batches`` count is not trusted): none on one rank, never more than the
+        plan's leftover batches can hold, and none also delivered."""
+        world, batches, batch_size = self.plan["world_size"], self.plan["batches"], self.plan.get("batch_size")
+        problems = self.audit.problems
+        if record["world_size"] != world:
+            problems.append(f"a 'dropped' record for {record['world_size']} ranks in a plan for {world}")
+        if world == 1 and len(ids):
+            problems.append(f"{len(ids)} samples recorded as dropped on a one-rank run (one rank never leaves "
+                            "batches out)")
+        elif batch_size is not None and len(ids) > (batches % world) * batch_size:
+            problems.append(f"{len(ids)} samples recorded as dropped, but the plan's {batches % world} leftover "
+                            f"batch(es) of at most {batch_size} hold fewer")
 
     def _plan(self, record: dict) -> None:
         if self.table is not None and record["table"] == self.plan["table"]:
@@ -239,11 +269,9 @@ class _EpochTally:
         before = np.zeros(table.samples, dtype=bool)
         if self.table is not None:
             self._close_segment()
-            delivered = self._delivered()
-            old = Mixture.of(self.table, SampleSet(self.table.counts, delivered).per_shard)
-            offsets = self.table.offsets
-            carried = carry_over(old, lambda v, count: delivered[offsets[v] : offsets[v] + count], self.plan["seed"],
-                                 self.audit.epoch, table)
+            delivered = SampleSet(self.table.counts, self._delivered())
+            carried, self.retired = carry_epoch(Mixture.of(self.table, delivered.per_shard), delivered.to_json(),
+                                                self.retired, self.plan["seed"], self.audit.epoch, table)
             before = carried.excluded
             self.audit.left_out += carried.left_out
             self.audit.mixture_changes += 1
@@ -260,6 +288,11 @@ class _EpochTally:
 
     def _close_segment(self) -> None:
         """Count what the current table's segment delivered."""
+        self.segments.append((self.table, self.seen))
+        dropped = np.concatenate(self.kinds["dropped"]) if self.kinds["dropped"] else np.zeros(0, np.int64)
+        delivered = dropped[self.seen.has(dropped)]
+        if len(delivered):
+            self.audit.problems.append(f"{len(delivered)} samples recorded as dropped were delivered too")
         self.audit.seen += self.seen.count()
         for kind, parts in self.kinds.items():
             setattr(self.audit, kind, getattr(self.audit, kind) + (len(np.unique(np.concatenate(parts))) if parts else 0))
@@ -276,6 +309,8 @@ class _EpochTally:
             audit.problems.append("no record of the epoch's plan")
             return audit
         self._close_segment()
+        repeated = _repeated(self.segments) if len(self.segments) > 1 else []
+        audit.repeated = len(repeated)
         filtered = Bitmap.of_mask(~inside_limits(self.table.durations, self.plan["min_seconds"],
                                                self.plan["max_seconds"]))
         audit.filtered = filtered.count()
@@ -284,8 +319,41 @@ class _EpochTally:
             "duplicate": self.duplicates,
             "missing": [self.table.describe(i) for i in gaps] if audit.complete else [],
             "unknown": [f"sample id {i} of a table of {self.table.samples}" for i in self.unknown],
+            "repeated": repeated[:SHOWN],
         }
         return audit
+
+
+def _repeated(segments: list[tuple[EpochTable, Bitmap]]) -> list[str]:
+    """The samples an epoch whose mixture changed delivered more often than any of its tables offers
+    them, named with their count. Counted by dataset (fingerprint) and position, independently of
+    the carry-over rule, so a flaw in that rule cannot hide a repeat."""
+    delivered: dict[str, np.ndarray] = {}
+    allowed: dict[str, np.ndarray] = {}
+    datasets = {}
+    for table, seen in segments:
+        seen_mask = seen.mask()
+        offered: dict[str, np.ndarray] = {}
+        for v in range(len(table.counts)):
+            dataset = table.sources[int(table.source[v])].dataset
+            fingerprint = dataset.index.fingerprint
+            datasets[fingerprint] = dataset
+            first = int(dataset.index.shards.offsets[int(table.shard[v])])
+            positions = slice(first, first + int(table.counts[v]))
+            for counts in (delivered, offered):
+                counts.setdefault(fingerprint, np.zeros(dataset.index.samples, dtype=np.int64))
+            delivered[fingerprint][positions] += seen_mask[table.offsets[v] : table.offsets[v + 1]]
+            offered[fingerprint][positions] += 1
+        for fingerprint, counts in offered.items():
+            allowed[fingerprint] = np.maximum(allowed.get(fingerprint, counts), counts)
+    named = []
+    for fingerprint, counts in delivered.items():
+        dataset = datasets[fingerprint]
+        for position in np.flatnonzero(counts > allowed[fingerprint]).tolist():
+            shard = int(np.searchsorted(dataset.index.shards.offsets, position, side="right") - 1)
+            named.append(f"{dataset.describe(shard, position - int(dataset.index.shards.offsets[shard]))} delivered "
+                         f"{counts[position]} times, at most {allowed[fingerprint][position]} asked")
+    return named
 
 
 def _table(plan: dict, resolve: DatasetResolver) -> EpochTable:

@@ -139,14 +139,23 @@ def load_checkpoint(path: Path) -> tuple[dict, dict]:
 
 
 def newest_valid_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint whose files match their manifest; damaged ones are skipped with a warning."""
-    for path in reversed(list_checkpoints(run_dir)):
+    """The newest checkpoint whose files match their manifest; damaged ones are skipped with a warning.
+
+    None when the run has no checkpoint. A CheckpointError when it has some and every one is damaged:
+    starting over from step 0 would silently throw the run away (and rotation would then delete the
+    damaged checkpoints, which a person may still repair), so that takes ``--no-resume``.
+    """
+    checkpoints = list_checkpoints(run_dir)
+    for path in reversed(checkpoints):
         try:
             verify_checkpoint(path)
         except CheckpointError as error:
             log.warning("skipping damaged checkpoint: %s", error)
             continue
         return path
+    if checkpoints:
+        raise CheckpointError(f"all {len(checkpoints)} checkpoints in {checkpoint_root(run_dir)} are damaged; "
+                              "nothing was deleted: repair or restore one, or start over with --no-resume")
     return None
 
 

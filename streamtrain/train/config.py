@@ -5,6 +5,26 @@ to them field by field: an unknown key, or a value of the wrong type, is an
 error that names its dotted path (``optim.lr``). Nothing in a recipe is ever
 executed.
 
+Why a hand-written binder (``bind``, about 60 lines) rather than a library: the
+same dataclasses were bound with pydantic 2.12 (``TypeAdapter``, extra keys
+forbidden) and OmegaConf 2.4 (``structured`` + ``merge``), with bad recipes:
+
+- a typo, ``optim.warmup_step``: OmegaConf says "Did you mean: 'warmup_steps'?",
+  pydantic "Unexpected keyword argument"; here: the unknown key, the closest
+  known one, and the section's keys.
+- ``train.max_steps: ten``: all three name the key and the value; pydantic adds
+  an error code and a documentation URL to every message.
+- ``train.mixed_precision: no`` (YAML 1.1 reads it as false): OmegaConf accepts
+  it as the string "False"; pydantic says "Input should be a valid string";
+  here: quote the word.
+- a mixing weight ``lots`` in ``data.train: {url: weight}``: OmegaConf cannot
+  express ``str | dict[str, float]`` ("incompatible with type hint"); pydantic
+  lists an error for each branch of the union; here: the weight's own key.
+
+The libraries' messages are no clearer for these cases, one misses the YAML
+pitfall and cannot hold the schema, and either would be a dependency for this
+one use: the binder stays.
+
 Where paths lead: a recipe is a file, or the name of one of the recipes that come
 with the package (``BUNDLED``, package data, with the digits tokenizer and the demo
 shards they use), so ``streamtrain train tiny`` works from any folder and from an
@@ -13,12 +33,13 @@ leads to the file's folder when something is there, and otherwise stays relative
 to the working directory (e.g. ``runs/tiny/model``, which an earlier command wrote
 there); the defaults of the dataclasses lead into ``BUNDLED``. Overrides given on
 the command line, and the output paths (``train.output_dir``, ``data.cache_dir``),
-are relative to the working directory.
+are relative to the working directory (and so are a command's path flags).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -28,6 +49,7 @@ from pathlib import Path
 import yaml
 
 from streamtrain.features import build_featurizer
+from streamtrain.storage.remote import redacted
 
 
 #: The recipes that come with the package, and the tokenizer and demo data (shards/) they name.
@@ -52,7 +74,8 @@ class DataConfig:
     #: padded seconds of model input per batch: the trainer's Whisper models pad every utterance to the
     #: featurizer's window (30 s for the published ones), so this counts windows (``train_batch_size``)
     batch_seconds: float | None = 120.0
-    max_seconds: float | None = None  # longer utterances are left out (counted)
+    #: longer utterances are left out (counted); the featurizer's window bounds it (``train_max_seconds``)
+    max_seconds: float | None = None
     num_workers: int = 2
     block_shards: int = 4
     on_bad_sample: str = "raise"
@@ -143,7 +166,12 @@ class Recipe:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The recipe as it may be printed or stored (the run's recipe.yaml, checkpoints, TensorBoard,
+        the resume's diff): locations redacted (no credentials, no query), storage_options' secrets hidden.
+        A token that changes between sessions is therefore no change of the recipe."""
+        data = dataclasses.asdict(self)
+        options = data["data"].pop("storage_options")
+        return {**redacted(data), "data": {**redacted(data["data"]), "storage_options": redacted(options, True)}}
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -159,8 +187,9 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_recipe(path_or_name: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Load a recipe file (or the name of a bundled one) and apply ``key=value`` overrides.
+def load_recipe(path_or_name: str | Path, overrides: list[str] = (), values: dict | None = None) -> Recipe:
+    """Load a recipe file (or the name of a bundled one), apply ``key=value`` overrides (values parsed
+    as YAML), then ``values`` (dotted key -> value taken as it is, e.g. a command's typed flags).
 
     Relative input paths are resolved as the module docstring says."""
     path = resolve_recipe_path(path_or_name)
@@ -185,6 +214,8 @@ def load_recipe(path_or_name: str | Path, overrides: list[str] = ()) -> Recipe:
         except yaml.YAMLError as error:
             raise RecipeError(f"override {override!r}: invalid value: {error}") from error
         _set_dotted(data, key.strip(), parsed)
+    for key, value in (values or {}).items():
+        _set_dotted(data, key, value)
     recipe = bind(Recipe, data, "")
     for key in INPUT_PATHS:
         section, name = key.split(".")
@@ -222,7 +253,9 @@ def bind(cls, data, where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise RecipeError(f"unknown key {_join(where, unknown[0])!r} (known: {', '.join(fields)})")
+        close = difflib.get_close_matches(str(unknown[0]), fields, n=1)
+        hint = f"did you mean {_join(where, close[0])!r}? " if close else ""
+        raise RecipeError(f"unknown key {_join(where, unknown[0])!r} ({hint}known: {', '.join(fields)})")
     hints = typing.get_type_hints(cls)
     values = {name: _check(hints[name], value, _join(where, name)) for name, value in data.items()}
     return cls(**values)
@@ -241,8 +274,9 @@ def _check(hint, value, where: str):
             try:
                 return _check(option, value, where)
             except RecipeError as error:
-                errors.append(error)
-        raise errors[0]
+                shape = typing.get_origin(option) or option
+                errors.append((shape in (list, dict) and isinstance(value, shape), error))
+        raise max(errors, key=lambda pair: pair[0])[1]  # the branch of the value's own shape names what is inside
     if origin is list:
         if not isinstance(value, list):
             raise RecipeError(f"{where}: expected a list, got {value!r}")
@@ -371,6 +405,17 @@ def window_seconds(features: FeatureConfig) -> float:
         return float(build_featurizer(features.name, **features.params).chunk_seconds)
     except ValueError as error:
         raise RecipeError(f"features.params: {error}") from None
+
+
+def train_max_seconds(data: DataConfig, features: FeatureConfig) -> float:
+    """The longest utterance the trainer plans: ``data.max_seconds``, bounded by the featurizer's window.
+
+    The model sees only an utterance's first window; trained against the whole transcript, a longer
+    one teaches it to hallucinate what it never heard. So it is left out at planning time and
+    counted with the other samples outside the duration limits, whatever ``data.max_seconds`` says.
+    """
+    window = window_seconds(features)
+    return window if data.max_seconds is None else min(data.max_seconds, window)
 
 
 def train_batch_size(data: DataConfig, features: FeatureConfig) -> int:

@@ -122,20 +122,38 @@ def evaluate(
     max_samples: int | None = None,
     on_batch: Callable[[int], object] = lambda batches: None,
 ) -> EvalResult:
-    """Transcribe every batch of ``loader`` (one pass) on this rank; ``on_batch(1)`` after each.
+    """Transcribe ``loader``'s batches (one pass) on this rank: all of them, or exactly ``max_samples``
+    utterances (the last batch is cut; see ``rank_quotas`` for a total over ranks); ``on_batch(1)`` after each.
 
     On an out-of-memory error the batch is transcribed in smaller pieces
     (``backoff`` keeps the piece count for later batches and evaluations).
     """
     result = EvalResult(ErrorCounts())
     model.eval()
-    for batch in loader:
-        audio, lengths = batch.audio.to(device), batch.audio_lens.to(device)
-        hypotheses = [g.text for g in transcribe(model, featurizer, codec, audio, lengths, backoff, autocast)]
-        for key, reference, hypothesis in zip(batch.keys, batch.text, hypotheses):
-            word_errors, char_errors = result.counts.add(reference, hypothesis)
-            result.hypotheses.append(Hypothesis(key, reference, hypothesis, word_errors, char_errors))
-        on_batch(1)
-        if max_samples is not None and result.counts.utterances >= max_samples:
-            break
+    if max_samples == 0:
+        return result
+    with contextlib.closing(iter(loader)) as batches:
+        for batch in batches:
+            take = batch.size if max_samples is None else min(batch.size, max_samples - result.counts.utterances)
+            audio, lengths = batch.audio[:take].to(device), batch.audio_lens[:take].to(device)
+            hypotheses = [g.text for g in transcribe(model, featurizer, codec, audio, lengths, backoff, autocast)]
+            for key, reference, hypothesis in zip(batch.keys[:take], batch.text[:take], hypotheses):
+                word_errors, char_errors = result.counts.add(reference, hypothesis)
+                result.hypotheses.append(Hypothesis(key, reference, hypothesis, word_errors, char_errors))
+            on_batch(1)
+            if result.counts.utterances == max_samples:
+                break
     return result
+
+
+def rank_quotas(total: int, available: list[int]) -> list[int]:
+    """How many utterances each rank evaluates so that they add up to exactly ``total`` (or all there
+    are), as evenly as each rank's ``available`` utterances allow."""
+    quotas = [0] * len(available)
+    left = total
+    by_size = sorted(range(len(available)), key=lambda r: available[r])
+    for place, rank in enumerate(by_size):
+        ranks_left = len(by_size) - place
+        quotas[rank] = min(available[rank], -(-left // ranks_left))
+        left -= quotas[rank]
+    return quotas

@@ -21,8 +21,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 
 from streamtrain.loader import Batch, StreamLoader
+from streamtrain.loader.state import Stateful
 from streamtrain.features import SpecAugment, build_featurizer, generator_for_step
 from streamtrain.features.feature_cache import check_feature_column
 from streamtrain.pack.progress import ProgressReport, message
@@ -38,12 +38,12 @@ from streamtrain.storage.remote import RetryPolicy
 from streamtrain.train import checkpoint as ckpt
 from streamtrain.train.audit import AuditLog, encode_ids, next_session
 from streamtrain.train.backoff import OomBackoff
-from streamtrain.train.config import Recipe, train_batch_size, validate
-from streamtrain.train.evaluate import ErrorCounts, evaluate
+from streamtrain.train.config import Recipe, train_batch_size, train_max_seconds, validate
+from streamtrain.train.evaluate import ErrorCounts, evaluate, rank_quotas
 from streamtrain.train.export import export_model
 from streamtrain.train.inputs import CachedFeatures, LiveFeatures
 from streamtrain.train.model import IGNORE_INDEX, TextCodec, build_model, load_tokenizer
-from streamtrain.train.loss import CrossEntropy, Objective, StepFeatures
+from streamtrain.train.loss import ObjectiveContext, ObjectiveFactory, StepFeatures, cross_entropy_objective
 from streamtrain.train.plot import plot_history
 from streamtrain.train.run_dir import RunLock, recipe_changes
 from streamtrain.train.signals import StopRequest
@@ -51,10 +51,6 @@ from streamtrain.train.signals import StopRequest
 log = logging.getLogger("streamtrain.train")
 
 MODEL_DIR = "model"
-
-#: (distill config, sidecar columns, the model, featurizer, prompt, device) -> the objective; the default
-#: trains on transcripts
-ObjectiveFactory = Callable[..., Objective]
 
 
 @dataclass
@@ -69,18 +65,29 @@ class Progress:
     history: list[dict] = field(default_factory=list)
     evaluations: list[dict] = field(default_factory=list)
 
+    def state_dict(self) -> dict:
+        """The counters as JSON."""
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()``'s counters."""
+        loaded = Progress(**state)  # an unknown counter is a TypeError naming it
+        for name in (f.name for f in fields(self)):
+            setattr(self, name, getattr(loaded, name))
+
 
 @dataclass
 class TrainResult:
     run_dir: Path
     progress: Progress
     stopped_by_signal: bool
+    main_process: bool = True  # rank 0: the one that prints the run's summary
 
 
 class Trainer:
     """One training run of a recipe, on every rank that accelerate started."""
 
-    def __init__(self, recipe: Recipe, objective_for: ObjectiveFactory = lambda *args: CrossEntropy()):
+    def __init__(self, recipe: Recipe, objective_for: ObjectiveFactory = cross_entropy_objective):
         validate(recipe)
         self.recipe, cfg = recipe, recipe.train
         self.run_dir = Path(cfg.output_dir)
@@ -109,19 +116,17 @@ class Trainer:
         self.features = CachedFeatures() if recipe.features.cache else LiveFeatures(self.featurizer)
         if recipe.features.cache:
             check_feature_column(self.loader.columns[0], self.featurizer)
-        self.objective = objective_for(recipe.distill, self.loader.columns, self.accelerator.unwrap_model(self.model),
-                                       self.featurizer, self.codec.prompt, self.device)
+        self.objective = objective_for(ObjectiveContext(
+            distill=recipe.distill, columns=self.loader.columns, student=self.accelerator.unwrap_model(self.model),
+            featurizer=self.featurizer, prompt=self.codec.prompt, device=self.device))
         self.progress = Progress(micro_batches=cfg.micro_batches)
         self.audit: AuditLog | None = None
-        if cfg.grad_accum > 1:
-            log.warning("train.grad_accum=%d: each optimizer step accumulates %d loader batches (before streamtrain "
-                        "0.2 grad_accum split each batch, which is now train.micro_batches)", cfg.grad_accum,
-                        cfg.grad_accum)
 
     def _train_loader(self) -> StreamLoader:
         data = self.recipe.data
         return StreamLoader(
-            data.train, batch_size=train_batch_size(data, self.recipe.features), max_seconds=data.max_seconds,
+            data.train, batch_size=train_batch_size(data, self.recipe.features),
+            max_seconds=train_max_seconds(data, self.recipe.features),
             seed=self.recipe.train.seed, num_workers=data.num_workers, block_shards=data.block_shards,
             sample_rate=self.featurizer.sample_rate, on_bad_sample=data.on_bad_sample, cache_dir=data.cache_dir,
             cache_limit=data.cache_limit, storage_options=data.storage_options,
@@ -142,8 +147,9 @@ class Trainer:
                     if stale.exists():
                         log.warning("--no-resume: removing %s from an earlier run", stale)
                         shutil.rmtree(stale)
-        newest = ckpt.newest_valid_checkpoint(self.run_dir) if resume and accelerator.is_main_process else None
-        chosen = _broadcast(None if newest is None else str(newest))
+        chosen = _broadcast(_newest_checkpoint(self.run_dir) if resume and accelerator.is_main_process else None)
+        if isinstance(chosen, dict):  # every checkpoint damaged: every rank stops with rank 0's message
+            raise ckpt.CheckpointError(chosen["error"])
         if chosen is not None:
             self._load(Path(chosen))
         session = _broadcast(next_session(self.run_dir) if accelerator.is_main_process else None)
@@ -152,10 +158,21 @@ class Trainer:
             (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
             accelerator.init_trackers("streamtrain", config=_flat(self.recipe.to_dict()))
 
+    def checkpointed(self) -> dict[str, Stateful]:
+        """The pieces a checkpoint's trainer.json holds, by key: each ``Stateful``, with JSON values."""
+        return {"loader": self.loader, "progress": self.progress}
+
     def _load(self, path: Path) -> None:
         tensors, trainer = ckpt.load_checkpoint(path)
-        self.accelerator.unwrap_model(self.model).load_state_dict(tensors["model"])
-        self.optimizer.load_state_dict(tensors["optimizer"])
+        changes = recipe_changes(trainer["recipe"], self.recipe.to_dict())
+        try:
+            self.accelerator.unwrap_model(self.model).load_state_dict(tensors["model"])
+            self.optimizer.load_state_dict(tensors["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:  # torch's message lists every tensor: not shown
+            raise ckpt.CheckpointError(
+                f"{path}: the model or optimizer does not fit this checkpoint ({type(error).__name__}); the recipe "
+                f"changed since: {'; '.join(changes) or 'nothing'}; resume with that run's recipe, "
+                "or start over with --no-resume or another train.output_dir") from None
         self.scheduler.load_state_dict(tensors["scheduler"])
         if self.accelerator.scaler is not None and tensors.get("scaler"):
             self.accelerator.scaler.load_state_dict(tensors["scaler"])
@@ -164,12 +181,11 @@ class Trainer:
             torch.set_rng_state(rng["torch"][self.rank])
             if torch.cuda.is_available() and rng.get("cuda"):
                 torch.cuda.set_rng_state(rng["cuda"][self.rank])
-        self.loader.load_state_dict(trainer["loader"])
-        self.progress = Progress(**trainer["progress"])
+        for name, piece in self.checkpointed().items():
+            piece.load_state_dict(trainer[name])
         del tensors  # the model and optimizer hold their own copies now
         gc.collect()
         self.accelerator.print(f"resumed from {path} (step {self.progress.step}, epoch {self.loader.epoch})")
-        changes = recipe_changes(trainer["recipe"], self.recipe.to_dict())
         if changes:
             self.accelerator.print("the recipe changed since that checkpoint:\n  " + "\n  ".join(changes))
 
@@ -287,8 +303,11 @@ class Trainer:
                               rank=self.rank, world_size=accelerator.num_processes, equalize_ranks=False,
                               storage_options=recipe.data.storage_options)
         backoff = OomBackoff("evaluation", self.progress.eval_pieces)
+        quota = None  # eval.max_samples is over all ranks
+        if recipe.eval.max_samples is not None:
+            quota = rank_quotas(recipe.eval.max_samples, gather_object([loader.samples_left()]))[self.rank]
         result = evaluate(accelerator.unwrap_model(self.model), self.featurizer, self.codec, loader, self.device,
-                          accelerator.autocast, backoff, recipe.eval.max_samples)
+                          accelerator.autocast, backoff, quota)
         self.model.train()
         counts = ErrorCounts.from_tensor(accelerator.reduce(result.counts.as_tensor().to(self.device), "sum").cpu())
         record = {"step": self.progress.step, "wer": counts.wer, "cer": counts.cer, "utterances": counts.utterances}
@@ -304,7 +323,8 @@ class Trainer:
     def save(self) -> None:
         """A checkpoint: model, optimizer, scheduler, scaler, every rank's RNG, counters, loader state, recipe."""
         accelerator = self.accelerator
-        loader_state = self.loader.state_dict()  # a collective: merged over ranks
+        # on every rank: the loader's state_dict is a collective (merged over ranks)
+        states = {name: piece.state_dict() for name, piece in self.checkpointed().items()}
         rng = gather_object([torch.get_rng_state()])
         cuda_rng = gather_object([torch.cuda.get_rng_state()]) if torch.cuda.is_available() else []
         self.audit.flush()
@@ -320,8 +340,7 @@ class Trainer:
                 "step": self.progress.step,
                 "epoch": self.loader.epoch,
                 "world_size": accelerator.num_processes,
-                "progress": asdict(self.progress),
-                "loader": loader_state,
+                **states,
                 "recipe": self.recipe.to_dict(),
             }
             ckpt.save_checkpoint(self.run_dir, self.progress.step, tensors, trainer, self.recipe.train.keep_checkpoints)
@@ -347,15 +366,15 @@ class Trainer:
                 self.save()  # keep the final evaluation in the counters
         self.audit.flush()
         self.accelerator.end_training()
-        return TrainResult(self.run_dir, self.progress, stopped)
+        return TrainResult(self.run_dir, self.progress, stopped, self.accelerator.is_main_process)
 
 
-def train(recipe: Recipe, resume: bool = True, objective_for: ObjectiveFactory | None = None,
+def train(recipe: Recipe, resume: bool = True, objective_for: ObjectiveFactory = cross_entropy_objective,
           stop: StopRequest | None = None) -> TrainResult:
     """Set up, restore and run a recipe; the run folder is locked for the run's duration (by rank 0)."""
     with contextlib.ExitStack() as stack:
         stop = stop or stack.enter_context(StopRequest())
-        trainer = Trainer(recipe, *(() if objective_for is None else (objective_for,)))
+        trainer = Trainer(recipe, objective_for)
         if trainer.accelerator.is_main_process:
             stack.enter_context(RunLock(trainer.run_dir))
         trainer.accelerator.wait_for_everyone()
@@ -424,6 +443,15 @@ def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
         return bool(flag)
     value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(value, "sum").item() > 0)
+
+
+def _newest_checkpoint(run_dir: Path) -> str | dict | None:
+    """The checkpoint to resume (as a path), none, or ``{"error": message}`` for the other ranks to raise too."""
+    try:
+        newest = ckpt.newest_valid_checkpoint(run_dir)
+    except ckpt.CheckpointError as error:
+        return {"error": str(error)}
+    return None if newest is None else str(newest)
 
 
 def _broadcast(value):

@@ -142,3 +142,21 @@ def test_an_upgrade_that_fails_midway_leaves_a_dataset_that_opens(copy, limit):
     assert not [p.name for p in copy.iterdir() if ".tmp-" in p.name]
     upgrade_index(copy)
     assert load_index(copy).format_version == 2
+
+
+def test_upgrade_does_not_warn_to_run_itself(copy, caplog, capsys):
+    from streamtrain.cli import main
+
+    as_format_1(copy)
+    with caplog.at_level(logging.WARNING):
+        assert main(["index", "upgrade", str(copy)]) == 0
+    assert "index upgrade" not in caplog.text + capsys.readouterr().err
+
+
+def test_upgrade_of_a_url_is_refused_in_one_line(capsys):
+    from streamtrain.cli import main
+    from tests.support.errors import the_error_line
+
+    assert main(["index", "upgrade", "s3://bucket/ds"]) == 2
+    error = the_error_line(capsys.readouterr().err)
+    assert "s3://bucket/ds" in error and "local" in error

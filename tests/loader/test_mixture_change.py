@@ -124,3 +124,36 @@ def test_a_state_saved_before_mixtures_were_recorded_still_resumes(roots):
     rest, _, events, _ = run({roots["a"]: 1.0}, state, 1, 3)
     assert sorted(keys + rest) == sorted(set(keys + rest)) and len(keys + rest) == 12
     assert not [e for e in events if e["event"] == "mixture_change"]
+
+
+@pytest.mark.parametrize("weight", [1.0, 2.0])
+def test_a_dataset_removed_then_added_back_in_one_epoch_does_not_repeat_what_it_delivered(roots, caplog, weight):
+    """{a, b} for 5 batches, a alone for 3, then {a, b} to the end of the epoch: b's samples delivered
+    before it left come no more than its weight asks, and the resume log counts them."""
+    both = {roots["a"]: 1.0, roots["b"]: weight}
+    first, state, _, _ = run(both, None, 1, 2, stop_after=5)
+    assert any(k.startswith("b") for k in first)
+    second, removed, _, _ = run({roots["a"]: 1.0}, state, 1, 2, stop_after=3)
+    with caplog.at_level("WARNING"):
+        third, _, events, loader = run(both, removed, 1, 2)
+    delivered = collections.Counter(first + second + third)
+    assert delivered == passes_offered(loader, 0)  # a's samples once, b's `weight` times: no more, no fewer
+    assert [r["url"] for r in removed["retired"]] == [roots["b"]]
+    change = next(e for e in events if e["event"] == "mixture_change")
+    assert change["delivered_before"] == len(first) + len(second)
+    assert f"this epoch: {len(first) + len(second)} samples delivered before the change are not repeated" \
+        in caplog.text
+
+
+def test_a_retired_dataset_is_kept_through_further_changes_and_ranks(roots):
+    """Removed, then another change (a re-weighted) on 2 ranks, then added back: still not repeated."""
+    first, state, _, _ = run({roots["a"]: 1.0, roots["b"]: 1.0, roots["c"]: 1.0}, None, 1, 3, stop_after=4)
+    second, state, _, _ = run({roots["a"]: 1.0, roots["c"]: 1.0}, state, 2, 2, stop_after=1)
+    third, state, _, _ = run({roots["a"]: 2.0, roots["c"]: 1.0}, state, 2, 2, stop_after=1)
+    assert [r["url"] for r in state["retired"]] == [roots["b"]]
+    fourth, end, events, loader = run({roots["a"]: 2.0, roots["b"]: 1.0}, state, 1, 3)
+    dropped = collections.Counter(key_of(loader, i, 0) for e in events if e["event"] == "dropped" for i in e["ids"])
+    b_keys = [k for k in first + second + third + fourth if k.startswith("b")]
+    assert sorted(b_keys) == sorted(set(b_keys)) and len(b_keys) == 8  # each of b's 8 samples once
+    assert end["epoch"] == 1 and end["retired"] == []  # a new epoch forgets what left the mixture
+    assert not dropped

@@ -23,6 +23,8 @@ def test_dotted_overrides_are_typed():
     "override,message",
     [
         ("model.whisper_layers=2", "unknown key 'model.whisper_layers'"),
+        ("optim.warmup_step=5", "unknown key 'optim.warmup_step' .did you mean 'optim.warmup_steps'"),
+        ("data.train={a: 1.0, b: lots}", "data.train.b: expected float, got 'lots'"),
         ("optim.betas=[0.9]", "optim.betas: expected two numbers"),
         ("data.batch_size=eight", "data.batch_size: expected int"),
         ("train.mixed_precision=no", "train.mixed_precision: expected str, got False .quote the word"),
@@ -123,3 +125,27 @@ def test_train_tiny_runs_from_an_empty_folder(tmp_path, monkeypatch):
     run = run_cli("train", "tiny", "--max-steps", "2", "eval.at_start=false", "eval.batch_size=8",
                   "eval.max_samples=8")
     assert (tmp_path / "runs" / "tiny" / "model").is_dir() and "validation WER" in run.out
+
+
+@pytest.mark.parametrize("folder", ["run #1", "2024", "yes", "a: b"])
+def test_a_path_flag_is_a_string_never_yaml(folder):
+    from streamtrain.cli import build_parser, train as train_command
+
+    parser, _ = build_parser("train", train_command)
+    args = parser.parse_args(["train", "tiny", "--output-dir", folder])
+    assert train_command.recipe_of(args).train.output_dir == folder
+
+
+def test_the_stored_recipe_holds_no_secret():
+    """What a run writes and prints of its recipe: URLs without credentials or query, storage_options'
+    secrets hidden (what a backend needs that is not secret, like an endpoint, is kept)."""
+    recipe = load_recipe("tiny", ["data.train=s3://bucket/ds?token=TOKEN", "data.validation=https://u:PW@host/v",
+                                  "data.storage_options={key: AKIA, secret: PW, client_kwargs: {endpoint_url: "
+                                  "'http://127.0.0.1:9000'}}"])
+    stored = recipe.to_dict()
+    assert stored["data"]["train"] == "s3://bucket/ds" and stored["data"]["validation"] == "https://host/v"
+    assert stored["data"]["storage_options"] == {"key": "<redacted>", "secret": "<redacted>",
+                                                 "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
+    assert recipe.data.train == "s3://bucket/ds?token=TOKEN"  # the recipe itself keeps what reading needs
+    mixture = load_recipe("tiny", ["data.train={'s3://b/a?token=TOKEN': 1, 'https://u:PW@h/b': 2}"]).to_dict()
+    assert mixture["data"]["train"] == {"s3://b/a": 1, "https://h/b": 2}

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from streamtrain.cli import main as cli_main
 from tests.support.cli import run_cli
 from tests.support.runs import accelerate_launch, digit_dataset, micro_recipe
 from streamtrain.train.audit import AUDIT_DIR, decode_ids, encode_ids
@@ -99,7 +100,7 @@ def test_sigterm_to_the_process_group_finishes_the_step_checkpoints_and_exits_ze
     """The way Slurm and Kubernetes preempt: SIGTERM to every process of the job, DataLoader workers
     included. The workers keep serving the step; the trainer checkpoints and exits 0."""
     run = tmp_path / "term"
-    recipe = micro_recipe(run, *data, data={"num_workers": 2},
+    recipe = micro_recipe(run, *digits, data={"num_workers": 2},
                           train={"max_steps": 400, "checkpoint_every": 1000})
     process = subprocess.Popen([sys.executable, "-m", "streamtrain", "train", str(recipe)],
                                env={**ENV, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
@@ -150,6 +151,26 @@ def test_a_damaged_checkpoint_is_skipped_with_a_warning(digits, uninterrupted, t
     resumed = run_cli("train", str(recipe), "train.max_steps=12")
     assert "skipping damaged checkpoint" in resumed.err and "step-00000008" in resumed.err
     assert "resumed from" in resumed.out and "(step 4," in resumed.out
+
+
+def test_all_checkpoints_damaged_is_refused_in_one_line_and_nothing_is_deleted(digits, tmp_path, capsys):
+    """In process: starting over from step 0 would throw the run away, and rotation would delete the
+    damaged checkpoints; the run stops with exit 2 and names --no-resume instead."""
+    run = tmp_path / "all-damaged"
+    recipe = str(micro_recipe(run, *digits, train={"max_steps": 4, "checkpoint_every": 2, "keep_checkpoints": 2}))
+    assert cli_main(["train", recipe]) == 0
+    for state in (run / "checkpoints").glob("step-*/state.pt"):
+        state.write_bytes(state.read_bytes()[:1000])
+    damaged = {p: p.read_bytes() for p in (run / "checkpoints").glob("*/*")}
+    capsys.readouterr()
+    assert cli_main(["train", recipe, "train.max_steps=8"]) == 2
+    err = capsys.readouterr().err
+    error = [line for line in err.splitlines() if line.startswith("streamtrain: error:")]
+    assert error == [f"streamtrain: error: all 2 checkpoints in {run / 'checkpoints'} are damaged; nothing was "
+                     "deleted: repair or restore one, or start over with --no-resume"]
+    assert "Traceback" not in err
+    assert {p: p.read_bytes() for p in (run / "checkpoints").glob("*/*")} == damaged
+    assert cli_main(["train", recipe, "--no-resume", "train.max_steps=2"]) == 0
 
 
 @pytest.mark.parametrize(
@@ -218,6 +239,51 @@ def test_audit_finds_a_duplicate_in_a_doctored_log(digits, uninterrupted, tmp_pa
     assert "1 duplicates" in result.out and "audit: FAILED" in result.out
 
 
+def doctor_log(source, run, change):
+    """A copy of the run ``source`` whose rank-0 audit log is its records passed through ``change``
+    (a function of the list of records that returns the new list)."""
+    import shutil
+
+    shutil.copytree(source, run)
+    doctor_log_file(run / AUDIT_DIR / "session-0000-rank-00000.jsonl.zst", change)
+
+
+def read_log(log):
+    import zstandard
+
+    text = zstandard.ZstdDecompressor().stream_reader(log.read_bytes(), read_across_frames=True).read().decode()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def doctor_log_file(log, change):
+    import zstandard
+
+    records = change(read_log(log))
+    log.write_bytes(zstandard.ZstdCompressor().compress("".join(json.dumps(r) + "\n" for r in records).encode()))
+
+
+def move_a_step_to_dropped(records, **dropped):
+    step = next(r for r in records if r["event"] == "step")
+    ids, step["ids"] = step["ids"], encode_ids(decode_ids(step["ids"])[:0])
+    return records + [{"event": "dropped", "step": step["step"], "epoch": 0, "ids": decode_ids(ids).tolist(),
+                       **dropped}]
+
+
+def test_audit_checks_dropped_samples_by_id_not_by_the_records_count(digits, uninterrupted, tmp_path, capsys):
+    """In process: a one-rank run never drops a batch, whatever the record's ``batches`` says."""
+    doctor_log(uninterrupted, tmp_path / "dropped", lambda r: move_a_step_to_dropped(r, batches=0, world_size=1))
+    assert cli_main(["audit", str(tmp_path / "dropped")]) == 1
+    out = capsys.readouterr().out
+    assert "problem: 8 samples recorded as dropped on a one-rank run" in out and "audit: FAILED" in out
+
+
+def test_audit_of_a_dropped_record_without_world_size_is_one_line(digits, uninterrupted, tmp_path, capsys):
+    doctor_log(uninterrupted, tmp_path / "malformed", lambda r: move_a_step_to_dropped(r, batches=0))
+    assert cli_main(["audit", str(tmp_path / "malformed")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a 'dropped' record of step 1 has no 'world_size' field" in err
+
+
 @pytest.mark.slow
 def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypotheses(digits, uninterrupted):
     from transformers import AutoFeatureExtractor, AutoModelForSpeechSeq2Seq, AutoTokenizer
@@ -233,6 +299,46 @@ def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypothese
     lines = (model_dir / "eval-validation.jsonl").read_text().splitlines()
     assert len(lines) == 12
     assert set(json.loads(lines[0])) == {"key", "reference", "hypothesis", "word_errors", "char_errors"}
+
+
+def test_utterances_longer_than_the_feature_window_are_left_out_and_counted(digits, tmp_path, capsys):
+    """data.max_seconds=null and a 2 s window: the training utterances over 2 s would be trained against
+    their whole transcript with only 2 s heard; they are filtered at planning time, as max_seconds
+    filters, and the audit counts them."""
+    from streamtrain.format.dataset import open_dataset
+
+    run = tmp_path / "window"
+    recipe = micro_recipe(run, *digits, data={"max_seconds": None}, features={"params": {"n_mels": 40,
+                                                                                          "chunk_seconds": 2}},
+                          train={"max_steps": 8, "checkpoint_every": 8})
+    durations = open_dataset(str(digits[0])).durations
+    longer = int((durations > 2).sum())
+    assert 0 < longer < len(durations)
+    assert cli_main(["train", str(recipe)]) == 0
+    records = read_log(run / AUDIT_DIR / "session-0000-rank-00000.jsonl.zst")
+    assert next(r for r in records if r["event"] == "epoch")["max_seconds"] == 2
+    trained = [i for r in records if r["event"] == "step" and r["epoch"] == 0 for i in decode_ids(r["ids"])]
+    assert sorted(trained) == [i for i, seconds in enumerate(durations) if seconds <= 2]
+    capsys.readouterr()
+    assert cli_main(["audit", str(run)]) == 0
+    assert f"epoch 0 (complete): {len(durations)} samples, {len(trained)} seen, 0 duplicates, 0 missing, " \
+           f"0 dropped to equalize ranks, {longer} filtered by duration" in capsys.readouterr().out
+
+
+def test_eval_max_samples_is_exactly_that_many_utterances_not_whole_batches(digits, uninterrupted, tmp_path, capsys):
+    out = tmp_path / "five.jsonl"
+    assert cli_main(["eval", str(uninterrupted), str(digits[1]), "--num-workers", "0", "--batch-size", "4",
+                     "--max-samples", "5", "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 5 and "5 utterances" in capsys.readouterr().out
+
+
+def test_rank_quotas_add_up_to_the_total_as_evenly_as_the_ranks_allow():
+    from streamtrain.train.evaluate import rank_quotas
+
+    assert rank_quotas(5, [6, 6]) == [3, 2]
+    assert rank_quotas(10, [2, 100, 100]) == [2, 4, 4]
+    assert rank_quotas(50, [8, 4]) == [8, 4]  # fewer than asked: all there are
+    assert rank_quotas(0, [8, 4]) == [0, 0]
 
 
 @pytest.mark.distributed
@@ -282,3 +388,43 @@ def test_the_mixture_changes_at_two_kills_and_the_audit_explains_the_epoch(digit
     assert "audit: OK" in audit.out, audit.out
     assert f"changed 2 time(s) in this epoch; {left_out} samples not yet delivered were left out" in audit.out
     assert "epoch 0 (complete)" in audit.out and "0 duplicates" in audit.out
+
+
+def test_a_dataset_removed_and_added_back_in_one_epoch_repeats_nothing_and_the_audit_checks_it(digits, tmp_path,
+                                                                                                capsys, caplog):
+    """In process: {train, extra} for 3 steps, train alone to step 5, {train, extra} again to step 12
+    (past the end of epoch 0). Nothing of extra comes twice; a log doctored to repeat one of extra's
+    samples after its return fails the audit, named by dataset and position."""
+    train, validation = digits
+    extra = digit_dataset(tmp_path / "extra", 24, seed=3)
+    run = tmp_path / "back"
+    both = {str(train): 1.0, str(extra): 1.0}
+    for mixture, steps in ((both, 3), ({str(train): 1.0}, 5), (both, 12)):
+        recipe = micro_recipe(run, mixture, validation, train={"max_steps": steps, "checkpoint_every": 100})
+        with caplog.at_level("WARNING", logger="streamtrain.loader"):
+            assert cli_main(["train", str(recipe)]) == 0
+    back = caplog.text[caplog.text.rindex("the training data changed"):]
+    assert f"added      {extra}" in back and "this epoch: 40 samples delivered before the change are not " \
+        "repeated" in back
+    assert cli_main(["audit", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 0 (complete)" in out and "0 duplicates, 0 missing" in out and "audit: OK" in out
+
+    def repeat_extra(records):
+        return records + [{"event": "step", "step": 12, "epoch": 0, "ids": encode_ids(extra_before[:1])}]
+
+    # extra's samples that session 0 trained on: ids 56.. in a table of train's 56 samples, then extra's 24
+    # (the same ids in session 2's table)
+    session0 = [r for r in read_log(run / AUDIT_DIR / "session-0000-rank-00000.jsonl.zst") if r["event"] == "step"]
+    extra_before = [i for r in session0 for i in decode_ids(r["ids"]) if i >= 56]
+    assert extra_before
+    doctored = tmp_path / "doctored"
+    import shutil
+
+    shutil.copytree(run, doctored)
+    doctor_log_file(sorted((doctored / AUDIT_DIR).iterdir())[-1], repeat_extra)
+    assert cli_main(["audit", str(doctored)]) == 1
+    out = capsys.readouterr().out
+    repeated = [line for line in out.splitlines() if line.startswith("  repeated: ")]
+    assert len(repeated) == 1 and str(extra) in repeated[0] and "delivered 2 times, at most 1 asked" in repeated[0]
+    assert "audit: FAILED" in out
