@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--max-samples", type=int)
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
 
 def _cuda() -> bool:
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from streamtrain.loader import StreamLoader
+    from streamtrain.pack.progress import ProgressReport
     from streamtrain.train.backoff import OomBackoff
     from streamtrain.train.evaluate import evaluate
     from streamtrain.train.loop import MODEL_DIR
@@ -54,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
     featurizer.to(device)
     loader = StreamLoader(args.dataset, batch_size=args.batch_size, epochs=1, num_workers=args.num_workers,
                           sample_rate=featurizer.sample_rate)
-    result = evaluate(model, featurizer, codec, loader, device, contextlib.nullcontext, OomBackoff("evaluation"),
-                      args.max_samples)
+    with ProgressReport("eval", len(loader), "batches", enabled=not args.no_progress) as report:
+        result = evaluate(model, featurizer, codec, loader, device, contextlib.nullcontext, OomBackoff("evaluation"),
+                          args.max_samples, on_batch=report.update)
     with atomic_file(out, "w") as f:
         for hypothesis in result.hypotheses:
             f.write(json.dumps(asdict(hypothesis)) + "\n")

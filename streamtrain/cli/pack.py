@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the 'cmd |' entries of a Kaldi wav.scp (in the shell, from the current folder)")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad items and list them in rejects.jsonl")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous pack in OUT_DIR")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from streamtrain.loader.shard_chunks import DecodedChunk, write_column_shard
 from streamtrain.format.columns import publish_index
@@ -28,6 +27,7 @@ from streamtrain.format.dataset import open_dataset
 from streamtrain.format.index import DatasetIndex, ShardInfo, ShardList
 from streamtrain.format.shard_reader import ShardFile
 from streamtrain.format.sidecar import LABELS_COLUMN, aligned_shard_info, base_identity
+from streamtrain.pack.progress import ProgressReport
 from streamtrain.storage.output import Output
 from streamtrain.distill.teacher import load_teacher
 from streamtrain.train.backoff import OomBackoff
@@ -86,7 +86,7 @@ def label_dataset(
         complete = _prepare(out, run, overwrite)
         tally = _Tally()
         backoff = OomBackoff("labelling")
-        bar = tqdm(total=source.index.samples, unit=" samples", disable=not progress, desc="label")
+        report = ProgressReport("label", source.index.samples, "samples", enabled=progress)
 
         def label_chunk(chunk: DecodedChunk) -> list[dict[str, bytes]]:
             generations = transcribe(teacher, featurizer, codec, chunk.audio, chunk.lengths, backoff,
@@ -94,16 +94,16 @@ def label_dataset(
             return [{"json": json.dumps(tally.label(meta["text"], generation, settings.max_wer)).encode()}
                     for meta, generation in zip(chunk.metas, generations)]
 
-        for number, shard in enumerate(source.index.shards):
-            if shard.name in complete:  # shards are published under their name only once whole
-                tally.count_complete(shard, out.read(shard.name), out.describe(shard.name))
-                bar.update(shard.samples)
-                continue
-            tally.add(*write_column_shard(source, number, out, sample_rate=featurizer.sample_rate,
-                                          batch_size=batch_size, device=device, members_for=label_chunk,
-                                          on_chunk=bar.update))
-            tally.written += 1
-        bar.close()
+        with report:
+            for number, shard in enumerate(source.index.shards):
+                if shard.name in complete:  # shards are published under their name only once whole
+                    tally.count_complete(shard, out.read(shard.name), out.describe(shard.name))
+                    report.update(shard.samples)
+                    continue
+                tally.add(*write_column_shard(source, number, out, sample_rate=featurizer.sample_rate,
+                                              batch_size=batch_size, device=device, members_for=label_chunk,
+                                              on_chunk=report.update))
+                tally.written += 1
         index = DatasetIndex(codec="column", sample_rate=None, shards=ShardList.of(tally.infos),
                              created_by="streamtrain label",
                              column={"name": LABELS_COLUMN, "kind": "pseudo_labels", **run, "prompt": codec.prompt,

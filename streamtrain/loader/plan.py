@@ -10,7 +10,8 @@ pass across all blocks at once, so a plan of 10^8 samples takes seconds.
 An epoch is planned in four steps:
 
 1. ``block_runs``: shards are permuted and grouped into blocks of
-   ``block_shards``; the samples of each block are permuted; samples already
+   ``block_shards`` (the first block holds one shard, so the epoch's first batch
+   waits for one shard, not a block: ``block_starts``); the samples of each block are permuted; samples already
    delivered or outside the duration limits are left out; with bucketing each
    block's samples are then sorted by duration (ties stay in random order).
    With ``fill_windows``, ``window_runs`` instead joins each block's samples
@@ -139,8 +140,22 @@ def epoch_rng(seed: int, epoch: int, purpose: str) -> np.random.Generator:
 
 
 def shard_order(table: ShardTable, seed: int, epoch: int) -> np.ndarray:
-    """Every shard index, permuted for the epoch; block b is positions ``[b * block_shards, (b + 1) * block_shards)``."""
+    """Every shard index, permuted for the epoch; block b is positions ``block_starts[b]`` up to
+    ``block_starts[b + 1]`` (excluded)."""
     return epoch_rng(seed, epoch, "shards").permutation(len(table.counts))
+
+
+def block_starts(shards: int, block_shards: int) -> np.ndarray:
+    """(blocks + 1,) where each block starts in the epoch's shard order, and the end.
+
+    The first block holds one shard and the others ``block_shards``: a worker cannot
+    make a block's first batch before it has opened every shard of the block, and the
+    epoch's first batch is the one a training run (or a resumed one starting a new
+    epoch) waits for before its first step.
+    """
+    if shards == 0:
+        return np.zeros(1, dtype=np.int64)
+    return np.append(np.concatenate([[0], np.arange(1, shards, block_shards)]), shards).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -171,13 +186,14 @@ def block_runs(table: ShardTable, settings: BatchSettings, excluded: np.ndarray 
     durations = np.asarray(table.durations)  # a plain view of a memory map: no subclass overhead per gather
     shards = shard_order(table, seed, epoch)
     counts = table.counts[shards]
-    block_sizes = np.add.reduceat(counts, np.arange(0, len(counts), settings.block_shards)) if len(counts) else counts
+    bounds = block_starts(len(counts), settings.block_shards)
+    block_sizes = np.add.reduceat(counts, bounds[:-1]) if len(counts) else counts
     id_type = np.int32 if table.samples < 2**31 else np.int64
     order = np.empty(table.samples, dtype=id_type)
     planned = np.zeros(len(block_sizes), dtype=np.int64)
     filled = filtered = 0
     for first, end in _block_groups(block_sizes):
-        group = shards[first * settings.block_shards : end * settings.block_shards]
+        group = shards[bounds[first] : bounds[end]]
         gids = ranges(table.offsets[group], table.counts[group])
         block = np.repeat(np.arange(end - first, dtype=np.uint16), block_sizes[first:end])
         if excluded is not None:

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from tqdm import tqdm
 
 from streamtrain.audio import (
     AUDIO_EXTENSIONS,
@@ -50,6 +49,7 @@ from streamtrain.format.columns import DURATIONS, KEYS, KeyColumn, concatenate_c
     open_column, publish_index, publish_staged_index
 from streamtrain.format.index import INDEX_NAME, ColumnFile, DatasetIndex, ShardInfo, ShardList, parse_index
 from streamtrain.format.shard import ShardWriter
+from streamtrain.pack.progress import ProgressReport
 from streamtrain.pack.sources import Entry, Reject, SourceError, SourceItem, read_source
 from streamtrain.storage.output import Output, OutputError
 from streamtrain.storage.remote import ReadError, is_local, read_all
@@ -221,11 +221,11 @@ def _write_shards(entries: list[Entry], shards: "_ShardSequence", encoding: _Enc
     """Encode ``entries`` into ``shards``, each published when complete; (the rejects, how many were re-encoded)."""
     rejects: list[Reject] = []
     reencoded = 0
-    bar = tqdm(total=len(entries), unit=" samples", desc=_describe(shards.layout), disable=not progress)
+    report = ProgressReport(_describe(shards.layout), len(entries), "samples", enabled=progress)
     results = _encode_all(entries, encoding, workers)
     try:
         for result in results:
-            bar.update()
+            report.update()
             if isinstance(result, Reject):
                 if not skip_bad:
                     raise SourceError(result.message())
@@ -233,14 +233,14 @@ def _write_shards(entries: list[Entry], shards: "_ShardSequence", encoding: _Enc
                 continue
             shards.add(result)
             reencoded += result.reencoded
-            bar.set_postfix(hours=f"{shards.seconds / 3600:.3f}", refresh=False)
+            report.show(hours=f"{shards.seconds / 3600:.3f}")
         shards.close()
     except BaseException:
         shards.abort()
         raise
     finally:
         results.close()  # stops the worker pool now, not whenever the generator is collected
-        bar.close()
+        report.close()
     return rejects, reencoded
 
 

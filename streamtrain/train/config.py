@@ -24,6 +24,16 @@ forbidden) and OmegaConf 2.4 (``structured`` + ``merge``), with bad recipes:
 The libraries' messages are no clearer for these cases, one misses the YAML
 pitfall and cannot hold the schema, and either would be a dependency for this
 one use: the binder stays.
+
+Where paths lead: a recipe is a file, or the name of one of the recipes that come
+with the package (``BUNDLED``, package data, with the digits tokenizer and the demo
+shards they use), so ``streamtrain train tiny`` works from any folder and from an
+installed package. A relative input path (``INPUT_PATHS``) written in a recipe file
+leads to the file's folder when something is there, and otherwise stays relative
+to the working directory (e.g. ``runs/tiny/model``, which an earlier command wrote
+there); the defaults of the dataclasses lead into ``BUNDLED``. Overrides given on
+the command line, and the output paths (``train.output_dir``, ``data.cache_dir``),
+are relative to the working directory (and so are a command's path flags).
 """
 
 from __future__ import annotations
@@ -42,14 +52,22 @@ from streamtrain.features import build_featurizer
 from streamtrain.storage.remote import redacted
 
 
+#: The recipes that come with the package, and the tokenizer and demo data (shards/) they name.
+BUNDLED = Path(__file__).resolve().parent / "recipes"
+
+#: Recipe keys that name something to read: files, folders or URLs (see the module docstring).
+INPUT_PATHS = ("data.train", "data.validation", "features.cache", "model.pretrained", "model.tokenizer",
+               "distill.labels", "distill.teacher")
+
+
 class RecipeError(ValueError):
     """A recipe key or value that does not fit the schema."""
 
 
 @dataclass
 class DataConfig:
-    #: a dataset folder or URL (relative paths: to the working directory), or a mapping of them to
-    #: mixing weights (passes per epoch, e.g. {s3://a/train: 1.0, s3://b/train: 0.5})
+    #: a dataset folder or URL, or a mapping of them to mixing weights (passes per epoch, e.g.
+    #: {s3://a/train: 1.0, s3://b/train: 0.5}); by default the demo shards in BUNDLED
     train: str | dict[str, float] = "shards/train"
     validation: str | None = "shards/validation"
     batch_size: int | None = None
@@ -82,7 +100,7 @@ class FeatureConfig:
 class ModelConfig:
     pretrained: str | None = None  # a local Hugging Face model folder; None: build from `whisper`
     whisper: dict = field(default_factory=dict)  # WhisperConfig fields for a model from scratch
-    tokenizer: str | None = "recipes/tokenizers/digits"  # a Hugging Face tokenizer folder; None: the pretrained model's
+    tokenizer: str | None = "tokenizers/digits"  # a Hugging Face tokenizer folder; None: the pretrained model's
     prompt: list[str] = field(default_factory=lambda: ["<|startoftranscript|>"])
     eos_token: str = "<|endoftext|>"
     max_target_tokens: int = 64
@@ -176,8 +194,10 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def load_recipe(path_or_name: str | Path, overrides: list[str] = (), values: dict | None = None) -> Recipe:
-    """Load a recipe file (or the name of one in recipes/), apply ``key=value`` overrides (values parsed
-    as YAML), then ``values`` (dotted key -> value taken as it is, e.g. a command's typed flags)."""
+    """Load a recipe file (or the name of a bundled one), apply ``key=value`` overrides (values parsed
+    as YAML), then ``values`` (dotted key -> value taken as it is, e.g. a command's typed flags).
+
+    Relative input paths are resolved as the module docstring says."""
     path = resolve_recipe_path(path_or_name)
     try:
         data = yaml.load(path.read_text(), Loader=_StrictLoader) or {}
@@ -185,6 +205,12 @@ def load_recipe(path_or_name: str | Path, overrides: list[str] = (), values: dic
         raise RecipeError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         raise RecipeError(f"{path}: invalid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    for key in INPUT_PATHS:
+        section, name = key.split(".")
+        if isinstance(data.get(section), dict) and name in data[section]:
+            data[section][name] = _resolved(data[section][name], path.resolve().parent)
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep or not key:
@@ -196,17 +222,34 @@ def load_recipe(path_or_name: str | Path, overrides: list[str] = (), values: dic
         _set_dotted(data, key.strip(), parsed)
     for key, value in (values or {}).items():
         _set_dotted(data, key, value)
-    return bind(Recipe, data, "")
+    recipe = bind(Recipe, data, "")
+    for key in INPUT_PATHS:
+        section, name = key.split(".")
+        if name not in (data.get(section) or {}):
+            config = getattr(recipe, section)
+            setattr(config, name, _resolved(getattr(config, name), BUNDLED))
+    return recipe
+
+
+def _resolved(value, folder: Path):
+    """``value`` (a path, or a mapping of paths to weights) with each relative path that names something
+    in ``folder`` made absolute there; URLs, absolute paths and paths found nowhere in ``folder`` as they are."""
+    if isinstance(value, dict):
+        return {_resolved(key, folder): weight for key, weight in value.items()}
+    if not isinstance(value, str) or "://" in value or Path(value).is_absolute() or not (folder / value).exists():
+        return value
+    return str(folder / value)
 
 
 def resolve_recipe_path(path_or_name: str | Path) -> Path:
     path = Path(path_or_name)
     if path.is_file():
         return path
-    bundled = Path(__file__).resolve().parents[2] / "recipes" / f"{path_or_name}.yaml"
+    bundled = BUNDLED / f"{path_or_name}.yaml"
     if bundled.is_file():
         return bundled
-    raise RecipeError(f"no recipe {str(path_or_name)!r} (not a file, nor a name in recipes/)")
+    names = ", ".join(sorted(p.stem for p in BUNDLED.glob("*.yaml")))
+    raise RecipeError(f"no recipe {str(path_or_name)!r} (not a file, nor a bundled recipe: {names})")
 
 
 def bind(cls, data, where: str):

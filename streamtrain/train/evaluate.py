@@ -120,9 +120,10 @@ def evaluate(
     autocast,
     backoff: OomBackoff,
     max_samples: int | None = None,
+    on_batch: Callable[[int], object] = lambda batches: None,
 ) -> EvalResult:
     """Transcribe ``loader``'s batches (one pass) on this rank: all of them, or exactly ``max_samples``
-    utterances (the last batch is cut; see ``rank_quotas`` for a total over ranks).
+    utterances (the last batch is cut; see ``rank_quotas`` for a total over ranks); ``on_batch(1)`` after each.
 
     On an out-of-memory error the batch is transcribed in smaller pieces
     (``backoff`` keeps the piece count for later batches and evaluations).
@@ -139,6 +140,7 @@ def evaluate(
             for key, reference, hypothesis in zip(batch.keys[:take], batch.text[:take], hypotheses):
                 word_errors, char_errors = result.counts.add(reference, hypothesis)
                 result.hypotheses.append(Hypothesis(key, reference, hypothesis, word_errors, char_errors))
+            on_batch(1)
             if result.counts.utterances == max_samples:
                 break
     return result

@@ -28,12 +28,12 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
-from tqdm.auto import tqdm
 
 from streamtrain.loader import Batch, StreamLoader
 from streamtrain.loader.state import Stateful
 from streamtrain.features import SpecAugment, build_featurizer, generator_for_step
 from streamtrain.features.feature_cache import check_feature_column
+from streamtrain.pack.progress import ProgressReport, message
 from streamtrain.storage.remote import RetryPolicy
 from streamtrain.train import checkpoint as ckpt
 from streamtrain.train.audit import AuditLog, encode_ids, next_session
@@ -202,12 +202,12 @@ class Trainer:
         if self.recipe.eval.at_start and progress.step == 0 and not stop.requested:
             self.evaluate()
         self.model.train()
-        bar = tqdm(total=cfg.max_steps, initial=progress.step, unit="step", dynamic_ncols=True,
-                   disable=not (cfg.progress and self.accelerator.is_main_process))
         meter = _Meter(self.accelerator)
+        report = ProgressReport("train", cfg.max_steps, "steps", initial=progress.step, every=cfg.log_every,
+                                enabled=self.accelerator.is_main_process, bar=None if cfg.progress else False)
         # closed here, even when a step raises: the workers ignore SIGTERM, so multiprocessing's exit
         # handler (terminate, then join) would wait for them forever
-        with contextlib.closing(iter(self.loader)) as batches:
+        with report, contextlib.closing(iter(self.loader)) as batches:
             while progress.step < cfg.max_steps and not _any_rank(self.accelerator, stop.requested):
                 taken = [self._next(batches, meter) for _ in range(cfg.grad_accum)]
                 loss = self.step(taken)
@@ -217,15 +217,14 @@ class Trainer:
                     self.audit.add({"event": "step", "step": progress.step, "epoch": batch.epoch,
                                     "ids": encode_ids(batch.sample_ids)})
                 if progress.step % cfg.log_every == 0 or progress.step == cfg.max_steps:
-                    self._log(loss, meter, bar, taken[-1].epoch)
-                bar.update(1)
+                    self._log(loss, meter, report, taken[-1].epoch)
+                report.update(1)  # on a log step without a bar: the plain line
                 if self.recipe.eval.every and progress.step % self.recipe.eval.every == 0 \
                         and progress.step < cfg.max_steps:
                     self.evaluate()
                 if progress.step % cfg.checkpoint_every == 0 or progress.step == cfg.max_steps:
                     meter.settle(progress)
                     self.save()
-            bar.close()
         meter.settle(progress)
         return self.finish(stop)
 
@@ -294,17 +293,13 @@ class Trainer:
         self.accelerator.backward(logits.float().sum() * 0.0)
         return 0.0
 
-    def _log(self, loss: float, meter: "_Meter", bar, epoch: int) -> None:
+    def _log(self, loss: float, meter: "_Meter", report: ProgressReport, epoch: int) -> None:
         entry = {"step": self.progress.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
                  **meter.take(), "epoch": epoch}
         self.progress.history.append(entry)
-        shown = dict(loss=f"{loss:.3f}", lr=f"{entry['lr']:.2e}", sps=f"{entry['samples_per_s']:.1f}",
-                     audio_h_s=f"{entry['audio_hours_per_s']:.4f}", wait=f"{100 * entry['data_wait']:.0f}%")
-        if bar.disable:  # no bar (not a terminal, or train.progress=false): a plain line instead
-            self.accelerator.print(f"step {self.progress.step}/{self.recipe.train.max_steps} epoch {epoch} "
-                                   + " ".join(f"{k}={v}" for k, v in shown.items()))
-        else:
-            bar.set_postfix(**shown)
+        report.show(loss=f"{loss:.3f}", lr=f"{entry['lr']:.2e}", **{"samples/s": f"{entry['samples_per_s']:.1f}",
+                    "audio_h/s": f"{entry['audio_hours_per_s']:.4f}"}, wait=f"{100 * entry['data_wait']:.0f}%",
+                    epoch=epoch)
         self.accelerator.log({f"train/{k}": v for k, v in entry.items() if k != "step"}, step=self.progress.step)
 
     def evaluate(self) -> dict | None:
@@ -327,9 +322,9 @@ class Trainer:
         record = {"step": self.progress.step, "wer": counts.wer, "cer": counts.cer, "utterances": counts.utterances}
         self.progress.evaluations.append(record)
         self.progress.eval_pieces = backoff.pieces
-        accelerator.print(f"step {self.progress.step}: validation WER {100 * counts.wer:.2f}% "
-                          f"CER {100 * counts.cer:.2f}% on {counts.utterances} utterances")
         if accelerator.is_main_process:
+            message(f"step {self.progress.step}: validation WER {100 * counts.wer:.2f}% "
+                    f"CER {100 * counts.cer:.2f}% on {counts.utterances} utterances")
             accelerator.log({"eval/wer": counts.wer, "eval/cer": counts.cer}, step=self.progress.step)
             plot_history(self.progress.history, self.progress.evaluations, self.run_dir / "metrics.png")
         return record

@@ -49,3 +49,16 @@ def test_shards_are_opened_ahead_in_first_use_order(tmp_path):
         assert sorted(shards._ahead) == [1, 3]  # the next in first-use order is on its way
         shards.release(4)
         assert shards.get(0).base.keys == ["utt-000-0000", "utt-000-0001", "utt-000-0002"]  # not ahead: opened now
+
+
+def test_until_the_first_batch_is_sent_only_its_shards_are_opened(tmp_path):
+    write_dataset(tmp_path / "ds", [3, 3, 3, 3, 3], seed=2)
+    source = open_source(str(tmp_path / "ds"))
+    table = epoch_table([source], 0, 0)
+    opener = ShardWithColumnsOpener([source], [], ReadSettings())
+    with ShardPrefetcher(opener, table, [4, 1, 3, 0, 2], depth=4, first_batch=2) as shards:
+        assert sorted(shards._ahead) == [1, 4]  # the first batch's two shards, nothing further
+        shards.get(4)
+        assert sorted(shards._ahead) == [1]
+        shards.look_ahead()
+        assert sorted(shards._ahead) == [0, 1, 2, 3]  # then depth shards ahead of need
