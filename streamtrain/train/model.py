@@ -16,6 +16,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, WhisperConfig, WhisperForConditionalGeneration
 
 from streamtrain.train.config import ModelConfig, RecipeError
+from streamtrain.train.generation import whisper_generation_config
 
 IGNORE_INDEX = -100
 
@@ -101,6 +102,11 @@ def build_model(config: ModelConfig, codec: TextCodec, n_mels: int, n_frames: in
         raise RecipeError(
             f"features give {n_mels} x {n_frames} inputs, the model expects {expected[0]} x {expected[1]}"
         )
+    model.generation_config = whisper_generation_config(model, codec.tokenizer, codec.prompt, codec.max_tokens,
+                                                        pretrained=config.pretrained is not None)
+    # the model config's defaults (openai-whisper's ids) are no ids of another vocabulary
+    model.config.suppress_tokens = model.generation_config.suppress_tokens
+    model.config.begin_suppress_tokens = model.generation_config.begin_suppress_tokens
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model
@@ -116,9 +122,17 @@ class Generation:
 @torch.no_grad()
 def greedy_generate(model, features: torch.Tensor, codec: TextCodec,
                     suppressed: Sequence[int] = ()) -> list[Generation]:
-    """Greedy transcripts of a batch of features (B x M x F), with the KV cache; ``suppressed`` token ids
-    are never chosen (their probability is moved to the others, as Whisper's decoding suppresses)."""
+    """Greedy transcripts of a batch of features (B x M x F), with the KV cache.
+
+    ``suppressed`` token ids, and those the model's generation config suppresses, are never chosen (their
+    probability is moved to the others, as Whisper's decoding suppresses); its ``begin_suppress_tokens``
+    are never chosen first. transformers' Whisper ``generate`` does the same with that config.
+    """
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    settings = model.generation_config
+    suppressed = sorted({*suppressed, *(settings.suppress_tokens or ())})
+    begin_suppressed = list(settings.begin_suppress_tokens or ())
 
     encoder = model.get_encoder()(features.to(model.dtype)).last_hidden_state
     batch = features.shape[0]
@@ -132,7 +146,9 @@ def greedy_generate(model, features: torch.Tensor, codec: TextCodec,
         out = model(encoder_outputs=(encoder,), decoder_input_ids=step_input, past_key_values=cache, use_cache=True)
         cache = out.past_key_values
         logits = out.logits[:, -1].float()
-        logits[:, list(suppressed)] = -torch.inf
+        logits[:, suppressed] = -torch.inf
+        if not generated:
+            logits[:, begin_suppressed] = -torch.inf
         logprobs = logits.log_softmax(-1)
         next_ids = logprobs.argmax(-1)
         next_ids = torch.where(finished, torch.full_like(next_ids, codec.eos_id), next_ids)
