@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--max-samples", type=int)
+    parser.add_argument("--normalizer", choices=("whisper_english", "whisper_basic", "plain"),
+                        help="text normalisation before WER (default: the one the model's training evaluated with, "
+                             "else whisper_english for English Whisper models)")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
 
 
@@ -40,23 +43,27 @@ def run(args: argparse.Namespace) -> int:
     from streamtrain.train.evaluate import evaluate
     from streamtrain.train.loop import MODEL_DIR
     from streamtrain.train.model import load_trained
+    from streamtrain.train.normalizer import build_normalizer, trained_normalizer
 
     path = Path(args.model)
     if (path / MODEL_DIR).is_dir():
         path = path / MODEL_DIR
     model, featurizer, codec = load_trained(path)
+    normalizer = args.normalizer or trained_normalizer(path, codec.prompt, codec.tokenizer)
+    normalize = build_normalizer(normalizer, path)
     device = torch.device(args.device)
     model.to(device)
     featurizer.to(device)
     loader = StreamLoader(args.dataset, batch_size=args.batch_size, epochs=1, num_workers=args.num_workers,
                           sample_rate=featurizer.sample_rate)
     result = evaluate(model, featurizer, codec, loader, device, contextlib.nullcontext, OomBackoff("evaluation"),
-                      args.max_samples)
+                      args.max_samples, normalize)
     out = Path(args.out) if args.out else path / f"eval-{Path(str(args.dataset).rstrip('/')).name}.jsonl"
     with open(out, "w") as f:
         for hypothesis in result.hypotheses:
             f.write(json.dumps(asdict(hypothesis)) + "\n")
     counts = result.counts
     print(f"WER {100 * counts.wer:.2f}%  CER {100 * counts.cer:.2f}%  "
-          f"({counts.word_errors}/{counts.words} words, {counts.utterances} utterances); hypotheses: {out}")
+          f"({counts.word_errors}/{counts.words} words, {counts.utterances} utterances, normalizer {normalizer}); "
+          f"hypotheses: {out}")
     return 0

@@ -2,7 +2,7 @@
 
 Each sample gets ``<key>.json``: ``{"text", "token_ids", "avg_logprob", "wer",
 "keep"}``, where ``wer`` is the label's word error rate against the ground
-truth (normalised as in evaluation) and ``keep`` is false when it exceeds the
+truth (after the plain normaliser, ``normalizer.plain``) and ``keep`` is false when it exceeds the
 ``max_wer`` filter. The teacher decodes greedily after its prompt (or the one
 given); with ``<|notimestamps|>`` in the prompt, Whisper's timestamp tokens are
 suppressed, so labels are plain text, as the student is trained on. Shards are
@@ -33,8 +33,9 @@ from streamtrain.format.shard import read_shard
 from streamtrain.storage.output import Output
 from streamtrain.distill.teacher import load_teacher
 from streamtrain.train.backoff import OomBackoff
-from streamtrain.train.evaluate import ErrorCounts, normalize, transcribe
+from streamtrain.train.evaluate import ErrorCounts, transcribe
 from streamtrain.train.model import TextCodec, inference_config
+from streamtrain.train.normalizer import plain
 from streamtrain.train.whisper_tokenizer import timestamp_ids
 
 LABELS_COLUMN = "labels"
@@ -128,7 +129,7 @@ class _Tally:
     def label(self, text: str, generation, max_wer: float | None) -> dict:
         """A sample's label, counted."""
         word_errors, _ = self.counts.add(text, generation.text)
-        words = len(normalize(text).split())
+        words = len(plain(text).split())
         wer = word_errors / max(words, 1)
         keep = max_wer is None or wer <= max_wer
         self.kept += keep

@@ -62,6 +62,11 @@ class ModelConfig:
     max_target_tokens: int = 64
     gradient_checkpointing: bool = False
     compile: bool = False
+    #: Distil-Whisper's freezing options: frozen tensors keep their values (and the frozen encoder runs
+    #: without dropout); a frozen encoder equal to the distillation teacher's is run once for both
+    freeze_encoder: bool = False
+    freeze_decoder: bool = False  # every decoder tensor but the token embeddings (tied to the output layer)
+    freeze_embed_positions: bool = False  # the decoder's position embeddings
 
 
 @dataclass
@@ -96,6 +101,9 @@ class EvalConfig:
     batch_size: int = 32
     max_samples: int | None = None
     at_start: bool = True
+    #: text normalisation before WER: whisper_english | whisper_basic | plain (train/normalizer.py);
+    #: None: whisper_english for English Whisper models, whisper_basic for other languages, plain otherwise
+    normalizer: str | None = None
 
 
 @dataclass
@@ -256,6 +264,8 @@ def _check_values(recipe: Recipe) -> None:
         "data.on_bad_sample": (recipe.data.on_bad_sample, ("raise", "skip")),
         "distill.teacher_precision": (recipe.distill.teacher_precision, ("fp32", "bf16", "int8")),
     }
+    if recipe.eval.normalizer is not None:
+        choices["eval.normalizer"] = (recipe.eval.normalizer, ("whisper_english", "whisper_basic", "plain"))
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise RecipeError(f"{key}: {value!r} is not one of {', '.join(allowed)}")

@@ -1,18 +1,13 @@
-"""Evaluation: greedy transcripts, WER and CER, with a documented text normalisation.
+"""Evaluation: greedy transcripts, WER and CER, after a named text normalisation (``normalizer``).
 
-Normalisation (applied to references and hypotheses alike): Unicode NFKC,
-lower case, every character that is not a letter, digit, apostrophe or space
-becomes a space, runs of spaces collapse to one, ends are stripped. WER counts
-word edits over reference words; CER character edits over reference
-characters (spaces included), both summed over the whole set (not averaged
-per utterance).
+The normaliser is applied to references and hypotheses alike. WER counts word
+edits over reference words; CER character edits over reference characters
+(spaces included), both summed over the whole set (not averaged per utterance).
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
-import unicodedata
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
@@ -23,13 +18,7 @@ import torch
 from streamtrain.loader import StreamLoader
 from streamtrain.train.backoff import OomBackoff
 from streamtrain.train.model import Generation, TextCodec, greedy_generate
-
-_NOT_WORD = re.compile(r"[^\w' ]|_")
-
-
-def normalize(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).lower()
-    return " ".join(_NOT_WORD.sub(" ", text).split())
+from streamtrain.train.normalizer import Normalizer, plain
 
 
 @dataclass
@@ -42,7 +31,7 @@ class ErrorCounts:
     chars: int = 0
     utterances: int = 0
 
-    def add(self, reference: str, hypothesis: str) -> tuple[int, int]:
+    def add(self, reference: str, hypothesis: str, normalize: Normalizer = plain) -> tuple[int, int]:
         reference, hypothesis = normalize(reference), normalize(hypothesis)
         word_errors = _edits(jiwer.process_words, reference, hypothesis)
         char_errors = _edits(jiwer.process_characters, reference, hypothesis)
@@ -120,6 +109,7 @@ def evaluate(
     autocast,
     backoff: OomBackoff,
     max_samples: int | None = None,
+    normalize: Normalizer = plain,
 ) -> EvalResult:
     """Transcribe every batch of ``loader`` (one pass) on this rank.
 
@@ -132,7 +122,7 @@ def evaluate(
         audio, lengths = batch["audio"].to(device), batch["audio_lens"].to(device)
         hypotheses = [g.text for g in transcribe(model, featurizer, codec, audio, lengths, backoff, autocast)]
         for key, reference, hypothesis in zip(batch["keys"], batch["text"], hypotheses):
-            word_errors, char_errors = result.counts.add(reference, hypothesis)
+            word_errors, char_errors = result.counts.add(reference, hypothesis, normalize)
             result.hypotheses.append(Hypothesis(key, reference, hypothesis, word_errors, char_errors))
         if max_samples is not None and result.counts.utterances >= max_samples:
             break

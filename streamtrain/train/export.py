@@ -16,7 +16,7 @@ takes, besides the model:
   with (``whisper_tokenizer.as_whisper_tokenizer``).
 - ``preprocessor_config.json``: a ``WhisperFeatureExtractor`` with the
   featurizer's window (4 s for the tiny recipe: it pads to the model's 400 frames).
-- ``streamtrain.json``: the featurizer, prompt and lengths streamtrain reads back.
+- ``streamtrain.json``: the featurizer, prompt, lengths and WER normaliser streamtrain reads back.
 
 Longer audio sends the pipeline into Whisper's long-form mode (timestamps,
 sliding windows, or ``chunk_length_s``) where streamtrain truncates to the window.
@@ -32,7 +32,8 @@ from transformers import PreTrainedTokenizerBase, WhisperFeatureExtractor
 
 from streamtrain.train.config import Recipe
 from streamtrain.train.generation import whisper_generation_config
-from streamtrain.train.whisper_tokenizer import WhisperTokenizerError, as_whisper_tokenizer
+from streamtrain.train.normalizer import default_normalizer
+from streamtrain.train.whisper_tokenizer import WhisperTokenizerError, as_whisper_tokenizer, save_tokenizer
 
 log = logging.getLogger("streamtrain.train")
 
@@ -46,6 +47,7 @@ def export_model(model, tokenizer: PreTrainedTokenizerBase, featurizer, recipe: 
     equivalent, normalised audio) is logged as a warning; streamtrain reads the
     folder either way.
     """
+    normalizer = recipe.eval.normalizer or default_normalizer(recipe.model.prompt, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     whisper_generation_config(model, tokenizer, recipe.model.prompt, recipe.model.max_target_tokens,
@@ -54,7 +56,7 @@ def export_model(model, tokenizer: PreTrainedTokenizerBase, featurizer, recipe: 
         tokenizer = as_whisper_tokenizer(tokenizer)
     except WhisperTokenizerError as error:
         log.warning("%s: transformers' ASR pipeline cannot decode with model.tokenizer: %s", out, error)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
     if featurizer.do_normalize:
         log.warning("%s: transformers' ASR pipeline does not normalise audio as features.params.do_normalize asks", out)
     feature_extractor(featurizer).save_pretrained(out)
@@ -63,6 +65,7 @@ def export_model(model, tokenizer: PreTrainedTokenizerBase, featurizer, recipe: 
         "prompt": recipe.model.prompt,
         "eos_token": recipe.model.eos_token,
         "max_target_tokens": recipe.model.max_target_tokens,
+        "normalizer": normalizer,  # what evaluation normalised with
     }, indent=1))
 
 

@@ -111,7 +111,8 @@ def whisper_generation_config(model, tokenizer: PreTrainedTokenizerBase, prompt:
     if pretrained:
         settings.update(model.generation_config.to_diff_dict())
     settings.pop("forced_decoder_ids", None)  # deprecated: the prompt becomes language and task
-    settings.pop("transformers_version", None)
+    for bookkeeping in ("transformers_version", "_from_model_config"):  # the latter drops custom settings
+        settings.pop(bookkeeping, None)
     generation = GenerationConfig(**settings)
     start, *rest = (tokenizer.convert_tokens_to_ids(token) for token in prompt)
     generation.decoder_start_token_id = start

@@ -20,7 +20,7 @@ from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalG
 from streamtrain.features import WhisperLogMel
 from streamtrain.train.export import feature_extractor
 from streamtrain.train.generation import complete_generation_config
-from streamtrain.train.whisper_tokenizer import published_tokenizer
+from streamtrain.train.whisper_tokenizer import published_tokenizer, save_tokenizer
 
 MAX_SOURCE_POSITIONS = 1500  # encoder positions: 3000 frames, 30 s
 MAX_TARGET_POSITIONS = 448
@@ -76,7 +76,7 @@ def init_model(name: str, out: str | Path, seed: int = 0) -> WhisperForCondition
     model = WhisperForConditionalGeneration(architecture.config(len(tokenizer), generation))
     model.generation_config = generation
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
     feature_extractor(WhisperLogMel(n_mels=architecture.num_mel_bins)).save_pretrained(out)
     return model
 

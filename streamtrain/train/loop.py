@@ -42,7 +42,8 @@ from streamtrain.train.config import Recipe, train_batch_size, validate
 from streamtrain.train.evaluate import ErrorCounts, evaluate
 from streamtrain.train.export import export_model
 from streamtrain.train.inputs import CachedFeatures, LiveFeatures
-from streamtrain.train.model import IGNORE_INDEX, TextCodec, build_model, load_tokenizer
+from streamtrain.train.model import IGNORE_INDEX, TextCodec, build_model, frozen_to_eval, load_tokenizer
+from streamtrain.train.normalizer import build_normalizer, default_normalizer
 from streamtrain.train.loss import CrossEntropy, Objective, StepFeatures
 from streamtrain.train.plot import plot_history
 from streamtrain.train.run_dir import RunLock, recipe_changes
@@ -94,6 +95,9 @@ class Trainer:
         self.tokenizer = load_tokenizer(recipe.model)
         self.codec = TextCodec(self.tokenizer, recipe.model.prompt, recipe.model.eos_token,
                                recipe.model.max_target_tokens)
+        self.normalizer = recipe.eval.normalizer or default_normalizer(self.codec.prompt, self.tokenizer)
+        self.normalize = build_normalizer(self.normalizer, recipe.model.tokenizer or recipe.model.pretrained) \
+            if recipe.data.validation else None
         self.featurizer = build_featurizer(recipe.features.name, **recipe.features.params).to(self.device)
         self.specaugment = SpecAugment(**recipe.features.specaugment).to(self.device) \
             if recipe.features.specaugment else None
@@ -179,7 +183,7 @@ class Trainer:
         cfg, progress = self.recipe.train, self.progress
         if self.recipe.eval.at_start and progress.step == 0 and not stop.requested:
             self.evaluate()
-        self.model.train()
+        self._train_mode()
         bar = tqdm(total=cfg.max_steps, initial=progress.step, unit="step", dynamic_ncols=True,
                    disable=not (cfg.progress and self.accelerator.is_main_process))
         meter = _Meter(self.accelerator)
@@ -205,6 +209,10 @@ class Trainer:
         batches.close()  # the loader's workers stop here, not at interpreter exit
         meter.settle(progress)
         return self.finish(stop)
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        frozen_to_eval(self.accelerator.unwrap_model(self.model))
 
     def _next(self, batches, meter: "_Meter") -> Batch:
         waited = time.perf_counter()
@@ -253,8 +261,9 @@ class Trainer:
                 with self.accelerator.autocast():
                     features, frames = features_of(piece)
                     seen = features if self.specaugment is None else self.specaugment(features, frames, generator)
-                    logits = self.model(input_features=seen, decoder_input_ids=inputs).logits
-                loss = self.objective.loss(logits, labels, StepFeatures(features, seen), inputs)
+                    outputs = self.model(input_features=seen, decoder_input_ids=inputs)
+                loss = self.objective.loss(outputs.logits, labels,
+                                           StepFeatures(features, seen, outputs.encoder_last_hidden_state), inputs)
                 self.accelerator.backward(loss / tokens)
             total += float(loss.detach())
         return total / tokens
@@ -292,14 +301,15 @@ class Trainer:
                               storage_options=recipe.data.storage_options)
         backoff = OomBackoff("evaluation", self.progress.eval_pieces)
         result = evaluate(accelerator.unwrap_model(self.model), self.featurizer, self.codec, loader, self.device,
-                          accelerator.autocast, backoff, recipe.eval.max_samples)
-        self.model.train()
+                          accelerator.autocast, backoff, recipe.eval.max_samples, self.normalize)
+        self._train_mode()
         counts = ErrorCounts.from_tensor(accelerator.reduce(result.counts.as_tensor().to(self.device), "sum").cpu())
-        record = {"step": self.progress.step, "wer": counts.wer, "cer": counts.cer, "utterances": counts.utterances}
+        record = {"step": self.progress.step, "wer": counts.wer, "cer": counts.cer, "utterances": counts.utterances,
+                  "normalizer": self.normalizer}
         self.progress.evaluations.append(record)
         self.progress.eval_pieces = backoff.pieces
         accelerator.print(f"step {self.progress.step}: validation WER {100 * counts.wer:.2f}% "
-                          f"CER {100 * counts.cer:.2f}% on {counts.utterances} utterances")
+                          f"CER {100 * counts.cer:.2f}% on {counts.utterances} utterances (normalizer {self.normalizer})")
         if accelerator.is_main_process:
             accelerator.log({"eval/wer": counts.wer, "eval/cer": counts.cer}, step=self.progress.step)
             plot_history(self.progress.history, self.progress.evaluations, self.run_dir / "metrics.png")

@@ -107,9 +107,30 @@ def build_model(config: ModelConfig, codec: TextCodec, n_mels: int, n_frames: in
     # the model config's defaults (openai-whisper's ids) are no ids of another vocabulary
     model.config.suppress_tokens = model.generation_config.suppress_tokens
     model.config.begin_suppress_tokens = model.generation_config.begin_suppress_tokens
+    freeze(model, config)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model
+
+
+def freeze(model: WhisperForConditionalGeneration, config: ModelConfig) -> None:
+    """Stop training what ``model.freeze_*`` names (Distil-Whisper's ``--freeze_encoder`` and kin)."""
+    decoder = model.get_decoder()
+    if config.freeze_encoder:
+        model.get_encoder().requires_grad_(False)
+    if config.freeze_decoder:
+        decoder.requires_grad_(False)
+        decoder.embed_tokens.requires_grad_(True)  # tied to the output projection, which trains
+    if config.freeze_embed_positions:
+        decoder.embed_positions.requires_grad_(False)
+
+
+def frozen_to_eval(model: WhisperForConditionalGeneration) -> None:
+    """Put a frozen encoder in eval mode (after ``train()``): no dropout, so its output is what a teacher
+    with the same weights computes, and its values never change."""
+    encoder = model.get_encoder()
+    if not any(parameter.requires_grad for parameter in encoder.parameters()):
+        encoder.eval()
 
 
 @dataclass(frozen=True)

@@ -222,7 +222,8 @@ def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypothese
     assert tokenizer("two nine", add_special_tokens=False)["input_ids"] == [5, 12]
     assert AutoFeatureExtractor.from_pretrained(model_dir).feature_size == 40
     result = streamtrain("eval", str(uninterrupted), str(data[1]), "--num-workers", "0")
-    assert "WER" in result.stdout
+    assert "WER" in result.stdout and "normalizer plain" in result.stdout  # digits: Whisper's would write "12"
+    assert json.loads((model_dir / "streamtrain.json").read_text())["normalizer"] == "plain"
     lines = (model_dir / "eval-validation.jsonl").read_text().splitlines()
     assert len(lines) == 12
     assert set(json.loads(lines[0])) == {"key", "reference", "hypothesis", "word_errors", "char_errors"}

@@ -66,7 +66,7 @@ def test_killed_and_resumed_whisper_tiny_is_bit_identical_and_evaluates(data, wh
     assert_bit_identical(final_parameters(uninterrupted), final_parameters(run))
     _, validation = data
     assert main(["eval", str(run), str(validation), "--num-workers", "0"]) == 0  # in process: no second start-up
-    assert "2 utterances" in capsys.readouterr().out
+    assert "2 utterances, normalizer whisper_english" in capsys.readouterr().out
     lines = [json.loads(line) for line in (run / "model" / "eval-validation.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all(isinstance(line["hypothesis"], str) for line in lines)
 
