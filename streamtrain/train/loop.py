@@ -22,7 +22,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -42,6 +42,7 @@ from streamtrain.train.config import Recipe, train_batch_size, validate
 from streamtrain.train.evaluate import ErrorCounts, evaluate
 from streamtrain.train.export import export_model
 from streamtrain.train.inputs import CachedFeatures, LiveFeatures
+from streamtrain.train.launch import keep_global_batch, resolve_pretrained, use_cpu
 from streamtrain.train.model import IGNORE_INDEX, TextCodec, build_model, frozen_to_eval, load_tokenizer
 from streamtrain.train.normalizer import build_normalizer, default_normalizer
 from streamtrain.train.loss import CrossEntropy, Objective, StepFeatures
@@ -85,23 +86,26 @@ class Trainer:
         validate(recipe)
         self.recipe, cfg = recipe, recipe.train
         self.run_dir = Path(cfg.output_dir)
-        self.accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision, log_with="tensorboard",
+        self.accelerator = Accelerator(cpu=use_cpu(cfg.cpu), mixed_precision=cfg.mixed_precision, log_with="tensorboard",
                                        project_dir=str(self.run_dir))
         self.device = self.accelerator.device
         self.rank = self.accelerator.process_index
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.seed)  # model initialisation: the same on every rank
-        self.tokenizer = load_tokenizer(recipe.model)
+        #: the recipe's model section, with model.pretrained as a folder (a hub id found in the cache)
+        model_config = replace(recipe.model, pretrained=resolve_pretrained(recipe.model.pretrained)) \
+            if recipe.model.pretrained else recipe.model
+        self.tokenizer = load_tokenizer(model_config)
         self.codec = TextCodec(self.tokenizer, recipe.model.prompt, recipe.model.eos_token,
                                recipe.model.max_target_tokens)
         self.normalizer = recipe.eval.normalizer or default_normalizer(self.codec.prompt, self.tokenizer)
-        self.normalize = build_normalizer(self.normalizer, recipe.model.tokenizer or recipe.model.pretrained) \
+        self.normalize = build_normalizer(self.normalizer, model_config.tokenizer or model_config.pretrained) \
             if recipe.data.validation else None
         self.featurizer = build_featurizer(recipe.features.name, **recipe.features.params).to(self.device)
         self.specaugment = SpecAugment(**recipe.features.specaugment).to(self.device) \
             if recipe.features.specaugment else None
-        model = build_model(recipe.model, self.codec, self.featurizer.n_mels, self.featurizer.n_frames)
+        model = build_model(model_config, self.codec, self.featurizer.n_mels, self.featurizer.n_frames)
         torch.manual_seed(_rank_seed(cfg.seed, self.rank))  # dropout: each rank draws its own masks
         if recipe.model.compile:
             model = torch.compile(model)
@@ -116,6 +120,7 @@ class Trainer:
         self.objective = objective_for(recipe.distill, self.loader.columns, self.accelerator.unwrap_model(self.model),
                                        self.featurizer, self.codec.prompt, self.device)
         self.progress = Progress(micro_batches=cfg.micro_batches)
+        self.grad_accum = cfg.grad_accum  # loader batches a step: the recipe's, or kept from a resume's global batch
         self.audit: AuditLog | None = None
         if cfg.grad_accum > 1:
             log.warning("train.grad_accum=%d: each optimizer step accumulates %d loader batches (before streamtrain "
@@ -176,6 +181,12 @@ class Trainer:
         changes = recipe_changes(trainer["recipe"], self.recipe.to_dict())
         if changes:
             self.accelerator.print("the recipe changed since that checkpoint:\n  " + "\n  ".join(changes))
+        saved_recipe_accum = trainer["recipe"]["train"]["grad_accum"]
+        self.grad_accum, said = keep_global_batch(
+            trainer["world_size"], trainer.get("grad_accum", saved_recipe_accum), saved_recipe_accum,
+            self.accelerator.num_processes, self.recipe.train.grad_accum)
+        if said:
+            self.accelerator.print(said)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -189,7 +200,7 @@ class Trainer:
         meter = _Meter(self.accelerator)
         batches = iter(self.loader)
         while progress.step < cfg.max_steps and not _any_rank(self.accelerator, stop.requested):
-            taken = [self._next(batches, meter) for _ in range(cfg.grad_accum)]
+            taken = [self._next(batches, meter) for _ in range(self.grad_accum)]
             loss = self.step(taken)
             progress.step += 1
             meter.add(taken)
@@ -334,6 +345,7 @@ class Trainer:
                 "step": self.progress.step,
                 "epoch": self.loader.epoch,
                 "world_size": accelerator.num_processes,
+                "grad_accum": self.grad_accum,
                 "progress": asdict(self.progress),
                 "loader": loader_state,
                 "recipe": self.recipe.to_dict(),

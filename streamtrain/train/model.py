@@ -151,9 +151,11 @@ def greedy_generate(model, features: torch.Tensor, codec: TextCodec,
     """
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-    settings = model.generation_config
-    suppressed = sorted({*suppressed, *(settings.suppress_tokens or ())})
-    begin_suppressed = list(settings.begin_suppress_tokens or ())
+    settings, vocabulary = model.generation_config, model.config.vocab_size
+    # ids past the vocabulary (WhisperConfig's defaults in a folder of another vocabulary) are no tokens to
+    # suppress, as transformers' logits processors ignore them
+    suppressed = sorted(i for i in {*suppressed, *(settings.suppress_tokens or ())} if i < vocabulary)
+    begin_suppressed = [i for i in settings.begin_suppress_tokens or () if i < vocabulary]
 
     encoder = model.get_encoder()(features.to(model.dtype)).last_hidden_state
     batch = features.shape[0]
