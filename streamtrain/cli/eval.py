@@ -66,4 +66,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"WER {100 * counts.wer:.2f}%  CER {100 * counts.cer:.2f}%  "
           f"({counts.word_errors}/{counts.words} words, {counts.utterances} utterances, normalizer {normalizer}); "
           f"hypotheses: {out}")
+    for language, counts in sorted(result.by_language.items()):
+        print(f"  {language}: WER {100 * counts.wer:.2f}%  CER {100 * counts.cer:.2f}%  ({counts.utterances} utterances)")
     return 0

@@ -445,6 +445,13 @@ class StreamLoader:
         """``dataset/shard.tar#position (key)`` of a sample id of ``epoch`` (default: the current one)."""
         return self._table(self.epoch if epoch is None else epoch).describe(int(sample_id))
 
+    def datasets_of(self, sample_ids: np.ndarray, epoch: int | None = None) -> np.ndarray:
+        """(B,) int64: which of the loader's datasets (in the order given) each sample id of ``epoch``
+        (default: the current one) comes from."""
+        table = self._table(self.epoch if epoch is None else epoch)
+        virtual, _ = table.locate(np.asarray(sample_ids, dtype=np.int64))
+        return table.source[virtual]
+
     def _record(self, batch: Batch) -> None:
         """Mark the batch's samples (and the bad ones it skipped) delivered."""
         skipped = batch.pop("skipped_ids")

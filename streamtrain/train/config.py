@@ -25,10 +25,20 @@ class RecipeError(ValueError):
 
 
 @dataclass
+class MixtureEntry:
+    """One dataset of a mixture, with what its utterances are (a manifest's ``language`` field wins)."""
+
+    weight: float = 1.0  # passes per epoch
+    language: str | None = None  # e.g. fr: <|fr|> in the prompt; None: the prompt's
+    task: str | None = None  # transcribe | translate; None: the prompt's
+
+
+@dataclass
 class DataConfig:
     #: a dataset folder or URL (relative paths: to the working directory), or a mapping of them to
-    #: mixing weights (passes per epoch, e.g. {s3://a/train: 1.0, s3://b/train: 0.5})
-    train: str | dict[str, float] = "shards/train"
+    #: mixing weights (passes per epoch, e.g. {s3://a/train: 1.0, s3://b/train: 0.5}) or to entries
+    #: ({s3://fr/train: {weight: 1.0, language: fr, task: transcribe}})
+    train: str | dict[str, float | MixtureEntry] = "shards/train"
     validation: str | None = "shards/validation"
     batch_size: int | None = None
     #: padded seconds of model input per batch: the trainer's Whisper models pad every utterance to the
@@ -309,9 +319,12 @@ def _check_values(recipe: Recipe) -> None:
 
 
 def _check_combinations(recipe: Recipe) -> None:
-    for url, weight in (recipe.data.train.items() if isinstance(recipe.data.train, dict) else ()):
+    for url, entry in (recipe.data.train.items() if isinstance(recipe.data.train, dict) else ()):
+        weight = entry.weight if isinstance(entry, MixtureEntry) else entry
         if not weight > 0:
             raise RecipeError(f"data.train.{url}: a mixing weight must be > 0, got {weight!r}")
+        if isinstance(entry, MixtureEntry) and entry.task not in (None, "transcribe", "translate"):
+            raise RecipeError(f"data.train.{url}.task: {entry.task!r} is not one of transcribe, translate")
     if isinstance(recipe.data.train, dict) and not recipe.data.train:
         raise RecipeError("data.train: an empty mapping (name at least one dataset)")
     if recipe.features.name != "whisper_log_mel":

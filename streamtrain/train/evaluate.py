@@ -17,7 +17,7 @@ import torch
 
 from streamtrain.loader import StreamLoader
 from streamtrain.train.backoff import OomBackoff
-from streamtrain.train.model import Generation, TextCodec, greedy_generate
+from streamtrain.train.model import LANGUAGE_CODES, Generation, TextCodec, greedy_generate
 from streamtrain.train.normalizer import Normalizer, plain
 
 
@@ -74,27 +74,46 @@ class Hypothesis:
     hypothesis: str
     word_errors: int
     char_errors: int
+    language: str | None = None
 
 
 @dataclass
 class EvalResult:
     counts: ErrorCounts
     hypotheses: list[Hypothesis] = field(default_factory=list)
+    by_language: dict[str, ErrorCounts] = field(default_factory=dict)  # utterances with a language
+
+
+def utterance_language(meta: dict, default: str | None) -> str | None:
+    """An utterance's language: its manifest's ``language`` field, else ``default`` (the prompt's)."""
+    return meta.get("language") or default
+
+
+def prompt_language(codec: TextCodec) -> str | None:
+    return next((token.strip("<|>") for token in codec.prompt if token.strip("<|>") in LANGUAGE_CODES), None)
 
 
 def transcribe(model, featurizer, codec: TextCodec, audio: torch.Tensor, lengths: torch.Tensor,
                backoff: OomBackoff, context: Callable[[], ContextManager] = contextlib.nullcontext,
-               suppressed: Sequence[int] = ()) -> list[Generation]:
+               suppressed: Sequence[int] = (), prompts: list[list[int]] | None = None) -> list[Generation]:
     """Greedy transcripts of a padded batch, featurized and decoded in ``backoff``'s pieces
     (more of them after an out-of-memory error), each piece inside ``context()`` (e.g. autocast);
-    ``suppressed`` token ids are never chosen."""
+    ``suppressed`` token ids are never chosen. ``prompts``: each row's prompt ids (rows of one
+    prompt are decoded together); None: the codec's."""
+    prompts = prompts or [codec.prompt_ids] * len(audio)
 
     def pieces_of(pieces: list[slice]) -> list[Generation]:
         generations = []
         for piece in pieces:
             with context():
                 features, _ = featurizer(audio[piece], lengths[piece])
-                generations += greedy_generate(model, features, codec, suppressed)
+                rows = list(range(len(audio)))[piece]
+                done: dict[int, Generation] = {}
+                for prompt in dict.fromkeys(tuple(prompts[row]) for row in rows):
+                    mine = [i for i, row in enumerate(rows) if tuple(prompts[row]) == prompt]
+                    decoded = greedy_generate(model, features[mine], codec, suppressed, list(prompt))
+                    done.update(zip(mine, decoded))
+                generations += [done[i] for i in range(len(rows))]
         return generations
 
     return backoff.run(len(audio), pieces_of)
@@ -118,12 +137,17 @@ def evaluate(
     """
     result = EvalResult(ErrorCounts())
     model.eval()
+    default = prompt_language(codec)
     for batch in loader:
         audio, lengths = batch["audio"].to(device), batch["audio_lens"].to(device)
-        hypotheses = [g.text for g in transcribe(model, featurizer, codec, audio, lengths, backoff, autocast)]
-        for key, reference, hypothesis in zip(batch["keys"], batch["text"], hypotheses):
-            word_errors, char_errors = result.counts.add(reference, hypothesis, normalize)
-            result.hypotheses.append(Hypothesis(key, reference, hypothesis, word_errors, char_errors))
+        languages = [utterance_language(meta, default) for meta in batch["meta"]]
+        prompts = [codec.prompt_for(language) for language in languages]
+        generations = transcribe(model, featurizer, codec, audio, lengths, backoff, autocast, prompts=prompts)
+        for key, reference, generation, language in zip(batch["keys"], batch["text"], generations, languages):
+            word_errors, char_errors = result.counts.add(reference, generation.text, normalize)
+            if language is not None:
+                result.by_language.setdefault(language, ErrorCounts()).add(reference, generation.text, normalize)
+            result.hypotheses.append(Hypothesis(key, reference, generation.text, word_errors, char_errors, language))
         if max_samples is not None and result.counts.utterances >= max_samples:
             break
     return result

@@ -38,7 +38,7 @@ from streamtrain.storage.remote import RetryPolicy
 from streamtrain.train import checkpoint as ckpt
 from streamtrain.train.audit import AuditLog, encode_ids, next_session
 from streamtrain.train.backoff import OomBackoff
-from streamtrain.train.config import Recipe, train_batch_size, validate
+from streamtrain.train.config import MixtureEntry, Recipe, RecipeError, train_batch_size, validate
 from streamtrain.train.evaluate import ErrorCounts, evaluate
 from streamtrain.train.export import export_model
 from streamtrain.train.inputs import CachedFeatures, LiveFeatures
@@ -113,6 +113,7 @@ class Trainer:
                                       weight_decay=recipe.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(recipe))
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.mixture = self._mixture_prompts()
         self.loader = self._train_loader()
         self.features = CachedFeatures() if recipe.features.cache else LiveFeatures(self.featurizer)
         if recipe.features.cache:
@@ -127,10 +128,42 @@ class Trainer:
                         "0.2 grad_accum split each batch, which is now train.micro_batches)", cfg.grad_accum,
                         cfg.grad_accum)
 
+    def _mixture_prompts(self) -> list[MixtureEntry]:
+        """Each training dataset's entry (language, task), in the loader's order; checked against the prompt."""
+        train = self.recipe.data.train
+        entries = {train: MixtureEntry()} if isinstance(train, str) else \
+            {url: entry if isinstance(entry, MixtureEntry) else MixtureEntry(entry) for url, entry in train.items()}
+        has_language, has_task = self.codec.slots()
+        for url, entry in entries.items():
+            for key, value, slot in (("language", entry.language, has_language), ("task", entry.task, has_task)):
+                if value is not None and not slot:
+                    raise RecipeError(f"data.train.{url}.{key}: model.prompt {self.codec.prompt} names no {key} "
+                                      f"token for {value!r} to replace")
+            try:
+                self.codec.prompt_for(entry.language, entry.task)
+            except RecipeError as error:
+                raise RecipeError(f"data.train.{url}: {error}") from None
+        return list(entries.values())
+
+    def _prompts(self, batch: Batch) -> list[list[int]]:
+        """Each sample's prompt ids: its manifest's ``language``, else its dataset's, and its dataset's task."""
+        datasets = self.loader.datasets_of(batch["sample_ids"], batch["epoch"]) if len(self.mixture) > 1 \
+            else [0] * batch.size
+        prompts = []
+        for meta, dataset, sample_id in zip(batch["meta"], datasets, batch["sample_ids"].tolist()):
+            entry = self.mixture[dataset]
+            try:
+                prompts.append(self.codec.prompt_for(meta.get("language") or entry.language, entry.task))
+            except RecipeError as error:
+                raise RecipeError(f"{self.loader.describe(sample_id, batch['epoch'])}: {error}") from None
+        return prompts
+
     def _train_loader(self) -> StreamLoader:
         data = self.recipe.data
+        weights = {url: entry.weight for url, entry in zip(data.train, self.mixture)} \
+            if isinstance(data.train, dict) else data.train
         return StreamLoader(
-            data.train, batch_size=train_batch_size(data, self.recipe.features), max_seconds=data.max_seconds,
+            weights, batch_size=train_batch_size(data, self.recipe.features), max_seconds=data.max_seconds,
             seed=self.recipe.train.seed, num_workers=data.num_workers, block_shards=data.block_shards,
             sample_rate=self.featurizer.sample_rate, on_bad_sample=data.on_bad_sample, cache_dir=data.cache_dir,
             cache_limit=data.cache_limit, storage_options=data.storage_options,
@@ -238,7 +271,7 @@ class Trainer:
         work = []
         for batch in (b for b in batches if b.size):
             texts, keep = self.objective.texts(batch)
-            targets = self.codec.targets(texts)
+            targets = self.codec.targets(texts, self._prompts(batch))
             labels = targets.labels if keep is None else targets.labels.masked_fill(~keep[:, None], IGNORE_INDEX)
             work.append((batch.size, self.features.prepare(batch, self.device),
                          targets.decoder_input_ids.to(self.device), labels.to(self.device)))
@@ -315,12 +348,19 @@ class Trainer:
                           accelerator.autocast, backoff, recipe.eval.max_samples, self.normalize)
         self._train_mode()
         counts = ErrorCounts.from_tensor(accelerator.reduce(result.counts.as_tensor().to(self.device), "sum").cpu())
+        by_language: dict[str, ErrorCounts] = {}
+        for ranks in gather_object([{k: c.as_tensor() for k, c in result.by_language.items()}]):
+            for language, values in ranks.items():
+                summed = by_language.get(language, ErrorCounts()).as_tensor() + values
+                by_language[language] = ErrorCounts.from_tensor(summed)
         record = {"step": self.progress.step, "wer": counts.wer, "cer": counts.cer, "utterances": counts.utterances,
-                  "normalizer": self.normalizer}
+                  "normalizer": self.normalizer,
+                  "wer_by_language": {k: c.wer for k, c in sorted(by_language.items())}}
         self.progress.evaluations.append(record)
         self.progress.eval_pieces = backoff.pieces
         accelerator.print(f"step {self.progress.step}: validation WER {100 * counts.wer:.2f}% "
-                          f"CER {100 * counts.cer:.2f}% on {counts.utterances} utterances (normalizer {self.normalizer})")
+                          f"CER {100 * counts.cer:.2f}% on {counts.utterances} utterances (normalizer {self.normalizer})"
+                          + "".join(f"; {k} {100 * c.wer:.2f}% ({c.utterances})" for k, c in sorted(by_language.items())))
         if accelerator.is_main_process:
             accelerator.log({"eval/wer": counts.wer, "eval/cer": counts.cer}, step=self.progress.step)
             plot_history(self.progress.history, self.progress.evaluations, self.run_dir / "metrics.png")

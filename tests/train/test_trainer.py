@@ -182,7 +182,10 @@ def test_two_processes_then_one_stays_exactly_once(data, tmp_path):
     assert trainer["world_size"] == 2
     assert sorted(p.name for p in (run / AUDIT_DIR).iterdir()) == [
         "session-0000-rank-00000.jsonl.zst", "session-0000-rank-00001.jsonl.zst"]
-    streamtrain("train", str(recipe), "train.max_steps=20")
+    resumed = streamtrain("train", str(recipe), "train.max_steps=20")
+    assert "accumulating 2 loader batches a step, not train.grad_accum=1, keeps the global batch" in resumed.stdout
+    final = json.loads((run / "checkpoints" / "step-00000020" / "trainer.json").read_text())
+    assert final["grad_accum"] == 2 and final["world_size"] == 1
     audit = streamtrain("audit", str(run))
     assert "audit: OK" in audit.stdout and "epoch 0 (complete)" in audit.stdout
 
@@ -226,7 +229,8 @@ def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypothese
     assert json.loads((model_dir / "streamtrain.json").read_text())["normalizer"] == "plain"
     lines = (model_dir / "eval-validation.jsonl").read_text().splitlines()
     assert len(lines) == 12
-    assert set(json.loads(lines[0])) == {"key", "reference", "hypothesis", "word_errors", "char_errors"}
+    assert set(json.loads(lines[0])) == {"key", "reference", "hypothesis", "word_errors", "char_errors",
+                                         "language"}
 
 
 def test_out_of_memory_on_one_rank_backs_off_there_only_and_keeps_ranks_in_step(data, tmp_path):
