@@ -78,13 +78,17 @@ def objective_for(config: DistillConfig, columns: list[Dataset], student, featur
     """
     if config.labels is None:
         return CrossEntropy()
+    labels = next((c for c in columns if (c.index.column or {}).get("name") == LABELS_COLUMN), None)
+    if labels is not None and labels.index.column.get("kept") == 0:
+        raise RecipeError(f"distill.labels: every label in {config.labels} is marked keep=false (none of "
+                          f"{labels.index.samples} passed `label --max-wer`): nothing would train; relabel with a "
+                          "higher --max-wer")
     if config.teacher is None:
         return Distillation(None, config.alpha, 0.0, config.temperature)
     teacher, fingerprint = load_teacher(config.teacher, config.teacher_precision, device, featurizer)
     if teacher.config.vocab_size != student.config.vocab_size:
         raise RecipeError(f"distill.teacher: vocabulary of {teacher.config.vocab_size} tokens, "
                           f"the student has {student.config.vocab_size}")
-    labels = next((c for c in columns if (c.index.column or {}).get("name") == LABELS_COLUMN), None)
     if labels is not None:
         labeller = labels.index.column.get("teacher_fingerprint")
         if labeller != fingerprint:

@@ -11,7 +11,7 @@ import pytest
 
 from streamtrain.cli import main
 from streamtrain.format.shard import read_shard
-from tests.support.runs import accelerate_launch, digit_dataset, random_whisper
+from tests.support.runs import accelerate_launch, digit_dataset, micro_recipe, random_whisper
 from tests.support.servers import free_port
 
 
@@ -68,3 +68,16 @@ def test_a_resume_over_another_dataset_at_the_same_place_is_refused(setup, tmp_p
     assert main(label_args(moving, teacher, tmp_path / "labels")) == 2
     (error,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert error.endswith("labels: an earlier run used another dataset_fingerprint; use --overwrite to restart")
+
+
+def test_labels_that_are_all_filtered_are_one_line_not_a_silent_run(setup, tmp_path, capsys):
+    _, data, teacher = setup
+    labels = tmp_path / "labels"
+    args = label_args(data, teacher, labels)
+    args[args.index("--max-wer") + 1] = "0"  # a random teacher gets no utterance right
+    assert main(args) == 0
+    assert json.loads((labels / "index.json").read_text())["column"]["kept"] == 0
+    recipe = micro_recipe(tmp_path / "run", data, None, distill={"labels": str(labels), "beta": 0.0})
+    assert main(["train", str(recipe)]) == 2
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert "distill.labels: every label in" in error and "none of 12 passed `label --max-wer`" in error
