@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     def batches():
         seen = 0
         for batch in loader:
-            yield batch["audio"], batch["audio_lens"]
-            seen += len(batch["keys"])
+            yield batch.audio, batch.audio_lens
+            seen += len(batch.keys)
             if args.max_samples is not None and seen >= args.max_samples:
                 return
 

@@ -29,15 +29,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from streamtrain.loader.sidecar_writer import (
-    DecodedChunk,
-    aligned_shard_info,
-    write_column_shard,
-)
+from streamtrain.loader.shard_chunks import DecodedChunk, write_column_shard
 from streamtrain.format.columns import publish_index
 from streamtrain.format.dataset import open_dataset
 from streamtrain.format.index import DatasetIndex, ShardInfo, ShardList
-from streamtrain.format.shard import read_shard
+from streamtrain.format.shard_reader import ShardFile
+from streamtrain.format.sidecar import LABELS_COLUMN, aligned_shard_info
 from streamtrain.storage.output import Output
 from streamtrain.distill.teacher import load_teacher
 from streamtrain.train.backoff import OomBackoff
@@ -46,7 +43,6 @@ from streamtrain.train.model import TextCodec, inference_config
 from streamtrain.train.normalizer import plain
 from streamtrain.train.whisper_tokenizer import timestamp_ids
 
-LABELS_COLUMN = "labels"
 RUN_FILE = "label-run.json"
 
 
@@ -192,12 +188,12 @@ class _Tally:
     def count_complete(self, shard: ShardInfo, data: bytes, origin: str) -> None:
         """Count a shard an earlier run wrote, from its labels."""
         keys = []
-        for sample in read_shard(data, origin):
-            line = json.loads(sample.members["json"])
+        for key, members in ShardFile.in_memory(data, origin):
+            line = json.loads(members["json"])
             self.counts.word_errors += line["word_errors"]
             self.counts.words += line["words"]
             self.kept += line["keep"]
-            keys.append(sample.key)
+            keys.append(key)
         self.add(aligned_shard_info(shard, len(data), hashlib.sha256(data).hexdigest()), keys)
 
 

@@ -3,7 +3,7 @@
 Only worth it for featurizers that are really expensive (log-mel on the device
 is cheaper than reading cached features). The column's shards align with the
 dataset's (same names, keys and order); each sample gets ``<key>.feat.zst``
-(float16, zstandard, see ``codec``) and ``<key>.json`` (its frame count). The
+(float16, zstandard: ``streamtrain.format.feature_codec``) and ``<key>.json`` (its frame count). The
 column's index holds the featurizer's name, configuration and fingerprint; the
 trainer refuses a column whose fingerprint differs from its featurizer's, so
 stale features are never used.
@@ -18,16 +18,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from streamtrain.loader.batch import FEATURES_EXT
-from streamtrain.loader.sidecar_writer import DecodedChunk, write_column_shard
+from streamtrain.loader.shard_chunks import DecodedChunk, write_column_shard
 from streamtrain.format.columns import publish_index
 from streamtrain.format.dataset import Dataset, open_dataset
 from streamtrain.format.index import DatasetIndex, ShardList
 from streamtrain.format.feature_codec import encode_features
+from streamtrain.format.sidecar import FEATURES_COLUMN, FEATURES_EXT
 from streamtrain.features.registry import FEATURIZER_VERSION, featurizer_fingerprint
 from streamtrain.storage.output import Output
-
-FEATURES_COLUMN = "features"
 
 
 class FeatureCacheError(ValueError):
@@ -109,7 +107,7 @@ def check_feature_column(column: Dataset, featurizer: nn.Module) -> None:
 
 def cached_features(batch, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(features B x M x F float32, frame lengths B) from a batch's feature column."""
-    column = batch["columns"][FEATURES_COLUMN]
+    column = batch.columns[FEATURES_COLUMN]
     features = torch.stack([sample[FEATURES_EXT] for sample in column]).to(device, torch.float32)
     frames = torch.tensor([sample["json"]["frames"] for sample in column], device=device)
     return features, frames

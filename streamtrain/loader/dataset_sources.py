@@ -46,19 +46,6 @@ def open_source(url: str, weight: float = 1.0, storage_options: dict | None = No
     return DatasetSource(dataset, weight)
 
 
-def open_column(url: str, base: DatasetSource, storage_options: dict | None = None,
-                retry: RetryPolicy = RetryPolicy()) -> Dataset:
-    """A sidecar column of ``base``: same shard names and sample counts, in the same order."""
-    column = open_dataset(url, storage_options, retry)
-    if column.index.column is None or "name" not in column.index.column:
-        raise ValueError(f"{column.display}: not a sidecar column (its index.json has no 'column' entry)")
-    if column.index.shards.names != base.index.shards.names or not np.array_equal(
-        column.index.shards.samples, base.index.shards.samples
-    ):
-        raise ValueError(f"{column.display}: its shards do not align with {base.display} (names or sample counts differ)")
-    return column
-
-
 @dataclass(frozen=True)
 class EpochTable(ShardTable):
     """The virtual shards of one epoch, in a fixed order (the plan shuffles them).

@@ -155,24 +155,6 @@ class _WrongLength(IOError):
     """A ranged read answered with another number of bytes than asked (transient: retried)."""
 
 
-def read_url(
-    url: str,
-    size: int,
-    sha256: str | None,
-    storage_options: dict | None = None,
-    policy: RetryPolicy = RetryPolicy(),
-    sleep=time.sleep,
-) -> bytes:
-    """Read exactly ``size`` bytes of ``url``; check the sha256 when given."""
-    digest = hashlib.sha256()
-    data = bytearray()
-    for chunk in _chunks(url, size, storage_options, policy, sleep):
-        digest.update(chunk)
-        data += chunk
-    _check(url, len(data), size, digest if sha256 else None, sha256)
-    return bytes(data)
-
-
 def read_all(url: str, storage_options: dict | None = None, policy: RetryPolicy = RetryPolicy()) -> bytes:
     """The whole file, whatever its size (for checking a file against what an index says)."""
     if is_local(url):

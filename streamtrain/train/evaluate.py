@@ -139,11 +139,11 @@ def evaluate(
     model.eval()
     default = prompt_language(codec)
     for batch in loader:
-        audio, lengths = batch["audio"].to(device), batch["audio_lens"].to(device)
-        languages = [utterance_language(meta, default) for meta in batch["meta"]]
+        audio, lengths = batch.audio.to(device), batch.audio_lens.to(device)
+        languages = [utterance_language(meta, default) for meta in batch.meta]
         prompts = [codec.prompt_for(language) for language in languages]
         generations = transcribe(model, featurizer, codec, audio, lengths, backoff, autocast, prompts=prompts)
-        for key, reference, generation, language in zip(batch["keys"], batch["text"], generations, languages):
+        for key, reference, generation, language in zip(batch.keys, batch.text, generations, languages):
             word_errors, char_errors = result.counts.add(reference, generation.text, normalize)
             if language is not None:
                 result.by_language.setdefault(language, ErrorCounts()).add(reference, generation.text, normalize)

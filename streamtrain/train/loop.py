@@ -147,15 +147,15 @@ class Trainer:
 
     def _prompts(self, batch: Batch) -> list[list[int]]:
         """Each sample's prompt ids: its manifest's ``language``, else its dataset's, and its dataset's task."""
-        datasets = self.loader.datasets_of(batch["sample_ids"], batch["epoch"]) if len(self.mixture) > 1 \
+        datasets = self.loader.datasets_of(batch.sample_ids.numpy(), batch.epoch) if len(self.mixture) > 1 \
             else [0] * batch.size
         prompts = []
-        for meta, dataset, sample_id in zip(batch["meta"], datasets, batch["sample_ids"].tolist()):
+        for meta, dataset, sample_id in zip(batch.meta, datasets, batch.sample_ids.tolist()):
             entry = self.mixture[dataset]
             try:
                 prompts.append(self.codec.prompt_for(meta.get("language") or entry.language, entry.task))
             except RecipeError as error:
-                raise RecipeError(f"{self.loader.describe(sample_id, batch['epoch'])}: {error}") from None
+                raise RecipeError(f"{self.loader.describe(sample_id, batch.epoch)}: {error}") from None
         return prompts
 
     def _train_loader(self) -> StreamLoader:
@@ -231,26 +231,27 @@ class Trainer:
         bar = tqdm(total=cfg.max_steps, initial=progress.step, unit="step", dynamic_ncols=True,
                    disable=not (cfg.progress and self.accelerator.is_main_process))
         meter = _Meter(self.accelerator)
-        batches = iter(self.loader)
-        while progress.step < cfg.max_steps and not _any_rank(self.accelerator, stop.requested):
-            taken = [self._next(batches, meter) for _ in range(self.grad_accum)]
-            loss = self.step(taken)
-            progress.step += 1
-            meter.add(taken)
-            for batch in taken:
-                self.audit.add({"event": "step", "step": progress.step, "epoch": batch["epoch"],
-                                "ids": encode_ids(batch["sample_ids"])})
-            if progress.step % cfg.log_every == 0 or progress.step == cfg.max_steps:
-                self._log(loss, meter, bar, taken[-1]["epoch"])
-            bar.update(1)
-            if self.recipe.eval.every and progress.step % self.recipe.eval.every == 0 \
-                    and progress.step < cfg.max_steps:
-                self.evaluate()
-            if progress.step % cfg.checkpoint_every == 0 or progress.step == cfg.max_steps:
-                meter.settle(progress)
-                self.save()
-        bar.close()
-        batches.close()  # the loader's workers stop here, not at interpreter exit
+        # closed here, even when a step raises: the workers ignore SIGTERM, so multiprocessing's exit
+        # handler (terminate, then join) would wait for them forever
+        with contextlib.closing(iter(self.loader)) as batches:
+            while progress.step < cfg.max_steps and not _any_rank(self.accelerator, stop.requested):
+                taken = [self._next(batches, meter) for _ in range(self.grad_accum)]
+                loss = self.step(taken)
+                progress.step += 1
+                meter.add(taken)
+                for batch in taken:
+                    self.audit.add({"event": "step", "step": progress.step, "epoch": batch.epoch,
+                                    "ids": encode_ids(batch.sample_ids)})
+                if progress.step % cfg.log_every == 0 or progress.step == cfg.max_steps:
+                    self._log(loss, meter, bar, taken[-1].epoch)
+                bar.update(1)
+                if self.recipe.eval.every and progress.step % self.recipe.eval.every == 0 \
+                        and progress.step < cfg.max_steps:
+                    self.evaluate()
+                if progress.step % cfg.checkpoint_every == 0 or progress.step == cfg.max_steps:
+                    meter.settle(progress)
+                    self.save()
+            bar.close()
         meter.settle(progress)
         return self.finish(stop)
 
@@ -440,7 +441,7 @@ class _Meter:
         self.unsettled = [0, 0.0]  # since the last settle
 
     def add(self, batches: list[Batch]) -> None:
-        samples, audio = sum(b.size for b in batches), sum(float(b["seconds"].sum()) for b in batches)
+        samples, audio = sum(b.size for b in batches), sum(float(b.seconds.sum()) for b in batches)
         for counts in (self.window, self.unsettled):
             counts[0] += samples
             counts[1] += audio

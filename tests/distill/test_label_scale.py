@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from streamtrain.cli import main
-from streamtrain.format.shard import read_shard
+from streamtrain.format.shard_reader import ShardFile
 from tests.support.runs import accelerate_launch, digit_dataset, micro_recipe, random_whisper
 from tests.support.servers import free_port
 
@@ -30,8 +30,8 @@ def label_args(data, teacher, out):
 def column(out):
     index = json.loads((out / "index.json").read_text())
     shards = list(zip(index["shards"]["name"], index["shards"]["sha256"]))
-    keys = [sample.key for shard in sorted(out.glob("shard-*.tar"))
-            for sample in read_shard(shard.read_bytes(), str(shard))]
+    keys = [key for shard in sorted(out.glob("shard-*.tar"))
+            for key, _ in ShardFile.in_memory(shard.read_bytes(), str(shard))]
     return shards, keys, {k: index["column"][k] for k in ("kept", "label_wer", "teacher_fingerprint")}
 
 
@@ -58,6 +58,7 @@ def test_two_ranks_under_torchrun_and_accelerate_write_the_single_process_column
         assert column(root / name) == single, name
 
 
+@pytest.mark.slow
 def test_a_resume_over_another_dataset_at_the_same_place_is_refused(setup, tmp_path, capsys):
     _, data, teacher = setup
     moving = tmp_path / "data"
@@ -70,6 +71,7 @@ def test_a_resume_over_another_dataset_at_the_same_place_is_refused(setup, tmp_p
     assert error.endswith("labels: an earlier run used another dataset_fingerprint; use --overwrite to restart")
 
 
+@pytest.mark.slow
 def test_labels_that_are_all_filtered_are_one_line_not_a_silent_run(setup, tmp_path, capsys):
     _, data, teacher = setup
     labels = tmp_path / "labels"

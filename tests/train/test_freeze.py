@@ -14,6 +14,7 @@ from streamtrain.train.model import freeze, frozen_to_eval
 from tests.support.runs import digit_dataset, micro_recipe, random_whisper
 
 
+@pytest.mark.slow
 def test_a_frozen_encoder_and_positions_stay_bit_identical_while_the_decoder_trains(tmp_path):
     start = random_whisper(tmp_path / "start", decoder_layers=1, d_model=32)
     data = digit_dataset(tmp_path / "train", 16, seed=4)

@@ -62,6 +62,7 @@ def _with_languages(root, count, seed, languages):
     return root / "data"
 
 
+@pytest.mark.slow
 def test_datasets_and_utterances_choose_the_prompt_and_wer_is_per_language(tokenizer_dir, codec, tmp_path):
     french = digit_dataset(tmp_path / "fr", 8, seed=7)  # no language field: the dataset's
     mixed = _with_languages(tmp_path / "mixed", 8, 8, ["de", "en"])  # each utterance its own

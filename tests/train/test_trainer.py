@@ -1,4 +1,8 @@
-"""The trainer, run as users run it (the CLI, in subprocesses): resume, signals, faults, audit."""
+"""The trainer, run as users run it (the CLI): resume, signals, faults, audit.
+
+Runs that are killed, signalled, launched as 2 processes or given an injected fault are real processes;
+the rest run in this process (``run_cli``), with one thread where they are compared bit for bit with a
+process started with OMP_NUM_THREADS=1."""
 
 import json
 import os
@@ -14,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from streamtrain.cli import main as cli_main
+from tests.support.cli import run_cli
 from tests.support.runs import accelerate_launch, digit_dataset, micro_recipe
 from streamtrain.train.audit import AUDIT_DIR, decode_ids, encode_ids
 
@@ -25,17 +29,12 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFF
 
 
 def streamtrain(*args, inject=(), check=True, timeout=300):
+    """``streamtrain ARGS`` in a process of its own, through inject.py with the faults ``inject`` names."""
     command = [sys.executable, str(INJECT), *inject, "--", *args]
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         pytest.fail(f"streamtrain {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits")
-    return digit_dataset(root / "train", 56, seed=1), digit_dataset(root / "validation", 12, seed=2)
 
 
 def final_parameters(run_dir):
@@ -50,49 +49,53 @@ def assert_bit_identical(a, b):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(data, tmp_path_factory):
+def uninterrupted(digits, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "uninterrupted"
-    streamtrain("train", str(micro_recipe(run, *data)))
+    run_cli("train", str(micro_recipe(run, *digits)), threads=1)
     return run
 
 
-def test_killed_twice_at_random_steps_and_resumed_is_bit_identical_and_audits_clean(data, uninterrupted, tmp_path):
+@pytest.mark.slow
+def test_killed_twice_at_random_steps_and_resumed_is_bit_identical_and_audits_clean(digits, uninterrupted, tmp_path):
     run = tmp_path / "killed"
-    recipe = micro_recipe(run, *data)
+    recipe = micro_recipe(run, *digits)
     rng = random.Random(KILL_SEED)  # seeded: a failure names its kill steps and reproduces
     for _ in range(2):  # the step counts from wherever this process resumed
         killed = streamtrain("train", str(recipe), inject=["--kill-at-step", str(rng.randint(2, 5))], check=False)
         assert killed.returncode == -signal.SIGKILL
-    streamtrain("train", str(recipe))
+    run_cli("train", str(recipe), threads=1)
     assert_bit_identical(final_parameters(uninterrupted), final_parameters(run))
-    audit = streamtrain("audit", str(run))
-    assert "audit: OK" in audit.stdout and "3 session(s)" in audit.stdout
+    audit = run_cli("audit", str(run))
+    assert "audit: OK" in audit.out and "3 session(s)" in audit.out
 
 
-def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(data, uninterrupted, tmp_path):
+@pytest.mark.slow
+def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(digits, uninterrupted, tmp_path):
     run = tmp_path / "killed-in-checkpoint"
-    recipe = micro_recipe(run, *data)
+    recipe = micro_recipe(run, *digits)
     killed = streamtrain("train", str(recipe), inject=["--kill-in-checkpoint", "2"], check=False)
     assert killed.returncode == -signal.SIGKILL
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000004", ".tmp-step-00000008"] or sorted(
         p.name for p in (run / "checkpoints").iterdir()) == [".tmp-step-00000008", "step-00000004"]
-    resumed = streamtrain("train", str(recipe))
-    assert "resumed from" in resumed.stdout and "step 4" in resumed.stdout
+    resumed = run_cli("train", str(recipe), threads=1)
+    assert "resumed from" in resumed.out and "step 4" in resumed.out
     assert_bit_identical(final_parameters(uninterrupted), final_parameters(run))
 
 
-def test_out_of_memory_backs_off_to_micro_batches_with_the_same_result(data, tmp_path):
+@pytest.mark.slow
+def test_out_of_memory_backs_off_to_micro_batches_with_the_same_result(digits, tmp_path):
     backed_off = tmp_path / "oom"
-    result = streamtrain("train", str(micro_recipe(backed_off, *data)), inject=["--oom-above", "3"])
+    result = streamtrain("train", str(micro_recipe(backed_off, *digits)), inject=["--oom-above", "3"])
     assert "retrying the same batch in 4 pieces" in result.stderr
     trainer = json.loads(sorted((backed_off / "checkpoints").glob("step-*"))[-1].joinpath("trainer.json").read_text())
     assert trainer["progress"]["micro_batches"] == 4
     accumulated = tmp_path / "accumulated"
-    streamtrain("train", str(micro_recipe(accumulated, *data, train={"micro_batches": 4})))
+    run_cli("train", str(micro_recipe(accumulated, *digits, train={"micro_batches": 4})), threads=1)
     assert_bit_identical(final_parameters(backed_off), final_parameters(accumulated))
 
 
-def test_sigterm_to_the_process_group_finishes_the_step_checkpoints_and_exits_zero(data, tmp_path):
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_finishes_the_step_checkpoints_and_exits_zero(digits, tmp_path):
     """The way Slurm and Kubernetes preempt: SIGTERM to every process of the job, DataLoader workers
     included. The workers keep serving the step; the trainer checkpoints and exits 0."""
     run = tmp_path / "term"
@@ -124,8 +127,9 @@ def test_sigterm_to_the_process_group_finishes_the_step_checkpoints_and_exits_ze
     assert 0 < step < 400
 
 
-def test_sigterm_during_start_up_is_a_clean_announced_stop(data, tmp_path):
-    recipe = micro_recipe(tmp_path / "early", *data)
+@pytest.mark.slow
+def test_sigterm_during_start_up_is_a_clean_announced_stop(digits, tmp_path):
+    recipe = micro_recipe(tmp_path / "early", *digits)
     process = subprocess.Popen([sys.executable, "-m", "streamtrain", "train", str(recipe)], env=ENV,
                                start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)  # start-up (imports, model, loader) takes seconds longer than this
@@ -136,15 +140,16 @@ def test_sigterm_during_start_up_is_a_clean_announced_stop(data, tmp_path):
     assert "Traceback" not in err and not list((tmp_path / "early" / "checkpoints").glob("step-*"))
 
 
-def test_a_damaged_checkpoint_is_skipped_with_a_warning(data, uninterrupted, tmp_path):
+@pytest.mark.slow
+def test_a_damaged_checkpoint_is_skipped_with_a_warning(digits, uninterrupted, tmp_path):
     run = tmp_path / "damaged"
-    recipe = micro_recipe(run, *data, train={"max_steps": 8})
-    streamtrain("train", str(recipe))
+    recipe = micro_recipe(run, *digits, train={"max_steps": 8})
+    run_cli("train", str(recipe))
     newest = run / "checkpoints" / "step-00000008" / "state.pt"
     newest.write_bytes(newest.read_bytes()[:1000])
-    resumed = streamtrain("train", str(recipe), "train.max_steps=12")
-    assert "skipping damaged checkpoint" in resumed.stderr and "step-00000008" in resumed.stderr
-    assert "resumed from" in resumed.stdout and "(step 4," in resumed.stdout
+    resumed = run_cli("train", str(recipe), "train.max_steps=12")
+    assert "skipping damaged checkpoint" in resumed.err and "step-00000008" in resumed.err
+    assert "resumed from" in resumed.out and "(step 4," in resumed.out
 
 
 @pytest.mark.parametrize(
@@ -157,11 +162,11 @@ def test_a_damaged_checkpoint_is_skipped_with_a_warning(data, uninterrupted, tmp
         ("features.name=kaldi_fbank", "features.name: the trainer's Whisper models take whisper_log_mel features"),
     ],
 )
-def test_bad_recipe_values_are_named(data, tmp_path, override, message, capsys):
-    """In process (the command's own entry point; a recipe error stops it before any training is set up):
-    the exit status and the one-line message, and nothing written."""
-    assert cli_main(["train", str(micro_recipe(tmp_path / "bad", *data)), override]) == 2
-    err = capsys.readouterr().err
+def test_bad_recipe_values_are_named(digits, tmp_path, override, message):
+    """A recipe error stops the command before any training is set up: the exit status and the one-line
+    message, and nothing written."""
+    code, _, err = run_cli("train", str(micro_recipe(tmp_path / "bad", *digits)), override, check=False)
+    assert code == 2
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "bad").exists()
 
@@ -174,23 +179,25 @@ def two_processes(*args, inject=()):
     return result
 
 
-def test_two_processes_then_one_stays_exactly_once(data, tmp_path):
+@pytest.mark.distributed
+def test_two_processes_then_one_stays_exactly_once(digits, tmp_path):
     run = tmp_path / "ddp"
-    recipe = micro_recipe(run, *data, train={"max_steps": 6, "checkpoint_every": 3})
+    recipe = micro_recipe(run, *digits, train={"max_steps": 6, "checkpoint_every": 3})
     two_processes("train", str(recipe))
     trainer = json.loads((run / "checkpoints" / "step-00000006" / "trainer.json").read_text())
     assert trainer["world_size"] == 2
     assert sorted(p.name for p in (run / AUDIT_DIR).iterdir()) == [
         "session-0000-rank-00000.jsonl.zst", "session-0000-rank-00001.jsonl.zst"]
-    resumed = streamtrain("train", str(recipe), "train.max_steps=20")
-    assert "accumulating 2 loader batches a step, not train.grad_accum=1, keeps the global batch" in resumed.stdout
+    resumed = run_cli("train", str(recipe), "train.max_steps=20")
+    assert "accumulating 2 loader batches a step, not train.grad_accum=1, keeps the global batch" in resumed.out
     final = json.loads((run / "checkpoints" / "step-00000020" / "trainer.json").read_text())
     assert final["grad_accum"] == 2 and final["world_size"] == 1
-    audit = streamtrain("audit", str(run))
-    assert "audit: OK" in audit.stdout and "epoch 0 (complete)" in audit.stdout
+    audit = run_cli("audit", str(run))
+    assert "audit: OK" in audit.out and "epoch 0 (complete)" in audit.out
 
 
-def test_audit_finds_a_duplicate_in_a_doctored_log(data, uninterrupted, tmp_path):
+@pytest.mark.slow
+def test_audit_finds_a_duplicate_in_a_doctored_log(digits, uninterrupted, tmp_path):
     import shutil
 
     import zstandard
@@ -207,14 +214,15 @@ def test_audit_finds_a_duplicate_in_a_doctored_log(data, uninterrupted, tmp_path
     forged = {"event": "step", "step": 13, "epoch": 0, "ids": encode_ids(decode_ids(first["ids"])[:1])}
     with open(log, "ab") as f:
         f.write(zstandard.ZstdCompressor().compress((json.dumps(forged) + "\n").encode()))
-    result = streamtrain("audit", str(run), check=False)
-    assert result.returncode == 1
-    duplicate = next(line for line in result.stdout.splitlines() if line.startswith("  duplicate: "))
+    result = run_cli("audit", str(run), check=False)
+    assert result.code == 1
+    duplicate = next(line for line in result.out.splitlines() if line.startswith("  duplicate: "))
     assert ".tar#" in duplicate and duplicate.endswith(")")  # dataset/shard.tar#position (key)
-    assert "1 duplicates" in result.stdout and "audit: FAILED" in result.stdout
+    assert "1 duplicates" in result.out and "audit: FAILED" in result.out
 
 
-def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypotheses(data, uninterrupted):
+@pytest.mark.slow
+def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypotheses(digits, uninterrupted):
     from transformers import AutoFeatureExtractor, AutoModelForSpeechSeq2Seq, AutoTokenizer
 
     model_dir = uninterrupted / "model"
@@ -224,8 +232,8 @@ def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypothese
     assert type(tokenizer).__name__ == "WhisperTokenizer"
     assert tokenizer("two nine", add_special_tokens=False)["input_ids"] == [5, 12]
     assert AutoFeatureExtractor.from_pretrained(model_dir).feature_size == 40
-    result = streamtrain("eval", str(uninterrupted), str(data[1]), "--num-workers", "0")
-    assert "WER" in result.stdout and "normalizer plain" in result.stdout  # digits: Whisper's would write "12"
+    result = run_cli("eval", str(uninterrupted), str(digits[1]), "--num-workers", "0")
+    assert "WER" in result.out and "normalizer plain" in result.out  # digits: Whisper's would write "12"
     assert json.loads((model_dir / "streamtrain.json").read_text())["normalizer"] == "plain"
     lines = (model_dir / "eval-validation.jsonl").read_text().splitlines()
     assert len(lines) == 12
@@ -233,13 +241,14 @@ def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypothese
                                          "language"}
 
 
-def test_out_of_memory_on_one_rank_backs_off_there_only_and_keeps_ranks_in_step(data, tmp_path):
+@pytest.mark.distributed
+def test_out_of_memory_on_one_rank_backs_off_there_only_and_keeps_ranks_in_step(digits, tmp_path):
     """Rank 0 runs each step in 4 micro-batches (3 without gradient sync), rank 1 in one:
     both still meet at exactly one all-reduce per step, so nothing hangs and the result
     is the undisturbed run's, up to the summation order of rank 0's gradients. (Dropout and
     SpecAugment are off: micro-batches draw their random masks in other shapes.)"""
     def recipe(run):
-        deterministic = micro_recipe(run, *data, train={"max_steps": 6, "checkpoint_every": 6})
+        deterministic = micro_recipe(run, *digits, train={"max_steps": 6, "checkpoint_every": 6})
         return str(deterministic), "features.specaugment=null", "model.whisper.dropout=0.0"
 
     plain, backed_off = tmp_path / "plain", tmp_path / "oom"
@@ -257,9 +266,10 @@ def test_out_of_memory_on_one_rank_backs_off_there_only_and_keeps_ranks_in_step(
 
 
 
-def test_the_mixture_changes_at_two_kills_and_the_audit_explains_the_epoch(data, tmp_path):
+@pytest.mark.slow
+def test_the_mixture_changes_at_two_kills_and_the_audit_explains_the_epoch(digits, tmp_path):
     """Add and re-weight (one dataset read twice), then remove one, each at a SIGKILL resume."""
-    train, validation = data
+    train, validation = digits
     extra = digit_dataset(tmp_path / "extra", 24, seed=3)
     run = tmp_path / "mixed"
     recipe = micro_recipe(run, train, validation, train={"max_steps": 16})
@@ -271,10 +281,10 @@ def test_the_mixture_changes_at_two_kills_and_the_audit_explains_the_epoch(data,
     assert "the training data changed at this resume, in epoch 0" in killed.stderr
     assert f"added      {extra} (weight 2" in killed.stderr and f"reweighted {train}: 1 -> 0.5" in killed.stderr
     recipe = micro_recipe(run, {str(extra): 1.0}, validation, train={"max_steps": 16})
-    finished = streamtrain("train", str(recipe))
-    assert f"removed    {train}" in finished.stderr
-    audit = streamtrain("audit", str(run))
-    left_out = sum(int(n) for n in re.findall(r"(\d+) not yet delivered are left out", killed.stderr + finished.stderr))
-    assert "audit: OK" in audit.stdout, audit.stdout
-    assert f"changed 2 time(s) in this epoch; {left_out} samples not yet delivered were left out" in audit.stdout
-    assert "epoch 0 (complete)" in audit.stdout and "0 duplicates" in audit.stdout
+    finished = run_cli("train", str(recipe))
+    assert f"removed    {train}" in finished.err
+    audit = run_cli("audit", str(run))
+    left_out = sum(int(n) for n in re.findall(r"(\d+) not yet delivered are left out", killed.stderr + finished.err))
+    assert "audit: OK" in audit.out, audit.out
+    assert f"changed 2 time(s) in this epoch; {left_out} samples not yet delivered were left out" in audit.out
+    assert "epoch 0 (complete)" in audit.out and "0 duplicates" in audit.out
