@@ -83,6 +83,9 @@ def label_dataset(
 ) -> LabelSummary:
     """Label ``dataset`` into a column at ``out_dir`` (a folder or URL); see the module docstring."""
     source = open_dataset(dataset, storage_options)
+    rank, ranks = _process_group()
+    if str(device) == "cuda" and ranks > 1:  # one GPU a process, as the launcher numbers them on a machine
+        device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
     teacher, fingerprint = load_teacher(teacher_dir, settings.precision, device)
     featurizer, codec = inference_config(teacher_dir, teacher.config)
     codec = TextCodec(codec.tokenizer, settings.prompt.split() if settings.prompt else codec.prompt,
@@ -91,7 +94,6 @@ def label_dataset(
     featurizer.to(device)
     run = {"teacher": str(teacher_dir), "teacher_fingerprint": fingerprint, "settings": asdict(settings),
            "dataset": source.display, "dataset_fingerprint": source.index.fingerprint}
-    rank, ranks = _process_group()
     with Output(out_dir, storage_options) as out:
         complete = _prepare(out, run, overwrite) if rank == 0 else set()
         if ranks > 1:

@@ -74,7 +74,7 @@ def test_datasets_and_utterances_choose_the_prompt_and_wer_is_per_language(token
     trainer = Trainer(recipe)
     seen = {}
     for batch in trainer.loader:
-        for key, prompt in zip(batch["keys"], trainer._prompts(batch)):
+        for key, prompt in zip(batch.keys, trainer._prompts(batch)):
             seen[key] = codec.tokenizer.convert_ids_to_tokens(prompt)
         if len(seen) == 16:
             break
