@@ -41,5 +41,7 @@ def run(args: argparse.Namespace) -> int:
     filtered = summary.samples - summary.kept
     print(f"{redact(args.out)}: {summary.samples} samples labelled ({summary.shards_written} shards written, "
           f"{summary.shards_skipped} already complete); label WER {100 * summary.wer:.2f}%"
-          + (f"; {filtered} labels over --max-wer {args.max_wer} marked keep=false" if args.max_wer is not None else ""))
+          + (f"; {filtered} labels over --max-wer {args.max_wer} marked keep=false" if args.max_wer is not None else "")
+          + f"; waited for data {100 * summary.data_wait:.0f}% of the time"
+          + (f" ({summary.ranks} processes; this one's share)" if summary.ranks > 1 else ""))
     return 0

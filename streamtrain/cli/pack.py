@@ -7,7 +7,7 @@ import re
 
 from streamtrain.audio import DEFAULT_OPUS_COMPLEXITY, AudioError
 from streamtrain.format.index import DatasetIndexError
-from streamtrain.format.shard import ShardError
+from streamtrain.format.tar_layout import ShardError
 from streamtrain.pack.packer import PACK_CODECS, PackError, merge, pack
 from streamtrain.pack.sources import FORMS, SourceError
 from streamtrain.storage.location import LocationError

@@ -43,6 +43,9 @@ class Distillation:
     beta: float
     temperature: float
     teacher_sees_augmented: bool = False  # False: the teacher gets the features without SpecAugment
+    #: the student's frozen encoder is the teacher's: the teacher decodes from the student's encoder output
+    #: wherever it would have been fed the same features (Distil-Whisper's shared hidden states)
+    shared_encoder: bool = False
 
     def texts(self, batch) -> tuple[list[str], torch.Tensor]:
         column = batch.columns[LABELS_COLUMN]
@@ -54,9 +57,11 @@ class Distillation:
             return self.alpha * cross_entropy
         teacher_features = features.seen if self.teacher_sees_augmented else features.clean
         with torch.no_grad():
-            teacher_logits = self.teacher(
-                input_features=teacher_features.to(self.teacher.dtype), decoder_input_ids=decoder_inputs
-            ).logits
+            if self.shared_encoder and teacher_features is features.seen:
+                encoded = {"encoder_outputs": (features.encoded.detach().to(self.teacher.dtype),)}
+            else:
+                encoded = {"input_features": teacher_features.to(self.teacher.dtype)}
+            teacher_logits = self.teacher(**encoded, decoder_input_ids=decoder_inputs).logits
         return self.alpha * cross_entropy + self.beta * kl_divergence(
             logits, teacher_logits, labels != IGNORE_INDEX, self.temperature
         )
@@ -72,13 +77,17 @@ def objective_for(context: ObjectiveContext) -> Objective:
     config, student, prompt = context.distill, context.student, context.prompt
     if config.labels is None:
         return CrossEntropy()
+    labels = next((c for c in context.columns if (c.index.column or {}).get("name") == LABELS_COLUMN), None)
+    if labels is not None and labels.index.column.get("kept") == 0:
+        raise RecipeError(f"distill.labels: every label in {config.labels} is marked keep=false (none of "
+                          f"{labels.index.samples} passed `label --max-wer`): nothing would train; relabel with a "
+                          "higher --max-wer")
     if config.teacher is None:
         return Distillation(None, config.alpha, 0.0, config.temperature)
     teacher, fingerprint = load_teacher(config.teacher, config.teacher_precision, context.device, context.featurizer)
     if teacher.config.vocab_size != student.config.vocab_size:
         raise RecipeError(f"distill.teacher: vocabulary of {teacher.config.vocab_size} tokens, "
                           f"the student has {student.config.vocab_size}")
-    labels = next((c for c in context.columns if (c.index.column or {}).get("name") == LABELS_COLUMN), None)
     if labels is not None:
         labeller = labels.index.column.get("teacher_fingerprint")
         if labeller != fingerprint:
@@ -92,4 +101,20 @@ def objective_for(context: ObjectiveContext) -> Objective:
         if labelled_after is not None and labelled_after != prompt:
             raise RecipeError(f"model.prompt: {prompt} is not the prompt the teacher wrote the pseudo-labels in "
                               f"{config.labels} after ({labelled_after}); its KL term would follow another prompt")
-    return Distillation(teacher, config.alpha, config.beta, config.temperature, config.teacher_sees_augmented)
+    shared = same_frozen_encoder(student, teacher)
+    if shared:
+        log.info("the student's frozen encoder is the teacher's: it runs once per batch for both")
+    return Distillation(teacher, config.alpha, config.beta, config.temperature, config.teacher_sees_augmented,
+                        shared)
+
+
+def same_frozen_encoder(student, teacher) -> bool:
+    """Whether the student's encoder is frozen and holds the teacher's weights (as ``make-student`` copies
+    them; in the teacher's precision: a bf16 teacher then decodes from the fp32 encoder's output)."""
+    encoder = student.get_encoder()
+    if any(parameter.requires_grad for parameter in encoder.parameters()):
+        return False
+    mine, theirs = encoder.state_dict(), teacher.get_encoder().state_dict()
+    return mine.keys() == theirs.keys() and all(
+        mine[name].shape == theirs[name].shape and torch.equal(mine[name].to(theirs[name]), theirs[name])
+        for name in mine)

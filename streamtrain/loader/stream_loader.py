@@ -482,6 +482,13 @@ class StreamLoader:
         """``dataset/shard.tar#position (key)`` of a sample id of ``epoch`` (default: the current one)."""
         return self._table(self.epoch if epoch is None else epoch).describe(int(sample_id))
 
+    def datasets_of(self, sample_ids: np.ndarray, epoch: int | None = None) -> np.ndarray:
+        """(B,) int64: which of the loader's datasets (in the order given) each sample id of ``epoch``
+        (default: the current one) comes from."""
+        table = self._table(self.epoch if epoch is None else epoch)
+        virtual, _ = table.locate(np.asarray(sample_ids, dtype=np.int64))
+        return table.source[virtual]
+
     def _record(self, batch: Batch, note: WorkerNote) -> None:
         """Mark the batch's samples (and the bad ones it skipped) delivered, and count them."""
         skipped, read = note.skipped_ids, note.stats

@@ -25,7 +25,7 @@ from streamtrain.format.sidecar import decode_members
 from streamtrain.loader.dataset_sources import DatasetSource, EpochTable
 from streamtrain.loader.transfer import AudioSlots
 from streamtrain.format.dataset import Dataset
-from streamtrain.format.shard import ShardError
+from streamtrain.format.tar_layout import ShardError
 from streamtrain.loader.plan import BatchList
 from streamtrain.storage.remote import ReadError
 

@@ -65,10 +65,20 @@ class RecipeError(ValueError):
 
 
 @dataclass
+class MixtureEntry:
+    """One dataset of a mixture, with what its utterances are (a manifest's ``language`` field wins)."""
+
+    weight: float = 1.0  # passes per epoch
+    language: str | None = None  # e.g. fr: <|fr|> in the prompt; None: the prompt's
+    task: str | None = None  # transcribe | translate; None: the prompt's
+
+
+@dataclass
 class DataConfig:
     #: a dataset folder or URL, or a mapping of them to mixing weights (passes per epoch, e.g.
-    #: {s3://a/train: 1.0, s3://b/train: 0.5}); by default the demo shards in BUNDLED
-    train: str | dict[str, float] = "shards/train"
+    #: {s3://a/train: 1.0, s3://b/train: 0.5}) or to entries ({s3://fr/train: {weight: 1.0, language: fr,
+    #: task: transcribe}}); by default the demo shards in BUNDLED
+    train: str | dict[str, float | MixtureEntry] = "shards/train"
     validation: str | None = "shards/validation"
     batch_size: int | None = None
     #: padded seconds of model input per batch: the trainer's Whisper models pad every utterance to the
@@ -109,6 +119,11 @@ class ModelConfig:
     timestamp_probability: float = 0.0
     gradient_checkpointing: bool = False
     compile: bool = False
+    #: Distil-Whisper's freezing options: frozen tensors keep their values (and the frozen encoder runs
+    #: without dropout); a frozen encoder equal to the distillation teacher's is run once for both
+    freeze_encoder: bool = False
+    freeze_decoder: bool = False  # every decoder tensor but the token embeddings (tied to the output layer)
+    freeze_embed_positions: bool = False  # the decoder's position embeddings
 
 
 @dataclass
@@ -143,6 +158,9 @@ class EvalConfig:
     batch_size: int = 32
     max_samples: int | None = None
     at_start: bool = True
+    #: text normalisation before WER: whisper_english | whisper_basic | plain (train/normalizer.py);
+    #: None: whisper_english for English Whisper models, whisper_basic for other languages, plain otherwise
+    normalizer: str | None = None
 
 
 @dataclass
@@ -339,6 +357,8 @@ def _check_values(recipe: Recipe) -> None:
         "data.on_bad_sample": (recipe.data.on_bad_sample, ("raise", "skip")),
         "distill.teacher_precision": (recipe.distill.teacher_precision, ("fp32", "bf16", "int8")),
     }
+    if recipe.eval.normalizer is not None:
+        choices["eval.normalizer"] = (recipe.eval.normalizer, ("whisper_english", "whisper_basic", "plain"))
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise RecipeError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
@@ -385,9 +405,12 @@ def _check_values(recipe: Recipe) -> None:
 
 
 def _check_combinations(recipe: Recipe) -> None:
-    for url, weight in (recipe.data.train.items() if isinstance(recipe.data.train, dict) else ()):
+    for url, entry in (recipe.data.train.items() if isinstance(recipe.data.train, dict) else ()):
+        weight = entry.weight if isinstance(entry, MixtureEntry) else entry
         if not weight > 0:
             raise RecipeError(f"data.train.{url}: a mixing weight must be > 0, got {weight!r}")
+        if isinstance(entry, MixtureEntry) and entry.task not in (None, "transcribe", "translate"):
+            raise RecipeError(f"data.train.{url}.task: {entry.task!r} is not one of transcribe, translate")
     if isinstance(recipe.data.train, dict) and not recipe.data.train:
         raise RecipeError("data.train: an empty mapping (name at least one dataset)")
     if recipe.data.fill_windows:

@@ -21,7 +21,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -38,11 +38,14 @@ from streamtrain.storage.remote import RetryPolicy
 from streamtrain.train import checkpoint as ckpt
 from streamtrain.train.audit import AuditLog, encode_ids, next_session
 from streamtrain.train.backoff import OomBackoff
-from streamtrain.train.config import Recipe, RecipeError, train_batch_size, train_max_seconds, validate, window_seconds
+from streamtrain.train.config import (MixtureEntry, Recipe, RecipeError, train_batch_size, train_max_seconds, validate,
+                                      window_seconds)
 from streamtrain.train.evaluate import ErrorCounts, evaluate, rank_quotas
 from streamtrain.train.export import export_model
 from streamtrain.train.inputs import CachedFeatures, LiveFeatures
-from streamtrain.train.model import IGNORE_INDEX, TextCodec, build_model, load_tokenizer
+from streamtrain.train.launch import keep_global_batch, resolve_pretrained, use_cpu
+from streamtrain.train.model import IGNORE_INDEX, TextCodec, build_model, frozen_to_eval, load_tokenizer
+from streamtrain.train.normalizer import build_normalizer, default_normalizer
 from streamtrain.train.whisper_tokenizer import timestamp_ids
 from streamtrain.train.window_targets import row_targets, timestamp_draw
 from streamtrain.train.loss import ObjectiveContext, ObjectiveFactory, StepFeatures, cross_entropy_objective
@@ -93,23 +96,29 @@ class Trainer:
         validate(recipe)
         self.recipe, cfg = recipe, recipe.train
         self.run_dir = Path(cfg.output_dir)
-        self.accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision, log_with="tensorboard",
+        self.accelerator = Accelerator(cpu=use_cpu(cfg.cpu), mixed_precision=cfg.mixed_precision, log_with="tensorboard",
                                        project_dir=str(self.run_dir))
         self.device = self.accelerator.device
         self.rank = self.accelerator.process_index
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.seed)  # model initialisation: the same on every rank
-        self.tokenizer = load_tokenizer(recipe.model)
+        #: the recipe's model section, with model.pretrained as a folder (a hub id found in the cache)
+        model_config = replace(recipe.model, pretrained=resolve_pretrained(recipe.model.pretrained)) \
+            if recipe.model.pretrained else recipe.model
+        self.tokenizer = load_tokenizer(model_config)
         if recipe.model.timestamp_probability and not timestamp_ids(self.tokenizer):
             raise RecipeError("model.timestamp_probability: the tokenizer has no timestamp tokens (<|0.00|> .. "
                               "<|30.00|>; Whisper's published tokenizers have them)")
         self.codec = TextCodec(self.tokenizer, recipe.model.prompt, recipe.model.eos_token,
                                recipe.model.max_target_tokens)
+        self.normalizer = recipe.eval.normalizer or default_normalizer(self.codec.prompt, self.tokenizer)
+        self.normalize = build_normalizer(self.normalizer, model_config.tokenizer or model_config.pretrained) \
+            if recipe.data.validation else None
         self.featurizer = build_featurizer(recipe.features.name, **recipe.features.params).to(self.device)
         self.specaugment = SpecAugment(**recipe.features.specaugment).to(self.device) \
             if recipe.features.specaugment else None
-        model = build_model(recipe.model, self.codec, self.featurizer.n_mels, self.featurizer.n_frames)
+        model = build_model(model_config, self.codec, self.featurizer.n_mels, self.featurizer.n_frames)
         torch.manual_seed(_rank_seed(cfg.seed, self.rank))  # dropout: each rank draws its own masks
         if recipe.model.compile:
             model = torch.compile(model)
@@ -117,6 +126,7 @@ class Trainer:
                                       weight_decay=recipe.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(recipe))
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.mixture = self._mixture_prompts()
         self.loader = self._train_loader()
         self.features = CachedFeatures() if recipe.features.cache else LiveFeatures(self.featurizer)
         if recipe.features.cache:
@@ -125,12 +135,45 @@ class Trainer:
             distill=recipe.distill, columns=self.loader.columns, student=self.accelerator.unwrap_model(self.model),
             featurizer=self.featurizer, prompt=self.codec.prompt, device=self.device))
         self.progress = Progress(micro_batches=cfg.micro_batches)
+        self.grad_accum = cfg.grad_accum  # loader batches a step: the recipe's, or kept from a resume's global batch
         self.audit: AuditLog | None = None
+
+    def _mixture_prompts(self) -> list[MixtureEntry]:
+        """Each training dataset's entry (language, task), in the loader's order; checked against the prompt."""
+        train = self.recipe.data.train
+        entries = {train: MixtureEntry()} if isinstance(train, str) else \
+            {url: entry if isinstance(entry, MixtureEntry) else MixtureEntry(entry) for url, entry in train.items()}
+        has_language, has_task = self.codec.slots()
+        for url, entry in entries.items():
+            for key, value, slot in (("language", entry.language, has_language), ("task", entry.task, has_task)):
+                if value is not None and not slot:
+                    raise RecipeError(f"data.train.{url}.{key}: model.prompt {self.codec.prompt} names no {key} "
+                                      f"token for {value!r} to replace")
+            try:
+                self.codec.prompt_for(entry.language, entry.task)
+            except RecipeError as error:
+                raise RecipeError(f"data.train.{url}: {error}") from None
+        return list(entries.values())
+
+    def _prompts(self, batch: Batch) -> list[list[int]]:
+        """Each sample's prompt ids: its manifest's ``language``, else its dataset's, and its dataset's task."""
+        datasets = self.loader.datasets_of(batch.sample_ids.numpy(), batch.epoch) if len(self.mixture) > 1 \
+            else [0] * batch.size
+        prompts = []
+        for meta, dataset, sample_id in zip(batch.meta, datasets, batch.sample_ids.tolist()):
+            entry = self.mixture[dataset]
+            try:
+                prompts.append(self.codec.prompt_for(meta.get("language") or entry.language, entry.task))
+            except RecipeError as error:
+                raise RecipeError(f"{self.loader.describe(sample_id, batch.epoch)}: {error}") from None
+        return prompts
 
     def _train_loader(self) -> StreamLoader:
         data = self.recipe.data
+        weights = {url: entry.weight for url, entry in zip(data.train, self.mixture)} \
+            if isinstance(data.train, dict) else data.train
         return StreamLoader(
-            data.train, batch_size=train_batch_size(data, self.recipe.features),
+            weights, batch_size=train_batch_size(data, self.recipe.features),
             max_seconds=train_max_seconds(data, self.recipe.features),
             fill_windows=window_seconds(self.recipe.features) if data.fill_windows else None,
             seed=self.recipe.train.seed, num_workers=data.num_workers, block_shards=data.block_shards,
@@ -194,6 +237,12 @@ class Trainer:
         self.accelerator.print(f"resumed from {path} (step {self.progress.step}, epoch {self.loader.epoch})")
         if changes:
             self.accelerator.print("the recipe changed since that checkpoint:\n  " + "\n  ".join(changes))
+        saved_recipe_accum = trainer["recipe"]["train"]["grad_accum"]
+        self.grad_accum, said = keep_global_batch(
+            trainer["world_size"], trainer.get("grad_accum", saved_recipe_accum), saved_recipe_accum,
+            self.accelerator.num_processes, self.recipe.train.grad_accum)
+        if said:
+            self.accelerator.print(said)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -201,7 +250,7 @@ class Trainer:
         cfg, progress = self.recipe.train, self.progress
         if self.recipe.eval.at_start and progress.step == 0 and not stop.requested:
             self.evaluate()
-        self.model.train()
+        self._train_mode()
         meter = _Meter(self.accelerator)
         report = ProgressReport("train", cfg.max_steps, "steps", initial=progress.step, every=cfg.log_every,
                                 enabled=self.accelerator.is_main_process, bar=None if cfg.progress else False)
@@ -209,7 +258,7 @@ class Trainer:
         # handler (terminate, then join) would wait for them forever
         with report, contextlib.closing(iter(self.loader)) as batches:
             while progress.step < cfg.max_steps and not _any_rank(self.accelerator, stop.requested):
-                taken = [self._next(batches, meter) for _ in range(cfg.grad_accum)]
+                taken = [self._next(batches, meter) for _ in range(self.grad_accum)]
                 loss = self.step(taken)
                 progress.step += 1
                 meter.add(taken)
@@ -228,6 +277,10 @@ class Trainer:
         meter.settle(progress)
         return self.finish(stop)
 
+    def _train_mode(self) -> None:
+        self.model.train()
+        frozen_to_eval(self.accelerator.unwrap_model(self.model))
+
     def _next(self, batches, meter: "_Meter") -> Batch:
         waited = time.perf_counter()
         batch = next(batches)
@@ -243,7 +296,9 @@ class Trainer:
         for batch in (b for b in batches if b.size):
             rows = row_targets(batch, *self.objective.texts(batch), self.recipe.model.timestamp_probability,
                                self.featurizer.chunk_seconds, draw)  # one row per window (or utterance)
-            targets = self.codec.targets(rows.texts, rows.timestamps)
+            prompts = self._prompts(batch)  # a window takes its first utterance's language and task
+            firsts = torch.searchsorted(batch.window, torch.arange(len(rows.texts))).tolist()
+            targets = self.codec.targets(rows.texts, [prompts[i] for i in firsts], rows.timestamps)
             keep = rows.keep
             labels = targets.labels if keep is None else targets.labels.masked_fill(~keep[:, None], IGNORE_INDEX)
             work.append((len(rows.texts), self.features.prepare(batch, self.device),
@@ -278,8 +333,9 @@ class Trainer:
                 with self.accelerator.autocast():
                     features, frames = features_of(piece)
                     seen = features if self.specaugment is None else self.specaugment(features, frames, generator)
-                    logits = self.model(input_features=seen, decoder_input_ids=inputs).logits
-                loss = self.objective.loss(logits, labels, StepFeatures(features, seen), inputs)
+                    outputs = self.model(input_features=seen, decoder_input_ids=inputs)
+                loss = self.objective.loss(outputs.logits, labels,
+                                           StepFeatures(features, seen, outputs.encoder_last_hidden_state), inputs)
                 self.accelerator.backward(loss / tokens)
             total += float(loss.detach())
         return total / tokens
@@ -316,15 +372,23 @@ class Trainer:
         if recipe.eval.max_samples is not None:
             quota = rank_quotas(recipe.eval.max_samples, gather_object([loader.samples_left()]))[self.rank]
         result = evaluate(accelerator.unwrap_model(self.model), self.featurizer, self.codec, loader, self.device,
-                          accelerator.autocast, backoff, quota)
-        self.model.train()
+                          accelerator.autocast, backoff, quota, normalize=self.normalize)
+        self._train_mode()
         counts = ErrorCounts.from_tensor(accelerator.reduce(result.counts.as_tensor().to(self.device), "sum").cpu())
-        record = {"step": self.progress.step, "wer": counts.wer, "cer": counts.cer, "utterances": counts.utterances}
+        by_language: dict[str, ErrorCounts] = {}
+        for ranks in gather_object([{k: c.as_tensor() for k, c in result.by_language.items()}]):
+            for language, values in ranks.items():
+                summed = by_language.get(language, ErrorCounts()).as_tensor() + values
+                by_language[language] = ErrorCounts.from_tensor(summed)
+        record = {"step": self.progress.step, "wer": counts.wer, "cer": counts.cer, "utterances": counts.utterances,
+                  "normalizer": self.normalizer,
+                  "wer_by_language": {k: c.wer for k, c in sorted(by_language.items())}}
         self.progress.evaluations.append(record)
         self.progress.eval_pieces = backoff.pieces
         if accelerator.is_main_process:
             message(f"step {self.progress.step}: validation WER {100 * counts.wer:.2f}% "
-                    f"CER {100 * counts.cer:.2f}% on {counts.utterances} utterances")
+                    f"CER {100 * counts.cer:.2f}% on {counts.utterances} utterances (normalizer {self.normalizer})"
+                    + "".join(f"; {k} {100 * c.wer:.2f}% ({c.utterances})" for k, c in sorted(by_language.items())))
             accelerator.log({"eval/wer": counts.wer, "eval/cer": counts.cer}, step=self.progress.step)
             plot_history(self.progress.history, self.progress.evaluations, self.run_dir / "metrics.png")
         return record
@@ -349,6 +413,7 @@ class Trainer:
                 "step": self.progress.step,
                 "epoch": self.loader.epoch,
                 "world_size": accelerator.num_processes,
+                "grad_accum": self.grad_accum,
                 **states,
                 "recipe": self.recipe.to_dict(),
             }

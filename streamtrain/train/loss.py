@@ -24,10 +24,12 @@ from streamtrain.train.model import IGNORE_INDEX
 @dataclass(frozen=True)
 class StepFeatures:
     """A micro-batch's features (B x M x F): as the featurizer made them, and as the model saw them
-    (after SpecAugment; the same tensor when it is off)."""
+    (after SpecAugment; the same tensor when it is off); and the model's encoder output for ``seen``
+    (B x T x D)."""
 
     clean: torch.Tensor
     seen: torch.Tensor
+    encoded: torch.Tensor
 
 
 class Objective(Protocol):

@@ -209,7 +209,10 @@ def test_two_processes_then_one_stays_exactly_once(digits, tmp_path):
     assert trainer["world_size"] == 2
     assert sorted(p.name for p in (run / AUDIT_DIR).iterdir()) == [
         "session-0000-rank-00000.jsonl.zst", "session-0000-rank-00001.jsonl.zst"]
-    run_cli("train", str(recipe), "train.max_steps=20")
+    resumed = run_cli("train", str(recipe), "train.max_steps=20")
+    assert "accumulating 2 loader batches a step, not train.grad_accum=1, keeps the global batch" in resumed.out
+    final = json.loads((run / "checkpoints" / "step-00000020" / "trainer.json").read_text())
+    assert final["grad_accum"] == 2 and final["world_size"] == 1
     audit = run_cli("audit", str(run))
     assert "audit: OK" in audit.out and "epoch 0 (complete)" in audit.out
 
@@ -295,10 +298,13 @@ def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypothese
     assert type(tokenizer).__name__ == "WhisperTokenizer"
     assert tokenizer("two nine", add_special_tokens=False)["input_ids"] == [5, 12]
     assert AutoFeatureExtractor.from_pretrained(model_dir).feature_size == 40
-    assert "WER" in run_cli("eval", str(uninterrupted), str(digits[1]), "--num-workers", "0").out
+    result = run_cli("eval", str(uninterrupted), str(digits[1]), "--num-workers", "0")
+    assert "WER" in result.out and "normalizer plain" in result.out  # digits: Whisper's would write "12"
+    assert json.loads((model_dir / "streamtrain.json").read_text())["normalizer"] == "plain"
     lines = (model_dir / "eval-validation.jsonl").read_text().splitlines()
     assert len(lines) == 12
-    assert set(json.loads(lines[0])) == {"key", "reference", "hypothesis", "word_errors", "char_errors"}
+    assert set(json.loads(lines[0])) == {"key", "reference", "hypothesis", "word_errors", "char_errors",
+                                         "language"}
 
 
 def test_utterances_longer_than_the_feature_window_are_left_out_and_counted(digits, tmp_path, capsys):

@@ -59,7 +59,7 @@ def test_timestamps_mark_each_utterance_at_its_exact_offset():
                             seconds=torch.tensor([1.237, 2.5, 3.0]))
     rows = row_targets(batch, ["one two", "three", "four"], None, 1.0, 30.0, random.Random(0))
     assert rows.texts == ["<|0.00|> one two<|1.24|><|1.24|> three<|3.74|>", "<|0.00|> four<|3.00|>"]
-    targets = codec.targets(rows.texts, rows.timestamps)
+    targets = codec.targets(rows.texts, timestamps=rows.timestamps)
     first = targets.decoder_input_ids[0].tolist()
     assert tokenizer.convert_ids_to_tokens(first[:4]) == prompt[:3] + ["<|0.00|>"]  # no <|notimestamps|>
     plain = row_targets(batch, ["one two", "three", "four"], None, 0.0, 30.0, random.Random(0))
