@@ -58,8 +58,8 @@ def stream(url: str, args) -> Epoch:
         if first is None:
             first = time.perf_counter()
         else:
-            after_first += len(batch["keys"])
-        samples += len(batch["keys"])
+            after_first += len(batch.keys)
+        samples += len(batch.keys)
     ended = time.perf_counter()
     return Epoch(first - started, samples / (ended - started), after_first / (ended - first),
                  loader.stats.bytes_read / (ended - started))

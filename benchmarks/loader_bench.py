@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import soundfile
 
@@ -42,7 +43,7 @@ from tests.support.datasets import write_dataset  # noqa: E402
 from streamtrain.loader import StreamLoader
 from streamtrain.loader.batch import pad_waveforms
 from streamtrain.format.index import load_index
-from streamtrain.format.shard import read_shard
+from streamtrain.format.shard_reader import ShardFile
 
 
 def cpu_seconds() -> float:
@@ -60,10 +61,10 @@ def measured(run) -> tuple[float, float]:
 
 def decode_names(root: Path, names: list[str]) -> int:
     """Decode every FLAC member of these shards, from bytes in memory (the shards are read first)."""
-    shards = [read_shard((root / name).read_bytes(), name) for name in names]
+    shards = [ShardFile.in_memory((root / name).read_bytes(), name) for name in names]
     for shard in shards:
-        for sample in shard:
-            soundfile.read(io.BytesIO(sample.members["flac"]), dtype="float32")
+        for _, members in shard:
+            soundfile.read(io.BytesIO(members["flac"]), dtype="float32")
     return sum(len(shard) for shard in shards)
 
 
@@ -82,7 +83,7 @@ def decode_wds_sample(sample):
 def collate_wds(samples):
     keys, audios, texts = zip(*samples)
     audio, lengths = pad_waveforms(audios)  # the same padding StreamLoader's batches get
-    return {"keys": list(keys), "audio": audio, "audio_lens": lengths, "text": list(texts)}
+    return SimpleNamespace(keys=list(keys), audio=audio, audio_lens=lengths, text=list(texts))  # StreamLoader's names
 
 
 def webdataset_loader(root: Path, batch_size: int, workers: int, skip: int = 0):
@@ -107,7 +108,7 @@ def streamtrain_loader(root: Path, batch_size: int, workers: int, **options) -> 
 
 
 def count(batches) -> int:
-    return sum(len(batch["keys"]) for batch in batches)
+    return sum(len(batch.keys) for batch in batches)
 
 
 def first_batch_seconds(make) -> float:

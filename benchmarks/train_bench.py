@@ -74,7 +74,7 @@ def webdataset_batches(root: str, batch_size: int, workers: int, recipe: Recipe,
 
     def collate(samples):
         features, texts, seconds = zip(*samples)
-        return {"features": torch.stack(features), "text": list(texts), "seconds": torch.tensor(seconds)}
+        return WorkerFeatures(torch.stack(features), list(texts), torch.tensor(seconds))
 
     urls = [f"{root}/{s.name}" for s in load_index(root).shards]
     pipeline = (
@@ -94,10 +94,19 @@ def streamtrain_batches(root: str, batch_size: int, workers: int, recipe: Recipe
                         pin_memory=device.type == "cuda")
 
 
+@dataclass
+class WorkerFeatures:
+    """A WebDataset feed's batch: features computed in its workers."""
+
+    features: torch.Tensor  # (B, M, F)
+    text: list[str]
+    seconds: torch.Tensor  # (B,)
+
+
 def features_of(batch, featurizer, device: torch.device) -> torch.Tensor:
-    if "features" in batch:  # computed by the workers
-        return batch["features"].to(device, non_blocking=True)
-    features, _ = featurizer(batch["audio"].to(device, non_blocking=True), batch["audio_lens"].to(device))
+    if isinstance(batch, WorkerFeatures):
+        return batch.features.to(device, non_blocking=True)
+    features, _ = featurizer(batch.audio.to(device, non_blocking=True), batch.audio_lens.to(device))
     return features
 
 
@@ -115,7 +124,7 @@ def run_feed(name: str, batches, model, optimizer, codec: TextCodec, featurizer,
         before = time.perf_counter()
         batch = next(iterator)
         waited += time.perf_counter() - before
-        targets = codec.targets(batch["text"])
+        targets = codec.targets(batch.text)
         labels = targets.labels.to(device)
         with autocast:
             logits = model(input_features=features_of(batch, featurizer, device),
@@ -123,8 +132,8 @@ def run_feed(name: str, batches, model, optimizer, codec: TextCodec, featurizer,
         (cross_entropy_sum(logits, labels) / max(int((labels != IGNORE_INDEX).sum()), 1)).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        samples += len(batch["text"])
-        audio += float(batch["seconds"].sum())
+        samples += len(batch.text)
+        audio += float(batch.seconds.sum())
     _synchronize(device)
     elapsed = time.perf_counter() - started
     return FeedResult(FEEDS[name], samples / elapsed, audio / 3600 / elapsed, waited / elapsed, elapsed / steps,

@@ -19,3 +19,13 @@ def whisper_tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("whisper-tiny") / "model"
     init_model("whisper-tiny", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> tuple[Path, Path]:
+    """Spoken digits packed once for the session (espeak-ng, seeded): 56 training utterances in several shards
+    and 12 validation ones, for the tests that train the micro recipe; tests only read them."""
+    from tests.support.runs import digit_dataset
+
+    root = tmp_path_factory.mktemp("digits")
+    return digit_dataset(root / "train", 56, seed=1), digit_dataset(root / "validation", 12, seed=2)

@@ -21,14 +21,27 @@ class Streamtrain:
         shutil.copytree(source, out)
 
     def open(self, data: Path, state):
-        # StreamLoader yields dicts with keys, audio (B, T), audio_lens, text, seconds;
-        # it decodes with soundfile in its workers and batches by duration buckets (its default)
+        # StreamLoader decodes with soundfile in its workers and batches by duration buckets (its default)
         loader = StreamLoader(
             data, batch_size=protocol.BATCH_SIZE, num_workers=protocol.WORKERS, seed=protocol.SEED, epochs=1
         )
         if state is not None:
             loader.load_state_dict(state)
-        return loader  # iterable, with state_dict()
+        return AsProtocol(loader)
+
+
+class AsProtocol:
+    """StreamLoader's batches (``Batch`` objects) as the protocol's dicts; ``state_dict`` passed through."""
+
+    def __init__(self, loader: StreamLoader):
+        self.loader = loader
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield {"keys": batch.keys, "audio": batch.audio, "audio_lens": batch.audio_lens, "text": batch.text}
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
 
 
 PEERS = {"streamtrain": Streamtrain}

@@ -11,7 +11,7 @@ What is the same for every peer:
 - the decode: soundfile to float32 mono at 16 kHz (``decode``); a library with
   its own audio API that can use soundfile uses that API set to soundfile;
 - the batch: 16 samples, padded to the longest, as a dict with ``keys`` first
-  (``collate``; streamtrain's StreamLoader builds the same dict itself); 2 DataLoader
+  (``collate``; the streamtrain peer hands on the same fields of its ``Batch``); 2 DataLoader
   workers, prefetch factor 2 (torch's default);
 - the shuffle: seed 0; libraries that shuffle through a buffer get 500 samples.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from types import ModuleType
 
@@ -31,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 USER_ERROR_EXIT = 2
+BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a tool its pipe's reader left
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("streamtrain: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        return BROKEN_PIPE_EXIT
 
 
 def build_parser(

@@ -7,11 +7,13 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from streamtrain.storage.remote import ShardReadError
+from streamtrain.storage.atomic import atomic_file
+from streamtrain.storage.output import check_writable
+from streamtrain.storage.remote import ShardReadError, redact
 from streamtrain.format.index import DatasetIndexError
 from streamtrain.train.config import RecipeError
 
-ERRORS = (RecipeError, DatasetIndexError, ShardReadError, FileNotFoundError)
+ERRORS = (RecipeError, DatasetIndexError, ShardReadError, OSError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,11 +41,13 @@ def run(args: argparse.Namespace) -> int:
     from streamtrain.train.backoff import OomBackoff
     from streamtrain.train.evaluate import evaluate
     from streamtrain.train.loop import MODEL_DIR
-    from streamtrain.train.model import load_trained
+    from streamtrain.train.model import load_trained, model_folder
 
-    path = Path(args.model)
+    path = model_folder(args.model)
     if (path / MODEL_DIR).is_dir():
         path = path / MODEL_DIR
+    out = Path(args.out) if args.out else path / f"eval-{Path(redact(str(args.dataset)).rstrip('/')).name}.jsonl"
+    check_writable(out.parent)  # before the work, not after it
     model, featurizer, codec = load_trained(path)
     device = torch.device(args.device)
     model.to(device)
@@ -52,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
                           sample_rate=featurizer.sample_rate)
     result = evaluate(model, featurizer, codec, loader, device, contextlib.nullcontext, OomBackoff("evaluation"),
                       args.max_samples)
-    out = Path(args.out) if args.out else path / f"eval-{Path(str(args.dataset).rstrip('/')).name}.jsonl"
-    with open(out, "w") as f:
+    with atomic_file(out, "w") as f:
         for hypothesis in result.hypotheses:
             f.write(json.dumps(asdict(hypothesis)) + "\n")
     counts = result.counts

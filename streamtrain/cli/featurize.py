@@ -6,12 +6,11 @@ import argparse
 
 import yaml
 
-from streamtrain.storage.output import OutputError
 from streamtrain.storage.remote import ShardReadError, redact
 from streamtrain.format.index import DatasetIndexError
 from streamtrain.features.feature_cache import FeatureCacheError
 
-ERRORS = (ValueError, DatasetIndexError, ShardReadError, OutputError, FeatureCacheError, FileNotFoundError)
+ERRORS = (ValueError, DatasetIndexError, ShardReadError, FeatureCacheError, OSError)
 
 
 def add_featurizer_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from streamtrain.storage.output import OutputError
 from streamtrain.storage.remote import ShardReadError, redact
 from streamtrain.format.index import DatasetIndexError
 from streamtrain.distill.label import LabelError
 from streamtrain.train.config import RecipeError
 
-ERRORS = (LabelError, RecipeError, DatasetIndexError, ShardReadError, OutputError, ValueError, FileNotFoundError)
+ERRORS = (LabelError, RecipeError, DatasetIndexError, ShardReadError, ValueError, OSError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

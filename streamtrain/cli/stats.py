@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
+from pathlib import Path
 
+from streamtrain.storage.atomic import write_json_atomic
+from streamtrain.storage.output import check_writable
 from streamtrain.storage.remote import ShardReadError
 from streamtrain.format.index import DatasetIndexError
 from streamtrain.cli.featurize import add_featurizer_arguments, featurizer_from_args
 
-ERRORS = (ValueError, DatasetIndexError, ShardReadError, FileNotFoundError)
+ERRORS = (ValueError, DatasetIndexError, ShardReadError, OSError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from streamtrain.loader import StreamLoader
     from streamtrain.features import compute_cmvn_stats
 
+    check_writable(Path(args.out).parent)  # before the work, not after it
     _, featurizer = featurizer_from_args(args)
     loader = StreamLoader(args.dataset, batch_size=16, epochs=1, num_workers=args.num_workers,
                           sample_rate=featurizer.sample_rate)
@@ -32,13 +35,12 @@ def run(args: argparse.Namespace) -> int:
     def batches():
         seen = 0
         for batch in loader:
-            yield batch["audio"], batch["audio_lens"]
-            seen += len(batch["keys"])
+            yield batch.audio, batch.audio_lens
+            seen += len(batch.keys)
             if args.max_samples is not None and seen >= args.max_samples:
                 return
 
     stats = compute_cmvn_stats(batches(), featurizer)
-    with open(args.out, "w") as f:
-        json.dump(stats, f)
+    write_json_atomic(args.out, stats)
     print(f"{args.out}: statistics of {stats['count']} frames x {len(stats['mean'])} bins")
     return 0

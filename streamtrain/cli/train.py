@@ -20,12 +20,15 @@ def __getattr__(name: str):
     if name != "ERRORS":
         raise AttributeError(name)
     from streamtrain.loader.state import LoaderStateError
+    from streamtrain.loader.stream_loader import EmptyEpochError
+    from streamtrain.loader.worker import DATA_ERRORS
     from streamtrain.format.index import DatasetIndexError
     from streamtrain.features.feature_cache import FeatureCacheError
     from streamtrain.train.checkpoint import CheckpointError
     from streamtrain.train.config import RecipeError
 
-    return RecipeError, DatasetIndexError, LoaderStateError, FeatureCacheError, CheckpointError, FileNotFoundError
+    return (RecipeError, DatasetIndexError, LoaderStateError, FeatureCacheError, CheckpointError, FileNotFoundError,
+            EmptyEpochError, *DATA_ERRORS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,11 +56,10 @@ def run(args: argparse.Namespace) -> int:
         return _train(args, stop)
 
 
-def _train(args: argparse.Namespace, stop: StopRequest) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from streamtrain.distill.objective import objective_for
+def recipe_of(args: argparse.Namespace):
+    """The recipe with its overrides, then the flags: a flag's value is already typed by argparse
+    (``--output-dir "run #1"`` is that folder, ``--output-dir 2024`` a folder named 2024), never YAML."""
     from streamtrain.train.config import load_recipe
-    from streamtrain.train.loop import train
 
     flags = {
         "train.output_dir": args.output_dir,
@@ -66,8 +68,22 @@ def _train(args: argparse.Namespace, stop: StopRequest) -> int:
         "train.seed": args.seed,
         "train.cpu": True if args.cpu else None,
     }
-    overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
-    recipe = load_recipe(args.recipe, overrides)
+    return load_recipe(args.recipe, args.overrides, {k: v for k, v in flags.items() if v is not None})
+
+
+def configure_logging() -> None:
+    """Our INFO lines on the console; other libraries' only from WARNING (aiobotocore says at INFO
+    where it found credentials, on every start)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("streamtrain").setLevel(logging.INFO)
+
+
+def _train(args: argparse.Namespace, stop: StopRequest) -> int:
+    configure_logging()
+    from streamtrain.distill.objective import objective_for
+    from streamtrain.train.loop import train
+
+    recipe = recipe_of(args)
     result = train(recipe, resume=not args.no_resume, objective_for=objective_for, stop=stop)
     evaluations = result.progress.evaluations
     if evaluations and not result.stopped_by_signal and result.main_process:  # once, not once per rank

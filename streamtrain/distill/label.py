@@ -7,8 +7,9 @@ truth (normalised as in evaluation) and ``keep`` is false when it exceeds the
 given); with ``<|notimestamps|>`` in the prompt, Whisper's timestamp tokens are
 suppressed, so labels are plain text, as the student is trained on. Shards are
 written whole and atomically in dataset order; a killed run, started again with
-the same teacher and settings, skips every shard already complete, so no shard
-is written twice.
+the same teacher, settings and dataset content (``label-run.json`` holds the
+dataset's fingerprint: a dataset re-packed in place is refused), skips every
+shard already complete, so no shard is written twice.
 """
 
 from __future__ import annotations
@@ -21,15 +22,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from streamtrain.loader.sidecar_writer import (
-    DecodedChunk,
-    aligned_shard_info,
-    write_column_shard,
-)
+from streamtrain.loader.shard_chunks import DecodedChunk, write_column_shard
 from streamtrain.format.columns import publish_index
 from streamtrain.format.dataset import open_dataset
 from streamtrain.format.index import DatasetIndex, ShardInfo, ShardList
-from streamtrain.format.shard import read_shard
+from streamtrain.format.shard_reader import ShardFile
+from streamtrain.format.sidecar import LABELS_COLUMN, aligned_shard_info, base_identity
 from streamtrain.storage.output import Output
 from streamtrain.distill.teacher import load_teacher
 from streamtrain.train.backoff import OomBackoff
@@ -37,7 +35,6 @@ from streamtrain.train.evaluate import ErrorCounts, normalize, transcribe
 from streamtrain.train.model import TextCodec, inference_config
 from streamtrain.train.whisper_tokenizer import timestamp_ids
 
-LABELS_COLUMN = "labels"
 RUN_FILE = "label-run.json"
 
 
@@ -76,15 +73,16 @@ def label_dataset(
 ) -> LabelSummary:
     """Label ``dataset`` into a column at ``out_dir`` (a folder or URL); see the module docstring."""
     source = open_dataset(dataset, storage_options)
-    teacher, fingerprint = load_teacher(teacher_dir, settings.precision, device)
-    featurizer, codec = inference_config(teacher_dir, teacher.config)
-    codec = TextCodec(codec.tokenizer, settings.prompt.split() if settings.prompt else codec.prompt,
-                      codec.eos_token, settings.max_tokens or codec.max_tokens)
-    suppressed = timestamp_ids(codec.tokenizer) if "<|notimestamps|>" in codec.prompt else []
-    featurizer.to(device)
-    run = {"teacher": str(teacher_dir), "teacher_fingerprint": fingerprint, "settings": asdict(settings),
-           "dataset": source.display}
     with Output(out_dir, storage_options) as out:
+        out.check_writable()  # before the teacher loads and the work starts
+        teacher, fingerprint = load_teacher(teacher_dir, settings.precision, device)
+        featurizer, codec = inference_config(teacher_dir, teacher.config)
+        codec = TextCodec(codec.tokenizer, settings.prompt.split() if settings.prompt else codec.prompt,
+                          codec.eos_token, settings.max_tokens or codec.max_tokens)
+        suppressed = timestamp_ids(codec.tokenizer) if "<|notimestamps|>" in codec.prompt else []
+        featurizer.to(device)
+        run = {"teacher": str(teacher_dir), "teacher_fingerprint": fingerprint, "settings": asdict(settings),
+               **base_identity(source)}
         complete = _prepare(out, run, overwrite)
         tally = _Tally()
         backoff = OomBackoff("labelling")
@@ -143,12 +141,12 @@ class _Tally:
     def count_complete(self, shard: ShardInfo, data: bytes, origin: str) -> None:
         """Count a shard an earlier run wrote, from its labels."""
         keys = []
-        for sample in read_shard(data, origin):
-            line = json.loads(sample.members["json"])
+        for key, members in ShardFile.in_memory(data, origin):
+            line = json.loads(members["json"])
             self.counts.word_errors += line["word_errors"]
             self.counts.words += line["words"]
             self.kept += line["keep"]
-            keys.append(sample.key)
+            keys.append(key)
         self.add(aligned_shard_info(shard, len(data), hashlib.sha256(data).hexdigest()), keys)
 
 
@@ -161,9 +159,17 @@ def _prepare(out: Output, run: dict, overwrite: bool) -> set[str]:
         raise LabelError(f"{out.display}: not empty and not an interrupted labelling run (use --overwrite)")
     elif names:
         previous = json.loads(out.read(RUN_FILE))
-        if previous != run:
-            differs = sorted(k for k in run if previous.get(k) != run[k])
-            raise LabelError(f"{out.display}: an earlier run used another {', '.join(differs)}; "
+        if "base_fingerprint" not in previous:
+            raise LabelError(f"{out.display}: the earlier run's {RUN_FILE} records no dataset fingerprint (an older "
+                             "streamtrain wrote it), so it cannot be continued safely; use --overwrite to restart")
+        if previous["base_fingerprint"] != run["base_fingerprint"]:
+            raise LabelError(
+                f"{out.display}: an earlier run labelled another dataset ({previous.get('base')}, fingerprint "
+                f"{previous['base_fingerprint']}; this one is {run['base']}, fingerprint "
+                f"{run['base_fingerprint']}: re-packed since?); use --overwrite to restart")
+        differs = sorted(k for k in run if k != "base" and previous.get(k) != run[k])
+        if differs:
+            raise LabelError(f"{out.display}: an earlier run differs in its {', '.join(differs)}; "
                              "use --overwrite to restart")
         for partial in (name for name in names if name.endswith(".tmp")):
             out.remove(partial)

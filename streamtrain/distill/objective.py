@@ -46,7 +46,7 @@ class Distillation:
     teacher_sees_augmented: bool = False  # False: the teacher gets the features without SpecAugment
 
     def texts(self, batch) -> tuple[list[str], torch.Tensor]:
-        column = batch["columns"][LABELS_COLUMN]
+        column = batch.columns[LABELS_COLUMN]
         return [s["json"]["text"] for s in column], torch.tensor([s["json"]["keep"] for s in column], dtype=torch.bool)
 
     def loss(self, logits, labels, features, decoder_inputs) -> torch.Tensor:

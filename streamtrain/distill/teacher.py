@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from streamtrain.features import featurizer_fingerprint
 from streamtrain.train.config import ModelConfig
-from streamtrain.train.model import inference_config, load_tokenizer
+from streamtrain.train.model import inference_config, load_tokenizer, model_folder
 
 PRECISIONS = ("fp32", "bf16", "int8")
 
@@ -94,6 +94,7 @@ def load_teacher(path: str, precision: str = "fp32", device: str | torch.device 
 
     if precision not in PRECISIONS:
         raise ValueError(f"teacher precision must be one of {PRECISIONS}, got {precision!r}")
+    model_folder(path)
     try:
         model = WhisperForConditionalGeneration.from_pretrained(path, torch_dtype=torch.float32)
     except (OSError, ValueError) as error:

@@ -3,9 +3,10 @@
 Only worth it for featurizers that are really expensive (log-mel on the device
 is cheaper than reading cached features). The column's shards align with the
 dataset's (same names, keys and order); each sample gets ``<key>.feat.zst``
-(float16, zstandard, see ``codec``) and ``<key>.json`` (its frame count). The
+(float16, zstandard: ``streamtrain.format.feature_codec``) and ``<key>.json`` (its frame count). The
 column's index holds the featurizer's name, configuration and fingerprint; the
-trainer refuses a column whose fingerprint differs from its featurizer's, so
+trainer refuses a column whose fingerprint differs from its featurizer's, and
+the loader one made from another dataset's content (``base_fingerprint``), so
 stale features are never used.
 """
 
@@ -18,16 +19,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from streamtrain.loader.batch import FEATURES_EXT
-from streamtrain.loader.sidecar_writer import DecodedChunk, write_column_shard
+from streamtrain.loader.shard_chunks import DecodedChunk, write_column_shard
 from streamtrain.format.columns import publish_index
 from streamtrain.format.dataset import Dataset, open_dataset
 from streamtrain.format.index import DatasetIndex, ShardList
 from streamtrain.format.feature_codec import encode_features
+from streamtrain.format.sidecar import FEATURES_COLUMN, FEATURES_EXT, base_identity
 from streamtrain.features.registry import FEATURIZER_VERSION, featurizer_fingerprint
 from streamtrain.storage.output import Output
-
-FEATURES_COLUMN = "features"
 
 
 class FeatureCacheError(ValueError):
@@ -49,6 +48,7 @@ def write_feature_column(
     (a folder or URL): each shard is published when complete, the index last."""
     source = open_dataset(dataset, storage_options)
     with Output(out_dir, storage_options) as out:
+        out.check_writable()
         if out.names():
             if not overwrite:
                 raise FeatureCacheError(f"{out.display}: not empty (use --overwrite to replace it)")
@@ -66,7 +66,7 @@ def write_feature_column(
                 "config": featurizer.config(),
                 "featurizer_version": FEATURIZER_VERSION,
                 "fingerprint": featurizer_fingerprint(featurizer),
-                "base": source.display,
+                **base_identity(source),
             },
         )
         bar = tqdm(total=source.index.samples, unit=" samples", disable=not progress, desc="featurize")
@@ -109,7 +109,7 @@ def check_feature_column(column: Dataset, featurizer: nn.Module) -> None:
 
 def cached_features(batch, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(features B x M x F float32, frame lengths B) from a batch's feature column."""
-    column = batch["columns"][FEATURES_COLUMN]
+    column = batch.columns[FEATURES_COLUMN]
     features = torch.stack([sample[FEATURES_EXT] for sample in column]).to(device, torch.float32)
     frames = torch.tensor([sample["json"]["frames"] for sample in column], device=device)
     return features, frames

@@ -7,14 +7,24 @@ so commands that need neither (``inspect``, a column check) stay cheap.
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 
 import numpy as np
 
 from streamtrain.format.columns import DURATIONS, KEYS, KeyColumn, open_column
-from streamtrain.format.index import INDEX_NAME, DatasetIndex, DatasetIndexError, check_durations, parse_index
+from streamtrain.format.index import (
+    INDEX_NAME,
+    LEGACY_VERSION,
+    DatasetIndex,
+    DatasetIndexError,
+    check_durations,
+    parse_index,
+)
 from streamtrain.storage.location import LocationError, check_location
 from streamtrain.storage.remote import RetryPolicy, ShardReadError, child_url, read_text, redact
+
+log = logging.getLogger("streamtrain.format")
 
 
 class Dataset:
@@ -82,6 +92,12 @@ def open_dataset(url: str, storage_options: dict | None = None, retry: RetryPoli
         text = read_text(child_url(url, INDEX_NAME), storage_options, retry)
     except FileNotFoundError:
         raise DatasetIndexError(f"{origin}: no index.json (is this a packed dataset?)") from None
-    except (ShardReadError, OSError) as error:
-        raise DatasetIndexError(f"{origin}: cannot read: {error}") from None
-    return Dataset(url, parse_index(text, origin), storage_options, retry)
+    except ShardReadError as error:  # names the file already
+        raise DatasetIndexError(str(error)) from None
+    except OSError as error:
+        raise DatasetIndexError(f"{origin}: cannot read: {error.strerror or error}") from None
+    index = parse_index(text, origin)
+    if index.format_version == LEGACY_VERSION:  # said here, not by the parser: `index upgrade` parses it too
+        log.warning("%s: index format 1 (per-sample durations in JSON) is slow to open at scale; "
+                    "run `streamtrain index upgrade DATASET` to convert it to format 2", origin)
+    return Dataset(url, index, storage_options, retry)

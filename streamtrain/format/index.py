@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -38,8 +37,6 @@ LEGACY_VERSION = 1
 INDEX_NAME = "index.json"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SHARD_FIELDS = ("name", "samples", "seconds", "bytes", "sha256", "max_seconds")
-
-log = logging.getLogger("streamtrain.format")
 
 
 class DatasetIndexError(ValueError):
@@ -262,8 +259,6 @@ def _legacy_shards(entries: list[dict], origin: str) -> tuple[ShardList, np.ndar
                 f"shard {entry['name']!r} lists {len(entry['durations'])} durations for {entry['samples']} samples"
             )
     durations = np.array([d for e in entries for d in e["durations"]], dtype=np.float32)
-    log.warning("%s: index format 1 (per-sample durations in JSON) is slow to open at scale; "
-                "run `streamtrain index upgrade DATASET` to convert it to format 2", origin)
     return shards, durations, {}
 
 

@@ -2,7 +2,7 @@
 
 Writing is deterministic (fixed mtime, owner and mode) so the same input gives
 byte-identical shards, and atomic (a ``.tmp`` file renamed when complete).
-Reading returns raw member bytes; nothing here decodes or unpickles anything.
+Reading is ``streamtrain.format.shard_reader``'s; nothing decodes or unpickles anything here.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import io
 import os
 import re
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,12 +30,6 @@ def check_key(key: str) -> None:
 def sanitize_key(name: str) -> str:
     """Turn a file path or id into a valid key (other characters become '_')."""
     return re.sub(r"[^A-Za-z0-9_\-]", "_", name).strip("_") or "_"
-
-
-@dataclass
-class ShardSample:
-    key: str
-    members: dict[str, bytes]  # extension -> raw bytes
 
 
 class _HashingWriter(io.RawIOBase):
@@ -88,10 +81,6 @@ class ShardWriter:
         size += 2 * tarfile.BLOCKSIZE
         return -(-size // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
-    @property
-    def bytes_written(self) -> int:
-        return self._hasher.bytes
-
     def close(self) -> tuple[int, str]:
         self._tar.close()
         self._file.flush()
@@ -120,13 +109,6 @@ def _member_info(key: str, ext: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def split_member_name(name: str) -> tuple[str, str]:
-    """``"dir/key.flac"`` -> (``"key"``, ``"flac"``), the WebDataset convention."""
-    base = name.rsplit("/", 1)[-1]
-    key, dot, ext = base.partition(".")
-    return key, ext
-
-
 def sample_layout(file: BinaryIO, origin: str, chunk: int = 4 * 2**20) -> tuple[list[str], list[MemberLayout]]:
     """Keys in stored order, and where each sample's members lie, from the headers (one pass over ``file``)."""
     reader = LayoutReader(origin)
@@ -134,23 +116,6 @@ def sample_layout(file: BinaryIO, origin: str, chunk: int = 4 * 2**20) -> tuple[
     while block := file.read(chunk):
         reader.feed(block)
     return reader.result()
-
-
-def read_shard(data: bytes, origin: str) -> list[ShardSample]:
-    """Parse a whole shard held in memory into its samples, in stored order.
-
-    Raises ShardError naming ``origin`` when the tar is truncated or corrupt.
-    """
-    reader = LayoutReader(origin)
-    reader.feed(data)
-    keys, layout = reader.result()
-    samples = []
-    for key, members in zip(keys, layout):
-        for ext, offset, size in members:
-            if offset + size > len(data):
-                raise ShardError(f"{origin}: member {key}.{ext} is truncated")
-        samples.append(ShardSample(key, {ext: data[offset : offset + size] for ext, offset, size in members}))
-    return samples
 
 
 def list_shard_keys(path: str | os.PathLike) -> list[str]:

@@ -1,12 +1,17 @@
-"""Shards opened for reading samples by offset, so a worker never holds a whole shard in memory.
+"""The one reader of shards: samples read by offset, so no reader holds a whole shard in memory.
+
+``ShardOpener`` turns (dataset, shard number) into a ``ShardFile`` (keys, and each
+sample's members on demand), checked against the index; ``ReadSettings`` says
+how (cache, spill folder, retries), ``ReadStats`` counts what it cost.
 
 A shard is a local file by the time its samples are read: the dataset's own
 file (local datasets), the cache's copy (remote datasets with ``cache_dir``), or
 a spill file: an anonymous temporary file (already unlinked, so even a killed
-worker leaves nothing behind) that the URL is streamed into. Its sha256 is checked once, as it is fetched or as it is hashed
-in place; its tar headers are parsed once into member offsets; each sample's
-members are then read with ``pread``. Resident memory is the samples being
-decoded, not the shards: the page cache holds the bytes, shared and reclaimable.
+worker leaves nothing behind) that the URL is streamed into. Its sha256 is checked
+once, as it is fetched or as it is hashed in place; its tar headers are parsed
+once into member offsets; each sample's members are then read with ``pread``.
+Resident memory is the samples being decoded, not the shards: the page cache
+holds the bytes, shared and reclaimable.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -72,20 +78,38 @@ class ReadStats:
         return counts
 
 
-class OpenShard:
-    """A shard file's samples by position: keys, and members read on demand by offset."""
+class ShardFile:
+    """An open shard file's samples by position: keys, and members read on demand by offset.
 
-    def __init__(self, file: BinaryIO, origin: str, expected: int, layout: tuple[list[str], list[MemberLayout]]):
+    The one way the package reads a shard (the loader's workers, ``featurize``, ``label``,
+    ``inspect --verify``): ``ShardOpener.open`` gives one checked against the index;
+    ``ShardFile.in_memory`` one of bytes already in hand (a shard just written).
+    """
+
+    def __init__(self, file: BinaryIO, origin: str, expected: int | None,
+                 layout: tuple[list[str], list[MemberLayout]]):
         self.origin = origin
         self._file = file
         self._memory = file.getbuffer() if isinstance(file, io.BytesIO) else None
         self.keys, self._members = layout
-        if len(self.keys) != expected:
+        if expected is not None and len(self.keys) != expected:
             self.close()
             raise ShardError(f"{origin}: has {len(self.keys)} samples, the index says {expected}")
 
+    @classmethod
+    def in_memory(cls, data: bytes, origin: str) -> "ShardFile":
+        """A shard held in memory (no index to check it against); ShardError if it is not a whole tar."""
+        reader = LayoutReader(origin)
+        reader.feed(data)
+        return cls(io.BytesIO(data), origin, None, reader.result())
+
     def __len__(self) -> int:
         return len(self.keys)
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, bytes]]]:
+        """(key, members) of every sample, in stored order."""
+        for position, key in enumerate(self.keys):
+            yield key, self.members(position)
 
     def members(self, position: int) -> dict[str, bytes]:
         """Extension -> raw bytes of the sample at ``position``."""
@@ -107,7 +131,8 @@ class OpenShard:
 
 
 class ShardOpener:
-    """Turns (dataset, shard) into an ``OpenShard``: in place, through the cache, or via a spill file."""
+    """Turns (dataset, shard) into a ``ShardFile`` checked against the index (size, sha256, sample
+    count): read in place, through the cache, or via a spill file."""
 
     def __init__(self, settings: ReadSettings, stats: ReadStats):
         self.settings = settings
@@ -115,7 +140,7 @@ class ShardOpener:
         self.cache = ShardCache(settings.cache_dir, settings.cache_limit) if settings.cache_dir else None
         self._warn_full = WarnOnce(log)
 
-    def open(self, dataset: Dataset, shard: int) -> OpenShard:
+    def open(self, dataset: Dataset, shard: int) -> ShardFile:
         info = dataset.index.shards[shard]
         url, origin = dataset.shard_url(shard), dataset.shard_origin(shard)
         sha256 = info.sha256 if self.settings.verify_checksums else None
@@ -127,7 +152,7 @@ class ShardOpener:
             else:
                 file, layout = (self._through_cache(url, info.bytes, info.sha256, origin) if self.cache else None) \
                     or self._spill(url, info.bytes, sha256, origin)
-            return OpenShard(file, origin, info.samples, layout)
+            return ShardFile(file, origin, info.samples, layout)
         finally:
             self.stats.add(shards_read=1, read_seconds=time.perf_counter() - started)
 
@@ -192,7 +217,8 @@ def _open_local(path: str, size: int, origin: str) -> BinaryIO:
     actual = os.fstat(file.fileno()).st_size
     if actual != size:
         file.close()
-        raise ShardReadError(f"{origin}: {actual} bytes, the index says {size} (truncated or replaced?)")
+        reason = f"{actual} bytes, the index says {size} (truncated or replaced?)"
+        raise ShardReadError(f"{origin}: {reason}", reason)
     return file
 
 
@@ -206,5 +232,6 @@ def _scan(file: BinaryIO, sha256: str | None, origin: str, block: int = 4 * 2**2
         reader.feed(chunk)
     if sha256 is not None and digest.hexdigest() != sha256:
         file.close()
-        raise ShardReadError(f"{origin}: sha256 does not match the index (corrupt or replaced)")
+        reason = "sha256 does not match the index (corrupt or replaced)"
+        raise ShardReadError(f"{origin}: {reason}", reason)
     return reader.result()

@@ -15,11 +15,15 @@ from pathlib import Path
 from streamtrain.format.columns import save_index
 from streamtrain.format.index import INDEX_NAME, DatasetIndex, DatasetIndexError, load_index
 from streamtrain.format.shard import list_shard_keys
+from streamtrain.storage.remote import is_local, local_path, redact
 
 
 def upgrade_index(root: str | os.PathLike) -> tuple[DatasetIndex, bool]:
     """(the dataset's index after the upgrade, whether anything was converted)."""
-    root = Path(root)
+    if not is_local(os.fspath(root)):
+        raise DatasetIndexError(f"{redact(os.fspath(root))}: index upgrade works on a local folder only "
+                                "(copy the dataset here, upgrade it, copy back index.json and its column files)")
+    root = Path(local_path(os.fspath(root)))
     index = load_index(root)
     if index.inline_durations is None:
         return index, False

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from streamtrain.audio import AUDIO_EXTENSIONS, AudioError, decode, resample
-from streamtrain.format.feature_codec import decode_features
-
-
-#: The member extension of cached features in a sidecar column.
-FEATURES_EXT = "feat.zst"
 
 
 class SampleError(ValueError):
@@ -30,19 +25,73 @@ class Sample:
     columns: dict[str, dict]  # sidecar column name -> its decoded members (ext -> value)
 
 
-class Batch(dict):
-    """One batch, as a plain mapping.
+@dataclass
+class Batch:
+    """One batch as ``StreamLoader`` yields it; B is the number of samples, T the longest waveform.
 
-    keys: list[str] (B); audio: float32 (B, T) zero-padded; audio_lens: int64 (B);
-    text: list[str]; seconds: float32 (B); meta: list[dict]; columns: {column name:
-    list (B) of {ext: value}} where ``json`` members are parsed and ``feat.zst``
-    members are float16 tensors; sample_ids: int64 (B) epoch sample ids (used by
-    the loader state).
+    The loader builds it once, from what a worker sent, as the batch is handed out.
     """
+
+    #: (B) the samples' keys, as packed.
+    keys: list[str]
+    #: (B, T) float32 waveforms at the loader's sample rate, zero-padded past each length.
+    audio: torch.Tensor
+    #: (B) int64 waveform lengths in samples.
+    audio_lens: torch.Tensor
+    #: (B) transcripts (each sample's JSON ``text``).
+    text: list[str]
+    #: (B) float32 seconds of audio (``audio_lens / sample_rate``).
+    seconds: torch.Tensor
+    #: (B) each sample's JSON member: text, seconds, sample_rate and every other field packed with it.
+    meta: list[dict]
+    #: sidecar column name -> (B) its members per sample ({ext: value}); ``json`` members are
+    #: parsed, cached features (``feat.zst``) are float16 tensors, other members are bytes.
+    columns: dict[str, list[dict]]
+    #: (B) int64 ids of the samples in the epoch's sample table (``StreamLoader.describe`` names them).
+    sample_ids: torch.Tensor
+    #: the epoch the batch belongs to.
+    epoch: int
+    #: bad samples left out of this batch with ``on_bad_sample="skip"``: "dataset/shard.tar#index: reason".
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def size(self) -> int:
-        return len(self["keys"])
+        """B, the number of samples."""
+        return len(self.keys)
+
+
+@dataclass
+class Collated:
+    """A batch's samples as a worker sends them: the small per-sample arrays numpy (they travel
+    inline; each tensor would cost its own shared-memory segment). The audio is either here, or
+    in a shared-memory slot named by the ``WorkerNote`` that travels with it."""
+
+    keys: list[str]
+    audio: torch.Tensor | None  # (B, T) float32, or None when it was written to a shared-memory slot
+    audio_lens: np.ndarray  # (B,) int64
+    text: list[str]
+    meta: list[dict]
+    columns: dict[str, list[dict]]
+    sample_ids: np.ndarray  # (B,) int64
+    sample_rate: int
+
+    def to_batch(self, audio: torch.Tensor, epoch: int, skipped: list[str]) -> Batch:
+        """The user's batch: ``audio`` (this batch's, taken from its slot or from here) and the arrays as
+        tensors (no copy)."""
+        lengths = torch.from_numpy(self.audio_lens)
+        return Batch(keys=self.keys, audio=audio, audio_lens=lengths, text=self.text,
+                     seconds=lengths.to(torch.float32) / self.sample_rate, meta=self.meta, columns=self.columns,
+                     sample_ids=torch.from_numpy(self.sample_ids), epoch=epoch, skipped=skipped)
+
+
+@dataclass
+class WorkerNote:
+    """The bookkeeping a worker sends with each batch, for the loader only."""
+
+    sequence: int  # the batch's place in delivery order (the loader puts batches back in that order)
+    skipped_ids: np.ndarray  # (S,) int64 ids of the bad samples left out (they count as delivered)
+    stats: dict  # the worker's ReadStats counts since its previous batch
+    audio_slot: tuple[int, tuple[int, int]] | None = None  # (slot, shape) of the audio in shared memory
 
 
 def decode_sample(key: str, members: dict[str, bytes], origin: str, sample_rate: int) -> tuple[np.ndarray, dict]:
@@ -63,23 +112,6 @@ def decode_sample(key: str, members: dict[str, bytes], origin: str, sample_rate:
     except AudioError as error:
         raise SampleError(f"{origin}: sample {key!r}: {error}") from error
     return resample(waveform, rate, sample_rate), meta
-
-
-def decode_column(key: str, members: dict[str, bytes], origin: str) -> dict:
-    """A sidecar column's members: JSON parsed, cached features decoded, nothing else touched."""
-
-    decoded = {}
-    for ext, data in members.items():
-        try:
-            if ext == "json":
-                decoded[ext] = json.loads(data)
-            elif ext == FEATURES_EXT:
-                decoded[ext] = decode_features(data)
-            else:
-                decoded[ext] = data
-        except ValueError as error:
-            raise SampleError(f"{origin}: sample {key!r}: column member .{ext}: {error}") from error
-    return decoded
 
 
 def pad_waveforms(
@@ -103,29 +135,19 @@ def pad_waveforms(
     return torch.from_numpy(audio), torch.from_numpy(lengths)
 
 
-def collate(samples: list[Sample], sample_rate: int, place_audio=None) -> Batch:
-    """A batch as a worker sends it: the small per-sample arrays numpy (they travel inline; each
-    tensor would cost its own shared-memory segment), the audio padded in place by
-    ``place_audio(waveforms)`` when given (a shared-memory slot: ``"audio_slot"``), else a tensor.
-    ``as_tensors`` finishes it."""
+def collate(samples: list[Sample], sample_rate: int, place_audio=None) -> tuple[Collated, tuple | None]:
+    """(the samples collated, the audio's shared-memory slot or None). The audio is padded in place
+    by ``place_audio(waveforms)`` when given and when it fits a free slot, else into a tensor."""
     waveforms = [s.audio for s in samples]
     placed = place_audio(waveforms) if place_audio is not None else None
-    audio = None if placed is not None else pad_waveforms(waveforms)[0]
-    lengths = np.array([len(wave) for wave in waveforms], dtype=np.int64)
-    return Batch(
+    collated = Collated(
         keys=[s.key for s in samples],
-        **({"audio": audio} if placed is None else {"audio_slot": placed}),
-        audio_lens=lengths,
+        audio=None if placed is not None else pad_waveforms(waveforms)[0],
+        audio_lens=np.array([len(wave) for wave in waveforms], dtype=np.int64),
         text=[s.meta["text"] for s in samples],
-        seconds=lengths.astype(np.float32) / np.float32(sample_rate),
         meta=[s.meta for s in samples],
         columns={name: [s.columns[name] for s in samples] for name in (samples[0].columns if samples else {})},
         sample_ids=np.array([s.gid for s in samples], dtype=np.int64),
+        sample_rate=sample_rate,
     )
-
-
-def as_tensors(batch: Batch) -> Batch:
-    """The batch as the loader yields it: its per-sample arrays as torch tensors (no copy)."""
-    for name in ("audio_lens", "seconds", "sample_ids"):
-        batch[name] = torch.from_numpy(batch[name])
-    return batch
+    return collated, placed

@@ -18,6 +18,7 @@ from functools import cached_property
 import numpy as np
 
 from streamtrain.format.dataset import Dataset, open_dataset
+from streamtrain.format.index import DatasetIndexError
 from streamtrain.loader.plan import ShardTable, epoch_rng, ranges
 from streamtrain.storage.remote import RetryPolicy, redact
 
@@ -41,22 +42,13 @@ def open_source(url: str, weight: float = 1.0, storage_options: dict | None = No
     if not (weight > 0 and math.isfinite(weight)):
         raise ValueError(f"{redact(str(url))}: mixing weight must be a positive number, got {weight!r}")
     dataset = open_dataset(url, storage_options, retry)
+    if dataset.index.column is not None:
+        raise DatasetIndexError(
+            f"{dataset.display}: a {dataset.index.column.get('name')} column, not a dataset of audio: a column is "
+            "read with its dataset (a recipe's features.cache or distill.labels; StreamLoader's columns=)")
     if dataset.index.samples == 0:
         raise ValueError(f"{dataset.display}: the dataset has no samples")
     return DatasetSource(dataset, weight)
-
-
-def open_column(url: str, base: DatasetSource, storage_options: dict | None = None,
-                retry: RetryPolicy = RetryPolicy()) -> Dataset:
-    """A sidecar column of ``base``: same shard names and sample counts, in the same order."""
-    column = open_dataset(url, storage_options, retry)
-    if column.index.column is None or "name" not in column.index.column:
-        raise ValueError(f"{column.display}: not a sidecar column (its index.json has no 'column' entry)")
-    if column.index.shards.names != base.index.shards.names or not np.array_equal(
-        column.index.shards.samples, base.index.shards.samples
-    ):
-        raise ValueError(f"{column.display}: its shards do not align with {base.display} (names or sample counts differ)")
-    return column
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from streamtrain.loader.batch import Batch, as_tensors
-from streamtrain.loader.dataset_sources import EpochTable, epoch_table, open_column, open_source
+from streamtrain.format.sidecar import open_column
+from streamtrain.loader.batch import Batch, Collated, WorkerNote
+from streamtrain.loader.dataset_sources import EpochTable, epoch_table, open_source
 from streamtrain.loader.mixture import Mixture, carry_epoch, describe_change
 from streamtrain.loader.state import LoaderState, LoaderStateError, SampleSet, Schedule, check_header, merge_states
 from streamtrain.loader.transfer import SPARE_SLOTS, AudioSlots, slot_floats
-from streamtrain.loader.worker import ON_BAD_SAMPLE, BatchStream, ReadSettings, ShardReader, worker_init
+from streamtrain.format.shard_reader import ReadSettings
+from streamtrain.loader.worker import ON_BAD_SAMPLE, BatchStream, ShardReader, worker_init
 from streamtrain.loader.plan import (BatchList, BatchSettings, RankPlan, delivery_sequence, inside_limits, plan_epoch,
                               split_for_workers)
 from streamtrain.storage.remote import RetryPolicy
@@ -128,7 +130,7 @@ class StreamLoader:
     equalize_ranks: every rank yields the same number of batches (training under
     DDP needs it); False deals the leftover batches too (evaluation).
     columns: folders or URLs of sidecar columns (cached features, pseudo-labels)
-    of a single dataset, joined to each sample by key (``batch["columns"]``).
+    of a single dataset, joined to each sample by key (``batch.columns``).
 
     The keywords fall into four groups, each a plain dataclass that
     ``StreamLoader.from_settings`` takes as it is: ``BatchSettings`` (batch_size,
@@ -216,7 +218,7 @@ class StreamLoader:
                         for url, weight in _dataset_specs(dataset)]
         if columns and len(self.sources) != 1:
             raise ValueError("sidecar columns need a single dataset (not a mix)")
-        self.columns = [open_column(str(url), self.sources[0], reading.storage_options, reading.retry)
+        self.columns = [open_column(str(url), self.sources[0].dataset, reading.storage_options, reading.retry)
                         for url in columns]
         self.stats = LoaderStats()
         self._events: list[dict] = []
@@ -364,8 +366,8 @@ class StreamLoader:
             self._events.append({"event": "epoch_end", "epoch": self.epoch})
             return
         slots = self._audio_slots(current) if self.workers.num_workers else None
-        stream = BatchStream(table, plan.batches, ShardReader(self.sources, self.columns, self.reading), tasks,
-                             slots)
+        opener = ShardReader(self.sources, self.columns, self.reading)
+        stream = BatchStream(table, plan.batches, opener, tasks, slots)
         produced = iter(stream if self.workers.num_workers == 0 else self._data_loader(stream))
         if self.workers.num_workers:
             _RUNNING.add(produced)
@@ -376,21 +378,26 @@ class StreamLoader:
             if shutdown is not None:
                 shutdown()
 
-    def _in_order(self, produced: Iterator[Batch], expected: list[int], slots: AudioSlots | None) -> Iterator[Batch]:
+    def _in_order(self, produced: Iterator[tuple[Collated, WorkerNote] | Exception], expected: list[int],
+                  slots: AudioSlots | None) -> Iterator[Batch]:
         """The workers' batches in plan order, each recorded as delivered as it is yielded."""
-        pending: dict[int, Batch] = {}
+        pending: dict[int, tuple[Collated, torch.Tensor, WorkerNote]] = {}
         for n, sequence in enumerate(expected):
             while sequence not in pending:
                 waited = time.perf_counter()
-                batch = next(produced)
-                if "audio_slot" in batch:  # copied out at once: the worker may reuse the slot
-                    batch["audio"] = slots.take(*batch.pop("audio_slot"))
-                    if self.workers.pin_memory:
-                        batch["audio"] = batch["audio"].pin_memory()
+                item = next(produced)
+                if isinstance(item, BaseException):  # a bad shard or sample, from the worker
+                    raise item
+                collated, note = item
+                # copied out of its slot at once: the worker may reuse the slot
+                audio = collated.audio if note.audio_slot is None else slots.take(*note.audio_slot)
+                if self.workers.pin_memory and torch.cuda.is_available():
+                    audio = audio.pin_memory()
                 self.stats.wait_seconds += time.perf_counter() - waited
-                pending[batch.pop("sequence")] = batch
-            batch = pending.pop(sequence)
-            self._record(batch)
+                pending[note.sequence] = collated, audio, note
+            collated, audio, note = pending.pop(sequence)
+            batch = collated.to_batch(audio, self.epoch, note.stats["skipped"])
+            self._record(batch, note)
             if n == len(expected) - 1:
                 self._events.append({"event": "epoch_end", "epoch": self.epoch})
             yield batch
@@ -410,10 +417,11 @@ class StreamLoader:
         return DataLoader(
             stream,
             batch_size=None,
-            collate_fn=_as_sent,  # not torch's default_convert: the small arrays stay numpy on the way
+            # torch's default_convert passes the workers' (Collated, WorkerNote) pairs as they are (it does
+            # not enter dataclasses): the small arrays stay numpy on the way. The audio is pinned by
+            # ``_in_order`` once it is out of its shared-memory slot.
             num_workers=self.workers.num_workers,
             prefetch_factor=self.workers.prefetch_factor,
-            pin_memory=self.workers.pin_memory,
             worker_init_fn=worker_init,
             # its own generator: creating the workers must not draw from the global
             # RNG, or a resumed run's dropout would differ from an uninterrupted one
@@ -457,11 +465,10 @@ class StreamLoader:
         """``dataset/shard.tar#position (key)`` of a sample id of ``epoch`` (default: the current one)."""
         return self._table(self.epoch if epoch is None else epoch).describe(int(sample_id))
 
-    def _record(self, batch: Batch) -> None:
-        """Mark the batch's samples (and the bad ones it skipped) delivered."""
-        skipped = batch.pop("skipped_ids")
-        read = batch.pop("loader_stats")
-        self._state.delivered.add(batch["sample_ids"])
+    def _record(self, batch: Batch, note: WorkerNote) -> None:
+        """Mark the batch's samples (and the bad ones it skipped) delivered, and count them."""
+        skipped, read = note.skipped_ids, note.stats
+        self._state.delivered.add(batch.sample_ids.numpy())
         self._state.delivered.add(skipped)
         counters = self._state.counters
         counters["delivered"] = counters.get("delivered", 0) + batch.size
@@ -469,20 +476,17 @@ class StreamLoader:
         if len(skipped):
             self._events.append({"event": "skipped", "epoch": self.epoch, "ids": skipped.tolist(),
                                  "reasons": read["skipped"]})
-        as_tensors(batch)
-        batch["epoch"] = self.epoch
         stats = self.stats
         stats.batches += 1
         stats.samples += batch.size
-        stats.audio_seconds += float(batch["seconds"].sum())
-        stats.padded_seconds += batch["audio"].shape[0] * batch["audio"].shape[1] / self.reading.sample_rate
+        stats.audio_seconds += float(batch.seconds.sum())
+        stats.padded_seconds += batch.audio.shape[0] * batch.audio.shape[1] / self.reading.sample_rate
         stats.bytes_read += read["bytes_read"]
         stats.cache_hits += read["cache_hits"]
         stats.shards_read += read["shards_read"]
         stats.skipped += len(read["skipped"])
         stats.worker_read_seconds += read["read_seconds"]
         stats.worker_decode_seconds += read["decode_seconds"]
-        batch["skipped"] = read["skipped"]
 
 
 _RUNNING: "weakref.WeakSet" = weakref.WeakSet()  # DataLoader iterators whose workers may be alive
@@ -502,10 +506,6 @@ def _stop_running() -> None:
 
 
 atexit.register(_stop_running)
-
-
-def _as_sent(batch: Batch) -> Batch:
-    return batch
 
 
 def _undelivered(batches: BatchList, delivered: np.ndarray, any_delivered: bool, chunk: int = 2**16) -> np.ndarray:

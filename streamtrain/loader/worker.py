@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from streamtrain.loader.batch import Sample, SampleError, collate, decode_column, decode_sample
-from streamtrain.format.shard_reader import OpenShard, ReadSettings, ReadStats, ShardOpener
+from streamtrain.loader.batch import Sample, SampleError, WorkerNote, collate, decode_sample
+from streamtrain.format.shard_reader import ReadSettings, ReadStats, ShardFile, ShardOpener
+from streamtrain.format.sidecar import decode_members
 from streamtrain.loader.dataset_sources import DatasetSource, EpochTable
 from streamtrain.loader.transfer import AudioSlots
 from streamtrain.format.dataset import Dataset
@@ -29,13 +30,16 @@ from streamtrain.storage.remote import ShardReadError
 
 log = logging.getLogger("streamtrain.loader")
 
+#: What a bad shard or sample raises: named in one line, with its shard and key.
+DATA_ERRORS = (SampleError, ShardError, ShardReadError)
+
 ON_BAD_SAMPLE = ("raise", "skip")
 
 
 class ShardWithColumns:
     """A dataset shard opened with the aligned shards of its sidecar columns (checked key by key)."""
 
-    def __init__(self, base: OpenShard, columns: list[tuple[str, OpenShard]]):
+    def __init__(self, base: ShardFile, columns: list[tuple[str, ShardFile]]):
         self.base = base
         self.columns = columns
         for _, column in columns:
@@ -55,7 +59,7 @@ class ShardWithColumns:
 
 
 class ShardReader:
-    """Opens shards (local, remote, cached) with their sidecar columns."""
+    """Opens a source's shard (local, remote, cached) with the aligned shards of its sidecar columns."""
 
     def __init__(self, sources: list[DatasetSource], columns: list[Dataset], settings: ReadSettings):
         self.sources = sources
@@ -77,22 +81,32 @@ class ShardReader:
 
 
 class BatchStream(IterableDataset):
-    """Produces planned batches; worker ``w`` produces the batches of ``tasks[w]``.
+    """Produces planned batches, as (``Collated``, ``WorkerNote``) pairs; worker ``w`` produces the
+    batches of ``tasks[w]``.
 
     A task list is (sequence numbers, batch indices into ``batches``); the
     loader puts the batches back in sequence order. A worker keeps a shard's
     samples until the last of its batches that needs them.
     """
 
-    def __init__(self, table: EpochTable, batches: BatchList, reader: ShardReader,
+    def __init__(self, table: EpochTable, batches: BatchList, opener: ShardReader,
                  tasks: list[tuple[np.ndarray, np.ndarray]], slots: AudioSlots | None = None):
         self.table = table
         self.batches = batches
-        self.reader = reader
+        self.opener = opener
         self.tasks = tasks
         self.slots = slots  # shared memory for the audio, in a DataLoader worker
 
     def __iter__(self):
+        """``(Collated, WorkerNote)`` per batch; a bad shard or sample (with ``on_bad_sample: raise``) ends
+        the stream with the error itself, which the main process raises as it is (a DataLoader would
+        re-raise it wrapped in the worker's whole traceback)."""
+        try:
+            yield from self._batches()
+        except DATA_ERRORS as error:
+            yield error
+
+    def _batches(self):
         info = get_worker_info()
         worker = info.id if info is not None else 0
         sequences, indices = self.tasks[worker]
@@ -100,7 +114,7 @@ class BatchStream(IterableDataset):
         mine = self.batches.take(indices)
         shard_of, index_in_shard = self.table.locate(mine.order)
         first_use = shard_of[np.sort(np.unique(shard_of, return_index=True)[1])].tolist()
-        with OpenShards(self.reader, self.table, first_use, self.reader.settings.prefetch_shards) as shards:
+        with OpenShards(self.opener, self.table, first_use, self.opener.settings.prefetch_shards) as shards:
             release_after = _release_schedule(shard_of, mine.sizes)
             for t, sequence in enumerate(sequences.tolist()):
                 first, end = int(mine.starts[t]), int(mine.starts[t] + mine.sizes[t])
@@ -114,33 +128,31 @@ class BatchStream(IterableDataset):
                         samples.append(sample)
                 for s in release_after.get(t, ()):
                     shards.release(s)
-                batch = collate(samples, self.reader.settings.sample_rate, place)
-                batch["sequence"] = sequence
-                batch["skipped_ids"] = np.array(skipped_ids, dtype=np.int64)
-                batch["loader_stats"] = self.reader.stats.take()
-                yield batch
+                collated, slot = collate(samples, self.opener.settings.sample_rate, place)
+                yield collated, WorkerNote(sequence, np.array(skipped_ids, dtype=np.int64),
+                                           self.opener.stats.take(), slot)
 
     def _sample(self, entry: "ShardWithColumns | Exception", gid: int, shard: int, index: int) -> Sample | None:
-        skip = self.reader.settings.on_bad_sample == "skip"
+        skip = self.opener.settings.on_bad_sample == "skip"
         if isinstance(entry, Exception):
             if not skip:
                 raise entry
-            self.reader.stats.add(skipped=[f"{self.table.origin(shard)}#{index}: {entry}"])
+            self.opener.stats.add(skipped=[f"{self.table.origin(shard)}#{index}: {entry}"])
             return None
         origin = entry.base.origin
         started = time.perf_counter()
         try:
             key, members, columns = entry.sample(index)
-            audio, meta = decode_sample(key, members, origin, self.reader.settings.sample_rate)
-            columns = {name: decode_column(key, members, origin) for name, members in columns.items()}
+            audio, meta = decode_sample(key, members, origin, self.opener.settings.sample_rate)
+            columns = {name: decode_members(key, members, origin) for name, members in columns.items()}
         except (SampleError, ShardError) as error:
             if not skip:
                 raise
             log.warning("skipping bad sample: %s", error)
-            self.reader.stats.add(skipped=[f"{origin}#{index}: {error}"])
+            self.opener.stats.add(skipped=[f"{origin}#{index}: {error}"])
             return None
         finally:
-            self.reader.stats.add(decode_seconds=time.perf_counter() - started)
+            self.opener.stats.add(decode_seconds=time.perf_counter() - started)
         return Sample(key, gid, audio, meta, columns)
 
 
@@ -150,8 +162,8 @@ class OpenShards:
     one's decoding. A shard that cannot be opened is kept as its error (raised, or its samples
     skipped, by the caller)."""
 
-    def __init__(self, reader: ShardReader, table: EpochTable, first_use: list[int], depth: int):
-        self.reader, self.table = reader, table
+    def __init__(self, opener: ShardReader, table: EpochTable, first_use: list[int], depth: int):
+        self.opener, self.table = opener, table
         self._upcoming = collections.deque(first_use)
         self._ahead: dict[int, concurrent.futures.Future] = {}
         self._open: dict[int, ShardWithColumns | Exception] = {}
@@ -183,9 +195,9 @@ class OpenShards:
 
     def _opened(self, shard: int) -> ShardWithColumns | Exception:
         try:
-            return self.reader.open(int(self.table.source[shard]), int(self.table.shard[shard]))
+            return self.opener.open(int(self.table.source[shard]), int(self.table.shard[shard]))
         except (ShardError, ShardReadError) as error:
-            if self.reader.settings.on_bad_sample == "skip":
+            if self.opener.settings.on_bad_sample == "skip":
                 log.warning("skipping the rest of shard %s: %s", self.table.origin(shard), error)
             return error
 

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+from contextlib import closing
 from typing import Any
 
 import numpy as np
 
 from streamtrain.audio import AUDIO_EXTENSIONS, AudioError, probe
-from streamtrain.format.columns import DURATIONS, KEYS, find_duplicate_key
+from streamtrain.format.columns import KEYS, find_duplicate_key
 from streamtrain.format.dataset import Dataset, open_dataset
 from streamtrain.format.index import DatasetIndex, DatasetIndexError
-from streamtrain.format.shard import ShardError, ShardSample, read_shard
-from streamtrain.storage.remote import ShardReadError, read_all
+from streamtrain.format.shard_reader import ReadSettings, ReadStats, ShardOpener
+from streamtrain.format.tar_layout import ShardError
+from streamtrain.storage.remote import ShardReadError
 
 #: How far a sample's stored ``seconds`` may be from its audio header's length.
 #: Lossy codecs and mp3 copies report lengths that can differ by a few frames.
@@ -26,9 +27,10 @@ SAMPLE_SECONDS_ROUNDING = 0.0005
 
 def summarize(dataset: str | os.PathLike) -> dict[str, Any]:
     """Totals of a dataset from its index alone (no shard or column file is opened)."""
-    index = open_dataset(str(dataset)).index
+    opened = open_dataset(str(dataset))
+    index = opened.index
     return {
-        "path": str(dataset),
+        "path": opened.display,
         "format_version": index.format_version,
         "samples": index.samples,
         "hours": round(index.seconds / 3600, 6),
@@ -68,24 +70,39 @@ def verify(dataset: str | os.PathLike) -> list[str]:
 
     Checks the column files' size and sha256, that durations add up to each
     shard's seconds and keys are unique; each shard's size, sha256 and sample
-    count against the index, its keys against the keys column, and that every
-    sample has an audio member whose header agrees with a json member holding
-    text, seconds and sample_rate.
+    count against the index (a shard that fails one is named once, with the
+    first failure), its keys against the keys column, and that every sample has
+    an audio member whose header agrees with a json member holding text, seconds
+    and sample_rate. Shards are read as the loader reads them (by offset, one
+    sample at a time; a remote shard through a temporary file).
     """
     opened = open_dataset(str(dataset))
     index = opened.index
     problems, keys = _column_problems(opened)
     offsets = index.shards.offsets
+    opener = ShardOpener(ReadSettings(storage_options=opened.storage_options, retry=opened.retry), ReadStats())
     for shard in range(len(index.shards)):
         name = index.shards.names[shard]
-        samples = _verify_shard(opened, shard, problems)
-        problems += [f"{name}: {p}" for sample in samples for p in _sample_problems(sample, index)]
-        if keys is not None and samples and len(samples) == index.shards.samples[shard]:
+        try:
+            shard_file = opener.open(opened, shard)
+        except ShardReadError as error:
+            problems.append(f"{name}: {error.reason}")
+            continue
+        except ShardError as error:
+            problems.append(str(error))
+            continue
+        check = _sample_problems if index.column is None else _column_sample_problems
+        with closing(shard_file):
+            try:
+                problems += [f"{name}: {p}" for key, members in shard_file for p in check(key, members, index)]
+            except ShardError as error:
+                problems.append(str(error))
+        if keys is not None:
             listed = keys.range(int(offsets[shard]), int(offsets[shard + 1]))
-            stored = [sample.key for sample in samples]
-            if listed != stored:
-                at = next(i for i, (a, b) in enumerate(zip(listed, stored)) if a != b)
-                problems.append(f"{name}: sample {at} has key {stored[at]!r}, the keys column says {listed[at]!r}")
+            if listed != shard_file.keys:
+                at = next(i for i, (a, b) in enumerate(zip(listed, shard_file.keys)) if a != b)
+                problems.append(f"{name}: sample {at} has key {shard_file.keys[at]!r}, the keys column says "
+                                f"{listed[at]!r}")
     return problems
 
 
@@ -117,41 +134,31 @@ def _column_problems(opened: Dataset):
     return problems, keys
 
 
-def _verify_shard(opened: Dataset, shard: int, problems: list[str]) -> list[ShardSample]:
-    """Check one shard file against its index entry; its samples, or [] if unreadable."""
-    info = opened.index.shards[shard]
+def _json_member(members: dict[str, bytes]) -> dict | str:
+    """The sample's json member as an object, or what is wrong with it."""
+    if "json" not in members:
+        return "no json member"
     try:
-        data = read_all(opened.shard_url(shard), opened.storage_options, opened.retry)
-    except ShardReadError as error:
-        problems.append(f"{info.name}: {error.reason}")
-        return []
-    if len(data) != info.bytes:
-        problems.append(f"{info.name}: {len(data)} bytes, index says {info.bytes}")
-    if hashlib.sha256(data).hexdigest() != info.sha256:
-        problems.append(f"{info.name}: sha256 differs from the index")
-    try:
-        samples = read_shard(data, info.name)
-    except ShardError as error:
-        problems.append(str(error))
-        return []
-    if len(samples) != info.samples:
-        problems.append(f"{info.name}: {len(samples)} samples, index says {info.samples}")
-    return samples
+        meta = json.loads(members["json"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return f"json member is not valid JSON: {error}"
+    return meta if isinstance(meta, dict) else "json member is not an object"
 
 
-def _sample_problems(sample: ShardSample, index: DatasetIndex) -> list[str]:
-    where = f"sample {sample.key!r}"
-    audio = [ext for ext in sample.members if ext in AUDIO_EXTENSIONS]
+def _column_sample_problems(key: str, members: dict[str, bytes], index: DatasetIndex) -> list[str]:
+    """A sidecar column's sample (pseudo-labels, cached features) has no audio: its json member is checked."""
+    meta = _json_member(members)
+    return [f"sample {key!r}: {meta}"] if isinstance(meta, str) else []
+
+
+def _sample_problems(key: str, members: dict[str, bytes], index: DatasetIndex) -> list[str]:
+    where = f"sample {key!r}"
+    audio = [ext for ext in members if ext in AUDIO_EXTENSIONS]
     if len(audio) != 1:
         return [f"{where}: expected one audio member, found {audio or 'none'}"]
-    if "json" not in sample.members:
-        return [f"{where}: no json member"]
-    try:
-        meta = json.loads(sample.members["json"])
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        return [f"{where}: json member is not valid JSON: {error}"]
-    if not isinstance(meta, dict):
-        return [f"{where}: json member is not an object"]
+    meta = _json_member(members)
+    if isinstance(meta, str):
+        return [f"{where}: {meta}"]
     problems = []
     if not isinstance(meta.get("text"), str) or not meta["text"].strip():
         problems.append(f"{where}: json has no text")
@@ -165,7 +172,7 @@ def _sample_problems(sample: ShardSample, index: DatasetIndex) -> list[str]:
     if index.sample_rate is not None and rate != index.sample_rate:
         problems.append(f"{where}: sample_rate {rate}, index says {index.sample_rate}")
     try:
-        info = probe(sample.members[audio[0]])
+        info = probe(members[audio[0]])
     except AudioError as error:
         return problems + [f"{where}: {error}"]
     if info.sample_rate != rate:

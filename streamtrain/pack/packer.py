@@ -201,6 +201,9 @@ def pack(
         if rejects:
             _guard_write(out.describe(layout.rejects_name),
                          lambda: out.write(layout.rejects_name, "".join(_reject_line(r) for r in rejects)))
+        if rejects and not shards.infos and part is None:  # a part may be all bad: the other parts are not
+            raise PackError(f"all {len(rejects)} items were rejected, nothing to pack (see "
+                            f"{out.describe(layout.rejects_name)}); the first: {rejects[0].message()}")
         index = DatasetIndex(codec=codec, sample_rate=sample_rate, shards=ShardList.of(shards.infos),
                              rejected=len(rejects), created_by=_created_by(), bitrate=bitrate)
         _guard_write(out.describe(layout.index_name),

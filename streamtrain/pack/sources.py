@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from streamtrain.audio import AUDIO_EXTENSIONS
 from streamtrain.format.shard import sanitize_key
 from streamtrain.storage.location import LocationError, check_location
-from streamtrain.storage.remote import ShardReadError, child_url, is_local, local_path, read_all, redact
+from streamtrain.storage.remote import ShardReadError, child_url, is_local, local_path, read_all, redact, scrub
 
 
 class SourceError(ValueError):
@@ -47,8 +47,8 @@ class SourceItem:
 
     @property
     def location(self) -> str:
-        """Where the audio comes from, as a person would write it."""
-        return f"{self.audio} |" if self.piped else self.audio
+        """Where the audio comes from, as a person would write it, and as it may be printed."""
+        return f"{scrub(self.audio)} |" if self.piped else redact(self.audio)
 
 
 @dataclass(frozen=True)
@@ -161,12 +161,14 @@ def _item(
     return SourceItem(key, str(audio.resolve()), " ".join(text.split()), origin, fields, **segment)
 
 
-def _piped_item(key: str, command: str, text: Any, origin: str, fields: dict[str, Any], **segment: float) -> Entry:
-    """A Kaldi ``cmd |`` item; its command runs when the item is encoded."""
+def _piped_item(key: str, command: str, text: Any, origin: str, scp_origin: str, fields: dict[str, Any],
+                **segment: float) -> Entry:
+    """A Kaldi ``cmd |`` item; its command runs when the item is encoded, so a failure of it is the
+    ``wav.scp`` line's (``scp_origin``), a missing transcript the ``text`` line's (``origin``)."""
     if not _has_text(text):
         return Reject(origin, key, "missing or empty transcript")
     fields = {**fields, "source": f"{command} |"}
-    return SourceItem(key, command, " ".join(text.split()), origin, fields, piped=True, **segment)
+    return SourceItem(key, command, " ".join(text.split()), scp_origin, fields, piped=True, **segment)
 
 
 def _has_text(text: Any) -> bool:
@@ -401,7 +403,7 @@ def _read_kaldi(root: Path, pipes: bool) -> Iterator[Entry]:
             elif not command:
                 yield Reject(scp_origin, key, "piped wav.scp entry without a command")
             else:
-                yield _piped_item(key, command, text, origin, fields, **bounds)
+                yield _piped_item(key, command, text, origin, scp_origin, fields, **bounds)
             continue
         audio = Path(location)
         if not audio.is_absolute():

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from streamtrain.storage.atomic import write_atomic
 from streamtrain.storage.location import check_location
@@ -41,12 +42,32 @@ class OutputError(OSError):
     """A file that could not be published, listed or removed at an output location (named in the message)."""
 
 
+def check_writable(folder: str | os.PathLike) -> None:
+    """Make the local ``folder`` and write, flush and remove a one-byte probe in it, so that a read-only
+    folder or a full disk is an error naming it before a command does its work, not after."""
+    folder = Path(folder)
+    probe = folder / f".streamtrain-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        raise OutputError(f"{folder}: cannot write there: {error.strerror or error}") from None
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 class Output:
     """Where a command's files go; see the module docstring. Use as a context manager (``close`` drops the staging)."""
 
     def __init__(self, location: str | os.PathLike, storage_options: dict | None = None,
                  policy: RetryPolicy = RetryPolicy()):
         self.url = check_location(location).rstrip("/") or "/"
+        if not is_local(self.url) and urlsplit(self.url).query:
+            raise OutputError(f"{redact(self.url)}: an output location cannot carry a query string (it would become "
+                              "part of every file's name); give credentials in the environment or storage_options")
         self.storage_options = storage_options
         self.policy = policy
         self.is_local = is_local(self.url)
@@ -73,6 +94,11 @@ class Output:
         """Make the local folder (object stores have no folders to make)."""
         if self.is_local:
             Path(local_path(self.url)).mkdir(parents=True, exist_ok=True)
+
+    def check_writable(self) -> None:
+        """A local folder is made and probed (``check_writable``); a store answers at its first upload."""
+        if self.is_local:
+            check_writable(local_path(self.url))
 
     def names(self) -> list[str]:
         """The names of the files in the folder, sorted; [] when it does not exist."""

@@ -36,6 +36,10 @@ class ShardReadError(IOError):
         self.reason = reason or message  # what went wrong, without the URL
 
 
+class MissingFileError(ShardReadError, FileNotFoundError):
+    """A file that is not there (not retried); a FileNotFoundError too, so callers can say what it means."""
+
+
 def _read_error(url: str, reason: str) -> ShardReadError:
     return ShardReadError(f"{redact(url)}: {reason}", reason)
 
@@ -80,6 +84,22 @@ def redact(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+#: storage_options keys whose values are secrets (s3fs key/secret/token, gcsfs token, adlfs account_key...).
+_SECRET_OPTION = re.compile(r"(^|_)(key|secret|token|password|passwd|credentials?|sas_token|connection_string)$", re.I)
+
+
+def redacted(value, hide_secret_keys: bool = False):
+    """A JSON-like value (a recipe, storage_options) as it may be printed or stored: every string,
+    mapping keys included, ``redact``-ed; with ``hide_secret_keys``, the value of each key that names a secret (fsspec's
+    key, secret, token, password...) replaced by ``<redacted>``."""
+    if isinstance(value, dict):
+        return {redacted(k): "<redacted>" if hide_secret_keys and _SECRET_OPTION.search(str(k))
+                else redacted(v, hide_secret_keys) for k, v in value.items()}  # keys too: a mixture's are URLs
+    if isinstance(value, list):
+        return [redacted(v, hide_secret_keys) for v in value]
+    return redact(value) if isinstance(value, str) else value
 
 
 def is_local(url: str) -> bool:
@@ -130,6 +150,8 @@ def is_transient(error: BaseException) -> bool:
     """
     if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
+    if type(error).__name__.endswith("CredentialsError"):  # botocore's No/Partial credentials: retrying cannot help
+        return False
     if _unparsable_response(error):
         return True
     status = getattr(error, "status", None) or getattr(error, "status_code", None)
@@ -153,24 +175,6 @@ def _unparsable_response(error: BaseException) -> bool:
 
 class _WrongLength(IOError):
     """A ranged read answered with another number of bytes than asked (transient: retried)."""
-
-
-def read_url(
-    url: str,
-    size: int,
-    sha256: str | None,
-    storage_options: dict | None = None,
-    policy: RetryPolicy = RetryPolicy(),
-    sleep=time.sleep,
-) -> bytes:
-    """Read exactly ``size`` bytes of ``url``; check the sha256 when given."""
-    digest = hashlib.sha256()
-    data = bytearray()
-    for chunk in _chunks(url, size, storage_options, policy, sleep):
-        digest.update(chunk)
-        data += chunk
-    _check(url, len(data), size, digest if sha256 else None, sha256)
-    return bytes(data)
 
 
 def read_all(url: str, storage_options: dict | None = None, policy: RetryPolicy = RetryPolicy()) -> bytes:
@@ -293,7 +297,11 @@ def read_text(url: str, storage_options: dict | None = None, policy: RetryPolicy
 
 
 def with_retries(action: Callable, url: str, policy: RetryPolicy, sleep, failure: str):
-    """``action()``, retried with jittered exponential back-off while its errors are transient."""
+    """``action()``, retried with jittered exponential back-off while its errors are transient.
+
+    The error raised names ``url`` redacted and chains nothing: a library's exception (and its own
+    causes) may hold the URL with its credentials, and a traceback prints every link of a chain.
+    """
     failures = 0
     while True:
         try:
@@ -301,8 +309,22 @@ def with_retries(action: Callable, url: str, policy: RetryPolicy, sleep, failure
         except Exception as error:  # classified below; fsspec backends raise many types
             failures += 1
             reason = scrub(f"{type(error).__name__}: {error}")
-            if not is_transient(error) or failures >= policy.attempts:
-                raise _read_error(url, f"{failure} after {failures} attempt(s): {reason}") from None
-            delay = min(policy.max_delay, policy.first_delay * 2 ** (failures - 1)) * (0.5 + random.random() / 2)
-            log.warning("%s: transient error (%s: %s), retry %d in %.2fs", redact(url), failure, reason, failures, delay)
-            sleep(delay)
+            missing = _missing(error, url)
+            final = not is_transient(error) or failures >= policy.attempts
+        if final:
+            break
+        delay = min(policy.max_delay, policy.first_delay * 2 ** (failures - 1)) * (0.5 + random.random() / 2)
+        log.warning("%s: transient error (%s: %s), retry %d in %.2fs", redact(url), failure, reason, failures, delay)
+        sleep(delay)
+    if missing is not None:
+        raise MissingFileError(f"{redact(url)}: {failure}: {missing}", f"{failure}: {missing}")
+    raise _read_error(url, f"{failure} after {failures} attempt(s): {reason}")
+
+
+def _missing(error: Exception, url: str) -> str | None:
+    """What is missing, for a FileNotFoundError (not retried): its own words ("the specified bucket does
+    not exist"), or "no such file" where they only repeat the URL (fsspec's http says so for a 404)."""
+    if not isinstance(error, FileNotFoundError):
+        return None
+    said = scrub(str(error)).strip()
+    return "no such file" if not said or urlsplit(redact(url)).path in said else said

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from streamtrain.features import build_featurizer
+from streamtrain.storage.remote import redacted
 
 
 class RecipeError(ValueError):
@@ -126,7 +127,12 @@ class Recipe:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The recipe as it may be printed or stored (the run's recipe.yaml, checkpoints, TensorBoard,
+        the resume's diff): locations redacted (no credentials, no query), storage_options' secrets hidden.
+        A token that changes between sessions is therefore no change of the recipe."""
+        data = dataclasses.asdict(self)
+        options = data["data"].pop("storage_options")
+        return {**redacted(data), "data": {**redacted(data["data"]), "storage_options": redacted(options, True)}}
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -142,8 +148,9 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_recipe(path_or_name: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Load a recipe file (or the name of one in recipes/) and apply ``key=value`` overrides."""
+def load_recipe(path_or_name: str | Path, overrides: list[str] = (), values: dict | None = None) -> Recipe:
+    """Load a recipe file (or the name of one in recipes/), apply ``key=value`` overrides (values parsed
+    as YAML), then ``values`` (dotted key -> value taken as it is, e.g. a command's typed flags)."""
     path = resolve_recipe_path(path_or_name)
     try:
         data = yaml.load(path.read_text(), Loader=_StrictLoader) or {}
@@ -160,6 +167,8 @@ def load_recipe(path_or_name: str | Path, overrides: list[str] = ()) -> Recipe:
         except yaml.YAMLError as error:
             raise RecipeError(f"override {override!r}: invalid value: {error}") from error
         _set_dotted(data, key.strip(), parsed)
+    for key, value in (values or {}).items():
+        _set_dotted(data, key, value)
     return bind(Recipe, data, "")
 
 

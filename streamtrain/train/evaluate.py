@@ -134,9 +134,9 @@ def evaluate(
     with contextlib.closing(iter(loader)) as batches:
         for batch in batches:
             take = batch.size if max_samples is None else min(batch.size, max_samples - result.counts.utterances)
-            audio, lengths = batch["audio"][:take].to(device), batch["audio_lens"][:take].to(device)
+            audio, lengths = batch.audio[:take].to(device), batch.audio_lens[:take].to(device)
             hypotheses = [g.text for g in transcribe(model, featurizer, codec, audio, lengths, backoff, autocast)]
-            for key, reference, hypothesis in zip(batch["keys"][:take], batch["text"][:take], hypotheses):
+            for key, reference, hypothesis in zip(batch.keys[:take], batch.text[:take], hypotheses):
                 word_errors, char_errors = result.counts.add(reference, hypothesis)
                 result.hypotheses.append(Hypothesis(key, reference, hypothesis, word_errors, char_errors))
             if result.counts.utterances == max_samples:

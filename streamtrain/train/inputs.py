@@ -24,8 +24,8 @@ class LiveFeatures:
         self.featurizer = featurizer
 
     def prepare(self, batch, device: torch.device) -> Slicer:
-        audio = batch["audio"].to(device, non_blocking=True)
-        lengths = batch["audio_lens"].to(device)
+        audio = batch.audio.to(device, non_blocking=True)
+        lengths = batch.audio_lens.to(device)
         return lambda piece: self.featurizer(audio[piece], lengths[piece])
 
 

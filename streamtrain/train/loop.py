@@ -157,8 +157,15 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         tensors, trainer = ckpt.load_checkpoint(path)
-        self.accelerator.unwrap_model(self.model).load_state_dict(tensors["model"])
-        self.optimizer.load_state_dict(tensors["optimizer"])
+        changes = recipe_changes(trainer["recipe"], self.recipe.to_dict())
+        try:
+            self.accelerator.unwrap_model(self.model).load_state_dict(tensors["model"])
+            self.optimizer.load_state_dict(tensors["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:  # torch's message lists every tensor: not shown
+            raise ckpt.CheckpointError(
+                f"{path}: the model or optimizer does not fit this checkpoint ({type(error).__name__}); the recipe "
+                f"changed since: {'; '.join(changes) or 'nothing'}; resume with that run's recipe, "
+                "or start over with --no-resume or another train.output_dir") from None
         self.scheduler.load_state_dict(tensors["scheduler"])
         if self.accelerator.scaler is not None and tensors.get("scaler"):
             self.accelerator.scaler.load_state_dict(tensors["scaler"])
@@ -172,7 +179,6 @@ class Trainer:
         del tensors  # the model and optimizer hold their own copies now
         gc.collect()
         self.accelerator.print(f"resumed from {path} (step {self.progress.step}, epoch {self.loader.epoch})")
-        changes = recipe_changes(trainer["recipe"], self.recipe.to_dict())
         if changes:
             self.accelerator.print("the recipe changed since that checkpoint:\n  " + "\n  ".join(changes))
 
@@ -186,17 +192,19 @@ class Trainer:
         bar = tqdm(total=cfg.max_steps, initial=progress.step, unit="step", dynamic_ncols=True,
                    disable=not (cfg.progress and self.accelerator.is_main_process))
         meter = _Meter(self.accelerator)
-        with contextlib.closing(iter(self.loader)) as batches:  # the workers stop here, even on an error
+        # closed here, even when a step raises: the workers ignore SIGTERM, so multiprocessing's exit
+        # handler (terminate, then join) would wait for them forever
+        with contextlib.closing(iter(self.loader)) as batches:
             while progress.step < cfg.max_steps and not _any_rank(self.accelerator, stop.requested):
                 taken = [self._next(batches, meter) for _ in range(cfg.grad_accum)]
                 loss = self.step(taken)
                 progress.step += 1
                 meter.add(taken)
                 for batch in taken:
-                    self.audit.add({"event": "step", "step": progress.step, "epoch": batch["epoch"],
-                                    "ids": encode_ids(batch["sample_ids"])})
+                    self.audit.add({"event": "step", "step": progress.step, "epoch": batch.epoch,
+                                    "ids": encode_ids(batch.sample_ids)})
                 if progress.step % cfg.log_every == 0 or progress.step == cfg.max_steps:
-                    self._log(loss, meter, bar, taken[-1]["epoch"])
+                    self._log(loss, meter, bar, taken[-1].epoch)
                 bar.update(1)
                 if self.recipe.eval.every and progress.step % self.recipe.eval.every == 0 \
                         and progress.step < cfg.max_steps:
@@ -383,7 +391,7 @@ class _Meter:
         self.unsettled = [0, 0.0]  # since the last settle
 
     def add(self, batches: list[Batch]) -> None:
-        samples, audio = sum(b.size for b in batches), sum(float(b["seconds"].sum()) for b in batches)
+        samples, audio = sum(b.size for b in batches), sum(float(b.seconds.sum()) for b in batches)
         for counts in (self.window, self.unsettled):
             counts[0] += samples
             counts[1] += audio

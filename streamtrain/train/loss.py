@@ -46,7 +46,7 @@ class CrossEntropy:
     """Cross-entropy on the transcripts stored with the audio."""
 
     def texts(self, batch) -> tuple[list[str], torch.Tensor | None]:
-        return batch["text"], None
+        return batch.text, None
 
     def loss(self, logits, labels, features, decoder_inputs) -> torch.Tensor:
         return cross_entropy_sum(logits, labels)

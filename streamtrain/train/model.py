@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, WhisperConfig, WhisperForConditionalGeneration
@@ -152,8 +153,18 @@ def greedy_generate(model, features: torch.Tensor, codec: TextCodec,
     return results
 
 
+def model_folder(path: str | Path) -> Path:
+    """``path`` if it is a local folder. Checked before loading: given a path that does not exist,
+    Hugging Face takes it for a hub id and spends half a minute on retries before failing."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise RecipeError(f"{path}: no such folder" if not folder.exists() else f"{path}: not a folder")
+    return folder
+
+
 def load_trained(path):
     """(model, featurizer, codec) from a model folder written by ``streamtrain train``."""
+    model_folder(path)
     try:
         model = WhisperForConditionalGeneration.from_pretrained(path)
     except (OSError, ValueError) as error:

@@ -15,19 +15,12 @@ from transformers import WhisperForConditionalGeneration
 from streamtrain.distill.student import chosen_layers
 from streamtrain.features import build_featurizer
 from streamtrain.distill.teacher import load_teacher, model_fingerprint
+from tests.support.cli import run_cli
 from tests.support.runs import digit_dataset, micro_recipe, random_whisper
 from streamtrain.distill.objective import kl_divergence
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 KILLER = Path(__file__).with_name("kill_after_shards.py")
-
-
-def streamtrain(*args, check=True):
-    result = subprocess.run([sys.executable, "-m", "streamtrain", *args], env=ENV, capture_output=True, text=True,
-                            timeout=300)
-    if check and result.returncode != 0:
-        pytest.fail(f"streamtrain {' '.join(args)}:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +42,9 @@ def test_layer_choice():
 
 def test_student_copies_the_encoder_and_chosen_decoder_layers(setup, tmp_path):
     _, _, teacher_dir, _ = setup
-    result = streamtrain("make-student", "--teacher", str(teacher_dir), "--decoder-layers", "2",
-                         "--out", str(tmp_path / "student"))
-    assert "[0, 3]" in result.stdout
+    result = run_cli("make-student", "--teacher", str(teacher_dir), "--decoder-layers", "2",
+                     "--out", str(tmp_path / "student"))
+    assert "[0, 3]" in result.out
     teacher = WhisperForConditionalGeneration.from_pretrained(teacher_dir).state_dict()
     student = WhisperForConditionalGeneration.from_pretrained(tmp_path / "student").state_dict()
     for name, tensor in student.items():
@@ -106,6 +99,7 @@ def test_fingerprint_covers_the_tokenizer_and_the_features(setup, tmp_path):
     assert load_teacher(str(swapped))[1] != fingerprint
 
 
+@pytest.mark.slow
 def test_labelling_resumes_after_sigkill_without_rewriting_a_shard(setup, tmp_path):
     _, data, teacher_dir, _ = setup
     out = tmp_path / "labels"
@@ -116,8 +110,7 @@ def test_labelling_resumes_after_sigkill_without_rewriting_a_shard(setup, tmp_pa
     done = sorted(out.glob("*.tar"))
     assert len(done) == 2 and not (out / "index.json").exists()
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in done}
-    result = streamtrain("label", *args)
-    assert "2 already complete" in result.stdout
+    assert "2 already complete" in run_cli("label", *args).out
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in done} == before
     index = json.loads((out / "index.json").read_text())
     base = json.loads((data / "index.json").read_text())
@@ -125,26 +118,26 @@ def test_labelling_resumes_after_sigkill_without_rewriting_a_shard(setup, tmp_pa
     assert index["column"]["teacher_fingerprint"] == load_teacher(str(teacher_dir))[1]
     from streamtrain.loader import StreamLoader
 
-    keys = [k for b in StreamLoader(data, batch_size=5, epochs=1, num_workers=0, columns=[str(out)]) for k in b["keys"]]
+    keys = [k for b in StreamLoader(data, batch_size=5, epochs=1, num_workers=0, columns=[str(out)]) for k in b.keys]
     assert len(keys) == len(set(keys)) == 24
 
 
+@pytest.mark.slow
 def test_distillation_refuses_another_teacher_and_trains_with_the_right_one(setup, tmp_path):
     root, data, teacher_dir, other_dir = setup
     labels = tmp_path / "labels"
-    streamtrain("label", str(data), "--teacher", str(teacher_dir), "--out", str(labels), "--max-wer", "0.5",
-                "--no-progress")
+    run_cli("label", str(data), "--teacher", str(teacher_dir), "--out", str(labels), "--max-wer", "0.5",
+            "--no-progress")
     student = tmp_path / "student"
-    streamtrain("make-student", "--teacher", str(teacher_dir), "--decoder-layers", "1", "--out", str(student))
+    run_cli("make-student", "--teacher", str(teacher_dir), "--decoder-layers", "1", "--out", str(student))
     recipe = micro_recipe(tmp_path / "run", data, None, train={"max_steps": 3},
                           model={"pretrained": str(student), "tokenizer": str(student)},
                           distill={"labels": str(labels), "teacher": str(other_dir), "teacher_precision": "bf16"})
-    refused = streamtrain("train", str(recipe), check=False)
-    assert refused.returncode == 2 and "is not the teacher that wrote the pseudo-labels" in refused.stderr
-    other_prompt = streamtrain("train", str(recipe), f"distill.teacher={teacher_dir}",
-                               "model.prompt=[<|startoftranscript|>, <|startoftranscript|>]", check=False)
-    assert other_prompt.returncode == 2 and "is not the prompt the teacher wrote the pseudo-labels" in other_prompt.stderr
-    forced = streamtrain("train", str(recipe), "distill.allow_teacher_mismatch=true", check=False)
-    assert forced.returncode == 0 and "!!!" in forced.stderr
-    good = streamtrain("train", str(recipe), f"distill.teacher={teacher_dir}", "--no-resume")
-    assert "model saved" in good.stdout
+    refused = run_cli("train", str(recipe), check=False)
+    assert refused.code == 2 and "is not the teacher that wrote the pseudo-labels" in refused.err
+    other_prompt = run_cli("train", str(recipe), f"distill.teacher={teacher_dir}",
+                           "model.prompt=[<|startoftranscript|>, <|startoftranscript|>]", check=False)
+    assert other_prompt.code == 2 and "is not the prompt the teacher wrote the pseudo-labels" in other_prompt.err
+    assert "!!!" in run_cli("train", str(recipe), "distill.allow_teacher_mismatch=true").err
+    good = run_cli("train", str(recipe), f"distill.teacher={teacher_dir}", "--no-resume")
+    assert "model saved" in good.out

@@ -1,14 +1,13 @@
 """The feature cache: a fingerprinted sidecar column, joined by the loader, refused when stale."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from streamtrain.loader import StreamLoader
 from streamtrain.features import build_featurizer
-from streamtrain.features.feature_cache import FEATURES_COLUMN, FeatureCacheError, check_feature_column, write_feature_column
+from streamtrain.features.feature_cache import FeatureCacheError, check_feature_column, write_feature_column
+from streamtrain.format.sidecar import FEATURES_COLUMN
+from tests.support.cli import run_cli
 from tests.support.runs import digit_dataset, micro_recipe
 
 PARAMS = {"n_mels": 40, "chunk_seconds": 4}
@@ -32,8 +31,8 @@ def test_cached_features_equal_on_the_fly_features_within_float16(dataset, colum
     loader = StreamLoader(dataset, batch_size=5, num_workers=1, epochs=1, columns=[str(column)])
     seen = 0
     for batch in loader:
-        expected, frames = featurizer(batch["audio"], batch["audio_lens"])
-        for row, cached in enumerate(batch["columns"][FEATURES_COLUMN]):
+        expected, frames = featurizer(batch.audio, batch.audio_lens)
+        for row, cached in enumerate(batch.columns[FEATURES_COLUMN]):
             assert cached["feat.zst"].dtype == torch.float16
             torch.testing.assert_close(cached["feat.zst"].float(), expected[row], atol=2e-3, rtol=1e-3)
             assert cached["json"]["frames"] == int(frames[row])
@@ -54,32 +53,26 @@ def test_a_column_of_another_dataset_is_refused(column, tmp_path):
         StreamLoader(other, batch_size=2, columns=[str(column)])
 
 
+@pytest.mark.slow
 def test_training_uses_the_cache_and_refuses_a_stale_one(dataset, column, tmp_path):
-    command = [sys.executable, "-m", "streamtrain", "train"]
     recipe = micro_recipe(tmp_path / "run", dataset, None, train={"max_steps": 3})
-    ok = subprocess.run(command + [str(recipe), f"features.cache={column}"], capture_output=True, text=True)
-    assert ok.returncode == 0, ok.stderr
-    stale = subprocess.run(command + [str(recipe), f"features.cache={column}", "features.params.n_mels=80",
-                                      "--no-resume"], capture_output=True, text=True)
-    assert stale.returncode == 2 and "stale feature cache" in stale.stderr
+    run_cli("train", str(recipe), f"features.cache={column}")
+    stale = run_cli("train", str(recipe), f"features.cache={column}", "features.params.n_mels=80", "--no-resume",
+                    check=False)
+    assert stale.code == 2 and "stale feature cache" in stale.err
 
 
 def test_featurize_and_stats_commands(dataset, tmp_path):
     import json
 
     out = tmp_path / "fbank-column"
-    result = subprocess.run([sys.executable, "-m", "streamtrain", "featurize", str(dataset), "--out", str(out),
-                             "--featurizer", "kaldi_fbank", "--param", "num_mel_bins=40", "--no-progress"],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "20 samples" in result.stdout and "fingerprint" in result.stdout
-    again = subprocess.run([sys.executable, "-m", "streamtrain", "featurize", str(dataset), "--out", str(out)],
-                           capture_output=True, text=True)
-    assert again.returncode == 2 and "not empty" in again.stderr
+    result = run_cli("featurize", str(dataset), "--out", str(out), "--featurizer", "kaldi_fbank", "--param",
+                     "num_mel_bins=40", "--no-progress")
+    assert "20 samples" in result.out and "fingerprint" in result.out
+    again = run_cli("featurize", str(dataset), "--out", str(out), check=False)
+    assert again.code == 2 and "not empty" in again.err
     stats_file = tmp_path / "cmvn.json"
-    result = subprocess.run([sys.executable, "-m", "streamtrain", "stats", str(dataset), "--out", str(stats_file),
-                             "--param", "num_mel_bins=40", "--num-workers", "0"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    run_cli("stats", str(dataset), "--out", str(stats_file), "--param", "num_mel_bins=40", "--num-workers", "0")
     stats = json.loads(stats_file.read_text())
     assert len(stats["mean"]) == 40 and stats["count"] > 1000
     cmvn = build_featurizer("kaldi_fbank", num_mel_bins=40, cmvn=str(stats_file))

@@ -16,6 +16,7 @@ from streamtrain.loader import StreamLoader
 from streamtrain.format.dataset import open_dataset
 from streamtrain.format.index import DatasetIndexError, load_index
 from streamtrain.format.upgrade import upgrade_index
+from tests.support.cli import run_cli
 from tests.support.datasets import write_dataset
 
 SIZES = [6, 5, 7, 4]
@@ -107,24 +108,22 @@ def test_format_1_opens_with_a_warning_and_plans_the_same_batches(copy, dataset,
         old = StreamLoader(copy, batch_seconds=3.0, num_workers=0, epochs=1, seed=2)
     assert "streamtrain index upgrade" in caplog.text
     new = StreamLoader(dataset, batch_seconds=3.0, num_workers=0, epochs=1, seed=2)
-    assert [b["keys"] for b in old] == [b["keys"] for b in new]
+    assert [b.keys for b in old] == [b.keys for b in new]
 
 
 def test_upgrade_converts_in_place_and_keeps_the_fingerprint_and_loader_states(copy, dataset):
     as_format_1(copy)
     before = load_index(copy)
     loader = StreamLoader(copy, batch_size=3, num_workers=0, epochs=1, seed=1)
-    seen = [k for _, b in zip(range(3), loader) for k in b["keys"]]
+    seen = [k for _, b in zip(range(3), loader) for k in b.keys]
     state = loader.state_dict()
-    result = subprocess.run([sys.executable, "-m", "streamtrain", "index", "upgrade", str(copy)],
-                            capture_output=True, text=True, check=True)
-    assert "upgraded to format 2" in result.stdout
+    assert "upgraded to format 2" in run_cli("index", "upgrade", str(copy)).out
     after = load_index(copy)
     assert after.format_version == 2 and after.fingerprint == before.fingerprint
     assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in dataset.iterdir())
     resumed = StreamLoader(copy, batch_size=3, num_workers=0, epochs=1, seed=1)
     resumed.load_state_dict(state)
-    rest = [k for b in resumed for k in b["keys"]]
+    rest = [k for b in resumed for k in b.keys]
     assert sorted(seen + rest) == sorted(f"utt-{s:03d}-{i:04d}" for s, n in enumerate(SIZES) for i in range(n))
     assert upgrade_index(copy)[1] is False  # already format 2: nothing to do
 
@@ -143,3 +142,21 @@ def test_an_upgrade_that_fails_midway_leaves_a_dataset_that_opens(copy, limit):
     assert not [p.name for p in copy.iterdir() if ".tmp-" in p.name]
     upgrade_index(copy)
     assert load_index(copy).format_version == 2
+
+
+def test_upgrade_does_not_warn_to_run_itself(copy, caplog, capsys):
+    from streamtrain.cli import main
+
+    as_format_1(copy)
+    with caplog.at_level(logging.WARNING):
+        assert main(["index", "upgrade", str(copy)]) == 0
+    assert "index upgrade" not in caplog.text + capsys.readouterr().err
+
+
+def test_upgrade_of_a_url_is_refused_in_one_line(capsys):
+    from streamtrain.cli import main
+    from tests.support.errors import the_error_line
+
+    assert main(["index", "upgrade", "s3://bucket/ds"]) == 2
+    error = the_error_line(capsys.readouterr().err)
+    assert "s3://bucket/ds" in error and "local" in error

@@ -31,7 +31,7 @@ if args.resume:
 planned = len(loader)
 keys, batches = [], 0
 for batch in loader:
-    keys += batch["keys"]
+    keys += batch.keys
     batches += 1
     if batches == args.stop_after:
         break

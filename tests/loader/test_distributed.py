@@ -12,6 +12,8 @@ import pytest
 from tests.support.datasets import write_dataset
 from tests.support.runs import accelerate_launch
 
+pytestmark = pytest.mark.distributed
+
 SCRIPT = Path(__file__).with_name("distributed_epoch.py")
 SIZES = [7, 6, 8, 5]
 

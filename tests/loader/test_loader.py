@@ -8,15 +8,16 @@ import tarfile
 import numpy as np
 import pytest
 import soundfile
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamtrain.loader import (BatchSettings, LoaderStateError, ReadSettings, StreamLoader, Topology, WorkerSettings,
                               merge_states)
-from streamtrain.loader.batch import SampleError
+from streamtrain.loader.batch import Batch, SampleError
 from streamtrain.storage.remote import ShardReadError
 from streamtrain.format.index import load_index
-from streamtrain.format.shard import read_shard
+from streamtrain.format.shard_reader import ShardFile
 from tests.support.datasets import replace_shard, write_dataset
 
 SEED = 5
@@ -59,7 +60,7 @@ def run_ranks(path, state, world, workers, batching, stop_after=None, epochs=1):
             loader.load_state_dict(json.loads(json.dumps(state)))
         count = 0
         for batch in loader:
-            delivered += batch["keys"]
+            delivered += batch.keys
             count += 1
             if count == stop_after:
                 break
@@ -105,33 +106,51 @@ def test_batches_hold_the_stored_audio_text_and_lengths(datasets):
     path = datasets((6, 5))
     stored = {}
     for shard in load_index(path).shards:
-        for sample in read_shard((path / shard.name).read_bytes(), shard.name):
-            audio, _ = soundfile.read(io.BytesIO(sample.members["flac"]), dtype="float32")
-            stored[sample.key] = (audio, json.loads(sample.members["json"]))
+        for key, members in ShardFile.in_memory((path / shard.name).read_bytes(), shard.name):
+            audio, _ = soundfile.read(io.BytesIO(members["flac"]), dtype="float32")
+            stored[key] = (audio, json.loads(members["json"]))
     seen = set()
     for batch in StreamLoader(path, batch_size=4, num_workers=2, epochs=1):
-        assert batch["audio"].dtype.is_floating_point and batch["audio"].ndim == 2
-        for row, key in enumerate(batch["keys"]):
+        assert batch.audio.dtype.is_floating_point and batch.audio.ndim == 2
+        for row, key in enumerate(batch.keys):
             audio, meta = stored[key]
-            length = int(batch["audio_lens"][row])
+            length = int(batch.audio_lens[row])
             assert length == len(audio)
-            np.testing.assert_array_equal(batch["audio"][row, :length].numpy(), audio)
-            assert not batch["audio"][row, length:].any()
-            assert batch["text"][row] == meta["text"]
-            assert batch["meta"][row]["position"] == meta["position"]
+            np.testing.assert_array_equal(batch.audio[row, :length].numpy(), audio)
+            assert not batch.audio[row, length:].any()
+            assert batch.text[row] == meta["text"]
+            assert batch.meta[row]["position"] == meta["position"]
             seen.add(key)
     assert seen == set(stored)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])  # in process; through shared-memory slots
+def test_a_batch_holds_every_field_typed_as_documented(datasets, num_workers):
+    path = datasets((3, 4))
+    batches = list(StreamLoader(path, batch_size=3, num_workers=num_workers, epochs=1, columns=()))
+    for batch in batches:
+        assert isinstance(batch, Batch)
+        b = batch.size
+        assert batch.audio.dtype == torch.float32 and batch.audio.shape[0] == b
+        assert batch.audio.shape[1] == int(batch.audio_lens.max())
+        assert batch.audio_lens.dtype == torch.int64 and batch.audio_lens.shape == (b,)
+        assert batch.seconds.dtype == torch.float32
+        torch.testing.assert_close(batch.seconds, batch.audio_lens / 16000)
+        assert batch.sample_ids.dtype == torch.int64 and batch.sample_ids.shape == (b,)
+        assert len(batch.text) == len(batch.meta) == b and batch.columns == {}
+        assert batch.epoch == 0 and batch.skipped == []
+    assert sorted(i for b in batches for i in b.sample_ids.tolist()) == list(range(7))
 
 
 def test_other_sample_rates_are_resampled(datasets):
     path = datasets((3,), sample_rate=22050)
     batch = next(iter(StreamLoader(path, batch_size=3, num_workers=0, sample_rate=16000)))
-    for row, seconds in enumerate(m["seconds"] for m in batch["meta"]):
-        assert abs(int(batch["audio_lens"][row]) - seconds * 16000) <= 9  # seconds are stored to the millisecond
+    for row, seconds in enumerate(m["seconds"] for m in batch.meta):
+        assert abs(int(batch.audio_lens[row]) - seconds * 16000) <= 9  # seconds are stored to the millisecond
 
 
 def keys_in_order(path, **kwargs):
-    return [tuple(b["keys"]) for b in StreamLoader(path, epochs=1, **kwargs)]
+    return [tuple(b.keys) for b in StreamLoader(path, epochs=1, **kwargs)]
 
 
 def test_order_is_a_function_of_seed_and_batches_do_not_depend_on_workers(datasets):
@@ -147,16 +166,16 @@ def test_order_is_a_function_of_seed_and_batches_do_not_depend_on_workers(datase
 def test_resume_with_the_same_settings_continues_with_the_same_batches(datasets, workers):
     path = datasets((8, 8, 8, 8, 8))
     kwargs = dict(batch_seconds=3.0, seed=3, num_workers=workers, epochs=2)
-    uninterrupted = [tuple(b["keys"]) for b in StreamLoader(path, **kwargs)]
+    uninterrupted = [tuple(b.keys) for b in StreamLoader(path, **kwargs)]
     loader = StreamLoader(path, **kwargs)
     first = []
     for batch in loader:
-        first.append(tuple(batch["keys"]))
+        first.append(tuple(batch.keys))
         if len(first) == 7:
             break
     resumed = StreamLoader(path, **kwargs)
     resumed.load_state_dict(json.loads(json.dumps(loader.state_dict())))
-    assert first + [tuple(b["keys"]) for b in resumed] == uninterrupted
+    assert first + [tuple(b.keys) for b in resumed] == uninterrupted
 
 
 def test_epochs_count_from_zero_also_after_resume(datasets):
@@ -164,7 +183,7 @@ def test_epochs_count_from_zero_also_after_resume(datasets):
     loader = StreamLoader(path, batch_size=2, num_workers=0, epochs=2)
     keys, epochs = [], []
     for batch in loader:
-        keys += batch["keys"]
+        keys += batch.keys
         epochs.append(loader.epoch)
     assert collections.Counter(keys) == {k: 2 for k in all_keys((5, 4))}
     assert epochs[0] == 0 and epochs[-1] == 1 and loader.epoch == 2
@@ -176,7 +195,7 @@ def test_epochs_count_from_zero_also_after_resume(datasets):
 def test_duration_filter_is_counted(datasets):
     path = datasets((10, 10))
     loader = StreamLoader(path, batch_size=4, num_workers=0, epochs=1, min_seconds=0.5, max_seconds=1.2)
-    delivered = [m["seconds"] for b in loader for m in b["meta"]]
+    delivered = [m["seconds"] for b in loader for m in b.meta]
     assert all(0.5 <= s <= 1.2 for s in delivered)
     plans = [e for e in loader.pop_events() if e["event"] == "epoch"]
     assert plans[0]["filtered"] == 20 - len(delivered) > 0
@@ -217,14 +236,14 @@ def test_mixing_weights_is_deterministic_and_covers_the_fractional_dataset_over_
     loader = StreamLoader({str(a): 1.0, str(b): 0.5}, batch_size=4, num_workers=0, epochs=2)
     per_epoch = collections.defaultdict(list)
     for batch in loader:
-        per_epoch[loader.epoch] += batch["keys"]
+        per_epoch[loader.epoch] += batch.keys
     for epoch in (0, 1):
         prefixes = collections.Counter(k[0] for k in per_epoch[epoch])
         assert prefixes == {"a": 8, "b": 6}
     b_keys = [k for e in (0, 1) for k in per_epoch[e] if k[0] == "b"]
     assert len(set(b_keys)) == 12
     again = StreamLoader({str(a): 1.0, str(b): 0.5}, batch_size=4, num_workers=0, epochs=2)
-    assert [k for bt in again for k in bt["keys"]] == per_epoch[0] + per_epoch[1]
+    assert [k for bt in again for k in bt.keys] == per_epoch[0] + per_epoch[1]
 
 
 def corrupt_member(path, shard_name, key, data):
@@ -248,8 +267,11 @@ def test_bad_sample_raises_naming_shard_and_key_or_is_skipped_and_counted(tmp_pa
     with pytest.raises(SampleError, match=r"shard-000001\.tar.*utt-001-0002"):
         list(StreamLoader(tmp_path, batch_size=2, num_workers=0, epochs=1))
     loader = StreamLoader(tmp_path, batch_size=2, num_workers=2, epochs=1, on_bad_sample="skip")
-    keys = [k for b in loader for k in b["keys"]]
+    batches = list(loader)
+    keys = [k for b in batches for k in b.keys]
     assert sorted(keys) == sorted(all_keys((4, 4)) - {"utt-001-0002"})
+    reasons = [reason for b in batches for reason in b.skipped]
+    assert len(reasons) == 1 and "shard-000001.tar#2: " in reasons[0] and "utt-001-0002" in reasons[0]
     assert loader.stats.skipped == 1
     assert loader.state_dict()["counters"]["skipped_bad"] == 1
 
@@ -261,7 +283,7 @@ def test_truncated_shard_is_an_error_naming_it_or_its_samples_are_skipped(tmp_pa
     with pytest.raises(ShardReadError, match=r"shard-000001\.tar"):
         list(StreamLoader(tmp_path, batch_size=2, num_workers=1, epochs=1))
     loader = StreamLoader(tmp_path, batch_size=2, num_workers=0, epochs=1, on_bad_sample="skip")
-    keys = [k for b in loader for k in b["keys"]]
+    keys = [k for b in loader for k in b.keys]
     assert set(keys) == all_keys((4, 5, 3)) - {f"utt-001-{i:04d}" for i in range(5)}
     assert loader.stats.skipped == 5
 
@@ -307,10 +329,10 @@ def test_events_name_the_plan_the_dropped_batches_and_the_epoch_end_with_its_las
     assert [e["event"] for e in events] == ["epoch", "dropped"]
     assert events[0]["samples"] == 9 and events[0]["batches"] == 5 and events[0]["sources"][0]["weight"] == 1.0
     assert events[1]["batches"] == 1 and len(events[1]["ids"]) in (1, 2)
-    assert first["epoch"] == 0
+    assert first.epoch == 0
     second = next(batches)
-    assert [e["event"] for e in loader.pop_events()] == ["epoch_end"] and second["epoch"] == 0
-    assert next(batches)["epoch"] == 1
+    assert [e["event"] for e in loader.pop_events()] == ["epoch_end"] and second.epoch == 0
+    assert next(batches).epoch == 1
     assert [e["event"] for e in loader.pop_events()][0] == "epoch"
 
 
@@ -330,5 +352,5 @@ def test_grouped_settings_make_the_same_loader_as_the_keywords(tmp_path):
     grouped = StreamLoader.from_settings(root, BatchSettings(batch_size=3, bucketing=False, max_seconds=9.0),
                                          ReadSettings(on_bad_sample="skip"), Topology(rank=1, world_size=2),
                                          WorkerSettings(num_workers=0), seed=5, epochs=1)
-    assert [b["keys"] for b in flat] == [b["keys"] for b in grouped]
+    assert [b.keys for b in flat] == [b.keys for b in grouped]
     assert grouped.batching == flat.batching and grouped.reading == flat.reading and grouped.workers == flat.workers

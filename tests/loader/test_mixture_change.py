@@ -36,7 +36,7 @@ def run(mixture: dict, state, world: int, batch_size: int, stop_after=None, seed
         if state is not None:
             loader.load_state_dict(json.loads(json.dumps(state)))
         for number, batch in enumerate(loader, start=1):
-            keys += batch["keys"]
+            keys += batch.keys
             if number == stop_after:
                 break
         states.append(loader.state_dict())
@@ -104,7 +104,7 @@ def test_a_changed_duration_filter_at_resume_is_exactly_once(roots):
     keys, state, _, _ = run({roots["a"]: 1.0}, None, 1, 3, stop_after=2)
     loader = StreamLoader(roots["a"], batch_size=3, num_workers=0, epochs=1, seed=4, max_seconds=1.0)
     loader.load_state_dict(state)
-    rest = [k for batch in loader for k in batch["keys"]]
+    rest = [k for batch in loader for k in batch.keys]
     assert not set(keys) & set(rest)
     events = loader.pop_events()
     plan = next(e for e in events if e["event"] == "epoch")

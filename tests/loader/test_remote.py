@@ -35,11 +35,12 @@ def expected_keys():
 
 
 def delivered(loader):
-    keys = [k for batch in loader for k in batch["keys"]]
+    keys = [k for batch in loader for k in batch.keys]
     assert not [k for k, n in collections.Counter(keys).items() if n > 1], "duplicates"
     return set(keys)
 
 
+@pytest.mark.servers
 def test_http_with_503s_and_dropped_connections_loses_and_duplicates_nothing(dataset):
     faults = Faults(status_503=[0, 4, 9], drop_midway=[2, 6, 13])
     with file_server(dataset.parent) as origin, fault_proxy(origin, faults) as proxy:
@@ -48,14 +49,16 @@ def test_http_with_503s_and_dropped_connections_loses_and_duplicates_nothing(dat
     assert faults.injected == 6
 
 
+@pytest.mark.servers
 def test_http_missing_shard_is_a_clear_error_without_retries(dataset, tmp_path):
     write_dataset(tmp_path / "ds", [3, 3])
     (tmp_path / "ds" / "shard-000001.tar").unlink()
     with file_server(tmp_path) as origin:
-        with pytest.raises(ShardReadError, match=r"shard-000001\.tar.*1 attempt"):
+        with pytest.raises(ShardReadError, match=r"shard-000001\.tar: read failed at byte 0 of \d+: no such file"):
             list(StreamLoader(f"{origin}/ds", batch_size=2, num_workers=0, epochs=1, retry=FAST_RETRY))
 
 
+@pytest.mark.servers
 def test_persistent_faults_give_up_naming_the_shard(dataset):
     faults = Faults(status_503=list(range(100)))
     with file_server(dataset.parent) as origin, fault_proxy(origin, faults) as proxy:
@@ -63,6 +66,7 @@ def test_persistent_faults_give_up_naming_the_shard(dataset):
             list(StreamLoader(f"{proxy}/ds", batch_size=2, num_workers=0, epochs=1, retry=FAST_RETRY))
 
 
+@pytest.mark.servers
 def test_s3_streams_exactly_once_with_a_cache_that_respects_its_limit(dataset, s3, tmp_path):
     sizes = sorted(shard.bytes for shard in load_index(dataset).shards)
     limit = sizes[-1] + sizes[-2]  # room for two shards, not five
@@ -74,7 +78,7 @@ def test_s3_streams_exactly_once_with_a_cache_that_respects_its_limit(dataset, s
     )
     keys = collections.Counter()
     for batch in loader:
-        keys.update(batch["keys"])
+        keys.update(batch.keys)
         assert ShardCache(cache, limit).used_bytes() <= limit
     assert keys == {k: 2 for k in expected_keys()}
     # with room for every shard, a second pass reads nothing remote
@@ -84,6 +88,7 @@ def test_s3_streams_exactly_once_with_a_cache_that_respects_its_limit(dataset, s
     assert warm[1].stats.bytes_read == 0 and warm[1].stats.cache_hits == warm[1].stats.shards_read > 0
 
 
+@pytest.mark.servers
 def test_s3_through_a_faulty_proxy(dataset, s3):
     faults = Faults(status_503=[1, 5], drop_midway=[3, 8])
     with fault_proxy(s3, faults) as proxy:
@@ -94,6 +99,7 @@ def test_s3_through_a_faulty_proxy(dataset, s3):
     assert faults.injected == 4
 
 
+@pytest.mark.servers
 def test_credentials_never_appear_in_messages(dataset, caplog):
     assert redact("https://user:s3cret@host:8080/a/b.tar?X-Amz-Signature=abc") == "https://host:8080/a/b.tar"
     faults = Faults(status_503=[0])

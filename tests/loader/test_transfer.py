@@ -42,8 +42,8 @@ def test_shards_are_opened_ahead_in_first_use_order(tmp_path):
     write_dataset(tmp_path / "ds", [3, 3, 3, 3, 3], seed=2)
     source = open_source(str(tmp_path / "ds"))
     table = epoch_table([source], 0, 0)
-    reader = ShardReader([source], [], ReadSettings())
-    with OpenShards(reader, table, [4, 1, 3, 0, 2], depth=2) as shards:
+    opener = ShardReader([source], [], ReadSettings())
+    with OpenShards(opener, table, [4, 1, 3, 0, 2], depth=2) as shards:
         assert sorted(shards._ahead) == [1, 4]
         assert shards.get(4).base.keys[0] == "utt-004-0000"
         assert sorted(shards._ahead) == [1, 3]  # the next in first-use order is on its way

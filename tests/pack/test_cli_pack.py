@@ -67,7 +67,7 @@ def test_pack_then_inspect(tmp_path: Path, capsys):
     shard = out / index.shards[0].name
     shard.write_bytes(shard.read_bytes()[:-1024] + b"\1" * 1024)
     assert main(["inspect", str(out), "--verify", "--json"]) == 1
-    assert json.loads(capsys.readouterr().out)["problems"] == [f"{shard.name}: sha256 differs from the index"]
+    assert json.loads(capsys.readouterr().out)["problems"] == [f"{shard.name}: sha256 does not match the index (corrupt or replaced)"]
 
 
 def test_parts_and_merge(tmp_path: Path, capsys):

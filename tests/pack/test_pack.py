@@ -104,7 +104,7 @@ def test_a_failing_kaldi_pipe_names_the_command_and_its_stderr(tmp_path: Path):
     lines = scp.read_text().splitlines()
     lines[1] = "rec0001 echo no such recording >&2; exit 3 |"
     scp.write_text("\n".join(lines) + "\n")
-    with pytest.raises(SourceError, match=r"line 4: echo no such recording >&2; exit 3 \|: "
+    with pytest.raises(SourceError, match=r"wav\.scp line 2: echo no such recording >&2; exit 3 \|: "
                                           r"the command failed with exit status 3: no such recording"):
         pack(corpus.source, tmp_path / "out", kaldi_pipes=True, progress=False)
     summary = pack(corpus.source, tmp_path / "out", kaldi_pipes=True, skip_bad=True, overwrite=True, progress=False)

@@ -59,7 +59,7 @@ def served(tmp_path):
 
 
 def keys_and_texts(loader):
-    return {key: text for batch in loader for key, text in zip(batch["keys"], batch["text"])}
+    return {key: text for batch in loader for key, text in zip(batch.keys, batch.text)}
 
 
 def with_changed_transcript(data: bytes, key: str, text: str) -> bytes:
@@ -80,6 +80,7 @@ def with_changed_transcript(data: bytes, key: str, text: str) -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.servers
 def test_a_dataset_repacked_at_the_same_url_is_never_served_from_a_stale_copy(served, tmp_path):
     root, url = served
     cache = tmp_path / "cache"
@@ -93,6 +94,7 @@ def test_a_dataset_repacked_at_the_same_url_is_never_served_from_a_stale_copy(se
         k: v for k, v in before.items() if k != "utt-002-0001"}
 
 
+@pytest.mark.servers
 def test_bytes_edited_inside_a_cached_copy_are_detected_evicted_and_fetched_again(served, tmp_path, caplog):
     root, url = served
     cache = tmp_path / "cache"
@@ -109,6 +111,7 @@ def test_bytes_edited_inside_a_cached_copy_are_detected_evicted_and_fetched_agai
     assert loader.stats.cache_hits == len(SIZES) - 1
 
 
+@pytest.mark.servers
 def test_the_limit_holds_at_every_instant_with_three_processes_of_two_workers(served, tmp_path):
     root, url = served
     sizes = sorted(shard.bytes for shard in load_index(root).shards)
@@ -146,6 +149,7 @@ def test_the_limit_holds_at_every_instant_with_three_processes_of_two_workers(se
     assert not list(cache.glob(".*.tmp"))
 
 
+@pytest.mark.servers
 def test_a_full_cache_disk_means_reading_on_without_caching_and_one_warning(served, tmp_path):
     """A real fault: the process may not write files over 20 kB (RLIMIT_FSIZE), so every cache fill
     fails with EFBIG, as on a full disk; streaming goes on from the server."""

@@ -3,15 +3,18 @@ credentials and tokens in URLs. Every fault plan is seeded or listed, so a failu
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 
 import pytest
 
 from streamtrain.loader import RetryPolicy, StreamLoader
-from streamtrain.storage.remote import ShardReadError, read_url
+from streamtrain.storage.remote import ShardReadError, fetch_into
 from tests.support.datasets import write_dataset
 from tests.support.faults import FaultPlan, fault_server
+
+pytestmark = pytest.mark.servers  # every test starts a server
 
 SIZES = [6, 5, 7, 4]
 KEYS = {f"utt-{s:03d}-{i:04d}" for s, n in enumerate(SIZES) for i in range(n)}
@@ -26,7 +29,7 @@ def root(tmp_path_factory):
 
 
 def delivered(loader) -> list[str]:
-    return [k for batch in loader for k in batch["keys"]]
+    return [k for batch in loader for k in batch.keys]
 
 
 def test_a_stalled_read_is_abandoned_after_stall_timeout_and_retried(root):
@@ -57,9 +60,10 @@ def test_a_server_that_ignores_ranges_still_gives_the_right_bytes(root):
     data = shard.read_bytes()
     plan = FaultPlan(rates={"wrong_range": 1.0})
     with fault_server(root, plan) as server:
-        got = read_url(f"{server.url}/ds/shard-000002.tar", len(data), None,
-                       policy=RetryPolicy(**{**QUICK, "chunk_bytes": 4096}))
-    assert got == data and len(server.log) > 1
+        got = io.BytesIO()
+        fetch_into(f"{server.url}/ds/shard-000002.tar", len(data), None, got,
+                   policy=RetryPolicy(**{**QUICK, "chunk_bytes": 4096}))
+    assert got.getvalue() == data and len(server.log) > 1
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

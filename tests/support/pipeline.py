@@ -8,11 +8,10 @@ audio, as a user with an audio array would.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.cli import run_cli
 
 
 @dataclass(frozen=True)
@@ -21,15 +20,6 @@ class Transcripts:
     seconds: float
     streamtrain: str  # the hypothesis `streamtrain eval` wrote
     pipeline: str  # the pipeline's text, as it returned it
-
-
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """``streamtrain ARGS`` in a subprocess, offline, with this process's threads (the same float kernels)."""
-    result = subprocess.run([sys.executable, "-m", "streamtrain", *args], env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                            capture_output=True, text=True, timeout=300)
-    if check and result.returncode != 0:
-        raise RuntimeError(f"streamtrain {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
-    return result
 
 
 def eval_and_pipeline(model_dir: str | Path, dataset: str | Path, out: str | Path) -> list[Transcripts]:
@@ -45,7 +35,7 @@ def eval_and_pipeline(model_dir: str | Path, dataset: str | Path, out: str | Pat
     loader = StreamLoader(str(dataset), batch_size=1, epochs=1, num_workers=0,
                           sample_rate=asr.feature_extractor.sampling_rate)
     for batch in loader:
-        key, length = batch["keys"][0], int(batch["audio_lens"][0])
-        text = asr(batch["audio"][0, :length].numpy())["text"]
-        transcripts.append(Transcripts(key, float(batch["seconds"][0]), written[key], text))
+        key, length = batch.keys[0], int(batch.audio_lens[0])
+        text = asr(batch.audio[0, :length].numpy())["text"]
+        transcripts.append(Transcripts(key, float(batch.seconds[0]), written[key], text))
     return transcripts

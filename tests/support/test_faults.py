@@ -51,6 +51,7 @@ def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
     return head, rest
 
 
+@pytest.mark.servers
 def test_serves_files_with_ranges_and_keep_alive(root):
     with fault_server(root) as server:
         connection, response, body = get(server.port)
@@ -100,6 +101,7 @@ def test_a_bad_plan_is_refused(bad):
         FaultPlan(**bad)
 
 
+@pytest.mark.servers
 def test_the_log_records_each_injection_in_request_order(root):
     plan = FaultPlan({"status_5xx": 0.5}, seed=3)
     with fault_server(root, plan) as server:
@@ -110,6 +112,7 @@ def test_the_log_records_each_injection_in_request_order(root):
     assert statuses == [plan.status(n) if plan.mode(n) else 200 for n in range(20)]
 
 
+@pytest.mark.servers
 def test_status_5xx_keeps_the_connection(root):
     with fault_server(root, FaultPlan(at={"status_5xx": [0]}, statuses=(503,))) as server:
         connection, response, _ = get(server.port)
@@ -119,6 +122,7 @@ def test_status_5xx_keeps_the_connection(root):
     assert connection.sock is sock
 
 
+@pytest.mark.servers
 def test_reset_sends_part_of_the_body_then_a_tcp_reset(root):
     with fault_server(root, FaultPlan(at={"reset": [0]})) as server:
         sock = raw_request(server.port)
@@ -129,6 +133,7 @@ def test_reset_sends_part_of_the_body_then_a_tcp_reset(root):
     assert received <= SIZE // 2
 
 
+@pytest.mark.servers
 def test_short_closes_before_content_length(root):
     with fault_server(root, FaultPlan(at={"short": [0]})) as server:
         with pytest.raises(http.client.IncompleteRead) as error:
@@ -136,6 +141,7 @@ def test_short_closes_before_content_length(root):
     assert len(error.value.partial) == SIZE // 2
 
 
+@pytest.mark.servers
 def test_long_poisons_the_next_response_on_the_same_connection(root):
     with fault_server(root, FaultPlan(at={"long": [0, 2]})) as server:
         connection, response, body = get(server.port)
@@ -149,12 +155,14 @@ def test_long_poisons_the_next_response_on_the_same_connection(root):
     assert b"Content-Length: 10" in head and rest == BODY[:10] + b"JUNK AFTER THE BODY\r\n"
 
 
+@pytest.mark.servers
 def test_wrong_range_answers_200_with_the_whole_file(root):
     with fault_server(root, FaultPlan(at={"wrong_range": [0]})) as server:
         _, response, body = get(server.port, headers={"Range": "bytes=0-9"})
     assert (response.status, len(body)) == (200, SIZE)
 
 
+@pytest.mark.servers
 def test_stall_sends_half_then_nothing_for_the_stall_then_the_rest(root):
     with fault_server(root, FaultPlan(at={"stall": [0]}, stall_seconds=0.6)) as server:
         sock = raw_request(server.port)
@@ -172,6 +180,7 @@ def test_stall_sends_half_then_nothing_for_the_stall_then_the_rest(root):
     assert received == SIZE and 0.55 < elapsed < 3
 
 
+@pytest.mark.servers
 def test_exit_cuts_a_stall_at_once(root):
     with fault_server(root, FaultPlan(at={"stall": [0]}, stall_seconds=60)) as server:
         sock = raw_request(server.port)
@@ -183,6 +192,7 @@ def test_exit_cuts_a_stall_at_once(root):
     assert time.monotonic() - start < 1
 
 
+@pytest.mark.servers
 def test_lifetime_stops_a_server_whose_client_hangs(root):
     start = time.monotonic()
     with fault_server(root, FaultPlan(at={"stall": [0]}, stall_seconds=60), lifetime=0.5) as server:
@@ -191,6 +201,7 @@ def test_lifetime_stops_a_server_whose_client_hangs(root):
     assert 0.45 < time.monotonic() - start < 2
 
 
+@pytest.mark.servers
 def test_drip_delivers_everything_slowly(root):
     plan = FaultPlan(at={"drip": [0]}, drip_bytes=1000, drip_interval=0.01)
     with fault_server(root, plan) as server:
@@ -200,6 +211,7 @@ def test_drip_delivers_everything_slowly(root):
     assert time.monotonic() - start >= 29 * 0.01
 
 
+@pytest.mark.servers
 def test_basic_auth_and_token(root):
     with fault_server(root, auth=("user", "pa:ss"), token="s3cret") as server:
         good = {"Authorization": "Basic " + base64.b64encode(b"user:pa:ss").decode()}
@@ -217,6 +229,7 @@ def test_basic_auth_and_token(root):
             urllib.request.urlopen(f"{server.url}/index.json?token=s3cret", timeout=5)
 
 
+@pytest.mark.servers
 def test_cli_prints_its_url_and_serves(root):
     command = [sys.executable, "-m", "tests.support.faults", str(root), "--seed", "1",
                "--mode", "status_5xx=1.0", "--lifetime", "20"]

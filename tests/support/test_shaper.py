@@ -10,6 +10,8 @@ from tests.support.faults import FaultPlan, fault_server
 from tests.support.servers import s3_server
 from tests.support.shaper import link_shaper
 
+pytestmark = pytest.mark.servers  # every test starts a server
+
 MB = 10**6
 
 

@@ -8,23 +8,24 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordPiece
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, WhisperTokenizer
 
-from tests.support.pipeline import eval_and_pipeline, run_cli
-from tests.support.runs import DIGITS_TOKENIZER, digit_dataset, micro_recipe
+from tests.support.cli import run_cli
+from tests.support.pipeline import eval_and_pipeline
+from tests.support.runs import DIGITS_TOKENIZER, micro_recipe
 from tests.support.speech import DIGIT_WORDS
 from streamtrain.train.whisper_tokenizer import WhisperTokenizerError, as_whisper_tokenizer
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(digits, tmp_path_factory):
     """The micro recipe trained long enough to say different things about different utterances."""
-    root = tmp_path_factory.mktemp("export")
-    train, test = digit_dataset(root / "train", 56, seed=1), digit_dataset(root / "test", 12, seed=2)
-    run = root / "run"
+    train, test = digits
+    run = tmp_path_factory.mktemp("export") / "run"
     run_cli("train", str(micro_recipe(run, train, None, train={"max_steps": 60, "checkpoint_every": 60},
                                       features={"specaugment": None})))
     return run / "model", test
 
 
+@pytest.mark.slow
 def test_the_pipeline_transcribes_every_utterance_as_streamtrain_eval(trained, tmp_path):
     model_dir, test = trained
     transcripts = eval_and_pipeline(model_dir, test, tmp_path / "eval.jsonl")
@@ -34,6 +35,7 @@ def test_the_pipeline_transcribes_every_utterance_as_streamtrain_eval(trained, t
     assert not differing
 
 
+@pytest.mark.slow
 def test_the_folder_names_what_the_pipeline_needs(trained):
     model_dir, _ = trained
     generation = json.loads((model_dir / "generation_config.json").read_text())

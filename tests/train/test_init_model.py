@@ -10,7 +10,8 @@ from transformers import GenerationConfig, WhisperForConditionalGeneration, Whis
 
 from streamtrain.features import build_featurizer
 from tests.support.openai_whisper import openai_whisper_tokenizer
-from tests.support.pipeline import eval_and_pipeline, run_cli
+from tests.support.cli import run_cli
+from tests.support.pipeline import eval_and_pipeline
 from tests.support.runs import digit_dataset
 from tests.support.speech import Voice, synthesize
 from streamtrain.train.config import FeatureConfig, ModelConfig, Recipe
@@ -43,10 +44,11 @@ def test_parameter_counts_are_the_published_ones(name):
 def whisper_tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("init") / "whisper-tiny"
     result = run_cli("init-model", "--arch", "whisper-tiny", "--out", str(out), "--seed", "3")
-    assert "37.8 M parameters" in result.stdout
+    assert "37.8 M parameters" in result.out
     return out
 
 
+@pytest.mark.whisper
 def test_whisper_tiny_loads_as_the_published_checkpoint_does(whisper_tiny):
     model = WhisperForConditionalGeneration.from_pretrained(whisper_tiny)
     assert (model.config.vocab_size, model.config.num_mel_bins, model.config.d_model) == (51865, 80, 384)
@@ -66,6 +68,7 @@ def test_whisper_tiny_loads_as_the_published_checkpoint_does(whisper_tiny):
     assert generation.suppress_tokens == sorted({*reference.non_speech_tokens, *control})
 
 
+@pytest.mark.whisper
 def test_the_pipeline_runs_on_it_with_no_arguments(whisper_tiny, tmp_path):
     """As published: language detection, 5 beams (the pipeline's default), up to 448 tokens. Random weights
     run to the limit (about 40 s on 2 CPU cores), so this copy of the folder stops after 8."""
@@ -78,6 +81,7 @@ def test_the_pipeline_runs_on_it_with_no_arguments(whisper_tiny, tmp_path):
     assert isinstance(result["text"], str)
 
 
+@pytest.mark.whisper
 def test_exported_whisper_tiny_transcribes_alike_in_the_pipeline(whisper_tiny, tmp_path):
     """The random whisper-tiny exported as ``streamtrain train`` exports a fine-tuned one (Whisper's prompt and
     vocabulary). Transcripts are capped at 20 tokens after the 4-token prompt (max_target_tokens 24): random

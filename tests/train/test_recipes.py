@@ -92,3 +92,27 @@ def test_batch_seconds_count_whole_windows_for_whisper(overrides, batch_size):
 def test_batch_seconds_below_one_window_is_refused():
     with pytest.raises(RecipeError, match=r"data.batch_seconds: 20 s is less than one 30 s window.*set data.batch_size"):
         validate(load_recipe("whisper-finetune", ["data.batch_seconds=20"]))
+
+
+@pytest.mark.parametrize("folder", ["run #1", "2024", "yes", "a: b"])
+def test_a_path_flag_is_a_string_never_yaml(folder):
+    from streamtrain.cli import build_parser, train as train_command
+
+    parser, _ = build_parser("train", train_command)
+    args = parser.parse_args(["train", "tiny", "--output-dir", folder])
+    assert train_command.recipe_of(args).train.output_dir == folder
+
+
+def test_the_stored_recipe_holds_no_secret():
+    """What a run writes and prints of its recipe: URLs without credentials or query, storage_options'
+    secrets hidden (what a backend needs that is not secret, like an endpoint, is kept)."""
+    recipe = load_recipe("tiny", ["data.train=s3://bucket/ds?token=TOKEN", "data.validation=https://u:PW@host/v",
+                                  "data.storage_options={key: AKIA, secret: PW, client_kwargs: {endpoint_url: "
+                                  "'http://127.0.0.1:9000'}}"])
+    stored = recipe.to_dict()
+    assert stored["data"]["train"] == "s3://bucket/ds" and stored["data"]["validation"] == "https://host/v"
+    assert stored["data"]["storage_options"] == {"key": "<redacted>", "secret": "<redacted>",
+                                                 "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
+    assert recipe.data.train == "s3://bucket/ds?token=TOKEN"  # the recipe itself keeps what reading needs
+    mixture = load_recipe("tiny", ["data.train={'s3://b/a?token=TOKEN': 1, 'https://u:PW@h/b': 2}"]).to_dict()
+    assert mixture["data"]["train"] == {"s3://b/a": 1, "https://h/b": 2}

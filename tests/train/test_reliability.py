@@ -1,5 +1,6 @@
 """The trainer against what goes wrong in real clusters: ranks, locks, bad batches, full disks.
-Every fault is real (processes, signals, file-size limits); nothing is mocked."""
+Every fault is real (processes, signals, file-size limits); nothing is mocked. Runs with no fault of
+their own run in this process (``run_cli``)."""
 
 import json
 import os
@@ -11,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import run_cli
 from tests.support.datasets import write_dataset
-from tests.support.runs import accelerate_launch, digit_dataset, micro_recipe
+from tests.support.runs import accelerate_launch, micro_recipe
 from tests.support.servers import free_port
 
 INJECT = Path(__file__).with_name("inject.py")
@@ -30,16 +32,11 @@ def run(*args, inject=(), processes=1, limit=None, timeout=300):
     return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits")
-    return digit_dataset(root / "train", 40, seed=4), digit_dataset(root / "validation", 8, seed=5)
-
-
-def test_each_rank_draws_its_own_masks_and_rank_0_chooses_the_checkpoint(data, tmp_path):
+@pytest.mark.distributed
+def test_each_rank_draws_its_own_masks_and_rank_0_chooses_the_checkpoint(digits, tmp_path):
     run_dir, log = tmp_path / "ranks", tmp_path / "random"
     log.mkdir()
-    recipe = micro_recipe(run_dir, *data, train={"max_steps": 6, "checkpoint_every": 3})
+    recipe = micro_recipe(run_dir, *digits, train={"max_steps": 6, "checkpoint_every": 3})
     first = run("train", str(recipe), inject=["--random-log", str(log)], processes=2)
     assert first.returncode == 0, first.stderr
     ranks = [[json.loads(line) for line in (log / f"rank-{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
@@ -54,6 +51,7 @@ def test_each_rank_draws_its_own_masks_and_rank_0_chooses_the_checkpoint(data, t
     assert trainer["step"] == 8
 
 
+@pytest.mark.distributed
 def test_batches_whose_samples_are_all_bad_still_make_every_rank_step(tmp_path):
     """Shard 1 is truncated: with on_bad_sample=skip its 4 samples are skipped, and the batch made of
     them is empty on the rank that gets it; both ranks still take every step, and the audit counts them."""
@@ -68,17 +66,16 @@ def test_batches_whose_samples_are_all_bad_still_make_every_rank_step(tmp_path):
     assert result.returncode == 0, result.stderr
     trainer = json.loads((tmp_path / "skip" / "checkpoints" / "step-00000004" / "trainer.json").read_text())
     assert trainer["step"] == 4 and trainer["loader"]["counters"]["skipped_bad"] == 8  # two epochs
-    audit = run("audit", str(tmp_path / "skip"))
-    assert audit.returncode == 0, audit.stdout
-    assert "epoch 0 (complete): 16 samples, 12 seen, 0 duplicates, 0 missing" in audit.stdout
-    assert "4 skipped as bad" in audit.stdout
+    audit = run_cli("audit", str(tmp_path / "skip")).out
+    assert "epoch 0 (complete): 16 samples, 12 seen, 0 duplicates, 0 missing" in audit
+    assert "4 skipped as bad" in audit
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_eval_max_samples_counts_utterances_over_all_ranks_and_the_wer_line_is_printed_once(data, tmp_path):
+def test_eval_max_samples_counts_utterances_over_all_ranks_and_the_wer_line_is_printed_once(digits, tmp_path):
     """8 validation utterances in batches of 4 on 2 ranks: max_samples=5 is 5, not 2 batches a rank."""
-    recipe = micro_recipe(tmp_path / "eval", *data, train={"max_steps": 2, "checkpoint_every": 2},
+    recipe = micro_recipe(tmp_path / "eval", *digits, train={"max_steps": 2, "checkpoint_every": 2},
                           eval={"batch_size": 4, "max_samples": 5})
     result = run("train", str(recipe), processes=2)
     assert result.returncode == 0, result.stderr
@@ -88,38 +85,38 @@ def test_eval_max_samples_counts_utterances_over_all_ranks_and_the_wer_line_is_p
     assert [e["utterances"] for e in trainer["progress"]["evaluations"]] == [5]
 
 
-def test_a_second_trainer_on_the_same_folder_is_refused_and_a_killed_one_leaves_no_lock(data, tmp_path):
+def test_a_second_trainer_on_the_same_folder_is_refused_and_a_killed_one_leaves_no_lock(digits, tmp_path):
     run_dir = tmp_path / "locked"
-    recipe = micro_recipe(run_dir, *data, train={"max_steps": 400, "checkpoint_every": 1000})
+    recipe = micro_recipe(run_dir, *digits, train={"max_steps": 400, "checkpoint_every": 1000})
     first = subprocess.Popen([sys.executable, "-m", "streamtrain", "train", str(recipe)], env=ENV,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for line in first.stdout:  # the first trainer is stepping
             if line.startswith("step "):
                 break
-        second = run("train", str(recipe))
-        assert second.returncode == 2
-        assert f"run folder {run_dir} is in use by another `streamtrain train` (pid {first.pid}" in second.stderr
-        assert "Traceback" not in second.stderr
+        code, _, err = run_cli("train", str(recipe), check=False)
+        assert code == 2
+        assert f"run folder {run_dir} is in use by another `streamtrain train` (pid {first.pid}" in err
+        assert "Traceback" not in err
     finally:
         first.kill()
         first.wait()
-    third = run("train", str(recipe), "train.max_steps=2", "optim.lr=0.002")
-    assert third.returncode == 0, third.stderr
+    run_cli("train", str(recipe), "train.max_steps=2", "optim.lr=0.002")
 
 
-def test_a_resume_says_what_changed_in_the_recipe(data, tmp_path):
-    recipe = micro_recipe(tmp_path / "changed", *data, train={"max_steps": 4, "checkpoint_every": 2})
-    assert run("train", str(recipe)).returncode == 0
-    resumed = run("train", str(recipe), "train.max_steps=6", "optim.lr=0.001")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "the recipe changed since that checkpoint:" in resumed.stdout
-    assert "optim.lr: 0.003 -> 0.001" in resumed.stdout and "train.max_steps: 4 -> 6" in resumed.stdout
+@pytest.mark.slow
+def test_a_resume_says_what_changed_in_the_recipe(digits, tmp_path):
+    recipe = micro_recipe(tmp_path / "changed", *digits, train={"max_steps": 4, "checkpoint_every": 2})
+    run_cli("train", str(recipe))
+    resumed = run_cli("train", str(recipe), "train.max_steps=6", "optim.lr=0.001").out
+    assert "the recipe changed since that checkpoint:" in resumed
+    assert "optim.lr: 0.003 -> 0.001" in resumed and "train.max_steps: 4 -> 6" in resumed
 
 
-def test_a_full_disk_at_a_checkpoint_is_a_one_line_error_that_leaves_nothing_half_written(data, tmp_path):
+@pytest.mark.slow
+def test_a_full_disk_at_a_checkpoint_is_a_one_line_error_that_leaves_nothing_half_written(digits, tmp_path):
     run_dir = tmp_path / "full"  # no workers: the limit would also stop the workers' shared-memory files
-    recipe = micro_recipe(run_dir, *data, data={"num_workers": 0}, train={"max_steps": 4, "checkpoint_every": 2})
+    recipe = micro_recipe(run_dir, *digits, data={"num_workers": 0}, train={"max_steps": 4, "checkpoint_every": 2})
     result = run("train", str(recipe), limit=150_000)
     assert result.returncode == 2
     assert f"streamtrain: error: cannot write checkpoint {run_dir / 'checkpoints' / 'step-00000002'}: " \
@@ -165,11 +162,11 @@ def kill_all(pids) -> None:
             pass
 
 
-def test_a_full_disk_at_a_checkpoint_with_workers_exits_2_at_once_and_leaves_no_worker(data, small_disk):
+def test_a_full_disk_at_a_checkpoint_with_workers_exits_2_at_once_and_leaves_no_worker(digits, small_disk):
     """A real full disk (a 96 KiB tmpfs) under the run folder, a DataLoader worker running: one line,
     exit 2, and no process of the run left behind."""
     run_dir = small_disk / "run"
-    recipe = micro_recipe(run_dir, *data, data={"num_workers": 1}, train={"max_steps": 4, "checkpoint_every": 2})
+    recipe = micro_recipe(run_dir, *digits, data={"num_workers": 1}, train={"max_steps": 4, "checkpoint_every": 2})
     process = subprocess.Popen([sys.executable, "-m", "streamtrain", "train", str(recipe)], env=ENV,
                                start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -188,21 +185,21 @@ def test_a_full_disk_at_a_checkpoint_with_workers_exits_2_at_once_and_leaves_no_
     assert list((run_dir / "checkpoints").iterdir()) == []
 
 
-def test_an_output_dir_that_is_a_file_is_named(data, tmp_path):
+def test_an_output_dir_that_is_a_file_is_named(digits, tmp_path):
     (tmp_path / "afile").write_text("")
-    recipe = micro_recipe(tmp_path / "x", *data)
-    result = run("train", str(recipe), f"train.output_dir={tmp_path / 'afile'}")
-    assert result.returncode == 2
-    assert f"train.output_dir {tmp_path / 'afile'} is a file, not a folder" in result.stderr
+    recipe = micro_recipe(tmp_path / "x", *digits)
+    code, _, err = run_cli("train", str(recipe), f"train.output_dir={tmp_path / 'afile'}", check=False)
+    assert code == 2
+    assert f"train.output_dir {tmp_path / 'afile'} is a file, not a folder" in err
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_ranks_whose_launcher_is_killed_checkpoint_stop_and_free_the_run_folder(data, tmp_path):
+def test_ranks_whose_launcher_is_killed_checkpoint_stop_and_free_the_run_folder(digits, tmp_path):
     """SIGKILL to torchrun alone (not its process group): each rank notices its launcher died, finishes
     its step, checkpoints and exits, instead of training on as an orphan holding the run lock."""
     run_dir = tmp_path / "orphans"
-    recipe = micro_recipe(run_dir, *data, train={"max_steps": 100_000, "checkpoint_every": 100_000})
+    recipe = micro_recipe(run_dir, *digits, train={"max_steps": 100_000, "checkpoint_every": 100_000})
     torchrun = Path(sys.executable).with_name("torchrun")
     output = tmp_path / "output.txt"
     with open(output, "w") as sink:  # a file, not a pipe: the ranks keep it open after the launcher dies

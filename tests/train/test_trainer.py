@@ -1,4 +1,8 @@
-"""The trainer, run as users run it (the CLI, in subprocesses): resume, signals, faults, audit."""
+"""The trainer, run as users run it (the CLI): resume, signals, faults, audit.
+
+Runs that are killed, signalled, launched as 2 processes or given an injected fault are real processes;
+the rest run in this process (``run_cli``), with one thread where they are compared bit for bit with a
+process started with OMP_NUM_THREADS=1."""
 
 import json
 import os
@@ -15,6 +19,7 @@ import pytest
 import torch
 
 from streamtrain.cli import main as cli_main
+from tests.support.cli import run_cli
 from tests.support.runs import accelerate_launch, digit_dataset, micro_recipe
 from streamtrain.train.audit import AUDIT_DIR, decode_ids, encode_ids
 
@@ -25,17 +30,12 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFF
 
 
 def streamtrain(*args, inject=(), check=True, timeout=300):
+    """``streamtrain ARGS`` in a process of its own, through inject.py with the faults ``inject`` names."""
     command = [sys.executable, str(INJECT), *inject, "--", *args]
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         pytest.fail(f"streamtrain {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits")
-    return digit_dataset(root / "train", 56, seed=1), digit_dataset(root / "validation", 12, seed=2)
 
 
 def final_parameters(run_dir):
@@ -50,53 +50,57 @@ def assert_bit_identical(a, b):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(data, tmp_path_factory):
+def uninterrupted(digits, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "uninterrupted"
-    streamtrain("train", str(micro_recipe(run, *data)))
+    run_cli("train", str(micro_recipe(run, *digits)), threads=1)
     return run
 
 
-def test_killed_twice_at_random_steps_and_resumed_is_bit_identical_and_audits_clean(data, uninterrupted, tmp_path):
+@pytest.mark.slow
+def test_killed_twice_at_random_steps_and_resumed_is_bit_identical_and_audits_clean(digits, uninterrupted, tmp_path):
     run = tmp_path / "killed"
-    recipe = micro_recipe(run, *data)
+    recipe = micro_recipe(run, *digits)
     rng = random.Random(KILL_SEED)  # seeded: a failure names its kill steps and reproduces
     for _ in range(2):  # the step counts from wherever this process resumed
         killed = streamtrain("train", str(recipe), inject=["--kill-at-step", str(rng.randint(2, 5))], check=False)
         assert killed.returncode == -signal.SIGKILL
-    streamtrain("train", str(recipe))
+    run_cli("train", str(recipe), threads=1)
     assert_bit_identical(final_parameters(uninterrupted), final_parameters(run))
-    audit = streamtrain("audit", str(run))
-    assert "audit: OK" in audit.stdout and "3 session(s)" in audit.stdout
+    audit = run_cli("audit", str(run))
+    assert "audit: OK" in audit.out and "3 session(s)" in audit.out
 
 
-def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(data, uninterrupted, tmp_path):
+@pytest.mark.slow
+def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(digits, uninterrupted, tmp_path):
     run = tmp_path / "killed-in-checkpoint"
-    recipe = micro_recipe(run, *data)
+    recipe = micro_recipe(run, *digits)
     killed = streamtrain("train", str(recipe), inject=["--kill-in-checkpoint", "2"], check=False)
     assert killed.returncode == -signal.SIGKILL
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000004", ".tmp-step-00000008"] or sorted(
         p.name for p in (run / "checkpoints").iterdir()) == [".tmp-step-00000008", "step-00000004"]
-    resumed = streamtrain("train", str(recipe))
-    assert "resumed from" in resumed.stdout and "step 4" in resumed.stdout
+    resumed = run_cli("train", str(recipe), threads=1)
+    assert "resumed from" in resumed.out and "step 4" in resumed.out
     assert_bit_identical(final_parameters(uninterrupted), final_parameters(run))
 
 
-def test_out_of_memory_backs_off_to_micro_batches_with_the_same_result(data, tmp_path):
+@pytest.mark.slow
+def test_out_of_memory_backs_off_to_micro_batches_with_the_same_result(digits, tmp_path):
     backed_off = tmp_path / "oom"
-    result = streamtrain("train", str(micro_recipe(backed_off, *data)), inject=["--oom-above", "3"])
+    result = streamtrain("train", str(micro_recipe(backed_off, *digits)), inject=["--oom-above", "3"])
     assert "retrying the same batch in 4 pieces" in result.stderr
     trainer = json.loads(sorted((backed_off / "checkpoints").glob("step-*"))[-1].joinpath("trainer.json").read_text())
     assert trainer["progress"]["micro_batches"] == 4
     accumulated = tmp_path / "accumulated"
-    streamtrain("train", str(micro_recipe(accumulated, *data, train={"micro_batches": 4})))
+    run_cli("train", str(micro_recipe(accumulated, *digits, train={"micro_batches": 4})), threads=1)
     assert_bit_identical(final_parameters(backed_off), final_parameters(accumulated))
 
 
-def test_sigterm_to_the_process_group_finishes_the_step_checkpoints_and_exits_zero(data, tmp_path):
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_finishes_the_step_checkpoints_and_exits_zero(digits, tmp_path):
     """The way Slurm and Kubernetes preempt: SIGTERM to every process of the job, DataLoader workers
     included. The workers keep serving the step; the trainer checkpoints and exits 0."""
     run = tmp_path / "term"
-    recipe = micro_recipe(run, *data, data={"num_workers": 2},
+    recipe = micro_recipe(run, *digits, data={"num_workers": 2},
                           train={"max_steps": 400, "checkpoint_every": 1000})
     process = subprocess.Popen([sys.executable, "-m", "streamtrain", "train", str(recipe)],
                                env={**ENV, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
@@ -124,8 +128,9 @@ def test_sigterm_to_the_process_group_finishes_the_step_checkpoints_and_exits_ze
     assert 0 < step < 400
 
 
-def test_sigterm_during_start_up_is_a_clean_announced_stop(data, tmp_path):
-    recipe = micro_recipe(tmp_path / "early", *data)
+@pytest.mark.slow
+def test_sigterm_during_start_up_is_a_clean_announced_stop(digits, tmp_path):
+    recipe = micro_recipe(tmp_path / "early", *digits)
     process = subprocess.Popen([sys.executable, "-m", "streamtrain", "train", str(recipe)], env=ENV,
                                start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)  # start-up (imports, model, loader) takes seconds longer than this
@@ -136,22 +141,23 @@ def test_sigterm_during_start_up_is_a_clean_announced_stop(data, tmp_path):
     assert "Traceback" not in err and not list((tmp_path / "early" / "checkpoints").glob("step-*"))
 
 
-def test_a_damaged_checkpoint_is_skipped_with_a_warning(data, uninterrupted, tmp_path):
+@pytest.mark.slow
+def test_a_damaged_checkpoint_is_skipped_with_a_warning(digits, uninterrupted, tmp_path):
     run = tmp_path / "damaged"
-    recipe = micro_recipe(run, *data, train={"max_steps": 8})
-    streamtrain("train", str(recipe))
+    recipe = micro_recipe(run, *digits, train={"max_steps": 8})
+    run_cli("train", str(recipe))
     newest = run / "checkpoints" / "step-00000008" / "state.pt"
     newest.write_bytes(newest.read_bytes()[:1000])
-    resumed = streamtrain("train", str(recipe), "train.max_steps=12")
-    assert "skipping damaged checkpoint" in resumed.stderr and "step-00000008" in resumed.stderr
-    assert "resumed from" in resumed.stdout and "(step 4," in resumed.stdout
+    resumed = run_cli("train", str(recipe), "train.max_steps=12")
+    assert "skipping damaged checkpoint" in resumed.err and "step-00000008" in resumed.err
+    assert "resumed from" in resumed.out and "(step 4," in resumed.out
 
 
-def test_all_checkpoints_damaged_is_refused_in_one_line_and_nothing_is_deleted(data, tmp_path, capsys):
+def test_all_checkpoints_damaged_is_refused_in_one_line_and_nothing_is_deleted(digits, tmp_path, capsys):
     """In process: starting over from step 0 would throw the run away, and rotation would delete the
     damaged checkpoints; the run stops with exit 2 and names --no-resume instead."""
     run = tmp_path / "all-damaged"
-    recipe = str(micro_recipe(run, *data, train={"max_steps": 4, "checkpoint_every": 2, "keep_checkpoints": 2}))
+    recipe = str(micro_recipe(run, *digits, train={"max_steps": 4, "checkpoint_every": 2, "keep_checkpoints": 2}))
     assert cli_main(["train", recipe]) == 0
     for state in (run / "checkpoints").glob("step-*/state.pt"):
         state.write_bytes(state.read_bytes()[:1000])
@@ -177,11 +183,11 @@ def test_all_checkpoints_damaged_is_refused_in_one_line_and_nothing_is_deleted(d
         ("features.name=kaldi_fbank", "features.name: the trainer's Whisper models take whisper_log_mel features"),
     ],
 )
-def test_bad_recipe_values_are_named(data, tmp_path, override, message, capsys):
-    """In process (the command's own entry point; a recipe error stops it before any training is set up):
-    the exit status and the one-line message, and nothing written."""
-    assert cli_main(["train", str(micro_recipe(tmp_path / "bad", *data)), override]) == 2
-    err = capsys.readouterr().err
+def test_bad_recipe_values_are_named(digits, tmp_path, override, message):
+    """A recipe error stops the command before any training is set up: the exit status and the one-line
+    message, and nothing written."""
+    code, _, err = run_cli("train", str(micro_recipe(tmp_path / "bad", *digits)), override, check=False)
+    assert code == 2
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "bad").exists()
 
@@ -194,20 +200,22 @@ def two_processes(*args, inject=()):
     return result
 
 
-def test_two_processes_then_one_stays_exactly_once(data, tmp_path):
+@pytest.mark.distributed
+def test_two_processes_then_one_stays_exactly_once(digits, tmp_path):
     run = tmp_path / "ddp"
-    recipe = micro_recipe(run, *data, train={"max_steps": 6, "checkpoint_every": 3})
+    recipe = micro_recipe(run, *digits, train={"max_steps": 6, "checkpoint_every": 3})
     two_processes("train", str(recipe))
     trainer = json.loads((run / "checkpoints" / "step-00000006" / "trainer.json").read_text())
     assert trainer["world_size"] == 2
     assert sorted(p.name for p in (run / AUDIT_DIR).iterdir()) == [
         "session-0000-rank-00000.jsonl.zst", "session-0000-rank-00001.jsonl.zst"]
-    streamtrain("train", str(recipe), "train.max_steps=20")
-    audit = streamtrain("audit", str(run))
-    assert "audit: OK" in audit.stdout and "epoch 0 (complete)" in audit.stdout
+    run_cli("train", str(recipe), "train.max_steps=20")
+    audit = run_cli("audit", str(run))
+    assert "audit: OK" in audit.out and "epoch 0 (complete)" in audit.out
 
 
-def test_audit_finds_a_duplicate_in_a_doctored_log(data, uninterrupted, tmp_path):
+@pytest.mark.slow
+def test_audit_finds_a_duplicate_in_a_doctored_log(digits, uninterrupted, tmp_path):
     import shutil
 
     import zstandard
@@ -224,11 +232,11 @@ def test_audit_finds_a_duplicate_in_a_doctored_log(data, uninterrupted, tmp_path
     forged = {"event": "step", "step": 13, "epoch": 0, "ids": encode_ids(decode_ids(first["ids"])[:1])}
     with open(log, "ab") as f:
         f.write(zstandard.ZstdCompressor().compress((json.dumps(forged) + "\n").encode()))
-    result = streamtrain("audit", str(run), check=False)
-    assert result.returncode == 1
-    duplicate = next(line for line in result.stdout.splitlines() if line.startswith("  duplicate: "))
+    result = run_cli("audit", str(run), check=False)
+    assert result.code == 1
+    duplicate = next(line for line in result.out.splitlines() if line.startswith("  duplicate: "))
     assert ".tar#" in duplicate and duplicate.endswith(")")  # dataset/shard.tar#position (key)
-    assert "1 duplicates" in result.stdout and "audit: FAILED" in result.stdout
+    assert "1 duplicates" in result.out and "audit: FAILED" in result.out
 
 
 def doctor_log(source, run, change):
@@ -261,7 +269,7 @@ def move_a_step_to_dropped(records, **dropped):
                        **dropped}]
 
 
-def test_audit_checks_dropped_samples_by_id_not_by_the_records_count(data, uninterrupted, tmp_path, capsys):
+def test_audit_checks_dropped_samples_by_id_not_by_the_records_count(digits, uninterrupted, tmp_path, capsys):
     """In process: a one-rank run never drops a batch, whatever the record's ``batches`` says."""
     doctor_log(uninterrupted, tmp_path / "dropped", lambda r: move_a_step_to_dropped(r, batches=0, world_size=1))
     assert cli_main(["audit", str(tmp_path / "dropped")]) == 1
@@ -269,14 +277,15 @@ def test_audit_checks_dropped_samples_by_id_not_by_the_records_count(data, unint
     assert "problem: 8 samples recorded as dropped on a one-rank run" in out and "audit: FAILED" in out
 
 
-def test_audit_of_a_dropped_record_without_world_size_is_one_line(data, uninterrupted, tmp_path, capsys):
+def test_audit_of_a_dropped_record_without_world_size_is_one_line(digits, uninterrupted, tmp_path, capsys):
     doctor_log(uninterrupted, tmp_path / "malformed", lambda r: move_a_step_to_dropped(r, batches=0))
     assert cli_main(["audit", str(tmp_path / "malformed")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "a 'dropped' record of step 1 has no 'world_size' field" in err
 
 
-def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypotheses(data, uninterrupted):
+@pytest.mark.slow
+def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypotheses(digits, uninterrupted):
     from transformers import AutoFeatureExtractor, AutoModelForSpeechSeq2Seq, AutoTokenizer
 
     model_dir = uninterrupted / "model"
@@ -286,24 +295,23 @@ def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypothese
     assert type(tokenizer).__name__ == "WhisperTokenizer"
     assert tokenizer("two nine", add_special_tokens=False)["input_ids"] == [5, 12]
     assert AutoFeatureExtractor.from_pretrained(model_dir).feature_size == 40
-    result = streamtrain("eval", str(uninterrupted), str(data[1]), "--num-workers", "0")
-    assert "WER" in result.stdout
+    assert "WER" in run_cli("eval", str(uninterrupted), str(digits[1]), "--num-workers", "0").out
     lines = (model_dir / "eval-validation.jsonl").read_text().splitlines()
     assert len(lines) == 12
     assert set(json.loads(lines[0])) == {"key", "reference", "hypothesis", "word_errors", "char_errors"}
 
 
-def test_utterances_longer_than_the_feature_window_are_left_out_and_counted(data, tmp_path, capsys):
+def test_utterances_longer_than_the_feature_window_are_left_out_and_counted(digits, tmp_path, capsys):
     """data.max_seconds=null and a 2 s window: the training utterances over 2 s would be trained against
     their whole transcript with only 2 s heard; they are filtered at planning time, as max_seconds
     filters, and the audit counts them."""
     from streamtrain.format.dataset import open_dataset
 
     run = tmp_path / "window"
-    recipe = micro_recipe(run, *data, data={"max_seconds": None}, features={"params": {"n_mels": 40,
+    recipe = micro_recipe(run, *digits, data={"max_seconds": None}, features={"params": {"n_mels": 40,
                                                                                           "chunk_seconds": 2}},
                           train={"max_steps": 8, "checkpoint_every": 8})
-    durations = open_dataset(str(data[0])).durations
+    durations = open_dataset(str(digits[0])).durations
     longer = int((durations > 2).sum())
     assert 0 < longer < len(durations)
     assert cli_main(["train", str(recipe)]) == 0
@@ -317,9 +325,9 @@ def test_utterances_longer_than_the_feature_window_are_left_out_and_counted(data
            f"0 dropped to equalize ranks, {longer} filtered by duration" in capsys.readouterr().out
 
 
-def test_eval_max_samples_is_exactly_that_many_utterances_not_whole_batches(data, uninterrupted, tmp_path, capsys):
+def test_eval_max_samples_is_exactly_that_many_utterances_not_whole_batches(digits, uninterrupted, tmp_path, capsys):
     out = tmp_path / "five.jsonl"
-    assert cli_main(["eval", str(uninterrupted), str(data[1]), "--num-workers", "0", "--batch-size", "4",
+    assert cli_main(["eval", str(uninterrupted), str(digits[1]), "--num-workers", "0", "--batch-size", "4",
                      "--max-samples", "5", "--out", str(out)]) == 0
     assert len(out.read_text().splitlines()) == 5 and "5 utterances" in capsys.readouterr().out
 
@@ -333,13 +341,14 @@ def test_rank_quotas_add_up_to_the_total_as_evenly_as_the_ranks_allow():
     assert rank_quotas(0, [8, 4]) == [0, 0]
 
 
-def test_out_of_memory_on_one_rank_backs_off_there_only_and_keeps_ranks_in_step(data, tmp_path):
+@pytest.mark.distributed
+def test_out_of_memory_on_one_rank_backs_off_there_only_and_keeps_ranks_in_step(digits, tmp_path):
     """Rank 0 runs each step in 4 micro-batches (3 without gradient sync), rank 1 in one:
     both still meet at exactly one all-reduce per step, so nothing hangs and the result
     is the undisturbed run's, up to the summation order of rank 0's gradients. (Dropout and
     SpecAugment are off: micro-batches draw their random masks in other shapes.)"""
     def recipe(run):
-        deterministic = micro_recipe(run, *data, train={"max_steps": 6, "checkpoint_every": 6})
+        deterministic = micro_recipe(run, *digits, train={"max_steps": 6, "checkpoint_every": 6})
         return str(deterministic), "features.specaugment=null", "model.whisper.dropout=0.0"
 
     plain, backed_off = tmp_path / "plain", tmp_path / "oom"
@@ -357,9 +366,10 @@ def test_out_of_memory_on_one_rank_backs_off_there_only_and_keeps_ranks_in_step(
 
 
 
-def test_the_mixture_changes_at_two_kills_and_the_audit_explains_the_epoch(data, tmp_path):
+@pytest.mark.slow
+def test_the_mixture_changes_at_two_kills_and_the_audit_explains_the_epoch(digits, tmp_path):
     """Add and re-weight (one dataset read twice), then remove one, each at a SIGKILL resume."""
-    train, validation = data
+    train, validation = digits
     extra = digit_dataset(tmp_path / "extra", 24, seed=3)
     run = tmp_path / "mixed"
     recipe = micro_recipe(run, train, validation, train={"max_steps": 16})
@@ -371,21 +381,21 @@ def test_the_mixture_changes_at_two_kills_and_the_audit_explains_the_epoch(data,
     assert "the training data changed at this resume, in epoch 0" in killed.stderr
     assert f"added      {extra} (weight 2" in killed.stderr and f"reweighted {train}: 1 -> 0.5" in killed.stderr
     recipe = micro_recipe(run, {str(extra): 1.0}, validation, train={"max_steps": 16})
-    finished = streamtrain("train", str(recipe))
-    assert f"removed    {train}" in finished.stderr
-    audit = streamtrain("audit", str(run))
-    left_out = sum(int(n) for n in re.findall(r"(\d+) not yet delivered are left out", killed.stderr + finished.stderr))
-    assert "audit: OK" in audit.stdout, audit.stdout
-    assert f"changed 2 time(s) in this epoch; {left_out} samples not yet delivered were left out" in audit.stdout
-    assert "epoch 0 (complete)" in audit.stdout and "0 duplicates" in audit.stdout
+    finished = run_cli("train", str(recipe))
+    assert f"removed    {train}" in finished.err
+    audit = run_cli("audit", str(run))
+    left_out = sum(int(n) for n in re.findall(r"(\d+) not yet delivered are left out", killed.stderr + finished.err))
+    assert "audit: OK" in audit.out, audit.out
+    assert f"changed 2 time(s) in this epoch; {left_out} samples not yet delivered were left out" in audit.out
+    assert "epoch 0 (complete)" in audit.out and "0 duplicates" in audit.out
 
 
-def test_a_dataset_removed_and_added_back_in_one_epoch_repeats_nothing_and_the_audit_checks_it(data, tmp_path,
+def test_a_dataset_removed_and_added_back_in_one_epoch_repeats_nothing_and_the_audit_checks_it(digits, tmp_path,
                                                                                                 capsys, caplog):
     """In process: {train, extra} for 3 steps, train alone to step 5, {train, extra} again to step 12
     (past the end of epoch 0). Nothing of extra comes twice; a log doctored to repeat one of extra's
     samples after its return fails the audit, named by dataset and position."""
-    train, validation = data
+    train, validation = digits
     extra = digit_dataset(tmp_path / "extra", 24, seed=3)
     run = tmp_path / "back"
     both = {str(train): 1.0, str(extra): 1.0}

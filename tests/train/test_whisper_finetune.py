@@ -14,10 +14,12 @@ import pytest
 import torch
 from transformers import WhisperForConditionalGeneration
 
-from streamtrain.cli import main
 from tests.support.runs import digit_dataset
 from streamtrain.train.config import load_recipe
+from tests.support.cli import run_cli
 from tests.train.test_trainer import assert_bit_identical, final_parameters, streamtrain
+
+pytestmark = pytest.mark.whisper
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def shrunk(run_dir, data, whisper_tiny) -> list[str]:
 @pytest.fixture(scope="module")
 def uninterrupted(data, whisper_tiny, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "uninterrupted"
-    streamtrain("train", *shrunk(run, data, whisper_tiny))
+    run_cli("train", *shrunk(run, data, whisper_tiny), threads=1)
     return run
 
 
@@ -55,16 +57,14 @@ def test_the_recipe_keeps_its_real_size_settings(data, whisper_tiny, uninterrupt
     assert not torch.equal(initial[name], final_parameters(uninterrupted)[name])  # it trained
 
 
-def test_killed_and_resumed_whisper_tiny_is_bit_identical_and_evaluates(data, whisper_tiny, uninterrupted, tmp_path,
-                                                                       capsys):
+def test_killed_and_resumed_whisper_tiny_is_bit_identical_and_evaluates(data, whisper_tiny, uninterrupted, tmp_path):
     run = tmp_path / "killed"
     killed = streamtrain("train", *shrunk(run, data, whisper_tiny), inject=["--kill-at-step", "2"], check=False)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    resumed = streamtrain("train", *shrunk(run, data, whisper_tiny))
-    assert "resumed from" in resumed.stdout and "(step 1," in resumed.stdout
+    resumed = run_cli("train", *shrunk(run, data, whisper_tiny), threads=1)
+    assert "resumed from" in resumed.out and "(step 1," in resumed.out
     assert_bit_identical(final_parameters(uninterrupted), final_parameters(run))
     _, validation = data
-    assert main(["eval", str(run), str(validation), "--num-workers", "0"]) == 0  # in process: no second start-up
-    assert "2 utterances" in capsys.readouterr().out
+    assert "2 utterances" in run_cli("eval", str(run), str(validation), "--num-workers", "0").out
     lines = [json.loads(line) for line in (run / "model" / "eval-validation.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all(isinstance(line["hypothesis"], str) for line in lines)
