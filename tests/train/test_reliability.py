@@ -162,6 +162,7 @@ def kill_all(pids) -> None:
             pass
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_a_checkpoint_with_workers_exits_2_at_once_and_leaves_no_worker(digits, small_disk):
     """A real full disk (a 96 KiB tmpfs) under the run folder, a DataLoader worker running: one line,
     exit 2, and no process of the run left behind."""

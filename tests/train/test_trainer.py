@@ -153,6 +153,7 @@ def test_a_damaged_checkpoint_is_skipped_with_a_warning(digits, uninterrupted, t
     assert "resumed from" in resumed.out and "(step 4," in resumed.out
 
 
+@pytest.mark.slow
 def test_all_checkpoints_damaged_is_refused_in_one_line_and_nothing_is_deleted(digits, tmp_path, capsys):
     """In process: starting over from step 0 would throw the run away, and rotation would delete the
     damaged checkpoints; the run stops with exit 2 and names --no-resume instead."""
@@ -272,6 +273,7 @@ def move_a_step_to_dropped(records, **dropped):
                        **dropped}]
 
 
+@pytest.mark.slow
 def test_audit_checks_dropped_samples_by_id_not_by_the_records_count(digits, uninterrupted, tmp_path, capsys):
     """In process: a one-rank run never drops a batch, whatever the record's ``batches`` says."""
     doctor_log(uninterrupted, tmp_path / "dropped", lambda r: move_a_step_to_dropped(r, batches=0, world_size=1))
@@ -280,6 +282,7 @@ def test_audit_checks_dropped_samples_by_id_not_by_the_records_count(digits, uni
     assert "problem: 8 samples recorded as dropped on a one-rank run" in out and "audit: FAILED" in out
 
 
+@pytest.mark.slow
 def test_audit_of_a_dropped_record_without_world_size_is_one_line(digits, uninterrupted, tmp_path, capsys):
     doctor_log(uninterrupted, tmp_path / "malformed", lambda r: move_a_step_to_dropped(r, batches=0))
     assert cli_main(["audit", str(tmp_path / "malformed")]) == 2
@@ -307,6 +310,7 @@ def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypothese
                                          "language"}
 
 
+@pytest.mark.slow
 def test_utterances_longer_than_the_feature_window_are_left_out_and_counted(digits, tmp_path, capsys):
     """data.max_seconds=null and a 2 s window: the training utterances over 2 s would be trained against
     their whole transcript with only 2 s heard; they are filtered at planning time, as max_seconds
@@ -331,6 +335,7 @@ def test_utterances_longer_than_the_feature_window_are_left_out_and_counted(digi
            f"0 dropped to equalize ranks, {longer} filtered by duration" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_eval_max_samples_is_exactly_that_many_utterances_not_whole_batches(digits, uninterrupted, tmp_path, capsys):
     out = tmp_path / "five.jsonl"
     assert cli_main(["eval", str(uninterrupted), str(digits[1]), "--num-workers", "0", "--batch-size", "4",
@@ -396,6 +401,7 @@ def test_the_mixture_changes_at_two_kills_and_the_audit_explains_the_epoch(digit
     assert "epoch 0 (complete)" in audit.out and "0 duplicates" in audit.out
 
 
+@pytest.mark.slow
 def test_a_dataset_removed_and_added_back_in_one_epoch_repeats_nothing_and_the_audit_checks_it(digits, tmp_path,
                                                                                                 capsys, caplog):
     """In process: {train, extra} for 3 steps, train alone to step 5, {train, extra} again to step 12
