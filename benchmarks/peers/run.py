@@ -229,6 +229,7 @@ def measure_round(peer: Peer, python, data: Path, expected: list[str], round_: i
         result["memory"].append(memory)
         result["resume"][fraction].append({
             "first_batch_s": resumed["first_batch_s"],
+            "first_batch_cpu_s": resumed["first_batch_cpu_s"],
             "delivered_before": delivered,
             "delivered_after": len(resumed["keys"]),
             "state_bytes": first["snapshots"][fraction]["state_bytes"],

@@ -109,11 +109,11 @@ def test_sigterm_to_the_process_group_finishes_the_step_checkpoints_and_exits_ze
     watchdog.start()
     try:
         seen = []
-        for line in process.stdout:  # wait for the first logged step (every 2 steps), however slow the machine
+        for line in process.stdout:  # wait for the first progress line (every 2 steps), however slow the machine
             seen.append(line)
-            if line.startswith("step "):
+            if line.startswith("train: "):
                 break
-        assert any(line.startswith("step ") for line in seen), "".join(seen)
+        assert any(line.startswith("train: ") for line in seen), "".join(seen)
         os.killpg(process.pid, signal.SIGTERM)
         out, err = process.communicate(timeout=120)
     finally:
