@@ -3,7 +3,6 @@ exactly once per sample across resumes that change windows, batch, workers, worl
 
 import collections
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +14,10 @@ from hypothesis import strategies as st
 
 from streamtrain.format.index import load_index
 from streamtrain.format.shard_reader import ShardFile
-from streamtrain.loader import StreamLoader, merge_states
+from streamtrain.loader import StreamLoader
 from tests.loader.test_mixture_change import passes_offered
 from tests.support.datasets import write_dataset
+from tests.support.ranks import run_ranks
 
 SEED = 3
 SIZES = [7, 5, 9, 4]
@@ -69,21 +69,9 @@ def test_without_windows_every_sample_is_its_own_row(roots):
     assert batch.window.tolist() == [0, 1, 2] and batch.offsets.tolist() == [0.0, 0.0, 0.0]
 
 
-def run_ranks(dataset, state, world, workers, batching, stop_after=None):
+def run_windows(dataset, state, world, workers, batching, stop_after=None):
     """Every rank (in this process) to the end of its epoch or ``stop_after`` batches: keys, merged state, events."""
-    keys, states, events = [], [], []
-    for rank in range(world):
-        loader = StreamLoader(dataset, seed=SEED, num_workers=workers, rank=rank, world_size=world,
-                              epochs=1 if state is None else state["epoch"] + 1, **batching)
-        if state is not None:
-            loader.load_state_dict(json.loads(json.dumps(state)))
-        for number, batch in enumerate(loader, start=1):
-            keys += batch.keys
-            if number == stop_after:
-                break
-        states.append(loader.state_dict())
-        events += loader.pop_events()
-    return keys, merge_states(states), events, loader
+    return run_ranks(dataset, state, world, stop_after, seed=SEED, num_workers=workers, **batching)
 
 
 def key_of(loader, sample_id: int, epoch: int) -> str:
@@ -102,9 +90,9 @@ settings_ = st.tuples(
 @given(first=settings_, second=settings_, stop_after=st.integers(1, 3))
 def test_resume_turning_windows_on_or_off_with_other_topology_is_exactly_once(roots, first, second, stop_after):
     (world1, workers1, batching1, windows1), (world2, workers2, batching2, windows2) = first, second
-    keys1, state, _, _ = run_ranks(roots["a"], None, world1, workers1, {**batching1, "fill_windows": windows1},
+    keys1, state, _, _ = run_windows(roots["a"], None, world1, workers1, {**batching1, "fill_windows": windows1},
                                    stop_after)
-    keys2, _, events, loader = run_ranks(roots["a"], state, world2, workers2, {**batching2, "fill_windows": windows2})
+    keys2, _, events, loader = run_windows(roots["a"], state, world2, workers2, {**batching2, "fill_windows": windows2})
     delivered = collections.Counter((keys1 if state["epoch"] == 0 else []) + keys2)  # the epoch run 2 is in
     assert all(n == 1 for n in delivered.values())
     dropped = {key_of(loader, i, e["epoch"]) for e in events if e["event"] == "dropped" for i in e["ids"]}
@@ -113,8 +101,8 @@ def test_resume_turning_windows_on_or_off_with_other_topology_is_exactly_once(ro
 
 
 def test_windows_shorter_than_some_samples_leave_them_out_counted_at_a_resume(roots):
-    keys, state, _, _ = run_ranks(roots["a"], None, 1, 0, {"batch_size": 2}, stop_after=2)
-    rest, _, events, loader = run_ranks(roots["a"], state, 1, 0, {"batch_size": 1, "fill_windows": 1.0})
+    keys, state, _, _ = run_windows(roots["a"], None, 1, 0, {"batch_size": 2}, stop_after=2)
+    rest, _, events, loader = run_windows(roots["a"], state, 1, 0, {"batch_size": 1, "fill_windows": 1.0})
     assert not set(keys) & set(rest)
     plan = next(e for e in events if e["event"] == "epoch")
     assert len(keys) + len(rest) + plan["filtered"] == sum(SIZES) and plan["filtered"] > 0
@@ -127,10 +115,10 @@ def test_windows_shorter_than_some_samples_leave_them_out_counted_at_a_resume(ro
        after=st.dictionaries(st.sampled_from("abc"), st.sampled_from([0.5, 1.0, 2.0]), min_size=1, max_size=3),
        windows=st.sampled_from([(3.0, 3.0), (None, 3.0), (3.0, None)]), stop_after=st.integers(1, 3))
 def test_a_changed_mixture_with_windows_delivers_what_it_wants_once(roots, before, after, windows, stop_after):
-    keys1, state, _, _ = run_ranks({roots[n]: w for n, w in before.items()}, None, 2, 0,
-                                   {"batch_size": 2, "fill_windows": windows[0]}, stop_after)
-    keys2, _, events, loader = run_ranks({roots[n]: w for n, w in after.items()}, state, 1, 0,
-                                         {"batch_size": 2, "fill_windows": windows[1]})
+    keys1, state, _, _ = run_windows({roots[n]: w for n, w in before.items()}, None, 2, 0,
+                                     {"batch_size": 2, "fill_windows": windows[0]}, stop_after)
+    keys2, _, events, loader = run_windows({roots[n]: w for n, w in after.items()}, state, 1, 0,
+                                           {"batch_size": 2, "fill_windows": windows[1]})
     before_counts = collections.Counter(keys1 if state["epoch"] == 0 else [])
     after_counts = collections.Counter(keys2)
     dropped = collections.Counter(key_of(loader, i, e["epoch"])
