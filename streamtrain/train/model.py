@@ -138,7 +138,9 @@ def build_model(config: ModelConfig, codec: TextCodec, n_mels: int, n_frames: in
     model.config.begin_suppress_tokens = model.generation_config.begin_suppress_tokens
     freeze(model, config)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5.2x renamed it (the old name warns of its removal)
+        enable = getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)
+        enable()
     return model
 
 
