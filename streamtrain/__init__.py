@@ -26,6 +26,7 @@ _EXPORTS = {
     "BatchSettings": "streamtrain.loader.plan",
     "merge_states": "streamtrain.loader.state",
     "LoaderStateError": "streamtrain.loader.state",
+    "Stateful": "streamtrain.loader.state",
     "ReadSettings": "streamtrain.format.shard_reader",
     "RetryPolicy": "streamtrain.storage.remote",
     "WhisperLogMel": "streamtrain.features.whisper",

@@ -150,6 +150,27 @@ def _cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+def _tree_cpu_seconds() -> float:
+    """``_cpu_seconds`` plus the CPU of the live descendants (DataLoader workers), read from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, pending = _cpu_seconds(), [os.getpid()]
+    while pending:
+        pid = pending.pop()
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:  # the thread or process has gone
+                continue
+            for child in children:
+                try:
+                    fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                total += (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+                pending.append(child)
+    return total
+
+
 def run_epoch(peer, data: Path, total: int, workdir: Path, snapshot: bool = True) -> dict:
     """One epoch from the start with a new loader; with ``snapshot``, saves the
     peer's state after the batches that reach 50 % and 95 % of ``total`` samples."""
@@ -166,6 +187,7 @@ def run_epoch(peer, data: Path, total: int, workdir: Path, snapshot: bool = True
         padded_seconds += batch["audio"].shape[0] * batch["audio"].shape[1] / SAMPLE_RATE
         if first is None:
             first, first_samples, first_audio = now, len(batch["keys"]), audio_seconds
+            first_cpu = _tree_cpu_seconds() - cpu_before  # the workers are alive: read from /proc
         keys.extend(batch["keys"])
         for fraction in RESUME_AT if snapshot else ():
             if fraction not in snapshots and len(keys) >= fraction * total:
@@ -181,6 +203,8 @@ def run_epoch(peer, data: Path, total: int, workdir: Path, snapshot: bool = True
     steady = max(ended - first, 1e-9)  # after the first batch: the rate a training loop sees
     return {
         "first_batch_s": first - started,
+        # CPU of this process and its workers from constructing the loader to its first batch
+        "first_batch_cpu_s": first_cpu,
         "epoch_s": ended - started,
         "samples": len(keys),
         "audio_seconds": audio_seconds,
@@ -209,13 +233,14 @@ def run_resume(peer, data: Path, workdir: Path, fraction: float) -> dict:
     """Restart from the state saved at ``fraction``; first-batch time and the keys to the end."""
     state = pickle.loads((workdir / f"state-{fraction}.pkl").read_bytes())  # written by run_epoch above
     baseline_kb = _anon_kb()
+    cpu_before = _cpu_seconds()
     started = time.perf_counter()
     handle = peer.open(data, state)
     keys: list[str] = []
-    first = None
+    first = first_cpu = None
     for batch in handle:
         if first is None:
-            first = time.perf_counter()
+            first, first_cpu = time.perf_counter(), _tree_cpu_seconds() - cpu_before
         keys.extend(batch["keys"])
     ended = time.perf_counter()
     del handle  # the loader and its workers go before anything else is measured
@@ -223,6 +248,7 @@ def run_resume(peer, data: Path, workdir: Path, fraction: float) -> dict:
     return {
         "baseline_kb": baseline_kb,
         "first_batch_s": None if first is None else first - started,
+        "first_batch_cpu_s": first_cpu,
         "rest_s": ended - started,
         "keys": keys,
     }

@@ -229,6 +229,7 @@ def measure_round(peer: Peer, python, data: Path, expected: list[str], round_: i
         result["memory"].append(memory)
         result["resume"][fraction].append({
             "first_batch_s": resumed["first_batch_s"],
+            "first_batch_cpu_s": resumed["first_batch_cpu_s"],
             "delivered_before": delivered,
             "delivered_after": len(resumed["keys"]),
             "state_bytes": first["snapshots"][fraction]["state_bytes"],
@@ -251,19 +252,23 @@ def once(seen: list[str], expected: list[str]) -> dict:
 def summarize(result: dict) -> dict:
     epochs = result["epochs"]
     if epochs:
-        firsts = [e["first_batch_s"] for e in epochs if e["in_process"] == 0]
+        fresh = [e for e in epochs if e["in_process"] == 0]  # each phase process's first loader
+        firsts = [e["first_batch_s"] for e in fresh]
         result.update(
             samples_per_s=statistics.median(e["samples_per_s"] for e in epochs),
             audio_s_per_s=statistics.median(e["audio_s_per_s"] for e in epochs),
             samples_per_s_range=[min(e["samples_per_s"] for e in epochs), max(e["samples_per_s"] for e in epochs)],
             cpu_ms_per_sample=statistics.median(e["cpu_ms_per_sample"] for e in epochs),
             first_batch_s=statistics.median(firsts),
+            first_batch_cpu_ms=1000 * statistics.median(e["first_batch_cpu_s"] for e in fresh),
             padding_fraction=statistics.median(e["padding_fraction"] for e in epochs),
             samples_per_epoch=epochs[0]["samples"],
         )
     for fraction, runs in result["resume"].items():
         times = [r["first_batch_s"] for r in runs]
         result[f"resume_{fraction}_s"] = statistics.median(times) if runs and None not in times else None
+        result[f"resume_{fraction}_cpu_ms"] = 1000 * statistics.median(r["first_batch_cpu_s"] for r in runs) \
+            if runs and None not in times else None
         result[f"resume_{fraction}_no_batch"] = any(t is None for t in times)
         result[f"resume_{fraction}_duplicates"] = max((r["duplicates"] for r in runs), default=None)
         result[f"resume_{fraction}_missing"] = max((r["missing"] for r in runs), default=None)
@@ -291,6 +296,9 @@ COLUMNS = [  # key, header, unit scale, format, higher is better
     ("first_batch_s", "1st batch s", 1, "{:.2f}", False),
     ("resume_0.5_s", "resume 50% s", 1, "{:.2f}", False),
     ("resume_0.95_s", "resume 95% s", 1, "{:.2f}", False),
+    # CPU (process + workers) to the first batch, fresh and resumed at 50 %: what a busy machine barely moves
+    ("first_batch_cpu_ms", "1st CPU ms", 1, "{:.0f}", False),
+    ("resume_0.5_cpu_ms", "res50% CPU ms", 1, "{:.0f}", False),
     ("peak_mb", "peak MB", 1, "{:.0f}", False),
     ("loading_mb", "loading MB", 1, "{:.0f}", False),
 ]
@@ -365,7 +373,7 @@ def chart(results: dict[str, dict], path: Path, title: str) -> None:
     names = list(results)
     colors = ["#d62728" if n == "streamtrain" else "#7f7f7f" for n in names]
     panels = [(k, h, s, up) for k, h, s, _, up in COLUMNS]
-    fig, axes = plt.subplots(2, 5, figsize=(21, 8))
+    fig, axes = plt.subplots(2, 6, figsize=(25, 8))  # one panel a column, and exactly-once
     for ax, (key, header, scale, up) in zip(axes.flat, panels):
         values = [(results[n].get(key) or 0) * scale for n in names]
         bars = ax.bar(names, values, color=colors)

@@ -16,9 +16,11 @@ import os
 import sys
 from types import ModuleType
 
+from streamtrain.pack.progress import on_terminal
+
 #: command name -> (module defining add_arguments, run and ERRORS; one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "pack": ("streamtrain.cli.pack", "pack a manifest, folder, LibriSpeech or Kaldi dir into tar shards"),
+    "pack": ("streamtrain.cli.pack", "pack a manifest, folder, LibriSpeech or Kaldi dir, or WebDataset shards"),
     "inspect": ("streamtrain.cli.inspect", "summarize a packed dataset, or verify every shard"),
     "index": ("streamtrain.cli.index", "index maintenance: upgrade a format 1 index.json to format 2"),
     "featurize": ("streamtrain.cli.featurize", "cache features as a fingerprinted sidecar column"),
@@ -37,6 +39,10 @@ BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a tool its pip
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if hasattr(sys.stdout, "reconfigure"):  # a log (`> log 2>&1`) keeps stdout's lines in order with stderr's
+        sys.stdout.reconfigure(line_buffering=True)
+    if not on_terminal():
+        _no_library_bars()
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     module = importlib.import_module(COMMANDS[command][0]) if command in COMMANDS else None
     parser, subparser = build_parser(command, module)
@@ -56,6 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
         return BROKEN_PIPE_EXIT
+
+
+def _no_library_bars() -> None:
+    """Off a terminal, the bars of transformers and huggingface_hub (weights loaded or written) go too."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub is imported
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def build_parser(

@@ -13,10 +13,10 @@ import yaml
 
 from streamtrain.format.dataset import Dataset, open_dataset
 from streamtrain.format.index import DatasetIndexError
-from streamtrain.storage.remote import ShardReadError
+from streamtrain.storage.remote import ReadError
 from streamtrain.train.audit import AuditLogError, audit_run
 
-ERRORS = (DatasetIndexError, ShardReadError, FileNotFoundError, AuditLogError)
+ERRORS = (DatasetIndexError, ReadError, FileNotFoundError, AuditLogError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +43,7 @@ class Datasets:
         if fingerprint not in self.opened:  # e.g. a dataset a mixture change removed from the recipe
             try:
                 dataset = open_dataset(logged_url, self.storage_options)
-            except (DatasetIndexError, ShardReadError, FileNotFoundError):
+            except (DatasetIndexError, ReadError, FileNotFoundError):
                 dataset = None
             if dataset is not None:
                 self.opened[dataset.index.fingerprint] = dataset

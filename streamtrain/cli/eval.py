@@ -9,11 +9,11 @@ from pathlib import Path
 
 from streamtrain.storage.atomic import atomic_file
 from streamtrain.storage.output import check_writable
-from streamtrain.storage.remote import ShardReadError, redact
+from streamtrain.storage.remote import ReadError, redact
 from streamtrain.format.index import DatasetIndexError
 from streamtrain.train.config import RecipeError
 
-ERRORS = (RecipeError, DatasetIndexError, ShardReadError, OSError)
+ERRORS = (RecipeError, DatasetIndexError, ReadError, OSError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--max-samples", type=int)
+    parser.add_argument("--normalizer", choices=("whisper_english", "whisper_basic", "plain"),
+                        help="text normalisation before WER (default: the one the model's training evaluated with, "
+                             "else whisper_english for English Whisper models)")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
 
 def _cuda() -> bool:
@@ -38,10 +42,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from streamtrain.loader import StreamLoader
+    from streamtrain.pack.progress import ProgressReport
     from streamtrain.train.backoff import OomBackoff
     from streamtrain.train.evaluate import evaluate
     from streamtrain.train.loop import MODEL_DIR
     from streamtrain.train.model import load_trained, model_folder
+    from streamtrain.train.normalizer import build_normalizer, trained_normalizer
 
     path = model_folder(args.model)
     if (path / MODEL_DIR).is_dir():
@@ -49,17 +55,23 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else path / f"eval-{Path(redact(str(args.dataset)).rstrip('/')).name}.jsonl"
     check_writable(out.parent)  # before the work, not after it
     model, featurizer, codec = load_trained(path)
+    normalizer = args.normalizer or trained_normalizer(path, codec.prompt, codec.tokenizer)
+    normalize = build_normalizer(normalizer, path)
     device = torch.device(args.device)
     model.to(device)
     featurizer.to(device)
     loader = StreamLoader(args.dataset, batch_size=args.batch_size, epochs=1, num_workers=args.num_workers,
                           sample_rate=featurizer.sample_rate)
-    result = evaluate(model, featurizer, codec, loader, device, contextlib.nullcontext, OomBackoff("evaluation"),
-                      args.max_samples)
+    with ProgressReport("eval", len(loader), "batches", enabled=not args.no_progress) as report:
+        result = evaluate(model, featurizer, codec, loader, device, contextlib.nullcontext, OomBackoff("evaluation"),
+                          args.max_samples, on_batch=report.update, normalize=normalize)
     with atomic_file(out, "w") as f:
         for hypothesis in result.hypotheses:
             f.write(json.dumps(asdict(hypothesis)) + "\n")
     counts = result.counts
     print(f"WER {100 * counts.wer:.2f}%  CER {100 * counts.cer:.2f}%  "
-          f"({counts.word_errors}/{counts.words} words, {counts.utterances} utterances); hypotheses: {out}")
+          f"({counts.word_errors}/{counts.words} words, {counts.utterances} utterances, normalizer {normalizer}); "
+          f"hypotheses: {out}")
+    for language, counts in sorted(result.by_language.items()):
+        print(f"  {language}: WER {100 * counts.wer:.2f}%  CER {100 * counts.cer:.2f}%  ({counts.utterances} utterances)")
     return 0

@@ -6,11 +6,12 @@ import argparse
 
 import yaml
 
-from streamtrain.storage.remote import ShardReadError, redact
+from streamtrain.storage.output import OutputError
+from streamtrain.storage.remote import ReadError, redact
 from streamtrain.format.index import DatasetIndexError
 from streamtrain.features.feature_cache import FeatureCacheError
 
-ERRORS = (ValueError, DatasetIndexError, ShardReadError, FeatureCacheError, OSError)
+ERRORS = (ValueError, DatasetIndexError, ReadError, OutputError, FeatureCacheError, OSError)
 
 
 def add_featurizer_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the column folder or URL to write")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     add_featurizer_arguments(parser)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from streamtrain.format.index import DatasetIndexError
-from streamtrain.format.shard import ShardError
+from streamtrain.format.tar_layout import ShardError
 
 ERRORS = (DatasetIndexError, ShardError, OSError)
 

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from streamtrain.format.index import DatasetIndexError
-from streamtrain.format.shard import ShardError
+from streamtrain.format.tar_layout import ShardError
 from streamtrain.pack.inspect import format_summary, summarize, verify
 
 ERRORS = (DatasetIndexError, ShardError)

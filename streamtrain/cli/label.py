@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from streamtrain.storage.remote import ShardReadError, redact
+from streamtrain.storage.output import OutputError
+from streamtrain.storage.remote import ReadError, redact
 from streamtrain.format.index import DatasetIndexError
 from streamtrain.distill.label import LabelError
 from streamtrain.train.config import RecipeError
 
-ERRORS = (LabelError, RecipeError, DatasetIndexError, ShardReadError, ValueError, OSError)
+ERRORS = (LabelError, RecipeError, DatasetIndexError, ReadError, OutputError, ValueError, OSError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,5 +41,7 @@ def run(args: argparse.Namespace) -> int:
     filtered = summary.samples - summary.kept
     print(f"{redact(args.out)}: {summary.samples} samples labelled ({summary.shards_written} shards written, "
           f"{summary.shards_skipped} already complete); label WER {100 * summary.wer:.2f}%"
-          + (f"; {filtered} labels over --max-wer {args.max_wer} marked keep=false" if args.max_wer is not None else ""))
+          + (f"; {filtered} labels over --max-wer {args.max_wer} marked keep=false" if args.max_wer is not None else "")
+          + f"; waited for data {100 * summary.data_wait:.0f}% of the time"
+          + (f" ({summary.ranks} processes; this one's share)" if summary.ranks > 1 else ""))
     return 0

@@ -7,14 +7,14 @@ import re
 
 from streamtrain.audio import DEFAULT_OPUS_COMPLEXITY, AudioError
 from streamtrain.format.index import DatasetIndexError
-from streamtrain.format.shard import ShardError
+from streamtrain.format.tar_layout import ShardError
 from streamtrain.pack.packer import PACK_CODECS, PackError, merge, pack
 from streamtrain.pack.sources import FORMS, SourceError
 from streamtrain.storage.location import LocationError
 from streamtrain.storage.output import OutputError
-from streamtrain.storage.remote import ShardReadError, redact
+from streamtrain.storage.remote import ReadError, redact
 
-ERRORS = (SourceError, PackError, AudioError, DatasetIndexError, ShardError, LocationError, OutputError, ShardReadError)
+ERRORS = (SourceError, PackError, AudioError, DatasetIndexError, ShardError, LocationError, OutputError, ReadError)
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -60,7 +60,8 @@ def parse_part(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.usage = "%(prog)s SOURCE OUT_DIR [options]\n       %(prog)s --merge OUT_DIR"
     parser.add_argument("source", nargs="?", metavar="SOURCE",
-                        help="JSONL or CSV manifest (a path or URL), folder of audio + .txt, LibriSpeech or Kaldi data dir")
+                        help="JSONL or CSV manifest (a path or URL), folder of audio + .txt, LibriSpeech or Kaldi "
+                             "data dir, or a folder of WebDataset shards (*.tar)")
     parser.add_argument("out_dir", nargs="?", metavar="OUT_DIR", help="folder or URL (s3://, gs://, ...) for the shards and index.json")
     parser.add_argument("--merge", metavar="OUT_DIR", help="join the part indexes written by --part into index.json")
     parser.add_argument("--codec", choices=PACK_CODECS, default="flac",
@@ -81,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the 'cmd |' entries of a Kaldi wav.scp (in the shell, from the current folder)")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad items and list them in rejects.jsonl")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous pack in OUT_DIR")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from streamtrain.storage.atomic import write_json_atomic
 from streamtrain.storage.output import check_writable
-from streamtrain.storage.remote import ShardReadError
+from streamtrain.storage.remote import ReadError
 from streamtrain.format.index import DatasetIndexError
 from streamtrain.cli.featurize import add_featurizer_arguments, featurizer_from_args
 
-ERRORS = (ValueError, DatasetIndexError, ShardReadError, OSError)
+ERRORS = (ValueError, DatasetIndexError, ReadError, OSError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,7 +2,7 @@
 
 Each sample gets ``<key>.json``: ``{"text", "token_ids", "avg_logprob", "wer",
 "keep"}``, where ``wer`` is the label's word error rate against the ground
-truth (normalised as in evaluation) and ``keep`` is false when it exceeds the
+truth (after the plain normaliser, ``normalizer.plain``) and ``keep`` is false when it exceeds the
 ``max_wer`` filter. The teacher decodes greedily after its prompt (or the one
 given); with ``<|notimestamps|>`` in the prompt, Whisper's timestamp tokens are
 suppressed, so labels are plain text, as the student is trained on. Shards are
@@ -10,17 +10,24 @@ written whole and atomically in dataset order; a killed run, started again with
 the same teacher, settings and dataset content (``label-run.json`` holds the
 dataset's fingerprint: a dataset re-packed in place is refused), skips every
 shard already complete, so no shard is written twice.
+
+Several processes (``torchrun --nproc_per_node N -m streamtrain label ...``,
+``accelerate launch -m streamtrain label ...``) split the shards: shard i is
+labelled by rank i mod N, and rank 0, once every rank is done, counts the
+column from the shards written and publishes the index. The column is the one a
+single process writes, each key once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from streamtrain.loader.shard_chunks import DecodedChunk, write_column_shard
 from streamtrain.format.columns import publish_index
@@ -28,11 +35,13 @@ from streamtrain.format.dataset import open_dataset
 from streamtrain.format.index import DatasetIndex, ShardInfo, ShardList
 from streamtrain.format.shard_reader import ShardFile
 from streamtrain.format.sidecar import LABELS_COLUMN, aligned_shard_info, base_identity
+from streamtrain.pack.progress import ProgressReport
 from streamtrain.storage.output import Output
 from streamtrain.distill.teacher import load_teacher
 from streamtrain.train.backoff import OomBackoff
-from streamtrain.train.evaluate import ErrorCounts, normalize, transcribe
+from streamtrain.train.evaluate import ErrorCounts, transcribe
 from streamtrain.train.model import TextCodec, inference_config
+from streamtrain.train.normalizer import plain
 from streamtrain.train.whisper_tokenizer import timestamp_ids
 
 RUN_FILE = "label-run.json"
@@ -57,6 +66,8 @@ class LabelSummary:
     shards_written: int
     shards_skipped: int  # complete from an earlier, interrupted run
     wer: float  # of the labels against the ground truth
+    data_wait: float = 0.0  # share of this process's labelling time spent reading and decoding, not generating
+    ranks: int = 1
 
 
 def label_dataset(
@@ -73,6 +84,9 @@ def label_dataset(
 ) -> LabelSummary:
     """Label ``dataset`` into a column at ``out_dir`` (a folder or URL); see the module docstring."""
     source = open_dataset(dataset, storage_options)
+    rank, ranks = _process_group()
+    if str(device) == "cuda" and ranks > 1:  # one GPU a process, as the launcher numbers them on a machine
+        device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
     with Output(out_dir, storage_options) as out:
         out.check_writable()  # before the teacher loads and the work starts
         teacher, fingerprint = load_teacher(teacher_dir, settings.precision, device)
@@ -83,34 +97,71 @@ def label_dataset(
         featurizer.to(device)
         run = {"teacher": str(teacher_dir), "teacher_fingerprint": fingerprint, "settings": asdict(settings),
                **base_identity(source)}
-        complete = _prepare(out, run, overwrite)
+        complete = _prepare(out, run, overwrite) if rank == 0 else set()
+        if ranks > 1:
+            complete = _from_rank_zero(complete)
         tally = _Tally()
         backoff = OomBackoff("labelling")
-        bar = tqdm(total=source.index.samples, unit=" samples", disable=not progress, desc="label")
+        mine = [n for n in range(len(source.index.shards)) if n % ranks == rank]
+        report = ProgressReport("label" if ranks == 1 else f"label rank {rank}",
+                                int(source.index.shards.samples[mine].sum()), "samples", enabled=progress)
+        generating = [0.0]
+        started = time.perf_counter()
 
         def label_chunk(chunk: DecodedChunk) -> list[dict[str, bytes]]:
+            began = time.perf_counter()
             generations = transcribe(teacher, featurizer, codec, chunk.audio, chunk.lengths, backoff,
                                      torch.inference_mode, suppressed)
+            generating[0] += time.perf_counter() - began
             return [{"json": json.dumps(tally.label(meta["text"], generation, settings.max_wer)).encode()}
                     for meta, generation in zip(chunk.metas, generations)]
 
-        for number, shard in enumerate(source.index.shards):
-            if shard.name in complete:  # shards are published under their name only once whole
+        with report:
+            for number in mine:
+                shard = source.index.shards[number]
+                if shard.name in complete:  # shards are published under their name only once whole
+                    tally.count_complete(shard, out.read(shard.name), out.describe(shard.name))
+                    report.update(shard.samples)
+                    continue
+                tally.add(*write_column_shard(source, number, out, sample_rate=featurizer.sample_rate,
+                                              batch_size=batch_size, device=device, members_for=label_chunk,
+                                              on_chunk=report.update))
+                tally.written += 1
+        elapsed = time.perf_counter() - started
+        wait = (elapsed - generating[0]) / elapsed if tally.written else 0.0
+        if ranks > 1:
+            written = torch.tensor([tally.written])
+            torch.distributed.all_reduce(written)  # also waits for every rank's shards to be published
+            if rank != 0:
+                return LabelSummary(len(tally.keys), tally.kept, tally.written, len(tally.infos) - tally.written,
+                                    tally.counts.wer, wait, ranks)
+            tally = _Tally(written=int(written))  # the whole column, from the shards every rank wrote
+            for shard in source.index.shards:
                 tally.count_complete(shard, out.read(shard.name), out.describe(shard.name))
-                bar.update(shard.samples)
-                continue
-            tally.add(*write_column_shard(source, number, out, sample_rate=featurizer.sample_rate,
-                                          batch_size=batch_size, device=device, members_for=label_chunk,
-                                          on_chunk=bar.update))
-            tally.written += 1
-        bar.close()
         index = DatasetIndex(codec="column", sample_rate=None, shards=ShardList.of(tally.infos),
                              created_by="streamtrain label",
                              column={"name": LABELS_COLUMN, "kind": "pseudo_labels", **run, "prompt": codec.prompt,
                                      "kept": tally.kept, "label_wer": tally.counts.wer})
         publish_index(out, index, source.durations, tally.keys)
     return LabelSummary(source.index.samples, tally.kept, tally.written, len(tally.infos) - tally.written,
-                        tally.counts.wer)
+                        tally.counts.wer, wait, ranks)
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, number of processes): a launcher's (WORLD_SIZE > 1: torchrun, accelerate launch), joined
+    over gloo, which every machine has; labels travel through the output, not the process group."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def _from_rank_zero(value):
+    """Rank 0's value on every rank (after rank 0 prepared the output: the others wait for it here)."""
+    shared = [value]
+    torch.distributed.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 @dataclass
@@ -126,7 +177,7 @@ class _Tally:
     def label(self, text: str, generation, max_wer: float | None) -> dict:
         """A sample's label, counted."""
         word_errors, _ = self.counts.add(text, generation.text)
-        words = len(normalize(text).split())
+        words = len(plain(text).split())
         wer = word_errors / max(words, 1)
         keep = max_wer is None or wer <= max_wer
         self.kept += keep

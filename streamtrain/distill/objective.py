@@ -14,12 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from streamtrain.format.dataset import Dataset
-from streamtrain.distill.label import LABELS_COLUMN
+from streamtrain.format.sidecar import LABELS_COLUMN
 from streamtrain.distill.teacher import load_teacher
-from streamtrain.train.config import DistillConfig, RecipeError
+from streamtrain.train.config import RecipeError
 from streamtrain.train.model import IGNORE_INDEX
-from streamtrain.train.loss import CrossEntropy, Objective, cross_entropy_sum
+from streamtrain.train.loss import CrossEntropy, Objective, ObjectiveContext, cross_entropy_sum
 
 log = logging.getLogger("streamtrain.train")
 
@@ -44,6 +43,9 @@ class Distillation:
     beta: float
     temperature: float
     teacher_sees_augmented: bool = False  # False: the teacher gets the features without SpecAugment
+    #: the student's frozen encoder is the teacher's: the teacher decodes from the student's encoder output
+    #: wherever it would have been fed the same features (Distil-Whisper's shared hidden states)
+    shared_encoder: bool = False
 
     def texts(self, batch) -> tuple[list[str], torch.Tensor]:
         column = batch.columns[LABELS_COLUMN]
@@ -55,31 +57,37 @@ class Distillation:
             return self.alpha * cross_entropy
         teacher_features = features.seen if self.teacher_sees_augmented else features.clean
         with torch.no_grad():
-            teacher_logits = self.teacher(
-                input_features=teacher_features.to(self.teacher.dtype), decoder_input_ids=decoder_inputs
-            ).logits
+            if self.shared_encoder and teacher_features is features.seen:
+                encoded = {"encoder_outputs": (features.encoded.detach().to(self.teacher.dtype),)}
+            else:
+                encoded = {"input_features": teacher_features.to(self.teacher.dtype)}
+            teacher_logits = self.teacher(**encoded, decoder_input_ids=decoder_inputs).logits
         return self.alpha * cross_entropy + self.beta * kl_divergence(
             logits, teacher_logits, labels != IGNORE_INDEX, self.temperature
         )
 
 
-def objective_for(config: DistillConfig, columns: list[Dataset], student, featurizer, prompt: list[str],
-                  device) -> Objective:
+def objective_for(context: ObjectiveContext) -> Objective:
     """The recipe's objective: plain cross-entropy, or distillation (checked against the labeller).
 
     The teacher's fingerprint is taken with the recipe's featurizer, the features it will be fed: a
     teacher that labelled other features (mel bins, window, normalisation) is another teacher. Its
     logits for the KL term follow the recipe's prompt, which must be the one it labelled after.
     """
+    config, student, prompt = context.distill, context.student, context.prompt
     if config.labels is None:
         return CrossEntropy()
+    labels = next((c for c in context.columns if (c.index.column or {}).get("name") == LABELS_COLUMN), None)
+    if labels is not None and labels.index.column.get("kept") == 0:
+        raise RecipeError(f"distill.labels: every label in {config.labels} is marked keep=false (none of "
+                          f"{labels.index.samples} passed `label --max-wer`): nothing would train; relabel with a "
+                          "higher --max-wer")
     if config.teacher is None:
         return Distillation(None, config.alpha, 0.0, config.temperature)
-    teacher, fingerprint = load_teacher(config.teacher, config.teacher_precision, device, featurizer)
+    teacher, fingerprint = load_teacher(config.teacher, config.teacher_precision, context.device, context.featurizer)
     if teacher.config.vocab_size != student.config.vocab_size:
         raise RecipeError(f"distill.teacher: vocabulary of {teacher.config.vocab_size} tokens, "
                           f"the student has {student.config.vocab_size}")
-    labels = next((c for c in columns if (c.index.column or {}).get("name") == LABELS_COLUMN), None)
     if labels is not None:
         labeller = labels.index.column.get("teacher_fingerprint")
         if labeller != fingerprint:
@@ -93,4 +101,20 @@ def objective_for(config: DistillConfig, columns: list[Dataset], student, featur
         if labelled_after is not None and labelled_after != prompt:
             raise RecipeError(f"model.prompt: {prompt} is not the prompt the teacher wrote the pseudo-labels in "
                               f"{config.labels} after ({labelled_after}); its KL term would follow another prompt")
-    return Distillation(teacher, config.alpha, config.beta, config.temperature, config.teacher_sees_augmented)
+    shared = same_frozen_encoder(student, teacher)
+    if shared:
+        log.info("the student's frozen encoder is the teacher's: it runs once per batch for both")
+    return Distillation(teacher, config.alpha, config.beta, config.temperature, config.teacher_sees_augmented,
+                        shared)
+
+
+def same_frozen_encoder(student, teacher) -> bool:
+    """Whether the student's encoder is frozen and holds the teacher's weights (as ``make-student`` copies
+    them; in the teacher's precision: a bf16 teacher then decodes from the fp32 encoder's output)."""
+    encoder = student.get_encoder()
+    if any(parameter.requires_grad for parameter in encoder.parameters()):
+        return False
+    mine, theirs = encoder.state_dict(), teacher.get_encoder().state_dict()
+    return mine.keys() == theirs.keys() and all(
+        mine[name].shape == theirs[name].shape and torch.equal(mine[name].to(theirs[name]), theirs[name])
+        for name in mine)

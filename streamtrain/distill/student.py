@@ -39,6 +39,9 @@ def make_student(teacher_dir: str | Path, decoder_layers: int, out_dir: str | Pa
         else:
             student_state[name] = state[name]
     student.load_state_dict(student_state)
+    student.generation_config = teacher.generation_config  # languages, tasks, timestamps, suppressed tokens
+    if hasattr(student.generation_config, "alignment_heads"):  # the teacher's layers: the student's default instead
+        del student.generation_config.alignment_heads
     out = Path(out_dir)
     student.save_pretrained(out)
     for extra in Path(teacher_dir).iterdir():  # tokenizer, feature extractor, streamtrain.json

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from streamtrain.loader.shard_chunks import DecodedChunk, write_column_shard
 from streamtrain.format.columns import publish_index
@@ -25,6 +24,7 @@ from streamtrain.format.dataset import Dataset, open_dataset
 from streamtrain.format.index import DatasetIndex, ShardList
 from streamtrain.format.feature_codec import encode_features
 from streamtrain.format.sidecar import FEATURES_COLUMN, FEATURES_EXT, base_identity
+from streamtrain.pack.progress import ProgressReport
 from streamtrain.features.registry import FEATURIZER_VERSION, featurizer_fingerprint
 from streamtrain.storage.output import Output
 
@@ -69,7 +69,7 @@ def write_feature_column(
                 **base_identity(source),
             },
         )
-        bar = tqdm(total=source.index.samples, unit=" samples", disable=not progress, desc="featurize")
+        report = ProgressReport("featurize", source.index.samples, "samples", enabled=progress)
 
         def members_for(chunk: DecodedChunk) -> list[dict[str, bytes]]:
             with torch.inference_mode():
@@ -80,14 +80,14 @@ def write_feature_column(
             ]
 
         infos, keys = [], []
-        for shard in range(len(source.index.shards)):
-            info, shard_keys = write_column_shard(
-                source, shard, out, sample_rate=featurizer.sample_rate, batch_size=batch_size,
-                device=device, members_for=members_for, on_chunk=bar.update,
-            )
-            infos.append(info)
-            keys += shard_keys
-        bar.close()
+        with report:
+            for shard in range(len(source.index.shards)):
+                info, shard_keys = write_column_shard(
+                    source, shard, out, sample_rate=featurizer.sample_rate, batch_size=batch_size,
+                    device=device, members_for=members_for, on_chunk=report.update,
+                )
+                infos.append(info)
+                keys += shard_keys
         index.shards = ShardList.of(infos)
         return publish_index(out, index, source.durations, keys)
 

@@ -35,7 +35,7 @@ from streamtrain.storage.atomic import atomic_file
 from streamtrain.storage.output import Output
 from streamtrain.storage.remote import (
     RetryPolicy,
-    ShardReadError,
+    ReadError,
     child_url,
     fetch_to_file,
     is_local,
@@ -127,7 +127,7 @@ def open_column(
     try:
         fetch_to_file(url, column.bytes, column.sha256, tmp, storage_options, retry)
         return _map(tmp, column)
-    except ShardReadError as error:
+    except ReadError as error:
         raise DatasetIndexError(f"column file: {error}") from None
     finally:
         os.unlink(tmp)

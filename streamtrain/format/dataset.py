@@ -22,7 +22,7 @@ from streamtrain.format.index import (
     parse_index,
 )
 from streamtrain.storage.location import LocationError, check_location
-from streamtrain.storage.remote import RetryPolicy, ShardReadError, child_url, read_text, redact
+from streamtrain.storage.remote import RetryPolicy, ReadError, child_url, read_text, redact
 
 log = logging.getLogger("streamtrain.format")
 
@@ -92,7 +92,7 @@ def open_dataset(url: str, storage_options: dict | None = None, retry: RetryPoli
         text = read_text(child_url(url, INDEX_NAME), storage_options, retry)
     except FileNotFoundError:
         raise DatasetIndexError(f"{origin}: no index.json (is this a packed dataset?)") from None
-    except ShardReadError as error:  # names the file already
+    except ReadError as error:  # names the file already
         raise DatasetIndexError(str(error)) from None
     except OSError as error:
         raise DatasetIndexError(f"{origin}: cannot read: {error.strerror or error}") from None

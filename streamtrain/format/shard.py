@@ -15,7 +15,7 @@ import tarfile
 from pathlib import Path
 from typing import BinaryIO
 
-from streamtrain.format.tar_layout import LayoutReader, MemberLayout, ShardError
+from streamtrain.format.tar_layout import LayoutReader, MemberLayout
 
 #: A key is a plain name: WebDataset splits member names at the first dot, and
 #: keys become parts of file names, so dots and slashes are not allowed.

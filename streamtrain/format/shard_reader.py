@@ -31,7 +31,7 @@ from typing import BinaryIO
 from streamtrain.format.dataset import Dataset
 from streamtrain.format.tar_layout import LayoutReader, MemberLayout, ShardError
 from streamtrain.storage.cache import ShardCache
-from streamtrain.storage.remote import RetryPolicy, ShardReadError, fetch_into, is_local, local_path
+from streamtrain.storage.remote import RetryPolicy, ReadError, fetch_into, is_local, local_path
 from streamtrain.storage.warn_once import WarnOnce
 
 log = logging.getLogger("streamtrain.loader")
@@ -163,7 +163,7 @@ class ShardOpener:
                 opened = hit, _scan(hit, sha256, origin)
                 self.stats.add(cache_hits=1)
                 return opened
-            except ShardReadError:
+            except ReadError:
                 hit.close()
                 log.warning("%s: the cached copy does not match the index's sha256: evicted, fetching again", origin)
                 self.cache.evict(sha256)
@@ -212,13 +212,13 @@ def _open_local(path: str, size: int, origin: str) -> BinaryIO:
     try:
         file = open(path, "rb")
     except OSError as error:
-        raise ShardReadError(f"{origin}: cannot read: {error.strerror or error}", f"cannot read: {error.strerror}") \
+        raise ReadError(f"{origin}: cannot read: {error.strerror or error}", f"cannot read: {error.strerror}") \
             from error
     actual = os.fstat(file.fileno()).st_size
     if actual != size:
         file.close()
         reason = f"{actual} bytes, the index says {size} (truncated or replaced?)"
-        raise ShardReadError(f"{origin}: {reason}", reason)
+        raise ReadError(f"{origin}: {reason}", reason)
     return file
 
 
@@ -233,5 +233,5 @@ def _scan(file: BinaryIO, sha256: str | None, origin: str, block: int = 4 * 2**2
     if sha256 is not None and digest.hexdigest() != sha256:
         file.close()
         reason = "sha256 does not match the index (corrupt or replaced)"
-        raise ShardReadError(f"{origin}: {reason}", reason)
+        raise ReadError(f"{origin}: {reason}", reason)
     return reader.result()

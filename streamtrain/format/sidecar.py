@@ -55,7 +55,7 @@ def decode_members(key: str, members: dict[str, bytes], origin: str) -> dict:
     return decoded
 
 
-def open_column(url: str, base: Dataset, storage_options: dict | None = None,
+def open_sidecar(url: str, base: Dataset, storage_options: dict | None = None,
                 retry: RetryPolicy = RetryPolicy()) -> Dataset:
     """The column at ``url``, checked against ``base``: made from the same content (its fingerprint), with
     the same shard names and sample counts, in the same order.
@@ -107,7 +107,7 @@ def write_aligned_shard(base: ShardInfo, out: Output, samples: Iterable[tuple[st
 
 def base_identity(source: Dataset) -> dict:
     """What a column records of the dataset it was made from: its location (for messages) and its
-    content fingerprint (shard checksums), which ``open_column`` checks; a path alone would accept a
+    content fingerprint (shard checksums), which ``open_sidecar`` checks; a path alone would accept a
     dataset re-packed in place with other audio under the same keys."""
     return {"base": source.display, "base_fingerprint": source.index.fingerprint}
 

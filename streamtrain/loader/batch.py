@@ -29,18 +29,25 @@ class Sample:
 class Batch:
     """One batch as ``StreamLoader`` yields it; B is the number of samples, T the longest waveform.
 
-    The loader builds it once, from what a worker sent, as the batch is handed out.
+    The loader builds it once, from what a worker sent, as the batch is handed out. R is the number
+    of audio rows: B without windows; with ``fill_windows`` a row is a window holding consecutive
+    samples end to end, each at its offset, unchanged.
     """
 
     #: (B) the samples' keys, as packed.
     keys: list[str]
-    #: (B, T) float32 waveforms at the loader's sample rate, zero-padded past each length.
+    #: (R, T) float32 waveforms at the loader's sample rate, one row per window, zero-padded past each length.
     audio: torch.Tensor
-    #: (B) int64 waveform lengths in samples.
+    #: (R) int64 row lengths in samples.
     audio_lens: torch.Tensor
+    #: (B) int64 the row of ``audio`` each sample is in (0..B-1 without windows).
+    window: torch.Tensor
+    #: (B) float32 where each sample starts in its row, in seconds (0 without windows; the samples of a
+    #: row follow each other without a gap).
+    offsets: torch.Tensor
     #: (B) transcripts (each sample's JSON ``text``).
     text: list[str]
-    #: (B) float32 seconds of audio (``audio_lens / sample_rate``).
+    #: (B) float32 seconds of each sample's audio.
     seconds: torch.Tensor
     #: (B) each sample's JSON member: text, seconds, sample_rate and every other field packed with it.
     meta: list[dict]
@@ -67,20 +74,22 @@ class Collated:
     in a shared-memory slot named by the ``WorkerNote`` that travels with it."""
 
     keys: list[str]
-    audio: torch.Tensor | None  # (B, T) float32, or None when it was written to a shared-memory slot
-    audio_lens: np.ndarray  # (B,) int64
+    audio: torch.Tensor | None  # (R, T) float32, or None when it was written to a shared-memory slot
+    audio_lens: np.ndarray  # (R,) int64
+    window: np.ndarray  # (B,) int64
+    offsets: np.ndarray  # (B,) float32 seconds
+    seconds: np.ndarray  # (B,) float32
     text: list[str]
     meta: list[dict]
     columns: dict[str, list[dict]]
     sample_ids: np.ndarray  # (B,) int64
-    sample_rate: int
 
     def to_batch(self, audio: torch.Tensor, epoch: int, skipped: list[str]) -> Batch:
         """The user's batch: ``audio`` (this batch's, taken from its slot or from here) and the arrays as
         tensors (no copy)."""
-        lengths = torch.from_numpy(self.audio_lens)
-        return Batch(keys=self.keys, audio=audio, audio_lens=lengths, text=self.text,
-                     seconds=lengths.to(torch.float32) / self.sample_rate, meta=self.meta, columns=self.columns,
+        return Batch(keys=self.keys, audio=audio, audio_lens=torch.from_numpy(self.audio_lens),
+                     window=torch.from_numpy(self.window), offsets=torch.from_numpy(self.offsets), text=self.text,
+                     seconds=torch.from_numpy(self.seconds), meta=self.meta, columns=self.columns,
                      sample_ids=torch.from_numpy(self.sample_ids), epoch=epoch, skipped=skipped)
 
 
@@ -135,19 +144,37 @@ def pad_waveforms(
     return torch.from_numpy(audio), torch.from_numpy(lengths)
 
 
-def collate(samples: list[Sample], sample_rate: int, place_audio=None) -> tuple[Collated, tuple | None]:
+def join_rows(waveforms: list[np.ndarray], rows: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """(one waveform per row: its samples' audio end to end, unchanged; each sample's row, numbered
+    from 0 in order; each sample's first audio frame in its row). ``rows``: (B,) non-decreasing."""
+    lengths = np.array([len(wave) for wave in waveforms], dtype=np.int64)
+    _, row = np.unique(rows, return_inverse=True)
+    ends = np.cumsum(lengths)
+    row_start = np.searchsorted(row, np.arange(row.max() + 1 if len(row) else 0))
+    offsets = ends - lengths - (ends - lengths)[row_start][row]
+    joined = [waveforms[a] if b - a == 1 else np.concatenate(waveforms[a:b])  # a row of one: no copy
+              for a, b in zip(row_start.tolist(), [*row_start[1:].tolist(), len(row)])]
+    return joined, row.astype(np.int64), offsets
+
+
+def collate(samples: list[Sample], sample_rate: int, place_audio=None, rows: np.ndarray | None = None
+            ) -> tuple[Collated, tuple | None]:
     """(the samples collated, the audio's shared-memory slot or None). The audio is padded in place
-    by ``place_audio(waveforms)`` when given and when it fits a free slot, else into a tensor."""
-    waveforms = [s.audio for s in samples]
+    by ``place_audio(waveforms)`` when given and when it fits a free slot, else into a tensor.
+    ``rows``: the window of each sample (None: a row each)."""
+    rows = np.arange(len(samples)) if rows is None else rows
+    waveforms, window, offsets = join_rows([s.audio for s in samples], rows)
     placed = place_audio(waveforms) if place_audio is not None else None
     collated = Collated(
         keys=[s.key for s in samples],
         audio=None if placed is not None else pad_waveforms(waveforms)[0],
         audio_lens=np.array([len(wave) for wave in waveforms], dtype=np.int64),
+        window=window,
+        offsets=offsets.astype(np.float32) / np.float32(sample_rate),
+        seconds=np.array([len(s.audio) for s in samples], dtype=np.float32) / np.float32(sample_rate),
         text=[s.meta["text"] for s in samples],
         meta=[s.meta for s in samples],
         columns={name: [s.columns[name] for s in samples] for name in (samples[0].columns if samples else {})},
         sample_ids=np.array([s.gid for s in samples], dtype=np.int64),
-        sample_rate=sample_rate,
     )
     return collated, placed

@@ -10,15 +10,19 @@ pass across all blocks at once, so a plan of 10^8 samples takes seconds.
 An epoch is planned in four steps:
 
 1. ``block_runs``: shards are permuted and grouped into blocks of
-   ``block_shards``; the samples of each block are permuted; samples already
+   ``block_shards`` (the first block holds one shard, so the epoch's first batch
+   waits for one shard, not a block: ``block_starts``); the samples of each block are permuted; samples already
    delivered or outside the duration limits are left out; with bucketing each
    block's samples are then sorted by duration (ties stay in random order).
+   With ``fill_windows``, ``window_runs`` instead joins each block's samples
+   into windows (``streamtrain.loader.windows``) and permutes the windows.
 2. ``cut_batches``: each block's run is cut into batches; what remains of a
    block (less than a batch) joins the other blocks' remains, in block order,
    and these are cut the same way (such a batch spans neighbouring blocks), so
    only the epoch's last batch can be smaller than the settings allow. With
    bucketing the batches of a block are shuffled, so lengths stay mixed over
-   steps. Batch composition does not depend on the number of ranks or workers.
+   steps. With windows a batch is a run of consecutive windows, block by block.
+   Batch composition does not depend on the number of ranks or workers.
 3. ``split_for_ranks``: the batch list is cut into one contiguous run per rank,
    of equal length (DDP needs every rank to take the same number of steps);
    the few batches left over (fewer than the number of ranks) are dropped for
@@ -44,14 +48,14 @@ from functools import cached_property
 import numpy as np
 
 from streamtrain.format.index import sample_offsets
+from streamtrain.loader.windows import fill_windows
 
-#: Bucketing sorts durations by a 16-bit key (a linear-time radix sort): the
-#: logarithm of the duration over 1 ms .. 10^5 s, so a bucket spans 0.03 % of its
-#: durations. A batch's count is then fixed by its top bucket's upper edge, which
-#: no sample of the batch exceeds: the padded cost stays within batch_seconds.
+#: A duration's bucket is the top bits of its float32 (sign 0, exponent, 11 mantissa bits), counted from
+#: 1 ms: log-spaced buckets 2^-11 (0.05 %) wide, computed by integer arithmetic alone, so the same on every
+#: CPU. A 16-bit key holds 32 octaves (1 ms to about 50 days; shorter and longer durations share the end
+#: buckets), and bucketing sorts by it with linear-time radix passes. A batch's count is fixed by its top
+#: bucket's upper edge, which no sample of the batch exceeds: the padded cost stays within batch_seconds.
 _MAX_BUCKET = np.iinfo(np.uint16).max
-# Duration buckets are the top bits of a float32 (sign 0, exponent, 11 mantissa bits): log-spaced, 0.05 %
-# wide, from 1 ms up (32 octaves), computed by integer arithmetic alone, so the same on every CPU.
 _BUCKET_SHIFT = 12
 _BUCKET_BASE = int(np.float32(1e-3).view(np.uint32)) >> _BUCKET_SHIFT
 
@@ -84,6 +88,9 @@ class BatchSettings:
 
     With ``batch_seconds`` a batch holds as many samples as fit in that many
     padded seconds; ``batch_size`` alone fixes the count, and with both it caps it.
+    With ``fill_windows`` both count windows of that many seconds (``window_runs``;
+    bucketing does not apply) and longer samples are left out like those over
+    ``max_seconds``.
     """
 
     batch_size: int | None = None
@@ -92,6 +99,13 @@ class BatchSettings:
     min_seconds: float | None = None
     max_seconds: float | None = None
     block_shards: int = 4
+    fill_windows: float | None = None  # seconds: samples joined into windows, batches count windows
+
+    @property
+    def longest_sample(self) -> float | None:
+        """The longest sample planned: ``max_seconds``, and with windows at most a window."""
+        limits = [x for x in (self.max_seconds, self.fill_windows) if x is not None]
+        return min(limits) if limits else None
 
     def __post_init__(self) -> None:
         if self.batch_size is None and self.batch_seconds is None:
@@ -102,6 +116,9 @@ class BatchSettings:
             raise ValueError(f"batch_seconds must be a positive finite number, got {self.batch_seconds}")
         if self.block_shards < 1:
             raise ValueError(f"block_shards must be >= 1, got {self.block_shards}")
+        if self.fill_windows is not None and (isinstance(self.fill_windows, bool)
+                                              or not 0 < self.fill_windows < float("inf")):
+            raise ValueError(f"fill_windows must be a positive number of seconds, got {self.fill_windows}")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -123,8 +140,22 @@ def epoch_rng(seed: int, epoch: int, purpose: str) -> np.random.Generator:
 
 
 def shard_order(table: ShardTable, seed: int, epoch: int) -> np.ndarray:
-    """Every shard index, permuted for the epoch; block b is positions ``[b * block_shards, (b + 1) * block_shards)``."""
+    """Every shard index, permuted for the epoch; block b is positions ``block_starts[b]`` up to
+    ``block_starts[b + 1]`` (excluded)."""
     return epoch_rng(seed, epoch, "shards").permutation(len(table.counts))
+
+
+def block_starts(shards: int, block_shards: int) -> np.ndarray:
+    """(blocks + 1,) where each block starts in the epoch's shard order, and the end.
+
+    The first block holds one shard and the others ``block_shards``: a worker cannot
+    make a block's first batch before it has opened every shard of the block, and the
+    epoch's first batch is the one a training run (or a resumed one starting a new
+    epoch) waits for before its first step.
+    """
+    if shards == 0:
+        return np.zeros(1, dtype=np.int64)
+    return np.append(np.concatenate([[0], np.arange(1, shards, block_shards)]), shards).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -134,6 +165,7 @@ class Runs:
     order: np.ndarray  # gids, block after block
     bounds: np.ndarray  # (blocks + 1,) where each block's run starts in ``order``
     filtered: int  # samples outside the duration limits (not counting those already delivered)
+    first_in_row: np.ndarray | None = None  # with windows: (len(order),) bool, where each window starts
 
 
 _GROUP_SAMPLES = 2**14  # samples of the blocks sorted together: few enough to sort inside the CPU cache
@@ -154,13 +186,14 @@ def block_runs(table: ShardTable, settings: BatchSettings, excluded: np.ndarray 
     durations = np.asarray(table.durations)  # a plain view of a memory map: no subclass overhead per gather
     shards = shard_order(table, seed, epoch)
     counts = table.counts[shards]
-    block_sizes = np.add.reduceat(counts, np.arange(0, len(counts), settings.block_shards)) if len(counts) else counts
+    bounds = block_starts(len(counts), settings.block_shards)
+    block_sizes = np.add.reduceat(counts, bounds[:-1]) if len(counts) else counts
     id_type = np.int32 if table.samples < 2**31 else np.int64
     order = np.empty(table.samples, dtype=id_type)
     planned = np.zeros(len(block_sizes), dtype=np.int64)
     filled = filtered = 0
     for first, end in _block_groups(block_sizes):
-        group = shards[first * settings.block_shards : end * settings.block_shards]
+        group = shards[bounds[first] : bounds[end]]
         gids = ranges(table.offsets[group], table.counts[group])
         block = np.repeat(np.arange(end - first, dtype=np.uint16), block_sizes[first:end])
         if excluded is not None:
@@ -168,7 +201,7 @@ def block_runs(table: ShardTable, settings: BatchSettings, excluded: np.ndarray 
             gids, block = gids[keep], block[keep]
         seconds = durations[gids] if settings.bucketing or _limited(settings) else None
         if _limited(settings):
-            inside = inside_limits(seconds, settings.min_seconds, settings.max_seconds)
+            inside = inside_limits(seconds, settings.min_seconds, settings.longest_sample)
             filtered += len(gids) - int(inside.sum())
             gids, block, seconds = gids[inside], block[inside], seconds[inside]
         # sorted by duration, equal durations in random order; or in random order
@@ -182,13 +215,13 @@ def block_runs(table: ShardTable, settings: BatchSettings, excluded: np.ndarray 
     return Runs(order[:filled], sample_offsets(planned), filtered)
 
 
-def _block_groups(block_sizes: np.ndarray) -> Iterator[tuple[int, int]]:
-    """Consecutive ranges of blocks holding about ``_GROUP_SAMPLES`` samples (at least one block each)."""
+def _block_groups(block_sizes: np.ndarray, group_samples: int = _GROUP_SAMPLES) -> Iterator[tuple[int, int]]:
+    """Consecutive ranges of blocks holding about ``group_samples`` samples (at least one block each)."""
     ends = np.cumsum(block_sizes)
     first = 0
     while first < len(block_sizes):
         reached = ends[first - 1] if first else 0
-        end = int(np.searchsorted(ends, reached + _GROUP_SAMPLES, side="right"))
+        end = int(np.searchsorted(ends, reached + group_samples, side="right"))
         end = min(max(end, first + 1), first + _GROUP_BLOCKS)
         yield first, end
         first = end
@@ -203,7 +236,52 @@ def _sorted_within(segment: np.ndarray, keys: list[np.ndarray]) -> np.ndarray:
 
 
 def _limited(settings: BatchSettings) -> bool:
-    return settings.min_seconds is not None or settings.max_seconds is not None
+    return settings.min_seconds is not None or settings.longest_sample is not None
+
+
+_WINDOW_GROUP_SAMPLES = 2**18  # no sort over samples here: large groups spread the per-group overhead
+
+
+def window_runs(table: ShardTable, settings: BatchSettings, excluded: np.ndarray | None, seed: int, epoch: int
+                ) -> Runs:
+    """Step 1 with ``fill_windows``: every block's samples joined into windows, the windows in random order.
+
+    A block's samples, in shard order, are filled into windows
+    (``streamtrain.loader.windows``) from a random phase (other neighbours each
+    epoch); then the windows of each block are permuted.
+    """
+    rng = epoch_rng(seed, epoch, "windows")
+    durations = np.asarray(table.durations)
+    shards = shard_order(table, seed, epoch)
+    counts = table.counts[shards]
+    block_sizes = np.add.reduceat(counts, np.arange(0, len(counts), settings.block_shards)) if len(counts) else counts
+    order = np.empty(table.samples, dtype=np.int32 if table.samples < 2**31 else np.int64)
+    first_in_row = np.zeros(table.samples, dtype=bool)
+    planned = np.zeros(len(block_sizes), dtype=np.int64)
+    filled = filtered = 0
+    for first, end in _block_groups(block_sizes, _WINDOW_GROUP_SAMPLES):
+        group = shards[first * settings.block_shards : end * settings.block_shards]
+        gids = ranges(table.offsets[group], table.counts[group])
+        block = np.repeat(np.arange(end - first, dtype=np.int64), block_sizes[first:end])
+        seconds = durations[gids]
+        keep = inside_limits(seconds, settings.min_seconds, settings.longest_sample)
+        if excluded is not None:
+            filtered += int((~keep & ~excluded[gids]).sum())
+            keep &= ~excluded[gids]
+        else:
+            filtered += len(gids) - int(keep.sum())
+        gids, block = gids[keep], block[keep]
+        phase = rng.random(end - first) * settings.fill_windows
+        windows = fill_windows(seconds[keep], block, settings.fill_windows, phase)
+        keys = [rng.integers(0, _MAX_BUCKET + 1, len(windows.segment), dtype=np.uint16)]
+        shuffled = _sorted_within(windows.segment.astype(np.uint16), keys)
+        window_start = np.empty(len(shuffled), dtype=np.int64)
+        window_start[shuffled] = sample_offsets(windows.sizes[shuffled])[:-1]
+        order[filled + window_start[windows.window] + windows.within] = gids
+        first_in_row[filled + window_start] = True
+        planned[first:end] = np.bincount(block, minlength=end - first)
+        filled += len(gids)
+    return Runs(order[:filled], sample_offsets(planned), filtered, first_in_row[:filled])
 
 
 def inside_limits(seconds: np.ndarray, min_seconds: float | None, max_seconds: float | None) -> np.ndarray:
@@ -233,7 +311,9 @@ class BatchList:
 
     Batch i is ``(leftovers if from_leftovers[i] else order)[starts[i] : starts[i] + sizes[i]]``.
     The epoch's batches stay slices of the arrays the plan built (no copy);
-    ``take`` makes a compact list of some of them.
+    ``take`` makes a compact list of some of them. With filled windows
+    ``first_in_row`` marks, aligned with ``order``, the sample that starts each
+    window (a batch starts with one; windows have no leftovers).
     """
 
     order: np.ndarray
@@ -241,6 +321,7 @@ class BatchList:
     from_leftovers: np.ndarray  # (B,) bool
     starts: np.ndarray  # (B,) int64
     sizes: np.ndarray  # (B,) int64
+    first_in_row: np.ndarray | None = None
 
     @classmethod
     def of(cls, batches: list[np.ndarray]) -> "BatchList":
@@ -261,7 +342,7 @@ class BatchList:
     def window(self, first: int, end: int) -> "BatchList":
         """Batches ``first .. end - 1``, sharing the gid arrays."""
         return BatchList(self.order, self.leftovers, self.from_leftovers[first:end], self.starts[first:end],
-                         self.sizes[first:end])
+                         self.sizes[first:end], self.first_in_row)
 
     def take(self, indices: np.ndarray) -> "BatchList":
         """The batches at ``indices``, in that order, copied into one compact gid array."""
@@ -275,7 +356,15 @@ class BatchList:
             gids[:] = order[np.minimum(where, len(order) - 1)]
         patch = np.flatnonzero(where >= len(order))
         gids[patch] = self.leftovers[where[patch] - len(order)]
-        return BatchList(gids, gids[:0], np.zeros(len(sizes), dtype=bool), sample_offsets(sizes)[:-1], sizes)
+        first_in_row = None if self.first_in_row is None else self.first_in_row[where]
+        return BatchList(gids, gids[:0], np.zeros(len(sizes), dtype=bool), sample_offsets(sizes)[:-1], sizes,
+                         first_in_row)
+
+    def rows(self, i: int) -> np.ndarray:
+        """The window (row) of each sample of batch ``i``: 0, 0, 1, ...; one row per sample without windows."""
+        if self.first_in_row is None:
+            return np.arange(self.sizes[i])
+        return np.cumsum(self.first_in_row[self.starts[i] : self.starts[i] + self.sizes[i]]) - 1
 
     def gids(self) -> np.ndarray:
         """Every batch's gids, concatenated in batch order."""
@@ -284,6 +373,8 @@ class BatchList:
 
 def cut_batches(table: ShardTable, runs: Runs, settings: BatchSettings, seed: int, epoch: int) -> BatchList:
     """Step 2: cut every run into batches, cut the leftovers, order the batches block by block."""
+    if runs.first_in_row is not None:
+        return _cut_windows(runs, settings)
     durations = table.durations
     if settings.bucketing or settings.batch_seconds is None:
         block, starts, sizes, rest_start, rest_end = _cut_from_long_end(runs, durations, settings)
@@ -299,6 +390,15 @@ def cut_batches(table: ShardTable, runs: Runs, settings: BatchSettings, seed: in
     else:  # block by block, in cutting order
         order = np.argsort(block, kind="stable")
     return BatchList(runs.order, leftovers, from_leftovers[order], starts[order], sizes[order])
+
+
+def _cut_windows(runs: Runs, settings: BatchSettings) -> BatchList:
+    """Filled windows: every batch is the same number of consecutive windows (block by block), the last
+    one perhaps fewer; a batch's padded cost is its windows x ``fill_windows`` seconds."""
+    per_batch = int(_count_for(np.array([settings.fill_windows]), settings)[0])
+    starts = np.flatnonzero(runs.first_in_row)[::per_batch].astype(np.int64)
+    sizes = np.diff(np.append(starts, len(runs.order)))
+    return BatchList(runs.order, runs.order[:0], np.zeros(len(starts), dtype=bool), starts, sizes, runs.first_in_row)
 
 
 def _count_for(longest: np.ndarray, settings: BatchSettings) -> np.ndarray:
@@ -474,7 +574,7 @@ def plan_epoch(
     equalize: bool = True,
 ) -> RankPlan:
     """Steps 1 to 3 for one rank. ``excluded``: bool mask by gid of samples not to plan (delivered)."""
-    runs = block_runs(table, settings, excluded, seed, epoch)
+    runs = (block_runs if settings.fill_windows is None else window_runs)(table, settings, excluded, seed, epoch)
     batches = cut_batches(table, runs, settings, seed, epoch)
     per_rank, dropped = split_for_ranks(len(batches), world_size, equalize)
     mine = batches.window(per_rank[rank].start, per_rank[rank].stop)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -28,6 +29,21 @@ STATE_VERSION = 2
 
 class LoaderStateError(ValueError):
     """A state that cannot be loaded into this loader."""
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A piece of a run that a checkpoint holds as plain data (the loader, the trainer's counters).
+
+    ``state_dict()`` returns JSON values only (dicts with string keys, lists, strings, numbers,
+    booleans, None), so a checkpoint's ``trainer.json`` can be read with ``python -m json.tool``;
+    ``load_state_dict(state)`` takes what ``state_dict()`` returned, possibly after a JSON round trip,
+    and continues from there. (Model, optimizer, scheduler and scaler are torch's own, with tensors.)
+    """
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def encode_bits(bits: np.ndarray) -> str:

@@ -14,13 +14,11 @@ by id, for logs and audits.
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import logging
-import multiprocessing.util  # noqa: F401  (registers its exit hook before ours: see _stop_running)
+import multiprocessing.util
 import os
 import time
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -28,14 +26,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from streamtrain.format.sidecar import open_column
 from streamtrain.loader.batch import Batch, Collated, WorkerNote
+from streamtrain.format.sidecar import open_sidecar
 from streamtrain.loader.dataset_sources import EpochTable, epoch_table, open_source
 from streamtrain.loader.mixture import Mixture, carry_epoch, describe_change
 from streamtrain.loader.state import LoaderState, LoaderStateError, SampleSet, Schedule, check_header, merge_states
 from streamtrain.loader.transfer import SPARE_SLOTS, AudioSlots, slot_floats
 from streamtrain.format.shard_reader import ReadSettings
-from streamtrain.loader.worker import ON_BAD_SAMPLE, BatchStream, ShardReader, worker_init
+from streamtrain.loader.worker import ON_BAD_SAMPLE, BatchStream, ShardWithColumnsOpener, worker_init
 from streamtrain.loader.plan import (BatchList, BatchSettings, RankPlan, delivery_sequence, inside_limits, plan_epoch,
                               split_for_workers)
 from streamtrain.storage.remote import RetryPolicy
@@ -131,10 +129,15 @@ class StreamLoader:
     DDP needs it); False deals the leftover batches too (evaluation).
     columns: folders or URLs of sidecar columns (cached features, pseudo-labels)
     of a single dataset, joined to each sample by key (``batch.columns``).
+    fill_windows: seconds; consecutive samples are joined into windows of at most
+    that long (``streamtrain.loader.windows``): a batch row is a window,
+    ``batch.window`` and ``batch.offsets`` place each sample in it,
+    batch_size and batch_seconds count windows, and longer samples are left out
+    like those over max_seconds. Exactly once still holds per sample.
 
     The keywords fall into four groups, each a plain dataclass that
     ``StreamLoader.from_settings`` takes as it is: ``BatchSettings`` (batch_size,
-    batch_seconds, bucketing, min/max_seconds, block_shards), ``ReadSettings``
+    batch_seconds, bucketing, min/max_seconds, block_shards, fill_windows), ``ReadSettings``
     (sample_rate, on_bad_sample, cache_dir, cache_limit, storage_options, retry,
     prefetch_shards), ``Topology`` (rank, world_size, equalize_ranks) and
     ``WorkerSettings`` (num_workers, prefetch_factor, pin_memory).
@@ -166,11 +169,13 @@ class StreamLoader:
         pin_memory: bool = False,
         equalize_ranks: bool = True,
         columns: Sequence[str] = (),
+        fill_windows: float | None = None,
     ):
         self._setup(
             dataset,
             BatchSettings(batch_size=batch_size, batch_seconds=batch_seconds, bucketing=bucketing,
-                          min_seconds=min_seconds, max_seconds=max_seconds, block_shards=block_shards),
+                          min_seconds=min_seconds, max_seconds=max_seconds, block_shards=block_shards,
+                          fill_windows=fill_windows),
             ReadSettings(sample_rate=sample_rate, on_bad_sample=on_bad_sample,
                          cache_dir=None if cache_dir is None else str(cache_dir), cache_limit=cache_limit,
                          storage_options=storage_options, retry=retry, prefetch_shards=prefetch_shards),
@@ -218,13 +223,18 @@ class StreamLoader:
                         for url, weight in _dataset_specs(dataset)]
         if columns and len(self.sources) != 1:
             raise ValueError("sidecar columns need a single dataset (not a mix)")
-        self.columns = [open_column(str(url), self.sources[0].dataset, reading.storage_options, reading.retry)
+        self.columns = [open_sidecar(str(url), self.sources[0].dataset, reading.storage_options, reading.retry)
                         for url in columns]
         self.stats = LoaderStats()
         self._events: list[dict] = []
         self._table_cache: tuple[int, EpochTable] | None = None
         self._plan_cache: _EpochPlan | None = None
         self._state = self._fresh_state(0, counters={})
+        if batching.fill_windows is not None:
+            shortest = float(np.min(self._table(0).durations))
+            if shortest > batching.fill_windows:
+                raise ValueError(f"fill_windows={batching.fill_windows:g} s is shorter than every sample "
+                                 f"(the shortest lasts {shortest:.2f} s)")
 
     # -- state -----------------------------------------------------------------
 
@@ -284,7 +294,7 @@ class StreamLoader:
         self._plan_cache = None
 
     def _limits(self) -> list[float | None]:
-        return [self.batching.min_seconds, self.batching.max_seconds]
+        return [self.batching.min_seconds, self.batching.longest_sample]
 
     def _limits_change(self, saved: list | None, table: EpochTable, delivered: np.ndarray) -> dict | None:
         """How changed duration limits move the epoch's samples not yet delivered (None: unchanged)."""
@@ -366,17 +376,19 @@ class StreamLoader:
             self._events.append({"event": "epoch_end", "epoch": self.epoch})
             return
         slots = self._audio_slots(current) if self.workers.num_workers else None
-        opener = ShardReader(self.sources, self.columns, self.reading)
+        opener = ShardWithColumnsOpener(self.sources, self.columns, self.reading)
         stream = BatchStream(table, plan.batches, opener, tasks, slots)
         produced = iter(stream if self.workers.num_workers == 0 else self._data_loader(stream))
-        if self.workers.num_workers:
-            _RUNNING.add(produced)
+        # The workers stop by the DataLoader's own protocol (they ignore SIGTERM): when this generator
+        # ends or is closed, or else at interpreter exit, before multiprocessing's exit handler, which
+        # would SIGTERM them and wait forever (a loop that raised leaves this generator suspended).
+        shutdown = getattr(produced, "_shutdown_workers", None)
+        at_exit = multiprocessing.util.Finalize(None, shutdown, exitpriority=10) if shutdown is not None else None
         try:
             yield from self._in_order(produced, expected, slots)
-        finally:  # stop the workers now, by the DataLoader's own protocol (they ignore SIGTERM)
-            shutdown = getattr(produced, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
+        finally:
+            if at_exit is not None:
+                at_exit()  # runs once, and leaves the exit handlers
 
     def _in_order(self, produced: Iterator[tuple[Collated, WorkerNote] | Exception], expected: list[int],
                   slots: AudioSlots | None) -> Iterator[Batch]:
@@ -408,7 +420,11 @@ class StreamLoader:
         widest, chunk = 0, 2**16
         for first in range(0, len(batches), chunk):
             part = batches.take(np.arange(first, min(first + chunk, len(batches))))
-            if len(part.order):
+            if len(part.order) and part.first_in_row is not None:  # windows: rows x the window
+                rows = np.add.reduceat(part.first_in_row, part.starts)
+                widest = max(widest, slot_floats(rows, np.full(len(rows), self.batching.fill_windows),
+                                                 self.reading.sample_rate))
+            elif len(part.order):
                 longest = np.maximum.reduceat(durations[part.order], part.starts).astype(np.float64)
                 widest = max(widest, slot_floats(part.sizes, longest, self.reading.sample_rate))
         return AudioSlots(self.workers.num_workers, self.workers.prefetch_factor + SPARE_SLOTS, widest)
@@ -440,6 +456,7 @@ class StreamLoader:
                         for s in self.sources],
             "min_seconds": self.batching.min_seconds,
             "max_seconds": self.batching.max_seconds,
+            "fill_windows": self.batching.fill_windows,  # samples longer than a window are left out too
             "samples": table.samples,
             "table": table.fingerprint,
             "world_size": self.world_size,
@@ -465,6 +482,13 @@ class StreamLoader:
         """``dataset/shard.tar#position (key)`` of a sample id of ``epoch`` (default: the current one)."""
         return self._table(self.epoch if epoch is None else epoch).describe(int(sample_id))
 
+    def datasets_of(self, sample_ids: np.ndarray, epoch: int | None = None) -> np.ndarray:
+        """(B,) int64: which of the loader's datasets (in the order given) each sample id of ``epoch``
+        (default: the current one) comes from."""
+        table = self._table(self.epoch if epoch is None else epoch)
+        virtual, _ = table.locate(np.asarray(sample_ids, dtype=np.int64))
+        return table.source[virtual]
+
     def _record(self, batch: Batch, note: WorkerNote) -> None:
         """Mark the batch's samples (and the bad ones it skipped) delivered, and count them."""
         skipped, read = note.skipped_ids, note.stats
@@ -487,25 +511,6 @@ class StreamLoader:
         stats.skipped += len(read["skipped"])
         stats.worker_read_seconds += read["read_seconds"]
         stats.worker_decode_seconds += read["decode_seconds"]
-
-
-_RUNNING: "weakref.WeakSet" = weakref.WeakSet()  # DataLoader iterators whose workers may be alive
-
-
-def _stop_running() -> None:
-    """Stop, by the DataLoader's own protocol, the workers of iterators the caller has not closed.
-
-    The workers ignore SIGTERM (``worker_init``: preemption is the main process's to handle), and at
-    exit multiprocessing terminates its daemonic children with SIGTERM and then joins them: a script
-    that keeps a partly used iterator would never end. atexit runs hooks last registered first, and
-    this one is registered after multiprocessing's and torch's (imported above), so it runs before
-    both: before torch's, after which the DataLoader's shutdown protocol does nothing.
-    """
-    for produced in list(_RUNNING):
-        produced._shutdown_workers()
-
-
-atexit.register(_stop_running)
 
 
 def _undelivered(batches: BatchList, delivered: np.ndarray, any_delivered: bool, chunk: int = 2**16) -> np.ndarray:

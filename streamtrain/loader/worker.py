@@ -15,6 +15,7 @@ import signal
 import time
 
 import numpy as np
+import numpy.ma  # noqa: F401  np.unique imports it on first use (numpy 2): once here, not in every forked worker
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -24,14 +25,14 @@ from streamtrain.format.sidecar import decode_members
 from streamtrain.loader.dataset_sources import DatasetSource, EpochTable
 from streamtrain.loader.transfer import AudioSlots
 from streamtrain.format.dataset import Dataset
-from streamtrain.format.shard import ShardError
+from streamtrain.format.tar_layout import ShardError
 from streamtrain.loader.plan import BatchList
-from streamtrain.storage.remote import ShardReadError
+from streamtrain.storage.remote import ReadError
 
 log = logging.getLogger("streamtrain.loader")
 
 #: What a bad shard or sample raises: named in one line, with its shard and key.
-DATA_ERRORS = (SampleError, ShardError, ShardReadError)
+DATA_ERRORS = (SampleError, ShardError, ReadError)
 
 ON_BAD_SAMPLE = ("raise", "skip")
 
@@ -58,7 +59,7 @@ class ShardWithColumns:
             shard.close()
 
 
-class ShardReader:
+class ShardWithColumnsOpener:
     """Opens a source's shard (local, remote, cached) with the aligned shards of its sidecar columns."""
 
     def __init__(self, sources: list[DatasetSource], columns: list[Dataset], settings: ReadSettings):
@@ -89,7 +90,7 @@ class BatchStream(IterableDataset):
     samples until the last of its batches that needs them.
     """
 
-    def __init__(self, table: EpochTable, batches: BatchList, opener: ShardReader,
+    def __init__(self, table: EpochTable, batches: BatchList, opener: ShardWithColumnsOpener,
                  tasks: list[tuple[np.ndarray, np.ndarray]], slots: AudioSlots | None = None):
         self.table = table
         self.batches = batches
@@ -114,23 +115,28 @@ class BatchStream(IterableDataset):
         mine = self.batches.take(indices)
         shard_of, index_in_shard = self.table.locate(mine.order)
         first_use = shard_of[np.sort(np.unique(shard_of, return_index=True)[1])].tolist()
-        with OpenShards(self.opener, self.table, first_use, self.opener.settings.prefetch_shards) as shards:
+        first_batch = len(np.unique(shard_of[: int(mine.sizes[0])])) if len(mine) else 0
+        with ShardPrefetcher(self.opener, self.table, first_use, self.opener.settings.prefetch_shards,
+                             first_batch) as shards:
             release_after = _release_schedule(shard_of, mine.sizes)
             for t, sequence in enumerate(sequences.tolist()):
                 first, end = int(mine.starts[t]), int(mine.starts[t] + mine.sizes[t])
-                samples, skipped_ids = [], []
-                for gid, s, i in zip(mine.order[first:end].tolist(), shard_of[first:end].tolist(),
-                                     index_in_shard[first:end].tolist()):
+                samples, skipped_ids, rows = [], [], []
+                for gid, s, i, row in zip(mine.order[first:end].tolist(), shard_of[first:end].tolist(),
+                                          index_in_shard[first:end].tolist(), mine.rows(t).tolist()):
                     sample = self._sample(shards.get(s), gid, s, i)
                     if sample is None:
                         skipped_ids.append(gid)
                     else:
                         samples.append(sample)
+                        rows.append(row)
                 for s in release_after.get(t, ()):
                     shards.release(s)
-                collated, slot = collate(samples, self.opener.settings.sample_rate, place)
+                collated, slot = collate(samples, self.opener.settings.sample_rate, place,
+                                         np.asarray(rows, dtype=np.int64))
                 yield collated, WorkerNote(sequence, np.array(skipped_ids, dtype=np.int64),
                                            self.opener.stats.take(), slot)
+                shards.look_ahead()  # the first batch is on its way: open the next shards now
 
     def _sample(self, entry: "ShardWithColumns | Exception", gid: int, shard: int, index: int) -> Sample | None:
         skip = self.opener.settings.on_bad_sample == "skip"
@@ -156,21 +162,29 @@ class BatchStream(IterableDataset):
         return Sample(key, gid, audio, meta, columns)
 
 
-class OpenShards:
+class ShardPrefetcher:
     """The shards a worker has open, opened ahead of need (``depth`` at a time, in first-use order)
     by background threads: the next shard's download and sha256 check overlap the current
     one's decoding. A shard that cannot be opened is kept as its error (raised, or its samples
-    skipped, by the caller)."""
+    skipped, by the caller).
 
-    def __init__(self, opener: ShardReader, table: EpochTable, first_use: list[int], depth: int):
+    Until ``look_ahead`` is called (when the worker's first batch has been sent), only the
+    ``first_batch`` shards that batch needs are opened: shards opened further ahead would
+    take the CPU from the first batch, which the training loop is waiting for (fresh or
+    resumed); after it, the next ones open while the batches in hand are decoded.
+    """
+
+    def __init__(self, opener: ShardWithColumnsOpener, table: EpochTable, first_use: list[int], depth: int,
+                 first_batch: int | None = None):
         self.opener, self.table = opener, table
         self._upcoming = collections.deque(first_use)
         self._ahead: dict[int, concurrent.futures.Future] = {}
         self._open: dict[int, ShardWithColumns | Exception] = {}
         self._depth = max(0, depth)
         self._pool = concurrent.futures.ThreadPoolExecutor(self._depth) if self._depth else None
+        self._held = first_batch  # how many more may start opening before look_ahead; None: no limit
 
-    def __enter__(self) -> "OpenShards":
+    def __enter__(self) -> "ShardPrefetcher":
         self._fill()
         return self
 
@@ -188,15 +202,23 @@ class OpenShards:
         if isinstance(entry, ShardWithColumns):
             entry.close()
 
+    def look_ahead(self) -> None:
+        """From now on, open up to ``depth`` shards ahead of need."""
+        if self._held is not None:
+            self._held = None
+            self._fill()
+
     def _fill(self) -> None:
-        while self._pool is not None and len(self._ahead) < self._depth and self._upcoming:
+        while self._pool is not None and len(self._ahead) < self._depth and self._upcoming and self._held != 0:
             shard = self._upcoming.popleft()
             self._ahead[shard] = self._pool.submit(self._opened, shard)
+            if self._held is not None:
+                self._held -= 1
 
     def _opened(self, shard: int) -> ShardWithColumns | Exception:
         try:
             return self.opener.open(int(self.table.source[shard]), int(self.table.shard[shard]))
-        except (ShardError, ShardReadError) as error:
+        except (ShardError, ReadError) as error:
             if self.opener.settings.on_bad_sample == "skip":
                 log.warning("skipping the rest of shard %s: %s", self.table.origin(shard), error)
             return error

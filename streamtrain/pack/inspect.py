@@ -15,7 +15,7 @@ from streamtrain.format.dataset import Dataset, open_dataset
 from streamtrain.format.index import DatasetIndex, DatasetIndexError
 from streamtrain.format.shard_reader import ReadSettings, ReadStats, ShardOpener
 from streamtrain.format.tar_layout import ShardError
-from streamtrain.storage.remote import ShardReadError
+from streamtrain.storage.remote import ReadError
 
 #: How far a sample's stored ``seconds`` may be from its audio header's length.
 #: Lossy codecs and mp3 copies report lengths that can differ by a few frames.
@@ -85,7 +85,7 @@ def verify(dataset: str | os.PathLike) -> list[str]:
         name = index.shards.names[shard]
         try:
             shard_file = opener.open(opened, shard)
-        except ShardReadError as error:
+        except ReadError as error:
             problems.append(f"{name}: {error.reason}")
             continue
         except ShardError as error:

@@ -16,6 +16,7 @@ names that cannot collide with other parts; ``merge`` joins the parts' indexes.
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
@@ -23,6 +24,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -31,7 +33,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from tqdm import tqdm
 
 from streamtrain.audio import (
     AUDIO_EXTENSIONS,
@@ -48,9 +49,10 @@ from streamtrain.format.columns import DURATIONS, KEYS, KeyColumn, concatenate_c
     open_column, publish_index, publish_staged_index
 from streamtrain.format.index import INDEX_NAME, ColumnFile, DatasetIndex, ShardInfo, ShardList, parse_index
 from streamtrain.format.shard import ShardWriter
+from streamtrain.pack.progress import ProgressReport
 from streamtrain.pack.sources import Entry, Reject, SourceError, SourceItem, read_source
 from streamtrain.storage.output import Output, OutputError
-from streamtrain.storage.remote import ShardReadError, is_local, read_all
+from streamtrain.storage.remote import ReadError, is_local, read_all
 
 PACK_CODECS = (*CODECS, "copy")
 DEFAULT_SHARD_SIZE = 256 * 10**6
@@ -219,11 +221,11 @@ def _write_shards(entries: list[Entry], shards: "_ShardSequence", encoding: _Enc
     """Encode ``entries`` into ``shards``, each published when complete; (the rejects, how many were re-encoded)."""
     rejects: list[Reject] = []
     reencoded = 0
-    bar = tqdm(total=len(entries), unit=" samples", desc=_describe(shards.layout), disable=not progress)
+    report = ProgressReport(_describe(shards.layout), len(entries), "samples", enabled=progress)
     results = _encode_all(entries, encoding, workers)
     try:
         for result in results:
-            bar.update()
+            report.update()
             if isinstance(result, Reject):
                 if not skip_bad:
                     raise SourceError(result.message())
@@ -231,14 +233,14 @@ def _write_shards(entries: list[Entry], shards: "_ShardSequence", encoding: _Enc
                 continue
             shards.add(result)
             reencoded += result.reencoded
-            bar.set_postfix(hours=f"{shards.seconds / 3600:.3f}", refresh=False)
+            report.show(hours=f"{shards.seconds / 3600:.3f}")
         shards.close()
     except BaseException:
         shards.abort()
         raise
     finally:
         results.close()  # stops the worker pool now, not whenever the generator is collected
-        bar.close()
+        report.close()
     return rejects, reencoded
 
 
@@ -576,15 +578,41 @@ def _encode_item(item: SourceItem, encoding: _Encoding) -> _Encoded:
 
 
 def _audio_bytes(item: SourceItem, storage_options: dict | None) -> str | bytes:
-    """The item's audio: a local path, or the bytes of a piped command's output or of a file at a URL."""
+    """The item's audio: a local path, or the bytes of a piped command's output, of a tar member or of a
+    file at a URL."""
     if item.piped:
         return _piped_audio(item.audio)
+    if item.member is not None:
+        return _tar_member(item.audio, item.member)
     if is_local(item.audio):
         return item.audio
     try:
         return read_all(item.audio, storage_options)
-    except ShardReadError as error:
+    except ReadError as error:
         raise AudioError(f"cannot read: {error.reason}") from None
+
+
+def _tar_member(path: str, member: str) -> bytes:
+    """A member of a (WebDataset) tar file, read by offset; each process lists a tar's members once."""
+    try:
+        offset, size = _tar_members(path)[member]
+        with open(path, "rb") as file:
+            data = os.pread(file.fileno(), size, offset)
+    except (OSError, tarfile.TarError) as error:
+        raise AudioError(f"cannot read: {error}") from None
+    except KeyError:
+        raise AudioError("no such member (was the tar file changed since it was listed?)") from None
+    if len(data) != size:
+        raise AudioError(f"truncated: {len(data)} of {size} bytes")
+    return data
+
+
+@functools.lru_cache(maxsize=4)
+def _tar_members(path: str) -> dict[str, tuple[int, int]]:
+    """member name -> (data offset, size) of a tar file, from its headers. Reads go by ``pread``, never
+    through a shared file position: a forked worker may inherit this cache."""
+    with tarfile.open(path) as tar:
+        return {info.name: (info.offset_data, info.size) for info in tar.getmembers() if info.isreg()}
 
 
 def _piped_audio(command: str) -> bytes:

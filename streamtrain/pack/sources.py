@@ -1,4 +1,4 @@
-"""Read a SOURCE (manifest, folder, LibriSpeech or Kaldi dir) into items to pack.
+"""Read a SOURCE (manifest, folder, LibriSpeech or Kaldi dir, WebDataset shards) into items to pack.
 
 Every item and every problem carries an ``origin`` ("manifest.jsonl line 12",
 "data/train/wav.scp line 3", a file path) so that any error, at read time or
@@ -19,15 +19,17 @@ import io
 import json
 import os
 import re
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Union
 from urllib.parse import urlsplit
 
+
 from streamtrain.audio import AUDIO_EXTENSIONS
 from streamtrain.format.shard import sanitize_key
 from streamtrain.storage.location import LocationError, check_location
-from streamtrain.storage.remote import ShardReadError, child_url, is_local, local_path, read_all, redact, scrub
+from streamtrain.storage.remote import ReadError, child_url, is_local, local_path, read_all, redact, scrub
 
 
 class SourceError(ValueError):
@@ -44,10 +46,13 @@ class SourceItem:
     start: float | None = None  # segment bounds in seconds, None for the whole file
     end: float | None = None
     piped: bool = False  # a Kaldi ``cmd |`` entry: the audio is the command's stdout
+    member: str | None = None  # a WebDataset sample: the audio is this member of the tar file ``audio``
 
     @property
     def location(self) -> str:
         """Where the audio comes from, as a person would write it, and as it may be printed."""
+        if self.member is not None:
+            return f"{redact(self.audio)}:{self.member}"
         return f"{scrub(self.audio)} |" if self.piped else redact(self.audio)
 
 
@@ -63,7 +68,7 @@ class Reject:
 
 Entry = Union[SourceItem, Reject]
 
-FORMS = ("jsonl", "csv", "folder", "librispeech", "kaldi")
+FORMS = ("jsonl", "csv", "folder", "librispeech", "kaldi", "webdataset")
 _JSONL_SUFFIXES = (".jsonl", ".json-lines", ".jsonlines")
 
 
@@ -78,6 +83,8 @@ def detect_form(source: str | os.PathLike) -> str:
         return "kaldi"
     if next(path.rglob("*.trans.txt"), None) is not None:
         return "librispeech"
+    if next(path.glob("*.tar"), None) is not None:
+        return "webdataset"
     return "folder"
 
 
@@ -137,7 +144,7 @@ def _read_remote_manifest(url: str, form: str | None, storage_options: dict | No
         raise SourceError(f"{name}: only a JSONL or CSV manifest can be read from a URL, not a {form} source")
     try:
         data = read_all(url, storage_options)
-    except ShardReadError as error:
+    except ReadError as error:
         raise SourceError(str(error)) from None
     base = url.rsplit("/", 1)[0]
     return _jsonl_records(data, name, base) if form == "jsonl" else _csv_records(data, name, base)
@@ -433,10 +440,63 @@ def _parse_segment(rest: str) -> tuple[str, float, float | None] | str:
     return parts[0], start, end
 
 
+def _read_webdataset(root: Path) -> Iterator[Entry]:
+    """WebDataset shards (``root/*.tar``, in name order), for a corpus that leaves WebDataset: samples
+    as webdataset's own tar iterator groups the members (key = the name up to the first dot of its
+    last part), each with an audio member and its transcript in a ``txt`` member or in the ``text``
+    of a ``json`` member (whose other fields are kept). Only the names and transcripts are kept
+    here; each audio member is read again, by its offset, when it is packed.
+
+    webdataset is imported here, not with the module: it imports torch (seconds), which the packer's
+    workers never need."""
+    from webdataset import tariterators
+
+    shards = sorted(root.glob("*.tar"))
+    if not shards:
+        raise SourceError(f"{root}: no WebDataset shards (*.tar) in this folder")
+    for shard in shards:
+        with open(shard, "rb") as stream:
+            files = ({**member, "__url__": str(shard)} for member in tariterators.tar_file_iterator(stream))
+            try:
+                for sample in tariterators.group_by_keys(files, lcase=False):
+                    yield _webdataset_item(sample, shard, root)
+            except (ValueError, tarfile.TarError) as error:  # a duplicate member, a truncated tar
+                raise SourceError(f"{shard}: not a readable WebDataset shard: {error}") from None
+
+
+def _webdataset_item(sample: dict[str, Any], shard: Path, root: Path) -> Entry:
+    name = sample["__key__"]
+    origin, key = f"{shard}:{name}", sanitize_key(name)
+    audio = next((ext for ext in sample if ext.lower() in AUDIO_EXTENSIONS), None)
+    if audio is None:
+        return Reject(origin, key, f"no audio member ({', '.join(AUDIO_EXTENSIONS)})")
+    fields: dict[str, Any] = {}
+    text = None
+    if "json" in sample:
+        try:
+            fields = json.loads(sample["json"])
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            return Reject(origin, key, f"{name}.json: invalid JSON: {error}")
+        if not isinstance(fields, dict):
+            return Reject(origin, key, f"{name}.json: expected a JSON object")
+        text = fields.pop("text", None)
+    if "txt" in sample:
+        try:
+            text = sample["txt"].decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            return Reject(origin, key, f"{name}.txt: not UTF-8 text (byte {error.start})")
+    if not _has_text(text):
+        return Reject(origin, key, "missing or empty transcript (a txt member, or text in the json member)")
+    member = f"{name}.{audio}"
+    fields["source"] = f"{_relative(shard, root)}:{member}"
+    return SourceItem(key, str(shard.resolve()), " ".join(text.split()), origin, fields, member=member)
+
+
 #: The forms read from their path alone; "kaldi" also takes the pipes option (``_read_kaldi``).
 _READERS: dict[str, Callable[[Path], Iterator[Entry]]] = {
     "jsonl": _read_jsonl,
     "csv": _read_csv,
     "folder": _read_folder,
     "librispeech": _read_librispeech,
+    "webdataset": _read_webdataset,
 }

@@ -25,7 +25,7 @@ from streamtrain.storage.atomic import write_atomic
 from streamtrain.storage.location import check_location
 from streamtrain.storage.remote import (
     RetryPolicy,
-    ShardReadError,
+    ReadError,
     child_url,
     filesystem,
     is_local,
@@ -114,7 +114,7 @@ class Output:
         return sorted(name.rstrip("/").rsplit("/", 1)[-1] for name in listed)
 
     def read(self, name: str) -> bytes:
-        """A whole file, with retries (ShardReadError naming it if it cannot be read)."""
+        """A whole file, with retries (ReadError naming it if it cannot be read)."""
         return read_all(self.file_url(name), self.storage_options, self.policy)
 
     def stage(self, name: str) -> Path:
@@ -137,9 +137,9 @@ class Output:
         stored = self._retried(lambda: fs.size(path), "cannot stat the upload", name)
         try:
             if stored != size:
-                raise ShardReadError(f"{stored} bytes stored, {size} uploaded")
+                raise ReadError(f"{stored} bytes stored, {size} uploaded")
             verify_url(url, size, sha256, self.storage_options, self.policy)
-        except ShardReadError as error:
+        except ReadError as error:
             raise OutputError(f"{self.describe(name)}: the upload does not read back intact: {error.reason}") from None
         staged.unlink()
 
@@ -176,7 +176,7 @@ class Output:
         """``action()`` with the read retries; a failure is an OutputError naming the file."""
         try:
             return with_retries(action, self.file_url(name) if name else self.url, self.policy, time.sleep, failure)
-        except ShardReadError as error:
+        except ReadError as error:
             raise OutputError(str(error)) from None
 
 

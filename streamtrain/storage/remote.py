@@ -28,20 +28,20 @@ from streamtrain.storage.atomic import atomic_file
 log = logging.getLogger("streamtrain.storage")
 
 
-class ShardReadError(IOError):
-    """A file that could not be read completely and correctly."""
+class ReadError(IOError):
+    """A file (shard, index, column, upload read back) that could not be read completely and correctly."""
 
     def __init__(self, message: str, reason: str | None = None):
         super().__init__(message)
         self.reason = reason or message  # what went wrong, without the URL
 
 
-class MissingFileError(ShardReadError, FileNotFoundError):
+class MissingFileError(ReadError, FileNotFoundError):
     """A file that is not there (not retried); a FileNotFoundError too, so callers can say what it means."""
 
 
-def _read_error(url: str, reason: str) -> ShardReadError:
-    return ShardReadError(f"{redact(url)}: {reason}", reason)
+def _read_error(url: str, reason: str) -> ReadError:
+    return ReadError(f"{redact(url)}: {reason}", reason)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ key or URL, so a record costs a few bytes per sample. Records:
 - ``{"event": "step", "step": N, "epoch": E, "ids": [...]}``;
 - the loader's events (``StreamLoader.pop_events``), each with the step that
   consumed the batch they came with: ``epoch`` (the epoch's plan: datasets by
-  fingerprint, weights, seed, duration limits, table size), ``dropped`` (the
+  fingerprint, weights, seed, duration limits and window length, table size), ``dropped`` (the
   leftover batches no rank takes, fewer than the world size), ``skipped`` (bad
   samples), ``epoch_end``, ``mixture_change`` (the data changed at a resume:
   the next plan of the epoch has another table).
@@ -242,8 +242,8 @@ class _EpochTally:
 
     def _check_dropped(self, record: dict, ids: np.ndarray) -> None:
         """Samples left out to equalize ranks are checked by their ids against the plan they belong to
-        (the record's own ``batches`` count is not trusted): none on one rank, never more than the
-        plan's leftover batches can hold, and none also delivered."""
+        (the record's own ``batches`` count is not trusted): none on one rank, and never more than the
+        plan's leftover batches can hold. (A resume with fewer ranks may deliver them later, re-planned.)"""
         world, batches, batch_size = self.plan["world_size"], self.plan["batches"], self.plan.get("batch_size")
         problems = self.audit.problems
         if record["world_size"] != world:
@@ -289,10 +289,6 @@ class _EpochTally:
     def _close_segment(self) -> None:
         """Count what the current table's segment delivered."""
         self.segments.append((self.table, self.seen))
-        dropped = np.concatenate(self.kinds["dropped"]) if self.kinds["dropped"] else np.zeros(0, np.int64)
-        delivered = dropped[self.seen.has(dropped)]
-        if len(delivered):
-            self.audit.problems.append(f"{len(delivered)} samples recorded as dropped were delivered too")
         self.audit.seen += self.seen.count()
         for kind, parts in self.kinds.items():
             setattr(self.audit, kind, getattr(self.audit, kind) + (len(np.unique(np.concatenate(parts))) if parts else 0))
@@ -311,8 +307,9 @@ class _EpochTally:
         self._close_segment()
         repeated = _repeated(self.segments) if len(self.segments) > 1 else []
         audit.repeated = len(repeated)
+        longest = [x for x in (self.plan["max_seconds"], self.plan.get("fill_windows")) if x is not None]
         filtered = Bitmap.of_mask(~inside_limits(self.table.durations, self.plan["min_seconds"],
-                                               self.plan["max_seconds"]))
+                                               min(longest) if longest else None))
         audit.filtered = filtered.count()
         audit.missing, gaps = (self.seen | self.explained | self.before | filtered).missing(SHOWN)
         audit.examples = {

@@ -4,11 +4,42 @@ The dataclasses are the schema and hold every default. Loading binds the YAML
 to them field by field: an unknown key, or a value of the wrong type, is an
 error that names its dotted path (``optim.lr``). Nothing in a recipe is ever
 executed.
+
+Why a hand-written binder (``bind``, about 60 lines) rather than a library: the
+same dataclasses were bound with pydantic 2.12 (``TypeAdapter``, extra keys
+forbidden) and OmegaConf 2.4 (``structured`` + ``merge``), with bad recipes:
+
+- a typo, ``optim.warmup_step``: OmegaConf says "Did you mean: 'warmup_steps'?",
+  pydantic "Unexpected keyword argument"; here: the unknown key, the closest
+  known one, and the section's keys.
+- ``train.max_steps: ten``: all three name the key and the value; pydantic adds
+  an error code and a documentation URL to every message.
+- ``train.mixed_precision: no`` (YAML 1.1 reads it as false): OmegaConf accepts
+  it as the string "False"; pydantic says "Input should be a valid string";
+  here: quote the word.
+- a mixing weight ``lots`` in ``data.train: {url: weight}``: OmegaConf cannot
+  express ``str | dict[str, float]`` ("incompatible with type hint"); pydantic
+  lists an error for each branch of the union; here: the weight's own key.
+
+The libraries' messages are no clearer for these cases, one misses the YAML
+pitfall and cannot hold the schema, and either would be a dependency for this
+one use: the binder stays.
+
+Where paths lead: a recipe is a file, or the name of one of the recipes that come
+with the package (``BUNDLED``, package data, with the digits tokenizer and the demo
+shards they use), so ``streamtrain train tiny`` works from any folder and from an
+installed package. A relative input path (``INPUT_PATHS``) written in a recipe file
+leads to the file's folder when something is there, and otherwise stays relative
+to the working directory (e.g. ``runs/tiny/model``, which an earlier command wrote
+there); the defaults of the dataclasses lead into ``BUNDLED``. Overrides given on
+the command line, and the output paths (``train.output_dir``, ``data.cache_dir``),
+are relative to the working directory (and so are a command's path flags).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -21,15 +52,33 @@ from streamtrain.features import build_featurizer
 from streamtrain.storage.remote import redacted
 
 
+#: The recipes that come with the package, and the tokenizer and demo data (shards/) they name.
+BUNDLED = Path(__file__).resolve().parent / "recipes"
+
+#: Recipe keys that name something to read: files, folders or URLs (see the module docstring).
+INPUT_PATHS = ("data.train", "data.validation", "features.cache", "model.pretrained", "model.tokenizer",
+               "distill.labels", "distill.teacher")
+
+
 class RecipeError(ValueError):
     """A recipe key or value that does not fit the schema."""
 
 
 @dataclass
+class MixtureEntry:
+    """One dataset of a mixture, with what its utterances are (a manifest's ``language`` field wins)."""
+
+    weight: float = 1.0  # passes per epoch
+    language: str | None = None  # e.g. fr: <|fr|> in the prompt; None: the prompt's
+    task: str | None = None  # transcribe | translate; None: the prompt's
+
+
+@dataclass
 class DataConfig:
-    #: a dataset folder or URL (relative paths: to the working directory), or a mapping of them to
-    #: mixing weights (passes per epoch, e.g. {s3://a/train: 1.0, s3://b/train: 0.5})
-    train: str | dict[str, float] = "shards/train"
+    #: a dataset folder or URL, or a mapping of them to mixing weights (passes per epoch, e.g.
+    #: {s3://a/train: 1.0, s3://b/train: 0.5}) or to entries ({s3://fr/train: {weight: 1.0, language: fr,
+    #: task: transcribe}}); by default the demo shards in BUNDLED
+    train: str | dict[str, float | MixtureEntry] = "shards/train"
     validation: str | None = "shards/validation"
     batch_size: int | None = None
     #: padded seconds of model input per batch: the trainer's Whisper models pad every utterance to the
@@ -37,6 +86,9 @@ class DataConfig:
     batch_seconds: float | None = 120.0
     #: longer utterances are left out (counted); the featurizer's window bounds it (``train_max_seconds``)
     max_seconds: float | None = None
+    #: join consecutive utterances into the featurizer's window (30 s for the published models; see
+    #: docs/windows.md): batch_size / batch_seconds then count windows, evaluation stays per utterance
+    fill_windows: bool = False
     num_workers: int = 2
     block_shards: int = 4
     on_bad_sample: str = "raise"
@@ -58,12 +110,20 @@ class FeatureConfig:
 class ModelConfig:
     pretrained: str | None = None  # a local Hugging Face model folder; None: build from `whisper`
     whisper: dict = field(default_factory=dict)  # WhisperConfig fields for a model from scratch
-    tokenizer: str | None = "recipes/tokenizers/digits"  # a Hugging Face tokenizer folder; None: the pretrained model's
+    tokenizer: str | None = "tokenizers/digits"  # a Hugging Face tokenizer folder; None: the pretrained model's
     prompt: list[str] = field(default_factory=lambda: ["<|startoftranscript|>"])
     eos_token: str = "<|endoftext|>"
     max_target_tokens: int = 64
+    #: the share of training windows whose targets carry Whisper's timestamp tokens (<|0.00|>..<|30.00|>)
+    #: at each utterance's start and end (Distil-Whisper's name); the others keep <|notimestamps|>
+    timestamp_probability: float = 0.0
     gradient_checkpointing: bool = False
     compile: bool = False
+    #: Distil-Whisper's freezing options: frozen tensors keep their values (and the frozen encoder runs
+    #: without dropout); a frozen encoder equal to the distillation teacher's is run once for both
+    freeze_encoder: bool = False
+    freeze_decoder: bool = False  # every decoder tensor but the token embeddings (tied to the output layer)
+    freeze_embed_positions: bool = False  # the decoder's position embeddings
 
 
 @dataclass
@@ -98,6 +158,9 @@ class EvalConfig:
     batch_size: int = 32
     max_samples: int | None = None
     at_start: bool = True
+    #: text normalisation before WER: whisper_english | whisper_basic | plain (train/normalizer.py);
+    #: None: whisper_english for English Whisper models, whisper_basic for other languages, plain otherwise
+    normalizer: str | None = None
 
 
 @dataclass
@@ -149,8 +212,10 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def load_recipe(path_or_name: str | Path, overrides: list[str] = (), values: dict | None = None) -> Recipe:
-    """Load a recipe file (or the name of one in recipes/), apply ``key=value`` overrides (values parsed
-    as YAML), then ``values`` (dotted key -> value taken as it is, e.g. a command's typed flags)."""
+    """Load a recipe file (or the name of a bundled one), apply ``key=value`` overrides (values parsed
+    as YAML), then ``values`` (dotted key -> value taken as it is, e.g. a command's typed flags).
+
+    Relative input paths are resolved as the module docstring says."""
     path = resolve_recipe_path(path_or_name)
     try:
         data = yaml.load(path.read_text(), Loader=_StrictLoader) or {}
@@ -158,6 +223,12 @@ def load_recipe(path_or_name: str | Path, overrides: list[str] = (), values: dic
         raise RecipeError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         raise RecipeError(f"{path}: invalid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    for key in INPUT_PATHS:
+        section, name = key.split(".")
+        if isinstance(data.get(section), dict) and name in data[section]:
+            data[section][name] = _resolved(data[section][name], path.resolve().parent)
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep or not key:
@@ -169,17 +240,34 @@ def load_recipe(path_or_name: str | Path, overrides: list[str] = (), values: dic
         _set_dotted(data, key.strip(), parsed)
     for key, value in (values or {}).items():
         _set_dotted(data, key, value)
-    return bind(Recipe, data, "")
+    recipe = bind(Recipe, data, "")
+    for key in INPUT_PATHS:
+        section, name = key.split(".")
+        if name not in (data.get(section) or {}):
+            config = getattr(recipe, section)
+            setattr(config, name, _resolved(getattr(config, name), BUNDLED))
+    return recipe
+
+
+def _resolved(value, folder: Path):
+    """``value`` (a path, or a mapping of paths to weights) with each relative path that names something
+    in ``folder`` made absolute there; URLs, absolute paths and paths found nowhere in ``folder`` as they are."""
+    if isinstance(value, dict):
+        return {_resolved(key, folder): weight for key, weight in value.items()}
+    if not isinstance(value, str) or "://" in value or Path(value).is_absolute() or not (folder / value).exists():
+        return value
+    return str(folder / value)
 
 
 def resolve_recipe_path(path_or_name: str | Path) -> Path:
     path = Path(path_or_name)
     if path.is_file():
         return path
-    bundled = Path(__file__).resolve().parents[2] / "recipes" / f"{path_or_name}.yaml"
+    bundled = BUNDLED / f"{path_or_name}.yaml"
     if bundled.is_file():
         return bundled
-    raise RecipeError(f"no recipe {str(path_or_name)!r} (not a file, nor a name in recipes/)")
+    names = ", ".join(sorted(p.stem for p in BUNDLED.glob("*.yaml")))
+    raise RecipeError(f"no recipe {str(path_or_name)!r} (not a file, nor a bundled recipe: {names})")
 
 
 def bind(cls, data, where: str):
@@ -189,7 +277,9 @@ def bind(cls, data, where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise RecipeError(f"unknown key {_join(where, unknown[0])!r} (known: {', '.join(fields)})")
+        close = difflib.get_close_matches(str(unknown[0]), fields, n=1)
+        hint = f"did you mean {_join(where, close[0])!r}? " if close else ""
+        raise RecipeError(f"unknown key {_join(where, unknown[0])!r} ({hint}known: {', '.join(fields)})")
     hints = typing.get_type_hints(cls)
     values = {name: _check(hints[name], value, _join(where, name)) for name, value in data.items()}
     return cls(**values)
@@ -208,8 +298,9 @@ def _check(hint, value, where: str):
             try:
                 return _check(option, value, where)
             except RecipeError as error:
-                errors.append(error)
-        raise errors[0]
+                shape = typing.get_origin(option) or option
+                errors.append((shape in (list, dict) and isinstance(value, shape), error))
+        raise max(errors, key=lambda pair: pair[0])[1]  # the branch of the value's own shape names what is inside
     if origin is list:
         if not isinstance(value, list):
             raise RecipeError(f"{where}: expected a list, got {value!r}")
@@ -266,6 +357,8 @@ def _check_values(recipe: Recipe) -> None:
         "data.on_bad_sample": (recipe.data.on_bad_sample, ("raise", "skip")),
         "distill.teacher_precision": (recipe.distill.teacher_precision, ("fp32", "bf16", "int8")),
     }
+    if recipe.eval.normalizer is not None:
+        choices["eval.normalizer"] = (recipe.eval.normalizer, ("whisper_english", "whisper_basic", "plain"))
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise RecipeError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
@@ -302,6 +395,9 @@ def _check_values(recipe: Recipe) -> None:
             raise RecipeError(f"{key}: must be >= 0, got {value!r}")
     if recipe.eval.every < 0:
         raise RecipeError(f"eval.every: must be >= 0, got {recipe.eval.every}")
+    if not 0.0 <= recipe.model.timestamp_probability <= 1.0:
+        raise RecipeError(f"model.timestamp_probability: must be within 0 .. 1, "
+                          f"got {recipe.model.timestamp_probability}")
     if recipe.distill.temperature <= 0:
         raise RecipeError(f"distill.temperature: must be > 0, got {recipe.distill.temperature}")
     if len(recipe.optim.betas) != 2:
@@ -309,11 +405,23 @@ def _check_values(recipe: Recipe) -> None:
 
 
 def _check_combinations(recipe: Recipe) -> None:
-    for url, weight in (recipe.data.train.items() if isinstance(recipe.data.train, dict) else ()):
+    for url, entry in (recipe.data.train.items() if isinstance(recipe.data.train, dict) else ()):
+        weight = entry.weight if isinstance(entry, MixtureEntry) else entry
         if not weight > 0:
             raise RecipeError(f"data.train.{url}: a mixing weight must be > 0, got {weight!r}")
+        if isinstance(entry, MixtureEntry) and entry.task not in (None, "transcribe", "translate"):
+            raise RecipeError(f"data.train.{url}.task: {entry.task!r} is not one of transcribe, translate")
     if isinstance(recipe.data.train, dict) and not recipe.data.train:
         raise RecipeError("data.train: an empty mapping (name at least one dataset)")
+    if recipe.data.fill_windows:
+        window_seconds(recipe.features, needed_by="data.fill_windows")
+        if recipe.features.cache:
+            raise RecipeError("data.fill_windows: features.cache holds features per utterance, not per window "
+                              "(turn one of them off)")
+    if recipe.model.timestamp_probability and (len(recipe.model.prompt) < 2
+                                               or recipe.model.prompt[-1] != "<|notimestamps|>"):
+        raise RecipeError("model.timestamp_probability: model.prompt must end with <|notimestamps|>, after the "
+                          "task tokens (it is left out of the windows trained with timestamps)")
     if recipe.features.name != "whisper_log_mel":
         raise RecipeError(
             f"features.name: the trainer's Whisper models take whisper_log_mel features (mels x fixed frames), "
@@ -332,12 +440,16 @@ def _check_combinations(recipe: Recipe) -> None:
         raise RecipeError("distill.teacher: the KL term (distill.beta > 0) needs the teacher that wrote distill.labels")
 
 
-def window_seconds(features: FeatureConfig) -> float:
+def window_seconds(features: FeatureConfig, needed_by: str = "the trainer") -> float:
     """The fixed window every utterance is padded to before the model sees it (Whisper's chunk: 30 s)."""
     try:
-        return float(build_featurizer(features.name, **features.params).chunk_seconds)
+        featurizer = build_featurizer(features.name, **features.params)
     except ValueError as error:
         raise RecipeError(f"features.params: {error}") from None
+    if getattr(featurizer, "chunk_seconds", None) is None:
+        raise RecipeError(f"{needed_by}: features {features.name!r} have no fixed window (only whisper_log_mel's "
+                          "chunk_seconds is one)")
+    return float(featurizer.chunk_seconds)
 
 
 def train_max_seconds(data: DataConfig, features: FeatureConfig) -> float:

@@ -1,18 +1,13 @@
-"""Evaluation: greedy transcripts, WER and CER, with a documented text normalisation.
+"""Evaluation: greedy transcripts, WER and CER, after a named text normalisation (``normalizer``).
 
-Normalisation (applied to references and hypotheses alike): Unicode NFKC,
-lower case, every character that is not a letter, digit, apostrophe or space
-becomes a space, runs of spaces collapse to one, ends are stripped. WER counts
-word edits over reference words; CER character edits over reference
-characters (spaces included), both summed over the whole set (not averaged
-per utterance).
+The normaliser is applied to references and hypotheses alike. WER counts word
+edits over reference words; CER character edits over reference characters
+(spaces included), both summed over the whole set (not averaged per utterance).
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
-import unicodedata
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
@@ -22,14 +17,8 @@ import torch
 
 from streamtrain.loader import StreamLoader
 from streamtrain.train.backoff import OomBackoff
-from streamtrain.train.model import Generation, TextCodec, greedy_generate
-
-_NOT_WORD = re.compile(r"[^\w' ]|_")
-
-
-def normalize(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).lower()
-    return " ".join(_NOT_WORD.sub(" ", text).split())
+from streamtrain.train.model import LANGUAGE_CODES, Generation, TextCodec, greedy_generate
+from streamtrain.train.normalizer import Normalizer, plain
 
 
 @dataclass
@@ -42,7 +31,7 @@ class ErrorCounts:
     chars: int = 0
     utterances: int = 0
 
-    def add(self, reference: str, hypothesis: str) -> tuple[int, int]:
+    def add(self, reference: str, hypothesis: str, normalize: Normalizer = plain) -> tuple[int, int]:
         reference, hypothesis = normalize(reference), normalize(hypothesis)
         word_errors = _edits(jiwer.process_words, reference, hypothesis)
         char_errors = _edits(jiwer.process_characters, reference, hypothesis)
@@ -85,27 +74,46 @@ class Hypothesis:
     hypothesis: str
     word_errors: int
     char_errors: int
+    language: str | None = None
 
 
 @dataclass
 class EvalResult:
     counts: ErrorCounts
     hypotheses: list[Hypothesis] = field(default_factory=list)
+    by_language: dict[str, ErrorCounts] = field(default_factory=dict)  # utterances with a language
+
+
+def utterance_language(meta: dict, default: str | None) -> str | None:
+    """An utterance's language: its manifest's ``language`` field, else ``default`` (the prompt's)."""
+    return meta.get("language") or default
+
+
+def prompt_language(codec: TextCodec) -> str | None:
+    return next((token.strip("<|>") for token in codec.prompt if token.strip("<|>") in LANGUAGE_CODES), None)
 
 
 def transcribe(model, featurizer, codec: TextCodec, audio: torch.Tensor, lengths: torch.Tensor,
                backoff: OomBackoff, context: Callable[[], ContextManager] = contextlib.nullcontext,
-               suppressed: Sequence[int] = ()) -> list[Generation]:
+               suppressed: Sequence[int] = (), prompts: list[list[int]] | None = None) -> list[Generation]:
     """Greedy transcripts of a padded batch, featurized and decoded in ``backoff``'s pieces
     (more of them after an out-of-memory error), each piece inside ``context()`` (e.g. autocast);
-    ``suppressed`` token ids are never chosen."""
+    ``suppressed`` token ids are never chosen. ``prompts``: each row's prompt ids (rows of one
+    prompt are decoded together); None: the codec's."""
+    prompts = prompts or [codec.prompt_ids] * len(audio)
 
     def pieces_of(pieces: list[slice]) -> list[Generation]:
         generations = []
         for piece in pieces:
             with context():
                 features, _ = featurizer(audio[piece], lengths[piece])
-                generations += greedy_generate(model, features, codec, suppressed)
+                rows = list(range(len(audio)))[piece]
+                done: dict[int, Generation] = {}
+                for prompt in dict.fromkeys(tuple(prompts[row]) for row in rows):
+                    mine = [i for i, row in enumerate(rows) if tuple(prompts[row]) == prompt]
+                    decoded = greedy_generate(model, features[mine], codec, suppressed, list(prompt))
+                    done.update(zip(mine, decoded))
+                generations += [done[i] for i in range(len(rows))]
         return generations
 
     return backoff.run(len(audio), pieces_of)
@@ -120,9 +128,11 @@ def evaluate(
     autocast,
     backoff: OomBackoff,
     max_samples: int | None = None,
+    on_batch: Callable[[int], object] = lambda batches: None,
+    normalize: Normalizer = plain,
 ) -> EvalResult:
     """Transcribe ``loader``'s batches (one pass) on this rank: all of them, or exactly ``max_samples``
-    utterances (the last batch is cut; see ``rank_quotas`` for a total over ranks).
+    utterances (the last batch is cut; see ``rank_quotas`` for a total over ranks); ``on_batch(1)`` after each.
 
     On an out-of-memory error the batch is transcribed in smaller pieces
     (``backoff`` keeps the piece count for later batches and evaluations).
@@ -131,14 +141,21 @@ def evaluate(
     model.eval()
     if max_samples == 0:
         return result
+    default = prompt_language(codec)
     with contextlib.closing(iter(loader)) as batches:
         for batch in batches:
             take = batch.size if max_samples is None else min(batch.size, max_samples - result.counts.utterances)
             audio, lengths = batch.audio[:take].to(device), batch.audio_lens[:take].to(device)
-            hypotheses = [g.text for g in transcribe(model, featurizer, codec, audio, lengths, backoff, autocast)]
-            for key, reference, hypothesis in zip(batch.keys[:take], batch.text[:take], hypotheses):
-                word_errors, char_errors = result.counts.add(reference, hypothesis)
-                result.hypotheses.append(Hypothesis(key, reference, hypothesis, word_errors, char_errors))
+            languages = [utterance_language(meta, default) for meta in batch.meta[:take]]
+            prompts = [codec.prompt_for(language) for language in languages]
+            generations = transcribe(model, featurizer, codec, audio, lengths, backoff, autocast, prompts=prompts)
+            for key, reference, generation, language in zip(batch.keys, batch.text, generations, languages):
+                word_errors, char_errors = result.counts.add(reference, generation.text, normalize)
+                if language is not None:
+                    result.by_language.setdefault(language, ErrorCounts()).add(reference, generation.text, normalize)
+                result.hypotheses.append(Hypothesis(key, reference, generation.text, word_errors, char_errors,
+                                                    language))
+            on_batch(1)
             if result.counts.utterances == max_samples:
                 break
     return result

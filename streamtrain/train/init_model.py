@@ -19,7 +19,8 @@ from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalG
 
 from streamtrain.features import WhisperLogMel
 from streamtrain.train.export import feature_extractor
-from streamtrain.train.whisper_tokenizer import VOCABULARIES, language_tokens, published_tokenizer
+from streamtrain.train.generation import complete_generation_config
+from streamtrain.train.whisper_tokenizer import published_tokenizer, save_tokenizer
 
 MAX_SOURCE_POSITIONS = 1500  # encoder positions: 3000 frames, 30 s
 MAX_TARGET_POSITIONS = 448
@@ -63,14 +64,6 @@ ARCHITECTURES = {  # vocabulary, mel bins, width, encoder layers, decoder layers
     "whisper-large-v3-turbo": Architecture("multilingual-v3", 128, 1280, 32, 4, 20, 5120),
 }
 
-#: openai-whisper's non-speech symbols (``Tokenizer.non_speech_tokens``), suppressed by default so that
-#: speaker tags and annotations (♪, [MUSIC], (laughs)) are not transcribed; the miscellaneous symbols are
-#: suppressed by their first token even when they take several.
-_NON_SPEECH_SYMBOLS = [*'"#()*+/:;<=>@[\\]^_`{|}~「」『』',
-                       *"<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪".split()]
-_MISCELLANEOUS_SYMBOLS = [*"♩♪♫♬♭♮♯"]
-
-
 def init_model(name: str, out: str | Path, seed: int = 0) -> WhisperForConditionalGeneration:
     """Write a randomly initialised ``name`` (a key of ARCHITECTURES) to ``out``, which must be empty or absent."""
     out = Path(out)
@@ -78,17 +71,17 @@ def init_model(name: str, out: str | Path, seed: int = 0) -> WhisperForCondition
         raise FileExistsError(f"{out}: not empty")
     architecture = ARCHITECTURES[name]
     tokenizer = published_tokenizer(architecture.vocabulary)
-    generation = published_generation_config(tokenizer, architecture.vocabulary)
+    generation = published_generation_config(tokenizer, architecture)
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(architecture.config(len(tokenizer), generation))
     model.generation_config = generation
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
     feature_extractor(WhisperLogMel(n_mels=architecture.num_mel_bins)).save_pretrained(out)
     return model
 
 
-def published_generation_config(tokenizer: WhisperTokenizer, vocabulary: str) -> GenerationConfig:
+def published_generation_config(tokenizer: WhisperTokenizer, architecture: Architecture) -> GenerationConfig:
     """openai-whisper's decoding defaults, as the published generation_config.json files hold them.
 
     Multilingual models detect the language and transcribe (the forced ids leave
@@ -96,36 +89,10 @@ def published_generation_config(tokenizer: WhisperTokenizer, vocabulary: str) ->
     nor task tokens in their prompt. Both suppress blanks at the start and
     non-speech symbols and control tokens everywhere, and write no timestamps.
     """
-    ids = tokenizer.convert_tokens_to_ids
-    eot, sot, transcribe = ids(["<|endoftext|>", "<|startoftranscript|>", "<|transcribe|>"])
-    control = ["<|transcribe|>", "<|translate|>", "<|startoftranscript|>", "<|startofprev|>", "<|startoflm|>",
-               "<|nospeech|>"]
-    multilingual = vocabulary != "english"
-    languages = language_tokens(VOCABULARIES[vocabulary][1])
-    detection = {
-        "forced_decoder_ids": [[1, None], [2, transcribe]],
-        "lang_to_id": dict(zip(languages, ids(languages))),
-        "task_to_id": {"transcribe": transcribe, "translate": ids("<|translate|>")},
-    } if multilingual else {}
-    return GenerationConfig(
-        decoder_start_token_id=sot, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
-        max_length=MAX_TARGET_POSITIONS, is_multilingual=multilingual, **detection,
-        begin_suppress_tokens=tokenizer.encode(" ", add_special_tokens=False) + [eot],
-        suppress_tokens=sorted(set(non_speech_tokens(tokenizer)) | set(ids(control))),
-        no_timestamps_token_id=ids("<|notimestamps|>"), prev_sot_token_id=ids("<|startofprev|>"),
-        max_initial_timestamp_index=50, return_timestamps=False,
-    )
-
-
-def non_speech_tokens(tokenizer: WhisperTokenizer) -> list[int]:
-    """The tokens of openai-whisper's non-speech symbols, alone or after a space (its ``non_speech_tokens``)."""
-
-    def encode(text: str) -> list[int]:
-        return tokenizer.encode(text, add_special_tokens=False)
-
-    tokens = {encode(" -")[0], encode(" '")[0]}  # hyphens and quotes stay allowed within words
-    for symbol in _NON_SPEECH_SYMBOLS + _MISCELLANEOUS_SYMBOLS:
-        for encoded in (encode(symbol), encode(" " + symbol)):
-            if len(encoded) == 1 or symbol in _MISCELLANEOUS_SYMBOLS:
-                tokens.add(encoded[0])
-    return sorted(tokens)
+    multilingual = architecture.vocabulary != "english"
+    generation = complete_generation_config(tokenizer, len(tokenizer), architecture.decoder_layers,
+                                            architecture.attention_heads, multilingual)
+    if multilingual:
+        generation.forced_decoder_ids = [[1, None], [2, generation.task_to_id["transcribe"]]]
+    generation.max_length = MAX_TARGET_POSITIONS
+    return generation

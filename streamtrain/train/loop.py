@@ -21,29 +21,34 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
-from tqdm.auto import tqdm
 
 from streamtrain.loader import Batch, StreamLoader
+from streamtrain.loader.state import Stateful
 from streamtrain.features import SpecAugment, build_featurizer, generator_for_step
 from streamtrain.features.feature_cache import check_feature_column
+from streamtrain.pack.progress import ProgressReport, message
 from streamtrain.storage.remote import RetryPolicy
 from streamtrain.train import checkpoint as ckpt
 from streamtrain.train.audit import AuditLog, encode_ids, next_session
 from streamtrain.train.backoff import OomBackoff
-from streamtrain.train.config import Recipe, train_batch_size, train_max_seconds, validate
+from streamtrain.train.config import (MixtureEntry, Recipe, RecipeError, train_batch_size, train_max_seconds, validate,
+                                      window_seconds)
 from streamtrain.train.evaluate import ErrorCounts, evaluate, rank_quotas
 from streamtrain.train.export import export_model
 from streamtrain.train.inputs import CachedFeatures, LiveFeatures
-from streamtrain.train.model import IGNORE_INDEX, TextCodec, build_model, load_tokenizer
-from streamtrain.train.loss import CrossEntropy, Objective, StepFeatures
+from streamtrain.train.launch import keep_global_batch, resolve_pretrained, use_cpu
+from streamtrain.train.model import IGNORE_INDEX, TextCodec, build_model, frozen_to_eval, load_tokenizer
+from streamtrain.train.normalizer import build_normalizer, default_normalizer
+from streamtrain.train.whisper_tokenizer import timestamp_ids
+from streamtrain.train.window_targets import row_targets, timestamp_draw
+from streamtrain.train.loss import ObjectiveContext, ObjectiveFactory, StepFeatures, cross_entropy_objective
 from streamtrain.train.plot import plot_history
 from streamtrain.train.run_dir import RunLock, recipe_changes
 from streamtrain.train.signals import StopRequest
@@ -51,10 +56,6 @@ from streamtrain.train.signals import StopRequest
 log = logging.getLogger("streamtrain.train")
 
 MODEL_DIR = "model"
-
-#: (distill config, sidecar columns, the model, featurizer, prompt, device) -> the objective; the default
-#: trains on transcripts
-ObjectiveFactory = Callable[..., Objective]
 
 
 @dataclass
@@ -69,6 +70,16 @@ class Progress:
     history: list[dict] = field(default_factory=list)
     evaluations: list[dict] = field(default_factory=list)
 
+    def state_dict(self) -> dict:
+        """The counters as JSON."""
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()``'s counters."""
+        loaded = Progress(**state)  # an unknown counter is a TypeError naming it
+        for name in (f.name for f in fields(self)):
+            setattr(self, name, getattr(loaded, name))
+
 
 @dataclass
 class TrainResult:
@@ -81,24 +92,33 @@ class TrainResult:
 class Trainer:
     """One training run of a recipe, on every rank that accelerate started."""
 
-    def __init__(self, recipe: Recipe, objective_for: ObjectiveFactory = lambda *args: CrossEntropy()):
+    def __init__(self, recipe: Recipe, objective_for: ObjectiveFactory = cross_entropy_objective):
         validate(recipe)
         self.recipe, cfg = recipe, recipe.train
         self.run_dir = Path(cfg.output_dir)
-        self.accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision, log_with="tensorboard",
+        self.accelerator = Accelerator(cpu=use_cpu(cfg.cpu), mixed_precision=cfg.mixed_precision, log_with="tensorboard",
                                        project_dir=str(self.run_dir))
         self.device = self.accelerator.device
         self.rank = self.accelerator.process_index
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.seed)  # model initialisation: the same on every rank
-        self.tokenizer = load_tokenizer(recipe.model)
+        #: the recipe's model section, with model.pretrained as a folder (a hub id found in the cache)
+        model_config = replace(recipe.model, pretrained=resolve_pretrained(recipe.model.pretrained)) \
+            if recipe.model.pretrained else recipe.model
+        self.tokenizer = load_tokenizer(model_config)
+        if recipe.model.timestamp_probability and not timestamp_ids(self.tokenizer):
+            raise RecipeError("model.timestamp_probability: the tokenizer has no timestamp tokens (<|0.00|> .. "
+                              "<|30.00|>; Whisper's published tokenizers have them)")
         self.codec = TextCodec(self.tokenizer, recipe.model.prompt, recipe.model.eos_token,
                                recipe.model.max_target_tokens)
+        self.normalizer = recipe.eval.normalizer or default_normalizer(self.codec.prompt, self.tokenizer)
+        self.normalize = build_normalizer(self.normalizer, model_config.tokenizer or model_config.pretrained) \
+            if recipe.data.validation else None
         self.featurizer = build_featurizer(recipe.features.name, **recipe.features.params).to(self.device)
         self.specaugment = SpecAugment(**recipe.features.specaugment).to(self.device) \
             if recipe.features.specaugment else None
-        model = build_model(recipe.model, self.codec, self.featurizer.n_mels, self.featurizer.n_frames)
+        model = build_model(model_config, self.codec, self.featurizer.n_mels, self.featurizer.n_frames)
         torch.manual_seed(_rank_seed(cfg.seed, self.rank))  # dropout: each rank draws its own masks
         if recipe.model.compile:
             model = torch.compile(model)
@@ -106,24 +126,56 @@ class Trainer:
                                       weight_decay=recipe.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(recipe))
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.mixture = self._mixture_prompts()
         self.loader = self._train_loader()
         self.features = CachedFeatures() if recipe.features.cache else LiveFeatures(self.featurizer)
         if recipe.features.cache:
             check_feature_column(self.loader.columns[0], self.featurizer)
-        self.objective = objective_for(recipe.distill, self.loader.columns, self.accelerator.unwrap_model(self.model),
-                                       self.featurizer, self.codec.prompt, self.device)
+        self.objective = objective_for(ObjectiveContext(
+            distill=recipe.distill, columns=self.loader.columns, student=self.accelerator.unwrap_model(self.model),
+            featurizer=self.featurizer, prompt=self.codec.prompt, device=self.device))
         self.progress = Progress(micro_batches=cfg.micro_batches)
+        self.grad_accum = cfg.grad_accum  # loader batches a step: the recipe's, or kept from a resume's global batch
         self.audit: AuditLog | None = None
-        if cfg.grad_accum > 1:
-            log.warning("train.grad_accum=%d: each optimizer step accumulates %d loader batches (before streamtrain "
-                        "0.2 grad_accum split each batch, which is now train.micro_batches)", cfg.grad_accum,
-                        cfg.grad_accum)
+
+    def _mixture_prompts(self) -> list[MixtureEntry]:
+        """Each training dataset's entry (language, task), in the loader's order; checked against the prompt."""
+        train = self.recipe.data.train
+        entries = {train: MixtureEntry()} if isinstance(train, str) else \
+            {url: entry if isinstance(entry, MixtureEntry) else MixtureEntry(entry) for url, entry in train.items()}
+        has_language, has_task = self.codec.slots()
+        for url, entry in entries.items():
+            for key, value, slot in (("language", entry.language, has_language), ("task", entry.task, has_task)):
+                if value is not None and not slot:
+                    raise RecipeError(f"data.train.{url}.{key}: model.prompt {self.codec.prompt} names no {key} "
+                                      f"token for {value!r} to replace")
+            try:
+                self.codec.prompt_for(entry.language, entry.task)
+            except RecipeError as error:
+                raise RecipeError(f"data.train.{url}: {error}") from None
+        return list(entries.values())
+
+    def _prompts(self, batch: Batch) -> list[list[int]]:
+        """Each sample's prompt ids: its manifest's ``language``, else its dataset's, and its dataset's task."""
+        datasets = self.loader.datasets_of(batch.sample_ids.numpy(), batch.epoch) if len(self.mixture) > 1 \
+            else [0] * batch.size
+        prompts = []
+        for meta, dataset, sample_id in zip(batch.meta, datasets, batch.sample_ids.tolist()):
+            entry = self.mixture[dataset]
+            try:
+                prompts.append(self.codec.prompt_for(meta.get("language") or entry.language, entry.task))
+            except RecipeError as error:
+                raise RecipeError(f"{self.loader.describe(sample_id, batch.epoch)}: {error}") from None
+        return prompts
 
     def _train_loader(self) -> StreamLoader:
         data = self.recipe.data
+        weights = {url: entry.weight for url, entry in zip(data.train, self.mixture)} \
+            if isinstance(data.train, dict) else data.train
         return StreamLoader(
-            data.train, batch_size=train_batch_size(data, self.recipe.features),
+            weights, batch_size=train_batch_size(data, self.recipe.features),
             max_seconds=train_max_seconds(data, self.recipe.features),
+            fill_windows=window_seconds(self.recipe.features) if data.fill_windows else None,
             seed=self.recipe.train.seed, num_workers=data.num_workers, block_shards=data.block_shards,
             sample_rate=self.featurizer.sample_rate, on_bad_sample=data.on_bad_sample, cache_dir=data.cache_dir,
             cache_limit=data.cache_limit, storage_options=data.storage_options,
@@ -155,6 +207,10 @@ class Trainer:
             (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
             accelerator.init_trackers("streamtrain", config=_flat(self.recipe.to_dict()))
 
+    def checkpointed(self) -> dict[str, Stateful]:
+        """The pieces a checkpoint's trainer.json holds, by key: each ``Stateful``, with JSON values."""
+        return {"loader": self.loader, "progress": self.progress}
+
     def _load(self, path: Path) -> None:
         tensors, trainer = ckpt.load_checkpoint(path)
         changes = recipe_changes(trainer["recipe"], self.recipe.to_dict())
@@ -174,13 +230,19 @@ class Trainer:
             torch.set_rng_state(rng["torch"][self.rank])
             if torch.cuda.is_available() and rng.get("cuda"):
                 torch.cuda.set_rng_state(rng["cuda"][self.rank])
-        self.loader.load_state_dict(trainer["loader"])
-        self.progress = Progress(**trainer["progress"])
+        for name, piece in self.checkpointed().items():
+            piece.load_state_dict(trainer[name])
         del tensors  # the model and optimizer hold their own copies now
         gc.collect()
         self.accelerator.print(f"resumed from {path} (step {self.progress.step}, epoch {self.loader.epoch})")
         if changes:
             self.accelerator.print("the recipe changed since that checkpoint:\n  " + "\n  ".join(changes))
+        saved_recipe_accum = trainer["recipe"]["train"]["grad_accum"]
+        self.grad_accum, said = keep_global_batch(
+            trainer["world_size"], trainer.get("grad_accum", saved_recipe_accum), saved_recipe_accum,
+            self.accelerator.num_processes, self.recipe.train.grad_accum)
+        if said:
+            self.accelerator.print(said)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -188,15 +250,15 @@ class Trainer:
         cfg, progress = self.recipe.train, self.progress
         if self.recipe.eval.at_start and progress.step == 0 and not stop.requested:
             self.evaluate()
-        self.model.train()
-        bar = tqdm(total=cfg.max_steps, initial=progress.step, unit="step", dynamic_ncols=True,
-                   disable=not (cfg.progress and self.accelerator.is_main_process))
+        self._train_mode()
         meter = _Meter(self.accelerator)
+        report = ProgressReport("train", cfg.max_steps, "steps", initial=progress.step, every=cfg.log_every,
+                                enabled=self.accelerator.is_main_process, bar=None if cfg.progress else False)
         # closed here, even when a step raises: the workers ignore SIGTERM, so multiprocessing's exit
         # handler (terminate, then join) would wait for them forever
-        with contextlib.closing(iter(self.loader)) as batches:
+        with report, contextlib.closing(iter(self.loader)) as batches:
             while progress.step < cfg.max_steps and not _any_rank(self.accelerator, stop.requested):
-                taken = [self._next(batches, meter) for _ in range(cfg.grad_accum)]
+                taken = [self._next(batches, meter) for _ in range(self.grad_accum)]
                 loss = self.step(taken)
                 progress.step += 1
                 meter.add(taken)
@@ -204,17 +266,20 @@ class Trainer:
                     self.audit.add({"event": "step", "step": progress.step, "epoch": batch.epoch,
                                     "ids": encode_ids(batch.sample_ids)})
                 if progress.step % cfg.log_every == 0 or progress.step == cfg.max_steps:
-                    self._log(loss, meter, bar, taken[-1].epoch)
-                bar.update(1)
+                    self._log(loss, meter, report, taken[-1].epoch)
+                report.update(1)  # on a log step without a bar: the plain line
                 if self.recipe.eval.every and progress.step % self.recipe.eval.every == 0 \
                         and progress.step < cfg.max_steps:
                     self.evaluate()
                 if progress.step % cfg.checkpoint_every == 0 or progress.step == cfg.max_steps:
                     meter.settle(progress)
                     self.save()
-            bar.close()
         meter.settle(progress)
         return self.finish(stop)
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        frozen_to_eval(self.accelerator.unwrap_model(self.model))
 
     def _next(self, batches, meter: "_Meter") -> Batch:
         waited = time.perf_counter()
@@ -227,11 +292,16 @@ class Trainer:
     def step(self, batches: list[Batch]) -> float:
         """One optimizer step over ``batches``; the mean loss per target token."""
         work = []
+        draw = timestamp_draw(self.recipe.train.seed, self.progress.step, self.rank)
         for batch in (b for b in batches if b.size):
-            texts, keep = self.objective.texts(batch)
-            targets = self.codec.targets(texts)
+            rows = row_targets(batch, *self.objective.texts(batch), self.recipe.model.timestamp_probability,
+                               self.featurizer.chunk_seconds, draw)  # one row per window (or utterance)
+            prompts = self._prompts(batch)  # a window takes its first utterance's language and task
+            firsts = torch.searchsorted(batch.window, torch.arange(len(rows.texts))).tolist()
+            targets = self.codec.targets(rows.texts, [prompts[i] for i in firsts], rows.timestamps)
+            keep = rows.keep
             labels = targets.labels if keep is None else targets.labels.masked_fill(~keep[:, None], IGNORE_INDEX)
-            work.append((batch.size, self.features.prepare(batch, self.device),
+            work.append((len(rows.texts), self.features.prepare(batch, self.device),
                          targets.decoder_input_ids.to(self.device), labels.to(self.device)))
         tokens = max(sum(int(labels.ne(IGNORE_INDEX).sum()) for *_, labels in work), 1)
         backoff = OomBackoff("the training step", self.progress.micro_batches)
@@ -263,8 +333,9 @@ class Trainer:
                 with self.accelerator.autocast():
                     features, frames = features_of(piece)
                     seen = features if self.specaugment is None else self.specaugment(features, frames, generator)
-                    logits = self.model(input_features=seen, decoder_input_ids=inputs).logits
-                loss = self.objective.loss(logits, labels, StepFeatures(features, seen), inputs)
+                    outputs = self.model(input_features=seen, decoder_input_ids=inputs)
+                loss = self.objective.loss(outputs.logits, labels,
+                                           StepFeatures(features, seen, outputs.encoder_last_hidden_state), inputs)
                 self.accelerator.backward(loss / tokens)
             total += float(loss.detach())
         return total / tokens
@@ -278,17 +349,13 @@ class Trainer:
         self.accelerator.backward(logits.float().sum() * 0.0)
         return 0.0
 
-    def _log(self, loss: float, meter: "_Meter", bar, epoch: int) -> None:
+    def _log(self, loss: float, meter: "_Meter", report: ProgressReport, epoch: int) -> None:
         entry = {"step": self.progress.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
                  **meter.take(), "epoch": epoch}
         self.progress.history.append(entry)
-        shown = dict(loss=f"{loss:.3f}", lr=f"{entry['lr']:.2e}", sps=f"{entry['samples_per_s']:.1f}",
-                     audio_h_s=f"{entry['audio_hours_per_s']:.4f}", wait=f"{100 * entry['data_wait']:.0f}%")
-        if bar.disable:  # no bar (not a terminal, or train.progress=false): a plain line instead
-            self.accelerator.print(f"step {self.progress.step}/{self.recipe.train.max_steps} epoch {epoch} "
-                                   + " ".join(f"{k}={v}" for k, v in shown.items()))
-        else:
-            bar.set_postfix(**shown)
+        report.show(loss=f"{loss:.3f}", lr=f"{entry['lr']:.2e}", **{"samples/s": f"{entry['samples_per_s']:.1f}",
+                    "audio_h/s": f"{entry['audio_hours_per_s']:.4f}"}, wait=f"{100 * entry['data_wait']:.0f}%",
+                    epoch=epoch)
         self.accelerator.log({f"train/{k}": v for k, v in entry.items() if k != "step"}, step=self.progress.step)
 
     def evaluate(self) -> dict | None:
@@ -305,15 +372,23 @@ class Trainer:
         if recipe.eval.max_samples is not None:
             quota = rank_quotas(recipe.eval.max_samples, gather_object([loader.samples_left()]))[self.rank]
         result = evaluate(accelerator.unwrap_model(self.model), self.featurizer, self.codec, loader, self.device,
-                          accelerator.autocast, backoff, quota)
-        self.model.train()
+                          accelerator.autocast, backoff, quota, normalize=self.normalize)
+        self._train_mode()
         counts = ErrorCounts.from_tensor(accelerator.reduce(result.counts.as_tensor().to(self.device), "sum").cpu())
-        record = {"step": self.progress.step, "wer": counts.wer, "cer": counts.cer, "utterances": counts.utterances}
+        by_language: dict[str, ErrorCounts] = {}
+        for ranks in gather_object([{k: c.as_tensor() for k, c in result.by_language.items()}]):
+            for language, values in ranks.items():
+                summed = by_language.get(language, ErrorCounts()).as_tensor() + values
+                by_language[language] = ErrorCounts.from_tensor(summed)
+        record = {"step": self.progress.step, "wer": counts.wer, "cer": counts.cer, "utterances": counts.utterances,
+                  "normalizer": self.normalizer,
+                  "wer_by_language": {k: c.wer for k, c in sorted(by_language.items())}}
         self.progress.evaluations.append(record)
         self.progress.eval_pieces = backoff.pieces
-        accelerator.print(f"step {self.progress.step}: validation WER {100 * counts.wer:.2f}% "
-                          f"CER {100 * counts.cer:.2f}% on {counts.utterances} utterances")
         if accelerator.is_main_process:
+            message(f"step {self.progress.step}: validation WER {100 * counts.wer:.2f}% "
+                    f"CER {100 * counts.cer:.2f}% on {counts.utterances} utterances (normalizer {self.normalizer})"
+                    + "".join(f"; {k} {100 * c.wer:.2f}% ({c.utterances})" for k, c in sorted(by_language.items())))
             accelerator.log({"eval/wer": counts.wer, "eval/cer": counts.cer}, step=self.progress.step)
             plot_history(self.progress.history, self.progress.evaluations, self.run_dir / "metrics.png")
         return record
@@ -321,7 +396,8 @@ class Trainer:
     def save(self) -> None:
         """A checkpoint: model, optimizer, scheduler, scaler, every rank's RNG, counters, loader state, recipe."""
         accelerator = self.accelerator
-        loader_state = self.loader.state_dict()  # a collective: merged over ranks
+        # on every rank: the loader's state_dict is a collective (merged over ranks)
+        states = {name: piece.state_dict() for name, piece in self.checkpointed().items()}
         rng = gather_object([torch.get_rng_state()])
         cuda_rng = gather_object([torch.cuda.get_rng_state()]) if torch.cuda.is_available() else []
         self.audit.flush()
@@ -337,8 +413,8 @@ class Trainer:
                 "step": self.progress.step,
                 "epoch": self.loader.epoch,
                 "world_size": accelerator.num_processes,
-                "progress": asdict(self.progress),
-                "loader": loader_state,
+                "grad_accum": self.grad_accum,
+                **states,
                 "recipe": self.recipe.to_dict(),
             }
             ckpt.save_checkpoint(self.run_dir, self.progress.step, tensors, trainer, self.recipe.train.keep_checkpoints)
@@ -367,12 +443,12 @@ class Trainer:
         return TrainResult(self.run_dir, self.progress, stopped, self.accelerator.is_main_process)
 
 
-def train(recipe: Recipe, resume: bool = True, objective_for: ObjectiveFactory | None = None,
+def train(recipe: Recipe, resume: bool = True, objective_for: ObjectiveFactory = cross_entropy_objective,
           stop: StopRequest | None = None) -> TrainResult:
     """Set up, restore and run a recipe; the run folder is locked for the run's duration (by rank 0)."""
     with contextlib.ExitStack() as stack:
         stop = stop or stack.enter_context(StopRequest())
-        trainer = Trainer(recipe, *(() if objective_for is None else (objective_for,)))
+        trainer = Trainer(recipe, objective_for)
         if trainer.accelerator.is_main_process:
             stack.enter_context(RunLock(trainer.run_dir))
         trainer.accelerator.wait_for_everyone()

@@ -8,22 +8,28 @@ from the layer above.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from streamtrain.format.dataset import Dataset
+from streamtrain.train.config import DistillConfig
 from streamtrain.train.model import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
 class StepFeatures:
     """A micro-batch's features (B x M x F): as the featurizer made them, and as the model saw them
-    (after SpecAugment; the same tensor when it is off)."""
+    (after SpecAugment; the same tensor when it is off); and the model's encoder output for ``seen``
+    (B x T x D)."""
 
     clean: torch.Tensor
     seen: torch.Tensor
+    encoded: torch.Tensor
 
 
 class Objective(Protocol):
@@ -50,3 +56,24 @@ class CrossEntropy:
 
     def loss(self, logits, labels, features, decoder_inputs) -> torch.Tensor:
         return cross_entropy_sum(logits, labels)
+
+
+@dataclass(frozen=True)
+class ObjectiveContext:
+    """What a run being set up offers the factory that chooses its objective."""
+
+    distill: DistillConfig  # the recipe's distill section
+    columns: list[Dataset]  # the training loader's sidecar columns (pseudo-labels among them)
+    student: nn.Module  # the model being trained, unwrapped
+    featurizer: nn.Module  # the recipe's featurizer, on the device
+    prompt: list[str]  # the recipe's decoder prompt
+    device: torch.device
+
+
+#: Chooses a run's objective (``streamtrain.distill.objective.objective_for`` in ``streamtrain train``).
+ObjectiveFactory = Callable[[ObjectiveContext], Objective]
+
+
+def cross_entropy_objective(context: ObjectiveContext) -> Objective:
+    """The default: cross-entropy on the transcripts, whatever the recipe's distill section says."""
+    return CrossEntropy()

@@ -9,16 +9,21 @@ own vocabulary and task tokens).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, WhisperConfig, WhisperForConditionalGeneration
+from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
 from streamtrain.train.config import ModelConfig, RecipeError
+from streamtrain.train.generation import whisper_generation_config
 
 IGNORE_INDEX = -100
+LANGUAGE_CODES = frozenset(LANGUAGES)
+TASKS = ("transcribe", "translate")
 
 
 @dataclass(frozen=True)
@@ -44,17 +49,41 @@ class TextCodec:
             raise RecipeError(f"model: token {token!r} is not in the tokenizer's vocabulary")
         return token_id
 
-    def targets(self, texts: list[str]) -> Targets:
-        """prompt + text + eos, cut to max_tokens; only text and eos are predicted."""
+    def slots(self) -> tuple[bool, bool]:
+        """Whether the prompt names a language, and a task: only those can be chosen per utterance."""
+        return tuple(any(t.strip("<|>") in kind for t in self.prompt) for kind in (LANGUAGE_CODES, TASKS))
+
+    def prompt_for(self, language: str | None = None, task: str | None = None) -> list[int]:
+        """The prompt's ids with ``language`` (a code: ``fr``) and ``task`` (transcribe | translate) in place of
+        its own language and task tokens; None, or a prompt without such a token, keeps the prompt's (an
+        English-only model's prompt names no language: its utterances' ``language`` fields change nothing)."""
+        tokens = [f"<|{language}|>" if language and t.strip("<|>") in LANGUAGE_CODES else
+                  f"<|{task}|>" if task and t.strip("<|>") in TASKS else t for t in self.prompt]
+        if tokens == self.prompt:
+            return self.prompt_ids
+        try:
+            return [self._token_id(token) for token in tokens]
+        except RecipeError as error:
+            raise RecipeError(f"language {language!r}, task {task!r}: {error}") from None
+
+    def targets(self, texts: list[str], prompts: list[list[int]] | None = None,
+                timestamps: Sequence[bool] = ()) -> Targets:
+        """prompt + text + eos, cut to max_tokens; only text and eos are predicted. ``prompts``: each
+        text's prompt ids (``prompt_for``); None: the codec's prompt for all. Rows marked in
+        ``timestamps`` hold Whisper's time tokens in their text and leave the prompt's last token
+        (<|notimestamps|>, checked by the recipe) out."""
+        prompts = prompts or [self.prompt_ids] * len(texts)
         sequences = []
-        for text in texts:
+        for row, (text, prompt) in enumerate(zip(texts, prompts)):
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            sequences.append((self.prompt_ids + ids)[: self.max_tokens - 1] + [self.eos_id])
-        width = max(len(s) for s in sequences) - 1
+            if row < len(timestamps) and timestamps[row]:
+                prompt = prompt[:-1]
+            sequences.append(((prompt + ids)[: self.max_tokens - 1] + [self.eos_id], len(prompt)))
+        width = max(len(s) for s, _ in sequences) - 1
         inputs = torch.full((len(texts), width), self.eos_id, dtype=torch.long)
         labels = torch.full((len(texts), width), IGNORE_INDEX, dtype=torch.long)
-        first_predicted = len(self.prompt_ids) - 1
-        for row, seq in enumerate(sequences):
+        for row, (seq, prompt_length) in enumerate(sequences):
+            first_predicted = prompt_length - 1
             inputs[row, : len(seq) - 1] = torch.tensor(seq[:-1])
             labels[row, first_predicted : len(seq) - 1] = torch.tensor(seq[first_predicted + 1 :])
         return Targets(inputs, labels)
@@ -102,9 +131,37 @@ def build_model(config: ModelConfig, codec: TextCodec, n_mels: int, n_frames: in
         raise RecipeError(
             f"features give {n_mels} x {n_frames} inputs, the model expects {expected[0]} x {expected[1]}"
         )
+    model.generation_config = whisper_generation_config(model, codec.tokenizer, codec.prompt, codec.max_tokens,
+                                                        pretrained=config.pretrained is not None)
+    # the model config's defaults (openai-whisper's ids) are no ids of another vocabulary
+    model.config.suppress_tokens = model.generation_config.suppress_tokens
+    model.config.begin_suppress_tokens = model.generation_config.begin_suppress_tokens
+    freeze(model, config)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5.2x renamed it (the old name warns of its removal)
+        enable = getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)
+        enable()
     return model
+
+
+def freeze(model: WhisperForConditionalGeneration, config: ModelConfig) -> None:
+    """Stop training what ``model.freeze_*`` names (Distil-Whisper's ``--freeze_encoder`` and kin)."""
+    decoder = model.get_decoder()
+    if config.freeze_encoder:
+        model.get_encoder().requires_grad_(False)
+    if config.freeze_decoder:
+        decoder.requires_grad_(False)
+        decoder.embed_tokens.requires_grad_(True)  # tied to the output projection, which trains
+    if config.freeze_embed_positions:
+        decoder.embed_positions.requires_grad_(False)
+
+
+def frozen_to_eval(model: WhisperForConditionalGeneration) -> None:
+    """Put a frozen encoder in eval mode (after ``train()``): no dropout, so its output is what a teacher
+    with the same weights computes, and its values never change."""
+    encoder = model.get_encoder()
+    if not any(parameter.requires_grad for parameter in encoder.parameters()):
+        encoder.eval()
 
 
 @dataclass(frozen=True)
@@ -115,25 +172,41 @@ class Generation:
 
 
 @torch.no_grad()
-def greedy_generate(model, features: torch.Tensor, codec: TextCodec,
-                    suppressed: Sequence[int] = ()) -> list[Generation]:
-    """Greedy transcripts of a batch of features (B x M x F), with the KV cache; ``suppressed`` token ids
-    are never chosen (their probability is moved to the others, as Whisper's decoding suppresses)."""
+def greedy_generate(model, features: torch.Tensor, codec: TextCodec, suppressed: Sequence[int] = (),
+                    prompt: list[int] | None = None) -> list[Generation]:
+    """Greedy transcripts of a batch of features (B x M x F) after ``prompt`` (ids; None: the codec's),
+    with the KV cache.
+
+    ``suppressed`` token ids, and those the model's generation config suppresses, are never chosen (their
+    probability is moved to the others, as Whisper's decoding suppresses); its ``begin_suppress_tokens``
+    are never chosen first. transformers' Whisper ``generate`` does the same with that config.
+    """
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    settings, vocabulary = model.generation_config, model.config.vocab_size
+    # ids past the vocabulary (WhisperConfig's defaults in a folder of another vocabulary) are no tokens to
+    # suppress, as transformers' logits processors ignore them
+    suppressed = sorted(i for i in {*suppressed, *(settings.suppress_tokens or ())} if i < vocabulary)
+    begin_suppressed = [i for i in settings.begin_suppress_tokens or () if i < vocabulary]
 
     encoder = model.get_encoder()(features.to(model.dtype)).last_hidden_state
     batch = features.shape[0]
-    step_input = torch.tensor([codec.prompt_ids] * batch, device=features.device)
+    prompt = codec.prompt_ids if prompt is None else prompt
+    step_input = torch.tensor([prompt] * batch, device=features.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=features.device)
     logprob_sum = torch.zeros(batch, dtype=torch.float64, device=features.device)
     counts = torch.zeros(batch, dtype=torch.long, device=features.device)
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    # transformers 5.2x renamed past_key_values (deprecated since) to cache
+    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     generated: list[torch.Tensor] = []
-    for _ in range(codec.max_tokens - len(codec.prompt_ids)):
-        out = model(encoder_outputs=(encoder,), decoder_input_ids=step_input, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+    for _ in range(codec.max_tokens - len(prompt)):
+        out = model(encoder_outputs=(encoder,), decoder_input_ids=step_input, use_cache=True, **{cache_name: cache})
+        cache = getattr(out, cache_name)
         logits = out.logits[:, -1].float()
-        logits[:, list(suppressed)] = -torch.inf
+        logits[:, suppressed] = -torch.inf
+        if not generated:
+            logits[:, begin_suppressed] = -torch.inf
         logprobs = logits.log_softmax(-1)
         next_ids = logprobs.argmax(-1)
         next_ids = torch.where(finished, torch.full_like(next_ids, codec.eos_id), next_ids)

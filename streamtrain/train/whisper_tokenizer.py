@@ -22,6 +22,7 @@ its vocabulary as byte-level BPE:
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -79,14 +80,36 @@ def openai_whisper_asset(name: str) -> Path:
     return path
 
 
+def openai_whisper_spelling() -> dict[str, str]:
+    """openai-whisper's British-to-American spelling map (``whisper/normalizers/english.json``), which
+    Whisper's English normaliser needs and the published folders hold as ``normalizer.json``."""
+    spec = importlib.util.find_spec("whisper")
+    path = Path(spec.origin).parent / "normalizers" / "english.json" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise WhisperTokenizerError(f"openai-whisper's normalizers/english.json is not installed: "
+                                    f"{OPENAI_WHISPER_INSTALL}")
+    return json.loads(path.read_text())
+
+
 def published_tokenizer(vocabulary: str) -> WhisperTokenizer:
     """The tokenizer of the openai/whisper-* checkpoints of ``vocabulary`` (a key of VOCABULARIES)."""
     asset, num_languages = VOCABULARIES[vocabulary]
     path = str(openai_whisper_asset(asset))
     vocab, merges = TikTokenConverter(vocab_file=path).extract_vocab_merges_from_model(path)
     roles = dict.fromkeys(("unk_token", "bos_token", "eos_token", "pad_token"), "<|endoftext|>")
-    return _whisper_tokenizer(vocab, merges, whisper_special_tokens(num_languages), roles, add_prefix_space=False,
-                              plain=TIMESTAMPS)
+    tokenizer = _whisper_tokenizer(vocab, merges, whisper_special_tokens(num_languages), roles,
+                                   add_prefix_space=False, plain=TIMESTAMPS)
+    tokenizer.english_spelling_normalizer = openai_whisper_spelling()
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out: str | Path) -> None:
+    """``tokenizer.save_pretrained(out)``, with a WhisperTokenizer's spelling map as ``normalizer.json``, as the
+    published folders hold it (transformers 5 saves only ``tokenizer.json``, and loads the map when present)."""
+    tokenizer.save_pretrained(out)
+    spelling = getattr(tokenizer, "english_spelling_normalizer", None)
+    if spelling:
+        (Path(out) / "normalizer.json").write_text(json.dumps(spelling, indent=2, sort_keys=True, ensure_ascii=False))
 
 
 def as_whisper_tokenizer(tokenizer: PreTrainedTokenizerBase) -> WhisperTokenizer:

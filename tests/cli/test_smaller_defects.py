@@ -1,6 +1,5 @@
 """Issue 22, item 15: smaller defects, each against the real part."""
 
-import json
 import subprocess
 import sys
 

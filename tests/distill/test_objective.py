@@ -122,7 +122,7 @@ def reference_loss_and_gradient(alpha, beta):
 def matches_the_reference(distillation, alpha, beta) -> bool:
     """Whether the objective's loss and gradient are the reference's, within float32 rounding."""
     student = STUDENT.clone().requires_grad_(True)
-    loss = distillation.loss(student, LABELS, StepFeatures(CLEAN, AUGMENTED), INPUTS)
+    loss = distillation.loss(student, LABELS, StepFeatures(CLEAN, AUGMENTED, None), INPUTS)
     loss.backward()
     expected_loss, expected_gradient = reference_loss_and_gradient(alpha, beta)
     close = torch.allclose(loss.double(), expected_loss, rtol=1e-5, atol=1e-6)
@@ -162,12 +162,12 @@ def test_each_wrong_objective_fails_the_check(mistake, monkeypatch):
 def test_the_teacher_sees_the_features_without_specaugment_unless_asked(sees_augmented):
     teacher = FixedTeacher()
     distillation = Distillation(teacher, alpha=0.5, beta=1.0, temperature=T, teacher_sees_augmented=sees_augmented)
-    distillation.loss(STUDENT, LABELS, StepFeatures(CLEAN, AUGMENTED), INPUTS)
+    distillation.loss(STUDENT, LABELS, StepFeatures(CLEAN, AUGMENTED, None), INPUTS)
     (features, _, _), = teacher.calls
     assert torch.equal(features, AUGMENTED if sees_augmented else CLEAN)
 
 
 def test_pseudo_labels_without_a_teacher_are_cross_entropy_only():
     distillation = Distillation(None, alpha=0.7, beta=0.0, temperature=T)
-    loss = distillation.loss(STUDENT, LABELS, StepFeatures(CLEAN, CLEAN), torch.zeros(2, 3, dtype=torch.long))
+    loss = distillation.loss(STUDENT, LABELS, StepFeatures(CLEAN, CLEAN, None), torch.zeros(2, 3, dtype=torch.long))
     torch.testing.assert_close(loss.double(), 0.7 * reference_cross_entropy(STUDENT, LABELS))

@@ -12,7 +12,7 @@ from streamtrain.format.dataset import open_dataset
 from streamtrain.format.feature_codec import encode_features
 from streamtrain.format.index import DatasetIndex, ShardList
 from streamtrain.format.shard_reader import ShardFile
-from streamtrain.format.sidecar import (FEATURES_EXT, ColumnError, base_identity, decode_members, open_column,
+from streamtrain.format.sidecar import (FEATURES_EXT, ColumnError, base_identity, decode_members, open_sidecar,
                                         write_aligned_shard)
 from streamtrain.format.tar_layout import ShardError
 from streamtrain.storage.output import Output
@@ -29,13 +29,14 @@ def test_members_decode_by_extension_and_a_bad_one_names_its_key():
         decode_members("k2", {FEATURES_EXT: b"junk"}, "col/shard.tar")
 
 
-def write_column(base, out_dir, count_of=lambda n: n):
+def write_sidecar(base, out_dir, count_of=lambda n: n):
     """A column of ``base``: one json member per sample, ``count_of(n)`` samples per shard of n."""
     infos, keys = [], []
     with Output(out_dir) as out:
         out.create()
+        offsets = base.index.shards.offsets
         for shard, info in enumerate(base.index.shards):
-            shard_keys = base.keys.range(int(base.index.shards.offsets[shard]), int(base.index.shards.offsets[shard + 1]))
+            shard_keys = base.keys.range(int(offsets[shard]), int(offsets[shard + 1]))
             members = ((key, {"json": json.dumps({"n": i}).encode()}) for i, key in enumerate(shard_keys))
             written, shard_keys = write_aligned_shard(info, out, list(members)[: count_of(len(shard_keys))])
             infos.append(written)
@@ -48,8 +49,8 @@ def write_column(base, out_dir, count_of=lambda n: n):
 def test_an_aligned_shard_holds_the_members_in_the_base_order_and_the_column_opens(tmp_path):
     write_dataset(tmp_path / "base", [3, 2])
     base = open_dataset(str(tmp_path / "base"))
-    write_column(base, tmp_path / "column")
-    column = open_column(str(tmp_path / "column"), base)
+    write_sidecar(base, tmp_path / "column")
+    column = open_sidecar(str(tmp_path / "column"), base)
     assert column.index.shards.names == base.index.shards.names
     first = ShardFile.in_memory((tmp_path / "column" / base.index.shards.names[0]).read_bytes(), "column")
     assert [(key, json.loads(members["json"])["n"]) for key, members in first] == [
@@ -60,15 +61,15 @@ def test_a_short_column_shard_is_an_error_and_leaves_no_file(tmp_path):
     write_dataset(tmp_path / "base", [3])
     base = open_dataset(str(tmp_path / "base"))
     with pytest.raises(ShardError, match=r"shard-000000\.tar: 2 samples written, the base shard has 3"):
-        write_column(base, tmp_path / "column", count_of=lambda n: n - 1)
+        write_sidecar(base, tmp_path / "column", count_of=lambda n: n - 1)
     assert not list((tmp_path / "column").glob("*.tar*"))
 
 
 def test_a_column_of_another_dataset_is_refused(tmp_path):
     write_dataset(tmp_path / "base", [3, 2])
     write_dataset(tmp_path / "other", [3, 3])
-    write_column(open_dataset(str(tmp_path / "other")), tmp_path / "column")
+    write_sidecar(open_dataset(str(tmp_path / "other")), tmp_path / "column")
     with pytest.raises(ValueError, match="do not align"):
-        open_column(str(tmp_path / "column"), open_dataset(str(tmp_path / "base")))
+        open_sidecar(str(tmp_path / "column"), open_dataset(str(tmp_path / "base")))
     with pytest.raises(ValueError, match="not a sidecar column"):
-        open_column(str(tmp_path / "other"), open_dataset(str(tmp_path / "base")))
+        open_sidecar(str(tmp_path / "other"), open_dataset(str(tmp_path / "base")))

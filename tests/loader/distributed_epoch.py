@@ -21,10 +21,12 @@ parser.add_argument("--out", required=True)
 parser.add_argument("--batch-size", type=int, default=3)
 parser.add_argument("--stop-after", type=int, default=None)
 parser.add_argument("--resume", default=None)
+parser.add_argument("--fill-windows", type=float, default=None)
 args = parser.parse_args()
 
 accelerator = Accelerator(cpu=True)
-loader = StreamLoader(args.dataset, batch_size=args.batch_size, num_workers=1, epochs=1, seed=3)
+loader = StreamLoader(args.dataset, batch_size=args.batch_size, num_workers=1, epochs=1, seed=3,
+                      fill_windows=args.fill_windows)
 if args.resume:
     with open(args.resume) as f:
         loader.load_state_dict(json.load(f)["state"])

@@ -58,3 +58,16 @@ def test_stopped_with_two_processes_resumed_with_one_is_exactly_once(dataset, tm
     counts = collections.Counter(before + after)
     assert len(before) == 12
     assert set(counts.values()) == {1} and len(counts) == sum(SIZES)
+
+
+@pytest.mark.distributed
+def test_two_processes_on_windows_then_one_without_is_exactly_once(dataset, tmp_path):
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    launch(2, str(dataset), "--out", str(first), "--stop-after", "1", "--batch-size", "2", "--fill-windows", "3")
+    launch(1, str(dataset), "--out", str(second), "--resume", str(first), "--batch-size", "4")
+    ranks = json.loads(first.read_text())["ranks"]
+    before = [k for r in ranks for k in r["keys"]]
+    after = json.loads(second.read_text())["ranks"][0]["keys"]
+    counts = collections.Counter(before + after)
+    assert len(before) > 4  # 2 ranks x 2 windows of several utterances
+    assert set(counts.values()) == {1} and len(counts) == sum(SIZES)

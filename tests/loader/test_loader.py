@@ -3,6 +3,8 @@
 import collections
 import io
 import json
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 from streamtrain.loader import (BatchSettings, LoaderStateError, ReadSettings, StreamLoader, Topology, WorkerSettings,
                               merge_states)
 from streamtrain.loader.batch import Batch, SampleError
-from streamtrain.storage.remote import ShardReadError
+from streamtrain.storage.remote import ReadError
 from streamtrain.format.index import load_index
 from streamtrain.format.shard_reader import ShardFile
 from tests.support.datasets import replace_shard, write_dataset
@@ -280,7 +282,7 @@ def test_truncated_shard_is_an_error_naming_it_or_its_samples_are_skipped(tmp_pa
     write_dataset(tmp_path, [4, 5, 3])
     shard = tmp_path / "shard-000001.tar"
     shard.write_bytes(shard.read_bytes()[:3000])
-    with pytest.raises(ShardReadError, match=r"shard-000001\.tar"):
+    with pytest.raises(ReadError, match=r"shard-000001\.tar"):
         list(StreamLoader(tmp_path, batch_size=2, num_workers=1, epochs=1))
     loader = StreamLoader(tmp_path, batch_size=2, num_workers=0, epochs=1, on_bad_sample="skip")
     keys = [k for b in loader for k in b.keys]
@@ -354,3 +356,14 @@ def test_grouped_settings_make_the_same_loader_as_the_keywords(tmp_path):
                                          WorkerSettings(num_workers=0), seed=5, epochs=1)
     assert [b.keys for b in flat] == [b.keys for b in grouped]
     assert grouped.batching == flat.batching and grouped.reading == flat.reading and grouped.workers == flat.workers
+
+
+def test_a_loop_that_raises_ends_the_process_and_its_workers(tmp_path):
+    """The workers ignore SIGTERM (the main process handles preemption): an error that leaves the loader's
+    iterator suspended must still stop them, or multiprocessing's exit handler waits for them forever."""
+    write_dataset(tmp_path, [4, 4])
+    script = ("from streamtrain.loader import StreamLoader\n"
+              f"loader = StreamLoader({str(tmp_path)!r}, batch_size=2, num_workers=2, epochs=3)\n"
+              "print(sum(1 / 0 for batch in loader))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "ZeroDivisionError" in done.stderr

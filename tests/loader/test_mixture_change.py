@@ -4,14 +4,14 @@ ask), everything the new mixture wants comes once, whatever else changes at the 
 from __future__ import annotations
 
 import collections
-import json
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamtrain.loader import StreamLoader, merge_states
+from streamtrain.loader import StreamLoader
 from tests.support.datasets import write_dataset
+from tests.support.ranks import run_ranks
 
 LAYOUTS = {"a": [4, 3, 5], "b": [6, 2], "c": [3, 3, 3, 3]}
 WEIGHTS = st.sampled_from([0.5, 1.0, 1.5, 2.0])
@@ -28,20 +28,7 @@ def roots(tmp_path_factory):
 def run(mixture: dict, state, world: int, batch_size: int, stop_after=None, seed: int = 4):
     """Every rank of one run (in this process) to the end of the epoch it starts in: delivered keys,
     the merged state, the events."""
-    keys, states, events = [], [], []
-    epochs = 1 if state is None else state["epoch"] + 1
-    for rank in range(world):
-        loader = StreamLoader(mixture, batch_size=batch_size, num_workers=0, rank=rank, world_size=world,
-                              epochs=epochs, seed=seed)
-        if state is not None:
-            loader.load_state_dict(json.loads(json.dumps(state)))
-        for number, batch in enumerate(loader, start=1):
-            keys += batch.keys
-            if number == stop_after:
-                break
-        states.append(loader.state_dict())
-        events += loader.pop_events()
-    return keys, merge_states(states), events, loader
+    return run_ranks(mixture, state, world, stop_after, batch_size=batch_size, num_workers=0, seed=seed)
 
 
 def passes_offered(loader, epoch: int) -> collections.Counter:

@@ -10,6 +10,7 @@ from streamtrain.loader.plan import (
     BatchSettings,
     ShardTable,
     block_runs,
+    block_starts,
     cut_batches,
     delivery_sequence,
     plan_epoch,
@@ -38,7 +39,20 @@ def test_blocks_cover_every_shard_and_runs_every_sample_once():
     t = table([5, 3, 8, 1, 4, 7])
     assert sorted(shard_order(t, seed=1, epoch=0).tolist()) == list(range(6))
     runs = block_runs(t, BatchSettings(batch_size=1, bucketing=False, block_shards=2), None, 1, 0)
-    assert sorted(runs.order.tolist()) == list(range(28)) and len(runs.bounds) == 4
+    assert sorted(runs.order.tolist()) == list(range(28)) and len(runs.bounds) == 5  # blocks of 1, 2, 2, 1 shards
+    first_shard = shard_order(t, seed=1, epoch=0)[0]
+    assert runs.bounds[1] == t.counts[first_shard]
+
+
+def test_the_first_block_holds_one_shard_and_the_others_block_shards():
+    assert block_starts(0, 4).tolist() == [0]
+    assert block_starts(1, 4).tolist() == [0, 1]
+    assert block_starts(10, 4).tolist() == [0, 1, 5, 9, 10]
+    assert block_starts(3, 1).tolist() == [0, 1, 2, 3]
+    t = table([40] * 12)
+    for bucketing in (True, False):
+        first = plan(t, BatchSettings(batch_size=8, bucketing=bucketing, block_shards=4)).batches[0]
+        assert len(np.unique(t.locate(first)[0])) == 1  # the epoch's first batch needs one shard
 
 
 def test_same_seed_same_order_other_seed_or_epoch_differs():
@@ -61,21 +75,26 @@ def test_shuffle_quality_spreads_a_shard_over_its_block():
     n, k = 200, 4
     t = table([n] * 16)
     runs = block_runs(t, BatchSettings(batch_size=1, bucketing=False, block_shards=k), None, 3, 0)
+    sizes = np.diff(block_starts(16, k))
     for b in range(len(runs.bounds) - 1):
         block = runs.order[runs.bounds[b] : runs.bounds[b + 1]]
         shards = block // n
+        assert len(np.unique(shards)) == sizes[b]
         for shard in np.unique(shards):
             positions = np.flatnonzero(shards == shard)
             span = (positions[-1] - positions[0]) / (len(block) - 1)
             assert span > 0.9
-            assert abs(np.diff(positions).mean() - k) < 0.25 * k
+            assert abs(np.diff(positions).mean() - sizes[b]) < 0.25 * sizes[b]
 
 
 def test_bucketing_sorts_a_block_by_duration_with_ties_in_random_order():
-    t = ShardTable(np.array([100, 100]), np.repeat(np.float32([1.0, 2.0]), 100))  # shard 0 short, shard 1 long
+    t = ShardTable(np.array([100, 100, 100]), np.repeat(np.float32([1.0, 2.0, 3.0]), 100))  # one length a shard
     runs = block_runs(t, BatchSettings(batch_size=10, block_shards=2), None, 0, 0)
-    assert (np.diff(t.durations[runs.order]) >= 0).all()
-    assert not np.array_equal(np.sort(runs.order[:100]), runs.order[:100])  # equal durations: shuffled
+    assert len(runs.bounds) == 3  # blocks of one shard, then two
+    for b in range(2):
+        run = runs.order[runs.bounds[b] : runs.bounds[b + 1]]
+        assert (np.diff(t.durations[run]) >= 0).all()
+        assert not np.array_equal(np.sort(run[:100]), run[:100])  # equal durations: shuffled
 
 
 def test_fixed_batch_size_batches_are_full_but_the_last():

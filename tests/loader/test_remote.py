@@ -7,7 +7,7 @@ import pytest
 
 from streamtrain.loader import RetryPolicy, StreamLoader
 from streamtrain.storage.cache import ShardCache
-from streamtrain.storage.remote import ShardReadError, redact
+from streamtrain.storage.remote import ReadError, redact
 from streamtrain.format.index import DatasetIndexError, load_index
 from tests.support.datasets import write_dataset
 from tests.support.servers import Faults, fault_proxy, file_server, s3_server, upload_dataset
@@ -54,7 +54,7 @@ def test_http_missing_shard_is_a_clear_error_without_retries(dataset, tmp_path):
     write_dataset(tmp_path / "ds", [3, 3])
     (tmp_path / "ds" / "shard-000001.tar").unlink()
     with file_server(tmp_path) as origin:
-        with pytest.raises(ShardReadError, match=r"shard-000001\.tar: read failed at byte 0 of \d+: no such file"):
+        with pytest.raises(ReadError, match=r"shard-000001\.tar: read failed at byte 0 of \d+: no such file"):
             list(StreamLoader(f"{origin}/ds", batch_size=2, num_workers=0, epochs=1, retry=FAST_RETRY))
 
 
@@ -62,7 +62,7 @@ def test_http_missing_shard_is_a_clear_error_without_retries(dataset, tmp_path):
 def test_persistent_faults_give_up_naming_the_shard(dataset):
     faults = Faults(status_503=list(range(100)))
     with file_server(dataset.parent) as origin, fault_proxy(origin, faults) as proxy:
-        with pytest.raises(ShardReadError, match=r"shard-0000\d\d\.tar.*after 5 attempt"):
+        with pytest.raises(ReadError, match=r"shard-0000\d\d\.tar.*after 5 attempt"):
             list(StreamLoader(f"{proxy}/ds", batch_size=2, num_workers=0, epochs=1, retry=FAST_RETRY))
 
 

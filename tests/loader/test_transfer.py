@@ -7,7 +7,7 @@ import numpy as np
 from streamtrain.format.shard_reader import ReadSettings
 from streamtrain.loader.dataset_sources import epoch_table, open_source
 from streamtrain.loader.transfer import AudioSlots, slot_floats
-from streamtrain.loader.worker import OpenShards, ShardReader
+from streamtrain.loader.worker import ShardPrefetcher, ShardWithColumnsOpener
 from tests.support.datasets import write_dataset
 
 
@@ -42,10 +42,23 @@ def test_shards_are_opened_ahead_in_first_use_order(tmp_path):
     write_dataset(tmp_path / "ds", [3, 3, 3, 3, 3], seed=2)
     source = open_source(str(tmp_path / "ds"))
     table = epoch_table([source], 0, 0)
-    opener = ShardReader([source], [], ReadSettings())
-    with OpenShards(opener, table, [4, 1, 3, 0, 2], depth=2) as shards:
+    opener = ShardWithColumnsOpener([source], [], ReadSettings())
+    with ShardPrefetcher(opener, table, [4, 1, 3, 0, 2], depth=2) as shards:
         assert sorted(shards._ahead) == [1, 4]
         assert shards.get(4).base.keys[0] == "utt-004-0000"
         assert sorted(shards._ahead) == [1, 3]  # the next in first-use order is on its way
         shards.release(4)
         assert shards.get(0).base.keys == ["utt-000-0000", "utt-000-0001", "utt-000-0002"]  # not ahead: opened now
+
+
+def test_until_the_first_batch_is_sent_only_its_shards_are_opened(tmp_path):
+    write_dataset(tmp_path / "ds", [3, 3, 3, 3, 3], seed=2)
+    source = open_source(str(tmp_path / "ds"))
+    table = epoch_table([source], 0, 0)
+    opener = ShardWithColumnsOpener([source], [], ReadSettings())
+    with ShardPrefetcher(opener, table, [4, 1, 3, 0, 2], depth=4, first_batch=2) as shards:
+        assert sorted(shards._ahead) == [1, 4]  # the first batch's two shards, nothing further
+        shards.get(4)
+        assert sorted(shards._ahead) == [1]
+        shards.look_ahead()
+        assert sorted(shards._ahead) == [0, 1, 2, 3]  # then depth shards ahead of need

@@ -122,7 +122,8 @@ def test_python_m_streamtrain_with_two_workers(tmp_path: Path):
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "samples/s" in result.stderr and "hours=" in result.stderr  # the progress bar
+    assert "samples/s" in result.stdout and "hours=" in result.stdout  # progress: plain lines, not a terminal
+    assert "\r" not in result.stdout + result.stderr
     assert load_index(out).samples == len(UTTS)
 
 

@@ -498,3 +498,22 @@ def test_bad_options(tmp_path: Path, options: dict, message: str):
     with pytest.raises(PackError, match=message):
         pack(corpus.source, tmp_path / "out", progress=False, **options)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_webdataset_source_keeps_its_json_fields_and_names_bad_samples(tmp_path: Path):
+    corpus = write_corpus("webdataset", tmp_path / "src", UTTS[:6])
+    audio = next(iter(corpus.audio.values())).read_bytes()
+    with webdataset.TarWriter(str(tmp_path / "src" / "part-009.tar")) as sink:
+        sink.write({"__key__": "no_audio", "txt": "one two"})
+        sink.write({"__key__": "no_text", "wav": audio, "json": {"speaker": "x"}})
+    with pytest.raises(SourceError, match=r"part-009\.tar:no_audio: no audio member"):
+        pack(corpus.source, tmp_path / "out", progress=False)
+    summary = pack(corpus.source, tmp_path / "out", skip_bad=True, workers=2, progress=False)
+    assert (summary.samples, summary.rejected) == (6, 2)
+    reasons = [json.loads(line)["reason"] for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert reasons[1].startswith("missing or empty transcript")
+    samples = read_tar_samples(tmp_path / "out")
+    assert {key: json.loads(s["json"])["text"] for key, s in samples.items()} == corpus.texts
+    odd = json.loads(samples[list(corpus.texts)[1]]["json"])  # its transcript came in a json member
+    utt = UTTS[1]
+    assert odd["speed"] == utt.voice.speed and odd["source"] == f"part-000.tar:{odd['speaker']}/{utt.name}.wav"

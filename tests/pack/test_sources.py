@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,11 @@ def test_every_form_is_detected_and_read(tmp_path: Path, form: str):
     assert rejects(entries) == []
     assert {item.key: item.text for item in items(entries)} == corpus.texts
     for item in items(entries):
-        assert Path(item.audio) == corpus.audio[item.key].resolve()
+        if item.member is None:
+            assert Path(item.audio) == corpus.audio[item.key].resolve()
+        else:  # a WebDataset sample: a member of one of its tar files, holding the same bytes
+            with tarfile.open(item.audio) as tar:
+                assert tar.extractfile(item.member).read() == corpus.audio[item.key].read_bytes()
         assert item.origin
         assert not Path(item.fields["source"]).is_absolute()  # provenance relative to the source root
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import io
 import json
@@ -11,7 +10,6 @@ import subprocess
 import sys
 import tarfile
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -121,7 +119,7 @@ def test_the_limit_holds_at_every_instant_with_three_processes_of_two_workers(se
     script = (f"from streamtrain.loader import StreamLoader\n"
               f"l = StreamLoader({url!r}, batch_size=2, num_workers=2, epochs=3, seed=int(__import__('sys').argv[1]), "
               f"cache_dir={str(cache)!r}, cache_limit={limit})\n"
-              f"print(sum(len(b['keys']) for b in l))\n")
+              f"print(sum(len(b.keys) for b in l))\n")
     observed, done = [], threading.Event()
 
     def size(path):
@@ -159,7 +157,7 @@ def test_a_full_cache_disk_means_reading_on_without_caching_and_one_warning(serv
               f"logging.basicConfig(level=logging.WARNING)\n"
               f"from streamtrain.loader import StreamLoader\n"
               f"l = StreamLoader({url!r}, batch_size=3, num_workers=0, epochs=1, cache_dir={str(cache)!r})\n"
-              f"print(sorted(k for b in l for k in b['keys']))\n")
+              f"print(sorted(k for b in l for k in b.keys))\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert eval(result.stdout) == sorted(f"utt-{s:03d}-{i:04d}" for s, n in enumerate(SIZES) for i in range(n))

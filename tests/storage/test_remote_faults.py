@@ -10,7 +10,7 @@ import time
 import pytest
 
 from streamtrain.loader import RetryPolicy, StreamLoader
-from streamtrain.storage.remote import ShardReadError, fetch_into
+from streamtrain.storage.remote import ReadError, fetch_into
 from tests.support.datasets import write_dataset
 from tests.support.faults import FaultPlan, fault_server
 
@@ -91,7 +91,7 @@ def test_credentials_and_a_token_in_the_url_work_and_are_never_printed(root, cap
         assert "s3cret" not in events and "SECRET" not in events
         (root / "ds" / "shard-000001.tar").rename(root / "ds" / "moved.tar")
         try:
-            with pytest.raises(ShardReadError) as raised:
+            with pytest.raises(ReadError) as raised:
                 delivered(StreamLoader(url, batch_size=3, num_workers=0, epochs=1, retry=RetryPolicy(**QUICK)))
         finally:
             (root / "ds" / "moved.tar").rename(root / "ds" / "shard-000001.tar")

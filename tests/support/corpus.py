@@ -185,6 +185,30 @@ def write_kaldi(
     return Corpus(root, "kaldi", texts, audio, segments)
 
 
+def write_webdataset(root: Path, utts: list[Utterance], spec: AudioSpec = AudioSpec(), *, per_shard: int = 5
+                     ) -> Corpus:
+    """WebDataset shards written by webdataset's own ``TarWriter``: keys with a folder part
+    (``speaker/name``), transcripts in a ``txt`` member for even utterances and in a ``json`` member
+    (with voice fields) for odd ones. The audio files are kept beside, in ``root/audio``."""
+    import webdataset
+
+    texts, audio = {}, {}
+    root.mkdir(parents=True, exist_ok=True)
+    for first in range(0, len(utts), per_shard):
+        with webdataset.TarWriter(str(root / f"part-{first // per_shard:03d}.tar")) as sink:
+            for i, utt in enumerate(utts[first : first + per_shard], start=first):
+                path = write_audio(root / "audio" / f"{utt.name}.{spec.format}", utt, spec)
+                sample = {"__key__": f"{_speaker(utt)}/{utt.name}", spec.format: path.read_bytes()}
+                if i % 2:
+                    sample["json"] = {"text": utt.text, **_voice_fields(utt)}
+                else:
+                    sample["txt"] = utt.text
+                sink.write(sample)
+                key = f"{_speaker(utt)}_{utt.name}"
+                texts[key], audio[key] = utt.text, path
+    return Corpus(root, "webdataset", texts, audio)
+
+
 def _voice_fields(utt: Utterance) -> dict[str, object]:
     return {"speaker": _speaker(utt), "speed": utt.voice.speed}
 
@@ -199,6 +223,7 @@ CORPUS_WRITERS: dict[str, Callable[..., Corpus]] = {
     "folder": write_folder,
     "librispeech": write_librispeech,
     "kaldi": write_kaldi,
+    "webdataset": write_webdataset,
 }
 
 

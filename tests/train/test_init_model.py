@@ -95,7 +95,10 @@ def test_exported_whisper_tiny_transcribes_alike_in_the_pipeline(whisper_tiny, t
     export_model(WhisperForConditionalGeneration.from_pretrained(whisper_tiny), load_tokenizer(recipe.model),
                  build_featurizer(recipe.features.name, **recipe.features.params), recipe, model_dir)
     generation = json.loads((model_dir / "generation_config.json").read_text())
-    assert generation["forced_decoder_ids"] == [[1, 50259], [2, 50359], [3, 50363]]
+    assert "forced_decoder_ids" not in generation  # deprecated: the prompt is language and task
+    assert (generation["language"], generation["task"], generation["no_timestamps_token_id"]) == \
+        ("en", "transcribe", 50363)
+    assert len(generation["lang_to_id"]) == 99 and generation["suppress_tokens"]  # the pretrained folder's
     assert generation["max_length"] == 20 and generation["num_beams"] == 1
     data = digit_dataset(tmp_path / "data", 3, seed=5)
     transcripts = eval_and_pipeline(model_dir, data, tmp_path / "eval.jsonl")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from streamtrain.train.config import RecipeError, load_recipe, train_batch_size, validate
+from streamtrain.train.config import BUNDLED, RecipeError, load_recipe, train_batch_size, validate
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
 
@@ -23,6 +23,8 @@ def test_dotted_overrides_are_typed():
     "override,message",
     [
         ("model.whisper_layers=2", "unknown key 'model.whisper_layers'"),
+        ("optim.warmup_step=5", "unknown key 'optim.warmup_step' .did you mean 'optim.warmup_steps'"),
+        ("data.train={a: 1.0, b: lots}", "data.train.b: expected float, got 'lots'"),
         ("optim.betas=[0.9]", "optim.betas: expected two numbers"),
         ("data.batch_size=eight", "data.batch_size: expected int"),
         ("train.mixed_precision=no", "train.mixed_precision: expected str, got False .quote the word"),
@@ -92,6 +94,37 @@ def test_batch_seconds_count_whole_windows_for_whisper(overrides, batch_size):
 def test_batch_seconds_below_one_window_is_refused():
     with pytest.raises(RecipeError, match=r"data.batch_seconds: 20 s is less than one 30 s window.*set data.batch_size"):
         validate(load_recipe("whisper-finetune", ["data.batch_seconds=20"]))
+
+
+def test_a_bundled_recipe_finds_its_tokenizer_and_data_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe("tiny")
+    for path in (recipe.data.train, recipe.data.validation, recipe.model.tokenizer):
+        assert Path(path).is_absolute() and Path(path).is_relative_to(BUNDLED) and Path(path).exists(), path
+    assert recipe.train.output_dir == "runs/tiny"  # outputs: in the working directory
+
+
+def test_relative_paths_lead_to_the_recipe_folder_where_they_exist_there_and_defaults_into_the_package(tmp_path):
+    (tmp_path / "corpus" / "train").mkdir(parents=True)
+    path = tmp_path / "recipe.yaml"
+    path.write_text("data:\n  train: {corpus/train: 1.0, s3://bucket/extra: 0.5}\n  validation: corpus/validation\n"
+                    "model:\n  pretrained: runs/student\n")
+    recipe = load_recipe(path, ["distill.labels=corpus/train"])
+    assert recipe.data.train == {str(tmp_path / "corpus" / "train"): 1.0, "s3://bucket/extra": 0.5}
+    assert recipe.data.validation == "corpus/validation"  # not there: the working directory's
+    assert recipe.model.pretrained == "runs/student"  # e.g. written by an earlier command
+    assert recipe.distill.labels == "corpus/train"  # overrides: the working directory's
+    assert recipe.model.tokenizer == str(BUNDLED / "tokenizers" / "digits")  # a default
+
+
+@pytest.mark.slow
+def test_train_tiny_runs_from_an_empty_folder(tmp_path, monkeypatch):
+    from tests.support.cli import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    run = run_cli("train", "tiny", "--max-steps", "2", "eval.at_start=false", "eval.batch_size=8",
+                  "eval.max_samples=8")
+    assert (tmp_path / "runs" / "tiny" / "model").is_dir() and "validation WER" in run.out
 
 
 @pytest.mark.parametrize("folder", ["run #1", "2024", "yes", "a: b"])

@@ -93,7 +93,7 @@ def test_a_second_trainer_on_the_same_folder_is_refused_and_a_killed_one_leaves_
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for line in first.stdout:  # the first trainer is stepping
-            if line.startswith("step "):
+            if line.startswith("train: "):
                 break
         code, _, err = run_cli("train", str(recipe), check=False)
         assert code == 2

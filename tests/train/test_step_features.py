@@ -26,7 +26,7 @@ def test_the_objective_gets_the_features_before_and_after_specaugment(digits, tm
                                       features={"specaugment": {"freq_masks": 2, "freq_width": 8, "time_masks": 2,
                                                                 "time_width": 20}}))
     recorder = RecordingObjective()
-    trainer = Trainer(recipe, lambda *args: recorder)
+    trainer = Trainer(recipe, lambda context: recorder)
     batch = next(iter(trainer.loader))
     trainer.step([batch])
     (features,) = recorder.features

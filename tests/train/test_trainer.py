@@ -109,11 +109,11 @@ def test_sigterm_to_the_process_group_finishes_the_step_checkpoints_and_exits_ze
     watchdog.start()
     try:
         seen = []
-        for line in process.stdout:  # wait for the first logged step (every 2 steps), however slow the machine
+        for line in process.stdout:  # wait for the first progress line (every 2 steps), however slow the machine
             seen.append(line)
-            if line.startswith("step "):
+            if line.startswith("train: "):
                 break
-        assert any(line.startswith("step ") for line in seen), "".join(seen)
+        assert any(line.startswith("train: ") for line in seen), "".join(seen)
         os.killpg(process.pid, signal.SIGTERM)
         out, err = process.communicate(timeout=120)
     finally:
@@ -210,7 +210,10 @@ def test_two_processes_then_one_stays_exactly_once(digits, tmp_path):
     assert trainer["world_size"] == 2
     assert sorted(p.name for p in (run / AUDIT_DIR).iterdir()) == [
         "session-0000-rank-00000.jsonl.zst", "session-0000-rank-00001.jsonl.zst"]
-    run_cli("train", str(recipe), "train.max_steps=20")
+    resumed = run_cli("train", str(recipe), "train.max_steps=20")
+    assert "accumulating 2 loader batches a step, not train.grad_accum=1, keeps the global batch" in resumed.out
+    final = json.loads((run / "checkpoints" / "step-00000020" / "trainer.json").read_text())
+    assert final["grad_accum"] == 2 and final["world_size"] == 1
     audit = run_cli("audit", str(run))
     assert "audit: OK" in audit.out and "epoch 0 (complete)" in audit.out
 
@@ -270,6 +273,7 @@ def move_a_step_to_dropped(records, **dropped):
                        **dropped}]
 
 
+@pytest.mark.slow
 def test_audit_checks_dropped_samples_by_id_not_by_the_records_count(digits, uninterrupted, tmp_path, capsys):
     """In process: a one-rank run never drops a batch, whatever the record's ``batches`` says."""
     doctor_log(uninterrupted, tmp_path / "dropped", lambda r: move_a_step_to_dropped(r, batches=0, world_size=1))
@@ -278,6 +282,7 @@ def test_audit_checks_dropped_samples_by_id_not_by_the_records_count(digits, uni
     assert "problem: 8 samples recorded as dropped on a one-rank run" in out and "audit: FAILED" in out
 
 
+@pytest.mark.slow
 def test_audit_of_a_dropped_record_without_world_size_is_one_line(digits, uninterrupted, tmp_path, capsys):
     doctor_log(uninterrupted, tmp_path / "malformed", lambda r: move_a_step_to_dropped(r, batches=0))
     assert cli_main(["audit", str(tmp_path / "malformed")]) == 2
@@ -296,10 +301,13 @@ def test_final_model_loads_in_transformers_and_streamtrain_eval_writes_hypothese
     assert type(tokenizer).__name__ == "WhisperTokenizer"
     assert tokenizer("two nine", add_special_tokens=False)["input_ids"] == [5, 12]
     assert AutoFeatureExtractor.from_pretrained(model_dir).feature_size == 40
-    assert "WER" in run_cli("eval", str(uninterrupted), str(digits[1]), "--num-workers", "0").out
+    result = run_cli("eval", str(uninterrupted), str(digits[1]), "--num-workers", "0")
+    assert "WER" in result.out and "normalizer plain" in result.out  # digits: Whisper's would write "12"
+    assert json.loads((model_dir / "streamtrain.json").read_text())["normalizer"] == "plain"
     lines = (model_dir / "eval-validation.jsonl").read_text().splitlines()
     assert len(lines) == 12
-    assert set(json.loads(lines[0])) == {"key", "reference", "hypothesis", "word_errors", "char_errors"}
+    assert set(json.loads(lines[0])) == {"key", "reference", "hypothesis", "word_errors", "char_errors",
+                                         "language"}
 
 
 @pytest.mark.slow
@@ -327,6 +335,7 @@ def test_utterances_longer_than_the_feature_window_are_left_out_and_counted(digi
            f"0 dropped to equalize ranks, {longer} filtered by duration" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_eval_max_samples_is_exactly_that_many_utterances_not_whole_batches(digits, uninterrupted, tmp_path, capsys):
     out = tmp_path / "five.jsonl"
     assert cli_main(["eval", str(uninterrupted), str(digits[1]), "--num-workers", "0", "--batch-size", "4",

@@ -1,0 +1,146 @@
+"""Filling fixed windows with consecutive samples: pure numpy, no per-sample Python loop.
+
+The published Whisper models read a 30 s window whatever the clip's length; one
+2 s clip per window leaves 93 % of the encoder's work to padding. Here the
+samples of each segment (a block of the epoch plan, in shard order) are laid end
+to end on a time line cut every ``width`` seconds, from a phase (other
+neighbours each epoch). A sample that lies wholly inside one cut goes to that
+window. A sample that straddles a cut (at most one per cut) is offered the gaps
+of its segment's windows: the r-th longest waiting sample is offered the window
+with the r-th widest gap and taken where it fits, and the samples left over are
+offered the windows left over the same way (``MATCH_PASSES``). What still waits
+is laid out again, in a new *round*, the same way; after ``MAX_ROUNDS`` rounds
+the very few samples left get a window each. Each round and pass is a few
+passes over whole arrays. No window's seconds exceed ``width``; a window's
+samples are consecutive in the segment except those placed into gaps.
+
+Fill (speech seconds over window seconds) at 30 s: about 0.93 for 2 s clips,
+0.92 for 1-7 s, 0.84 for 1-15 s (``benchmarks/window_bench.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_ROUNDS = 3  # then what still waits (very few) gets a window each
+MATCH_ROUNDS = 2  # rounds whose straddlers are offered the gaps of the windows so far
+MATCH_PASSES = 2
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Items grouped into windows: item i is number ``within[i]`` of window ``window[i]``."""
+
+    window: np.ndarray  # (n,) int32
+    within: np.ndarray  # (n,) int32: the item's place in its window (0 first)
+    segment: np.ndarray  # (W,) int64: the segment each window belongs to
+    sizes: np.ndarray  # (W,) int32: items per window
+
+
+def fill_windows(seconds: np.ndarray, segment: np.ndarray, width: float, phase: np.ndarray | None = None
+                 ) -> Windows:
+    """Group items into windows of at most ``width`` seconds, never across segments.
+
+    seconds: (n,) durations, each at most ``width``; segment: (n,) non-decreasing segment
+    number (< 2^16) of each item (its run); phase: (segments,) where in ``[0, width)`` each
+    segment's time line starts in the first round (other neighbours each epoch). Within a
+    window, the items laid out together come first, in their order, then the matched ones.
+    """
+    seconds = np.asarray(seconds, dtype=np.float64)
+    segment = np.asarray(segment, dtype=np.int64)
+    if len(seconds) and seconds.max() > width:
+        raise ValueError(f"an item lasts {seconds.max():.3f} s, longer than the window ({width} s)")
+    window = np.empty(len(seconds), dtype=np.int32)
+    within = np.empty(len(seconds), dtype=np.int32)
+    content = np.zeros(0, dtype=np.float64)  # seconds in each window so far
+    sizes = np.zeros(0, dtype=np.int32)
+    window_segment = np.zeros(0, dtype=np.int64)
+    waiting = np.arange(len(seconds), dtype=np.int32)
+    for round_ in range(MAX_ROUNDS + 1):
+        if not len(waiting):
+            break
+        s, seg = (seconds, segment) if round_ == 0 else (seconds[waiting], segment[waiting])
+        if round_ == MAX_ROUNDS:  # what still waits: a window each
+            fits, key = np.ones(len(waiting), dtype=bool), np.arange(len(waiting))
+        else:
+            fits, key = _lay_out(s, seg, width, phase if round_ == 0 else None)
+        placed, seg, key = waiting[fits], seg[fits], key[fits]
+        new = np.ones(len(placed), dtype=bool)
+        np.not_equal(key[1:], key[:-1], out=new[1:])
+        starts = np.flatnonzero(new).astype(np.int32)
+        ids = np.cumsum(new, dtype=np.int32) - 1
+        window[placed] = ids + len(content)
+        within[placed] = np.arange(len(placed), dtype=np.int32) - starts[ids]
+        content = np.append(content, np.add.reduceat(s[fits], starts) if len(starts) else [])
+        sizes = np.append(sizes, np.diff(np.append(starts, len(placed))))
+        window_segment = np.append(window_segment, seg[starts])
+        waiting = waiting[~fits]
+        if round_ < MATCH_ROUNDS:
+            waiting = _match(seconds, segment, waiting, width, content, sizes, window_segment, window, within)
+    return Windows(window, within, window_segment, sizes)
+
+
+def _lay_out(s: np.ndarray, seg: np.ndarray, width: float, phase: np.ndarray | None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Items laid end to end on their segment's time line, cut every ``width`` seconds: whether
+    each lies inside one cut, and a key naming its cut (segment and cut number)."""
+    end = np.cumsum(s)
+    start = end - s
+    first = np.ones(len(s), dtype=bool)
+    first[1:] = seg[1:] != seg[:-1]
+    base = np.maximum.accumulate(np.where(first, start, 0.0))  # where each segment's time line begins
+    if phase is not None:
+        base -= phase[seg]
+    start -= base
+    end -= base
+    cut = np.floor(start / width)
+    return end - cut * width <= width, (seg << 32) + cut.astype(np.int64)
+
+
+def _match(seconds: np.ndarray, segment: np.ndarray, waiting: np.ndarray, width: float, content: np.ndarray,
+           sizes: np.ndarray, window_segment: np.ndarray, window: np.ndarray, within: np.ndarray) -> np.ndarray:
+    """Offer the waiting items the gaps of the windows so far (updating the windows); returns those still waiting.
+
+    At most one item per window per pass: within a segment the r-th longest item is offered the
+    window with the r-th widest gap and taken where it fits; the items left over are offered the
+    windows left over the same way, ``MATCH_PASSES`` times (both stay sorted: one sort each).
+    """
+    if not len(waiting):
+        return waiting
+    gaps = width - content
+    items = waiting[_by_segment_descending(seconds[waiting], segment[waiting])]
+    windows = _by_segment_descending(gaps, window_segment)
+    segments = np.arange(max(int(window_segment.max(initial=0)), int(segment[waiting].max())) + 2)
+    for _ in range(MATCH_PASSES):
+        item_seg, window_seg = segment[items], window_segment[windows]
+        window_bounds = np.searchsorted(window_seg, segments)  # where each segment's windows start
+        item_rank = np.arange(len(items)) - np.searchsorted(item_seg, segments)[item_seg]
+        candidate = window_bounds[item_seg] + item_rank
+        has = candidate < window_bounds[item_seg + 1]
+        ok = np.zeros(len(items), dtype=bool)
+        ok[has] = seconds[items[has]] <= gaps[windows[candidate[has]]]
+        taken, chosen = items[ok], windows[candidate[ok]]
+        window[taken] = chosen
+        within[taken] = sizes[chosen]
+        sizes[chosen] += 1
+        content[chosen] += seconds[taken]
+        used = np.zeros(len(windows), dtype=bool)
+        used[candidate[ok]] = True
+        items, windows = items[~ok], windows[~used]
+        if not len(taken) or not len(items):
+            break
+    return np.sort(items)
+
+
+def _by_segment_descending(values: np.ndarray, segment: np.ndarray) -> np.ndarray:
+    """The order sorting by segment, then by value descending (16-bit keys: stable radix passes)."""
+    key = np.uint16(0x7FFF) - (np.maximum(values, 0).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    order = np.argsort(key, kind="stable")
+    return order[np.argsort(segment[order].astype(np.uint16), kind="stable")]
+
+
+def fill_ratio(seconds: np.ndarray, windows: int, width: float) -> float:
+    """Speech seconds over window seconds."""
+    return float(np.sum(seconds, dtype=np.float64) / (windows * width)) if windows else 0.0
