@@ -66,10 +66,12 @@ def test_the_wheel_holds_the_package_and_no_test_helper(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     packaged = sorted(n for n in names if not n.startswith("streamtrain-"))
-    sources = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "streamtrain").rglob("*.py"))
-    assert packaged == sources  # the package's modules, nothing from tests/ or benchmarks/
+    sources = [p.relative_to(tmp_path).as_posix() for p in (tmp_path / "streamtrain").rglob("*.py")]
+    bundled = [p.relative_to(tmp_path).as_posix() for p in (tmp_path / "streamtrain" / "train" / "recipes").rglob("*")
+               if p.is_file()]  # the recipes, the digits tokenizer and the demo shards: package data
+    assert bundled and packaged == sorted(sources + bundled)  # nothing from tests/ or benchmarks/
     helpers = ("moto", "http.server", "socketserver")
-    shipped = [n for n in packaged if any(h in (tmp_path / n).read_text() for h in helpers)]
+    shipped = [n for n in packaged if n.endswith(".py") and any(h in (tmp_path / n).read_text() for h in helpers)]
     assert shipped == [], f"test servers in the wheel: {shipped}"
 
 

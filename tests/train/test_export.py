@@ -20,7 +20,7 @@ def trained(digits, tmp_path_factory):
     """The micro recipe trained long enough to say different things about different utterances."""
     train, test = digits
     run = tmp_path_factory.mktemp("export") / "run"
-    run_cli("train", str(micro_recipe(run, train, None, train={"max_steps": 60, "checkpoint_every": 60},
+    run_cli("train", str(micro_recipe(run, train, None, train={"max_steps": 100, "checkpoint_every": 100},
                                       features={"specaugment": None})))
     return run / "model", test
 
