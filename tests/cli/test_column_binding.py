@@ -46,12 +46,18 @@ def test_a_feature_cache_of_a_repacked_dataset_is_refused(tmp_path, capsys):
     assert "fingerprint" in one_line(capsys)
 
 
+def labelled_dataset(tmp_path, teacher) -> tuple:
+    """(a small dataset, the label column the teacher wrote of it, the label command)."""
+    dataset, labels = tmp_path / "ds", tmp_path / "labels"
+    write_dataset(dataset, SHARDS)
+    command = ["label", str(dataset), "--teacher", str(teacher), "--out", str(labels), "--no-progress"]
+    assert main(command) == 0
+    return dataset, labels, command
+
+
 @pytest.mark.slow
 def test_labels_of_a_repacked_dataset_are_refused(tmp_path, teacher, capsys):
-    dataset = tmp_path / "ds"
-    write_dataset(dataset, SHARDS)
-    labels = tmp_path / "labels"
-    assert main(["label", str(dataset), "--teacher", str(teacher), "--out", str(labels), "--no-progress"]) == 0
+    dataset, labels, _ = labelled_dataset(tmp_path, teacher)
     repack_in_place(dataset)
     capsys.readouterr()
     recipe = micro_recipe(tmp_path / "run", dataset, None, train={"max_steps": 1},
@@ -62,11 +68,7 @@ def test_labels_of_a_repacked_dataset_are_refused(tmp_path, teacher, capsys):
 
 @pytest.mark.slow
 def test_label_resumed_against_a_repacked_dataset_is_refused(tmp_path, teacher, capsys):
-    dataset = tmp_path / "ds"
-    write_dataset(dataset, SHARDS)
-    labels = tmp_path / "labels"
-    command = ["label", str(dataset), "--teacher", str(teacher), "--out", str(labels), "--no-progress"]
-    assert main(command) == 0
+    dataset, labels, command = labelled_dataset(tmp_path, teacher)
     for finished in ("index.json", "index.keys.txt", "index.durations.f32", "shard-000001.tar"):
         (labels / finished).unlink()  # as if killed after its first shard
     capsys.readouterr()
