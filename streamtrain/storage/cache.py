@@ -101,7 +101,8 @@ class ShardCache:
         try:
             write(out)
             out.flush()
-            os.replace(tmp, path)
+            with self._locked():  # a reservation becomes an entry in one step, for used_bytes
+                os.replace(tmp, path)
             fcntl.flock(out, fcntl.LOCK_UN)
             out.seek(0)
             return out
@@ -118,8 +119,13 @@ class ShardCache:
             raise
 
     def used_bytes(self) -> int:
-        """Complete files plus the room reserved by files being written."""
-        return sum(size for _, _, size in self._entries()) + sum(size for _, size in self._reservations())
+        """Complete files plus the room reserved by files being written.
+
+        Counted under the lock: otherwise an eviction and the reservation that follows it
+        could fall between the two scans and be counted both ways.
+        """
+        with self._locked():
+            return sum(size for _, _, size in self._entries()) + sum(size for _, size in self._reservations())
 
     def _entries(self) -> list[tuple[float, Path, int]]:
         entries = []

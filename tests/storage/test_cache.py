@@ -48,6 +48,40 @@ def test_a_file_left_by_a_dead_writer_is_removed_and_counted_until_then(tmp_path
     assert not stale.exists() and cache.used_bytes() == 6
 
 
+def test_used_bytes_counts_an_eviction_and_the_reservation_after_it_once(tmp_path):
+    """Another process evicting a file and reserving room between used_bytes' two scans (of files,
+    then of reservations) once made it count both: the count takes the cache's lock."""
+    measured, writer = ShardCache(tmp_path, limit_bytes=10), ShardCache(tmp_path, limit_bytes=10)
+    fill(measured, b"a" * 6)
+    fill(measured, b"b" * 4)
+    writing, release = threading.Event(), threading.Event()
+
+    def write_slowly(out):
+        writing.set()
+        release.wait(10)
+        out.write(b"c" * 6)
+
+    scan_files = measured._entries
+
+    def scan_files_then_let_the_writer_in():
+        files = scan_files()
+        filler = threading.Thread(target=writer.fill, args=(digest(b"c" * 6), 6, write_slowly))
+        filler.start()
+        threads.append(filler)
+        writing.wait(1)  # the writer is let in only where nothing holds the lock
+        return files
+
+    threads = []
+    measured._entries = scan_files_then_let_the_writer_in
+    try:
+        assert measured.used_bytes() <= 10
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join()
+    assert ShardCache(tmp_path, limit_bytes=10).used_bytes() <= 10
+
+
 @pytest.fixture
 def served(tmp_path):
     root = tmp_path / "www"
