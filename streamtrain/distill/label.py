@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -84,77 +85,88 @@ def label_dataset(
 ) -> LabelSummary:
     """Label ``dataset`` into a column at ``out_dir`` (a folder or URL); see the module docstring."""
     source = open_dataset(dataset, storage_options)
-    rank, ranks = _process_group()
-    if str(device) == "cuda" and ranks > 1:  # one GPU a process, as the launcher numbers them on a machine
-        device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
-    with Output(out_dir, storage_options) as out:
-        out.check_writable()  # before the teacher loads and the work starts
-        teacher, fingerprint = load_teacher(teacher_dir, settings.precision, device)
-        featurizer, codec = inference_config(teacher_dir, teacher.config)
-        codec = TextCodec(codec.tokenizer, settings.prompt.split() if settings.prompt else codec.prompt,
-                          codec.eos_token, settings.max_tokens or codec.max_tokens)
-        suppressed = timestamp_ids(codec.tokenizer) if "<|notimestamps|>" in codec.prompt else []
-        featurizer.to(device)
-        run = {"teacher": str(teacher_dir), "teacher_fingerprint": fingerprint, "settings": asdict(settings),
-               **base_identity(source)}
-        complete = _prepare(out, run, overwrite) if rank == 0 else set()
-        if ranks > 1:
-            complete = _from_rank_zero(complete)
-        tally = _Tally()
-        backoff = OomBackoff("labelling")
-        mine = [n for n in range(len(source.index.shards)) if n % ranks == rank]
-        report = ProgressReport("label" if ranks == 1 else f"label rank {rank}",
-                                int(source.index.shards.samples[mine].sum()), "samples", enabled=progress)
-        generating = [0.0]
-        started = time.perf_counter()
+    with _process_group() as (rank, ranks):
+        if str(device) == "cuda" and ranks > 1:  # one GPU a process, as the launcher numbers them on a machine
+            device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
+        with Output(out_dir, storage_options) as out:
+            out.check_writable()  # before the teacher loads and the work starts
+            teacher, fingerprint = load_teacher(teacher_dir, settings.precision, device)
+            featurizer, codec = inference_config(teacher_dir, teacher.config)
+            codec = TextCodec(codec.tokenizer, settings.prompt.split() if settings.prompt else codec.prompt,
+                              codec.eos_token, settings.max_tokens or codec.max_tokens)
+            suppressed = timestamp_ids(codec.tokenizer) if "<|notimestamps|>" in codec.prompt else []
+            featurizer.to(device)
+            run = {"teacher": str(teacher_dir), "teacher_fingerprint": fingerprint, "settings": asdict(settings),
+                   **base_identity(source)}
+            complete = _prepare(out, run, overwrite) if rank == 0 else set()
+            if ranks > 1:
+                complete = _from_rank_zero(complete)
+            tally = _Tally()
+            backoff = OomBackoff("labelling")
+            mine = [n for n in range(len(source.index.shards)) if n % ranks == rank]
+            report = ProgressReport("label" if ranks == 1 else f"label rank {rank}",
+                                    int(source.index.shards.samples[mine].sum()), "samples", enabled=progress)
+            generating = [0.0]
+            started = time.perf_counter()
 
-        def label_chunk(chunk: DecodedChunk) -> list[dict[str, bytes]]:
-            began = time.perf_counter()
-            generations = transcribe(teacher, featurizer, codec, chunk.audio, chunk.lengths, backoff,
-                                     torch.inference_mode, suppressed)
-            generating[0] += time.perf_counter() - began
-            return [{"json": json.dumps(tally.label(meta["text"], generation, settings.max_wer)).encode()}
-                    for meta, generation in zip(chunk.metas, generations)]
+            def label_chunk(chunk: DecodedChunk) -> list[dict[str, bytes]]:
+                began = time.perf_counter()
+                generations = transcribe(teacher, featurizer, codec, chunk.audio, chunk.lengths, backoff,
+                                         torch.inference_mode, suppressed)
+                generating[0] += time.perf_counter() - began
+                return [{"json": json.dumps(tally.label(meta["text"], generation, settings.max_wer)).encode()}
+                        for meta, generation in zip(chunk.metas, generations)]
 
-        with report:
-            for number in mine:
-                shard = source.index.shards[number]
-                if shard.name in complete:  # shards are published under their name only once whole
+            with report:
+                for number in mine:
+                    shard = source.index.shards[number]
+                    if shard.name in complete:  # shards are published under their name only once whole
+                        tally.count_complete(shard, out.read(shard.name), out.describe(shard.name))
+                        report.update(shard.samples)
+                        continue
+                    tally.add(*write_column_shard(source, number, out, sample_rate=featurizer.sample_rate,
+                                                  batch_size=batch_size, device=device, members_for=label_chunk,
+                                                  on_chunk=report.update))
+                    tally.written += 1
+            elapsed = time.perf_counter() - started
+            wait = (elapsed - generating[0]) / elapsed if tally.written else 0.0
+            if ranks > 1:
+                written = torch.tensor([tally.written])
+                torch.distributed.all_reduce(written)  # also waits for every rank's shards to be published
+                if rank != 0:
+                    return LabelSummary(len(tally.keys), tally.kept, tally.written, len(tally.infos) - tally.written,
+                                        tally.counts.wer, wait, ranks)
+                tally = _Tally(written=int(written))  # the whole column, from the shards every rank wrote
+                for shard in source.index.shards:
                     tally.count_complete(shard, out.read(shard.name), out.describe(shard.name))
-                    report.update(shard.samples)
-                    continue
-                tally.add(*write_column_shard(source, number, out, sample_rate=featurizer.sample_rate,
-                                              batch_size=batch_size, device=device, members_for=label_chunk,
-                                              on_chunk=report.update))
-                tally.written += 1
-        elapsed = time.perf_counter() - started
-        wait = (elapsed - generating[0]) / elapsed if tally.written else 0.0
-        if ranks > 1:
-            written = torch.tensor([tally.written])
-            torch.distributed.all_reduce(written)  # also waits for every rank's shards to be published
-            if rank != 0:
-                return LabelSummary(len(tally.keys), tally.kept, tally.written, len(tally.infos) - tally.written,
-                                    tally.counts.wer, wait, ranks)
-            tally = _Tally(written=int(written))  # the whole column, from the shards every rank wrote
-            for shard in source.index.shards:
-                tally.count_complete(shard, out.read(shard.name), out.describe(shard.name))
-        index = DatasetIndex(codec="column", sample_rate=None, shards=ShardList.of(tally.infos),
-                             created_by="streamtrain label",
-                             column={"name": LABELS_COLUMN, "kind": "pseudo_labels", **run, "prompt": codec.prompt,
-                                     "kept": tally.kept, "label_wer": tally.counts.wer})
-        publish_index(out, index, source.durations, tally.keys)
-    return LabelSummary(source.index.samples, tally.kept, tally.written, len(tally.infos) - tally.written,
-                        tally.counts.wer, wait, ranks)
+            index = DatasetIndex(codec="column", sample_rate=None, shards=ShardList.of(tally.infos),
+                                 created_by="streamtrain label",
+                                 column={"name": LABELS_COLUMN, "kind": "pseudo_labels", **run, "prompt": codec.prompt,
+                                         "kept": tally.kept, "label_wer": tally.counts.wer})
+            publish_index(out, index, source.durations, tally.keys)
+        return LabelSummary(source.index.samples, tally.kept, tally.written, len(tally.infos) - tally.written,
+                            tally.counts.wer, wait, ranks)
 
 
-def _process_group() -> tuple[int, int]:
+@contextmanager
+def _process_group():
     """(rank, number of processes): a launcher's (WORLD_SIZE > 1: torchrun, accelerate launch), joined
-    over gloo, which every machine has; labels travel through the output, not the process group."""
+    over gloo, which every machine has; labels travel through the output, not the process group.
+
+    A group joined here is left here: one left to the interpreter's exit can abort the
+    process (gloo's threads still running: "terminate called without an active exception").
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return 0, 1
-    if not torch.distributed.is_initialized():
+        yield 0, 1
+        return
+    joined = not torch.distributed.is_initialized()
+    if joined:
         torch.distributed.init_process_group("gloo")
-    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    try:
+        yield torch.distributed.get_rank(), torch.distributed.get_world_size()
+    finally:
+        if joined:
+            torch.distributed.destroy_process_group()
 
 
 def _from_rank_zero(value):
