@@ -117,6 +117,9 @@ class ModelConfig:
     #: the share of training windows whose targets carry Whisper's timestamp tokens (<|0.00|>..<|30.00|>)
     #: at each utterance's start and end (Distil-Whisper's name); the others keep <|notimestamps|>
     timestamp_probability: float = 0.0
+    #: weight w of an auxiliary CTC loss on the encoder's output: (1 - w) * objective + w * CTC; 0: none
+    #: (``streamtrain.train.ctc``: shortens the plateau of a model trained from scratch)
+    ctc_weight: float = 0.0
     gradient_checkpointing: bool = False
     compile: bool = False
     #: Distil-Whisper's freezing options: frozen tensors keep their values (and the frozen encoder runs
@@ -395,6 +398,9 @@ def _check_values(recipe: Recipe) -> None:
             raise RecipeError(f"{key}: must be >= 0, got {value!r}")
     if recipe.eval.every < 0:
         raise RecipeError(f"eval.every: must be >= 0, got {recipe.eval.every}")
+    if not 0.0 <= recipe.model.ctc_weight < 1.0:
+        raise RecipeError(f"model.ctc_weight: must be within 0 .. 1 (1 excluded: the decoder would not train), "
+                          f"got {recipe.model.ctc_weight}")
     if not 0.0 <= recipe.model.timestamp_probability <= 1.0:
         raise RecipeError(f"model.timestamp_probability: must be within 0 .. 1, "
                           f"got {recipe.model.timestamp_probability}")

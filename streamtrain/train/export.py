@@ -31,6 +31,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase, WhisperFeatureExtractor
 
 from streamtrain.train.config import Recipe
+from streamtrain.train.ctc import without_ctc_head
 from streamtrain.train.generation import whisper_generation_config
 from streamtrain.train.normalizer import default_normalizer
 from streamtrain.train.whisper_tokenizer import WhisperTokenizerError, as_whisper_tokenizer, save_tokenizer
@@ -49,7 +50,7 @@ def export_model(model, tokenizer: PreTrainedTokenizerBase, featurizer, recipe: 
     """
     normalizer = recipe.eval.normalizer or default_normalizer(recipe.model.prompt, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    model.save_pretrained(out, state_dict=without_ctc_head(model.state_dict()))
     whisper_generation_config(model, tokenizer, recipe.model.prompt, recipe.model.max_target_tokens,
                               pretrained=recipe.model.pretrained is not None).save_pretrained(out)
     try:

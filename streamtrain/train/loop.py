@@ -40,6 +40,7 @@ from streamtrain.train.audit import AuditLog, encode_ids, next_session
 from streamtrain.train.backoff import OomBackoff
 from streamtrain.train.config import (MixtureEntry, Recipe, RecipeError, train_batch_size, train_max_seconds, validate,
                                       window_seconds)
+from streamtrain.train.ctc import attach_ctc_head
 from streamtrain.train.evaluate import ErrorCounts, evaluate, rank_quotas
 from streamtrain.train.export import export_model
 from streamtrain.train.inputs import CachedFeatures, LiveFeatures
@@ -119,6 +120,7 @@ class Trainer:
         self.specaugment = SpecAugment(**recipe.features.specaugment).to(self.device) \
             if recipe.features.specaugment else None
         model = build_model(model_config, self.codec, self.featurizer.n_mels, self.featurizer.n_frames)
+        self.ctc = attach_ctc_head(model, recipe.model.ctc_weight, self.tokenizer)
         torch.manual_seed(_rank_seed(cfg.seed, self.rank))  # dropout: each rank draws its own masks
         if recipe.model.compile:
             model = torch.compile(model)
@@ -336,6 +338,8 @@ class Trainer:
                     outputs = self.model(input_features=seen, decoder_input_ids=inputs)
                 loss = self.objective.loss(outputs.logits, labels,
                                            StepFeatures(features, seen, outputs.encoder_last_hidden_state), inputs)
+                if self.ctc is not None:
+                    loss = self.ctc.mix(loss, outputs.encoder_last_hidden_state, frames, labels)
                 self.accelerator.backward(loss / tokens)
             total += float(loss.detach())
         return total / tokens
@@ -345,8 +349,11 @@ class Trainer:
         features, _ = self.featurizer(silence, torch.tensor([silence.shape[1]], device=self.device))
         inputs = torch.tensor([self.codec.prompt_ids], device=self.device)
         with self.accelerator.autocast():
-            logits = self.model(input_features=features, decoder_input_ids=inputs).logits
-        self.accelerator.backward(logits.float().sum() * 0.0)
+            outputs = self.model(input_features=features, decoder_input_ids=inputs)
+        unused = outputs.logits.float().sum()
+        if self.ctc is not None:  # every trained tensor takes part in the all-reduce
+            unused = unused + self.ctc.head(outputs.encoder_last_hidden_state.float()).sum()
+        self.accelerator.backward(unused * 0.0)
         return 0.0
 
     def _log(self, loss: float, meter: "_Meter", report: ProgressReport, epoch: int) -> None:
