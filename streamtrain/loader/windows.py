@@ -66,16 +66,17 @@ def fill_windows(seconds: np.ndarray, segment: np.ndarray, width: float, phase: 
             fits, key = np.ones(len(waiting), dtype=bool), np.arange(len(waiting))
         else:
             fits, key = _lay_out(s, seg, width, phase if round_ == 0 else None)
-        placed, seg, key = waiting[fits], seg[fits], key[fits]
+        inside = np.flatnonzero(fits)  # positions in this round's items
+        placed, key = waiting[inside], key[inside]
         new = np.ones(len(placed), dtype=bool)
         np.not_equal(key[1:], key[:-1], out=new[1:])
-        starts = np.flatnonzero(new).astype(np.int32)
-        ids = np.cumsum(new, dtype=np.int32) - 1
-        window[placed] = ids + len(content)
-        within[placed] = np.arange(len(placed), dtype=np.int32) - starts[ids]
-        content = np.append(content, np.add.reduceat(s[fits], starts) if len(starts) else [])
-        sizes = np.append(sizes, np.diff(np.append(starts, len(placed))))
-        window_segment = np.append(window_segment, seg[starts])
+        starts = np.flatnonzero(new)
+        counts = np.diff(np.append(starts, len(placed))).astype(np.int32)
+        window[placed] = np.repeat(np.arange(len(content), len(content) + len(starts), dtype=np.int32), counts)
+        within[placed] = np.arange(len(placed), dtype=np.int32) - np.repeat(starts.astype(np.int32), counts)
+        content = np.append(content, np.add.reduceat(s[inside], starts) if len(starts) else [])
+        sizes = np.append(sizes, counts)
+        window_segment = np.append(window_segment, seg[inside[starts]])
         waiting = waiting[~fits]
         if round_ < MATCH_ROUNDS:
             waiting = _match(seconds, segment, waiting, width, content, sizes, window_segment, window, within)
@@ -88,11 +89,12 @@ def _lay_out(s: np.ndarray, seg: np.ndarray, width: float, phase: np.ndarray | N
     each lies inside one cut, and a key naming its cut (segment and cut number)."""
     end = np.cumsum(s)
     start = end - s
-    first = np.ones(len(s), dtype=bool)
-    first[1:] = seg[1:] != seg[:-1]
-    base = np.maximum.accumulate(np.where(first, start, 0.0))  # where each segment's time line begins
+    heads = np.flatnonzero(seg[1:] != seg[:-1]) + 1  # where each segment but the first begins
+    heads = np.concatenate([[0], heads])
+    base = np.maximum.accumulate(start[heads])  # where each segment's time line begins
     if phase is not None:
-        base -= phase[seg]
+        base -= phase[seg[heads]]
+    base = np.repeat(base, np.diff(np.append(heads, len(s))))
     start -= base
     end -= base
     cut = np.floor(start / width)
