@@ -112,25 +112,32 @@ def _match(seconds: np.ndarray, segment: np.ndarray, waiting: np.ndarray, width:
     if not len(waiting):
         return waiting
     gaps = width - content
-    items = waiting[_by_segment_descending(seconds[waiting], segment[waiting])]
+    item_seconds, item_seg = seconds[waiting], segment[waiting]
+    by = _by_segment_descending(item_seconds, item_seg)
+    items, item_seconds, item_seg = waiting[by], item_seconds[by], item_seg[by]
     windows = _by_segment_descending(gaps, window_segment)
-    segments = np.arange(max(int(window_segment.max(initial=0)), int(segment[waiting].max())) + 2)
+    window_seg, window_gaps = window_segment[windows], gaps[windows]
+    segments = np.arange(max(int(window_segment.max(initial=0)), int(item_seg.max())) + 2)
     for _ in range(MATCH_PASSES):
-        item_seg, window_seg = segment[items], window_segment[windows]
+        if not len(windows):
+            break
         window_bounds = np.searchsorted(window_seg, segments)  # where each segment's windows start
         item_rank = np.arange(len(items)) - np.searchsorted(item_seg, segments)[item_seg]
         candidate = window_bounds[item_seg] + item_rank
-        has = candidate < window_bounds[item_seg + 1]
-        ok = np.zeros(len(items), dtype=bool)
-        ok[has] = seconds[items[has]] <= gaps[windows[candidate[has]]]
-        taken, chosen = items[ok], windows[candidate[ok]]
+        ok = candidate < window_bounds[item_seg + 1]
+        ok &= item_seconds <= window_gaps[np.minimum(candidate, len(windows) - 1)]
+        picked = candidate[ok]
+        taken, chosen = items[ok], windows[picked]
         window[taken] = chosen
         within[taken] = sizes[chosen]
         sizes[chosen] += 1
-        content[chosen] += seconds[taken]
+        content[chosen] += item_seconds[ok]
         used = np.zeros(len(windows), dtype=bool)
-        used[candidate[ok]] = True
-        items, windows = items[~ok], windows[~used]
+        used[picked] = True
+        ok = ~ok
+        items, item_seconds, item_seg = items[ok], item_seconds[ok], item_seg[ok]
+        used = ~used
+        windows, window_seg, window_gaps = windows[used], window_seg[used], window_gaps[used]
         if not len(taken) or not len(items):
             break
     return np.sort(items)
