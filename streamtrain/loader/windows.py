@@ -48,12 +48,35 @@ def fill_windows(seconds: np.ndarray, segment: np.ndarray, width: float, phase: 
     segment's time line starts in the first round (other neighbours each epoch). Within a
     window, the items laid out together come first, in their order, then the matched ones.
     """
-    seconds = np.asarray(seconds, dtype=np.float64)
-    segment = np.asarray(segment, dtype=np.int64)
-    if len(seconds) and seconds.max() > width:
-        raise ValueError(f"an item lasts {seconds.max():.3f} s, longer than the window ({width} s)")
+    seconds, segment = _checked(seconds, segment, width)
     window = np.empty(len(seconds), dtype=np.int32)
     within = np.empty(len(seconds), dtype=np.int32)
+    window_segment, sizes = _pack(seconds, segment, width, phase, window, within)
+    return Windows(window, within, window_segment, sizes)
+
+
+def count_windows(seconds: np.ndarray, segment: np.ndarray, width: float, phase: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """The segment of each window ``fill_windows`` makes (its ``segment``), without placing the items.
+
+    About a sixth cheaper: a rank plans every block to know where its share of the windows
+    lies, but places only the items of the blocks it reads.
+    """
+    seconds, segment = _checked(seconds, segment, width)
+    return _pack(seconds, segment, width, phase, None, None)[0]
+
+
+def _checked(seconds: np.ndarray, segment: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray]:
+    seconds = np.asarray(seconds, dtype=np.float64)
+    if len(seconds) and seconds.max() > width:
+        raise ValueError(f"an item lasts {seconds.max():.3f} s, longer than the window ({width} s)")
+    return seconds, np.asarray(segment, dtype=np.int64)
+
+
+def _pack(seconds: np.ndarray, segment: np.ndarray, width: float, phase: np.ndarray | None,
+          window: np.ndarray | None, within: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The rounds of ``fill_windows``: returns each window's segment and size, and places the items
+    into ``window`` and ``within`` unless they are None (``count_windows``)."""
     content = np.zeros(0, dtype=np.float64)  # seconds in each window so far
     sizes = np.zeros(0, dtype=np.int32)
     window_segment = np.zeros(0, dtype=np.int64)
@@ -67,20 +90,22 @@ def fill_windows(seconds: np.ndarray, segment: np.ndarray, width: float, phase: 
         else:
             fits, key = _lay_out(s, seg, width, phase if round_ == 0 else None)
         inside = np.flatnonzero(fits)  # positions in this round's items
-        placed, key = waiting[inside], key[inside]
-        new = np.ones(len(placed), dtype=bool)
+        key = key[inside]
+        new = np.ones(len(inside), dtype=bool)
         np.not_equal(key[1:], key[:-1], out=new[1:])
         starts = np.flatnonzero(new)
-        counts = np.diff(np.append(starts, len(placed))).astype(np.int32)
-        window[placed] = np.repeat(np.arange(len(content), len(content) + len(starts), dtype=np.int32), counts)
-        within[placed] = np.arange(len(placed), dtype=np.int32) - np.repeat(starts.astype(np.int32), counts)
+        counts = np.diff(np.append(starts, len(inside))).astype(np.int32)
+        if window is not None:
+            placed = waiting[inside]
+            window[placed] = np.repeat(np.arange(len(content), len(content) + len(starts), dtype=np.int32), counts)
+            within[placed] = np.arange(len(placed), dtype=np.int32) - np.repeat(starts.astype(np.int32), counts)
         content = np.append(content, np.add.reduceat(s[inside], starts) if len(starts) else [])
         sizes = np.append(sizes, counts)
         window_segment = np.append(window_segment, seg[inside[starts]])
         waiting = waiting[~fits]
         if round_ < MATCH_ROUNDS:
             waiting = _match(seconds, segment, waiting, width, content, sizes, window_segment, window, within)
-    return Windows(window, within, window_segment, sizes)
+    return window_segment, sizes
 
 
 def _lay_out(s: np.ndarray, seg: np.ndarray, width: float, phase: np.ndarray | None
@@ -102,7 +127,8 @@ def _lay_out(s: np.ndarray, seg: np.ndarray, width: float, phase: np.ndarray | N
 
 
 def _match(seconds: np.ndarray, segment: np.ndarray, waiting: np.ndarray, width: float, content: np.ndarray,
-           sizes: np.ndarray, window_segment: np.ndarray, window: np.ndarray, within: np.ndarray) -> np.ndarray:
+           sizes: np.ndarray, window_segment: np.ndarray, window: np.ndarray | None, within: np.ndarray | None
+           ) -> np.ndarray:
     """Offer the waiting items the gaps of the windows so far (updating the windows); returns those still waiting.
 
     At most one item per window per pass: within a segment the r-th longest item is offered the
@@ -128,8 +154,9 @@ def _match(seconds: np.ndarray, segment: np.ndarray, waiting: np.ndarray, width:
         ok &= item_seconds <= window_gaps[np.minimum(candidate, len(windows) - 1)]
         picked = candidate[ok]
         taken, chosen = items[ok], windows[picked]
-        window[taken] = chosen
-        within[taken] = sizes[chosen]
+        if window is not None:
+            window[taken] = chosen
+            within[taken] = sizes[chosen]
         sizes[chosen] += 1
         content[chosen] += item_seconds[ok]
         used = np.zeros(len(windows), dtype=bool)
