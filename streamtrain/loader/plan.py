@@ -48,7 +48,7 @@ from functools import cached_property
 import numpy as np
 
 from streamtrain.format.index import sample_offsets
-from streamtrain.loader.windows import fill_windows
+from streamtrain.loader.windows import count_windows, fill_windows
 
 #: A duration's bucket is the top bits of its float32 (sign 0, exponent, 11 mantissa bits), counted from
 #: 1 ms: log-spaced buckets 2^-11 (0.05 %) wide, computed by integer arithmetic alone, so the same on every
@@ -165,7 +165,6 @@ class Runs:
     order: np.ndarray  # gids, block after block
     bounds: np.ndarray  # (blocks + 1,) where each block's run starts in ``order``
     filtered: int  # samples outside the duration limits (not counting those already delivered)
-    first_in_row: np.ndarray | None = None  # with windows: (len(order),) bool, where each window starts
 
 
 _GROUP_SAMPLES = 2**14  # samples of the blocks sorted together: few enough to sort inside the CPU cache
@@ -240,48 +239,120 @@ def _limited(settings: BatchSettings) -> bool:
 
 
 _WINDOW_GROUP_SAMPLES = 2**18  # no sort over samples here: large groups spread the per-group overhead
+_COUNT_FIRST_RANKS = 8  # from this many ranks, a windowed plan counts every block's windows, then places its own
 
 
-def window_runs(table: ShardTable, settings: BatchSettings, excluded: np.ndarray | None, seed: int, epoch: int
-                ) -> Runs:
-    """Step 1 with ``fill_windows``: every block's samples joined into windows, the windows in random order.
+def plan_windows(table: ShardTable, settings: BatchSettings, excluded: np.ndarray | None, seed: int, epoch: int,
+                 rank: int, world_size: int, equalize: bool) -> "RankPlan":
+    """Steps 1 to 3 with ``fill_windows``: every block's samples joined into windows, the windows in random order.
 
     A block's samples, in shard order, are filled into windows
     (``streamtrain.loader.windows``) from a random phase (other neighbours each
-    epoch); then the windows of each block are permuted.
+    epoch); then the windows of each block are permuted. A batch is ``per_batch``
+    consecutive windows of the epoch (block by block), the last one perhaps fewer;
+    its padded cost is its windows x ``fill_windows`` seconds.
+
+    Where a rank's share is small, every block's windows are only counted (which
+    is all the split over ranks needs), then the samples of the blocks holding
+    this rank's batches (and the dropped ones) are placed, the generator replayed
+    from its state at their group: the same plan for a fraction of the work.
     """
     rng = epoch_rng(seed, epoch, "windows")
-    durations = np.asarray(table.durations)
     shards = shard_order(table, seed, epoch)
     counts = table.counts[shards]
     block_sizes = np.add.reduceat(counts, np.arange(0, len(counts), settings.block_shards)) if len(counts) else counts
-    order = np.empty(table.samples, dtype=np.int32 if table.samples < 2**31 else np.int64)
-    first_in_row = np.zeros(table.samples, dtype=bool)
-    planned = np.zeros(len(block_sizes), dtype=np.int64)
+    groups = list(_block_groups(block_sizes, _WINDOW_GROUP_SAMPLES))
+    windows = np.zeros(len(block_sizes), dtype=np.int64)  # windows per block
+    states, filtered, everything = [], 0, None
+    for first, end in groups:  # count every block's windows (or, with few ranks, place them at once)
+        states.append(rng.bit_generator.state)
+        if world_size < _COUNT_FIRST_RANKS:
+            break
+        gids, block, seconds, left_out = _group_samples(table, settings, excluded, shards, block_sizes, first, end)
+        segments = count_windows(seconds, block, settings.fill_windows, rng.random(end - first) * settings.fill_windows)
+        rng.integers(0, _MAX_BUCKET + 1, len(segments), dtype=np.uint16)  # the draws placing them makes
+        windows[first:end] = np.bincount(segments, minlength=end - first)
+        filtered += left_out
+    if world_size < _COUNT_FIRST_RANKS:
+        everything = _placed_windows(table, settings, excluded, shards, block_sizes, groups, rng)
+        windows, filtered = everything.windows, everything.filtered
+    window_offsets = sample_offsets(windows)  # (blocks + 1,) the epoch's first window of each block, and the total
+    group_firsts = np.asarray([first for first, _ in groups], dtype=np.int64)
+    per_batch = int(_count_for(np.array([settings.fill_windows]), settings)[0])
+    total = -(-int(window_offsets[-1]) // per_batch)
+
+    def batches(taken: range) -> BatchList:
+        first_window, end_window = taken.start * per_batch, min(taken.stop * per_batch, int(window_offsets[-1]))
+        if first_window >= end_window:
+            return BatchList.of([]).take(np.zeros(0, dtype=np.int64))
+        blocks = np.searchsorted(window_offsets, [first_window, end_window - 1], side="right") - 1
+        g0, g1 = np.searchsorted(group_firsts, blocks, side="right") - 1
+        placed = everything
+        if placed is None:
+            replay = epoch_rng(seed, epoch, "windows")
+            replay.bit_generator.state = states[g0]
+            placed = _placed_windows(table, settings, excluded, shards, block_sizes, groups[g0 : g1 + 1], replay)
+        base = int(window_offsets[groups[g0][0] if everything is None else 0])  # the placed run's first window
+        window_starts = np.append(np.flatnonzero(placed.first_in_row), len(placed.order))
+        bounds = window_starts[np.append(np.arange(first_window, end_window, per_batch), end_window) - base]
+        chosen = BatchList(placed.order, placed.order[:0], np.zeros(len(bounds) - 1, dtype=bool), bounds[:-1],
+                           np.diff(bounds), placed.first_in_row)
+        return chosen if 2 * len(chosen) >= total else chosen.take(np.arange(len(chosen)))
+
+    per_rank, dropped = split_for_ranks(total, world_size, equalize)
+    return RankPlan(batches(per_rank[rank]), total, batches(dropped), filtered)
+
+
+@dataclass(frozen=True)
+class _PlacedWindows:
+    """The samples of some groups of blocks, window after window (windows of a block in random order)."""
+
+    order: np.ndarray  # gids
+    first_in_row: np.ndarray  # (len(order),) bool: where each window starts
+    windows: np.ndarray  # (blocks,) windows per block of these groups
+    filtered: int  # samples of these groups outside the duration limits
+
+
+def _placed_windows(table: ShardTable, settings: BatchSettings, excluded: np.ndarray | None, shards: np.ndarray,
+                    block_sizes: np.ndarray, groups: list[tuple[int, int]], rng: np.random.Generator
+                    ) -> _PlacedWindows:
+    """Fill and permute the windows of ``groups`` (consecutive), ``rng`` in its state at the first one."""
+    blocks = slice(groups[0][0], groups[-1][1]) if groups else slice(0, 0)
+    samples = int(block_sizes[blocks].sum())
+    order = np.empty(samples, dtype=np.int32 if table.samples < 2**31 else np.int64)
+    first_in_row = np.zeros(samples, dtype=bool)
+    windows = np.zeros(blocks.stop - blocks.start, dtype=np.int64)
     filled = filtered = 0
-    for first, end in _block_groups(block_sizes, _WINDOW_GROUP_SAMPLES):
-        group = shards[first * settings.block_shards : end * settings.block_shards]
-        gids = ranges(table.offsets[group], table.counts[group])
-        block = np.repeat(np.arange(end - first, dtype=np.int64), block_sizes[first:end])
-        seconds = durations[gids]
-        keep = inside_limits(seconds, settings.min_seconds, settings.longest_sample)
-        if excluded is not None:
-            filtered += int((~keep & ~excluded[gids]).sum())
-            keep &= ~excluded[gids]
-        else:
-            filtered += len(gids) - int(keep.sum())
-        gids, block = gids[keep], block[keep]
-        phase = rng.random(end - first) * settings.fill_windows
-        windows = fill_windows(seconds[keep], block, settings.fill_windows, phase)
-        keys = [rng.integers(0, _MAX_BUCKET + 1, len(windows.segment), dtype=np.uint16)]
-        shuffled = _sorted_within(windows.segment.astype(np.uint16), keys)
+    for first, end in groups:
+        gids, block, seconds, left_out = _group_samples(table, settings, excluded, shards, block_sizes, first, end)
+        filtered += left_out
+        placed = fill_windows(seconds, block, settings.fill_windows, rng.random(end - first) * settings.fill_windows)
+        keys = [rng.integers(0, _MAX_BUCKET + 1, len(placed.segment), dtype=np.uint16)]
+        shuffled = _sorted_within(placed.segment.astype(np.uint16), keys)
         window_start = np.empty(len(shuffled), dtype=np.int64)
-        window_start[shuffled] = sample_offsets(windows.sizes[shuffled])[:-1]
-        order[filled + window_start[windows.window] + windows.within] = gids
+        window_start[shuffled] = sample_offsets(placed.sizes[shuffled])[:-1]
+        order[filled + window_start[placed.window] + placed.within] = gids
         first_in_row[filled + window_start] = True
-        planned[first:end] = np.bincount(block, minlength=end - first)
+        windows[first - blocks.start : end - blocks.start] = np.bincount(placed.segment, minlength=end - first)
         filled += len(gids)
-    return Runs(order[:filled], sample_offsets(planned), filtered, first_in_row[:filled])
+    return _PlacedWindows(order[:filled], first_in_row[:filled], windows, filtered)
+
+
+def _group_samples(table: ShardTable, settings: BatchSettings, excluded: np.ndarray | None, shards: np.ndarray,
+                   block_sizes: np.ndarray, first: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The samples to plan of blocks ``first .. end - 1``, in shard order: gids, block (counted from
+    ``first``) and seconds; and how many were left out by the duration limits."""
+    group = shards[first * settings.block_shards : end * settings.block_shards]
+    gids = ranges(table.offsets[group], table.counts[group])
+    block = np.repeat(np.arange(end - first, dtype=np.int64), block_sizes[first:end])
+    seconds = np.asarray(table.durations)[gids]  # a plain view of a memory map: no subclass overhead per gather
+    keep = inside_limits(seconds, settings.min_seconds, settings.longest_sample)
+    if excluded is not None:
+        filtered = int((~keep & ~excluded[gids]).sum())
+        keep &= ~excluded[gids]
+    else:
+        filtered = len(gids) - int(keep.sum())
+    return gids[keep], block[keep], seconds[keep], filtered
 
 
 def inside_limits(seconds: np.ndarray, min_seconds: float | None, max_seconds: float | None) -> np.ndarray:
@@ -373,8 +444,6 @@ class BatchList:
 
 def cut_batches(table: ShardTable, runs: Runs, settings: BatchSettings, seed: int, epoch: int) -> BatchList:
     """Step 2: cut every run into batches, cut the leftovers, order the batches block by block."""
-    if runs.first_in_row is not None:
-        return _cut_windows(runs, settings)
     durations = table.durations
     if settings.bucketing or settings.batch_seconds is None:
         block, starts, sizes, rest_start, rest_end = _cut_from_long_end(runs, durations, settings)
@@ -390,15 +459,6 @@ def cut_batches(table: ShardTable, runs: Runs, settings: BatchSettings, seed: in
     else:  # block by block, in cutting order
         order = np.argsort(block, kind="stable")
     return BatchList(runs.order, leftovers, from_leftovers[order], starts[order], sizes[order])
-
-
-def _cut_windows(runs: Runs, settings: BatchSettings) -> BatchList:
-    """Filled windows: every batch is the same number of consecutive windows (block by block), the last
-    one perhaps fewer; a batch's padded cost is its windows x ``fill_windows`` seconds."""
-    per_batch = int(_count_for(np.array([settings.fill_windows]), settings)[0])
-    starts = np.flatnonzero(runs.first_in_row)[::per_batch].astype(np.int64)
-    sizes = np.diff(np.append(starts, len(runs.order)))
-    return BatchList(runs.order, runs.order[:0], np.zeros(len(starts), dtype=bool), starts, sizes, runs.first_in_row)
 
 
 def _count_for(longest: np.ndarray, settings: BatchSettings) -> np.ndarray:
@@ -574,7 +634,9 @@ def plan_epoch(
     equalize: bool = True,
 ) -> RankPlan:
     """Steps 1 to 3 for one rank. ``excluded``: bool mask by gid of samples not to plan (delivered)."""
-    runs = (block_runs if settings.fill_windows is None else window_runs)(table, settings, excluded, seed, epoch)
+    if settings.fill_windows is not None:
+        return plan_windows(table, settings, excluded, seed, epoch, rank, world_size, equalize)
+    runs = block_runs(table, settings, excluded, seed, epoch)
     batches = cut_batches(table, runs, settings, seed, epoch)
     per_rank, dropped = split_for_ranks(len(batches), world_size, equalize)
     mine = batches.window(per_rank[rank].start, per_rank[rank].stop)
