@@ -116,14 +116,17 @@ def _lay_out(s: np.ndarray, seg: np.ndarray, width: float, phase: np.ndarray | N
     start = end - s
     heads = np.flatnonzero(seg[1:] != seg[:-1]) + 1  # where each segment but the first begins
     heads = np.concatenate([[0], heads])
+    lengths = np.diff(np.append(heads, len(s)))
     base = np.maximum.accumulate(start[heads])  # where each segment's time line begins
     if phase is not None:
         base -= phase[seg[heads]]
-    base = np.repeat(base, np.diff(np.append(heads, len(s))))
+    base = np.repeat(base, lengths)
     start -= base
     end -= base
-    cut = np.floor(start / width)
-    return end - cut * width <= width, (seg << 32) + cut.astype(np.int64)
+    cut = np.floor(np.divide(start, width, out=start), out=start)
+    fits = np.subtract(end, np.multiply(cut, width, out=base), out=end) <= width
+    cut += np.repeat(seg[heads] * 2.0**32, lengths)  # the key: whole numbers, < 2^53
+    return fits, cut
 
 
 def _match(seconds: np.ndarray, segment: np.ndarray, waiting: np.ndarray, width: float, content: np.ndarray,
@@ -134,13 +137,15 @@ def _match(seconds: np.ndarray, segment: np.ndarray, waiting: np.ndarray, width:
     At most one item per window per pass: within a segment the r-th longest item is offered the
     window with the r-th widest gap and taken where it fits; the items left over are offered the
     windows left over the same way, ``MATCH_PASSES`` times (both stay sorted: one sort each).
+    ``waiting`` is in ascending order, and so are the items returned.
     """
     if not len(waiting):
         return waiting
     gaps = width - content
     item_seconds, item_seg = seconds[waiting], segment[waiting]
-    by = _by_segment_descending(item_seconds, item_seg)
-    items, item_seconds, item_seg = waiting[by], item_seconds[by], item_seg[by]
+    items = _by_segment_descending(item_seconds, item_seg)  # positions in ``waiting``
+    item_seconds, item_seg = item_seconds[items], item_seg[items]
+    taken_any = np.zeros(len(waiting), dtype=bool)
     windows = _by_segment_descending(gaps, window_segment)
     window_seg, window_gaps = window_segment[windows], gaps[windows]
     segments = np.arange(max(int(window_segment.max(initial=0)), int(item_seg.max())) + 2)
@@ -152,9 +157,11 @@ def _match(seconds: np.ndarray, segment: np.ndarray, waiting: np.ndarray, width:
         candidate = window_bounds[item_seg] + item_rank
         ok = candidate < window_bounds[item_seg + 1]
         ok &= item_seconds <= window_gaps[np.minimum(candidate, len(windows) - 1)]
-        picked = candidate[ok]
-        taken, chosen = items[ok], windows[picked]
+        picked, positions = candidate[ok], items[ok]
+        taken_any[positions] = True
+        chosen = windows[picked]
         if window is not None:
+            taken = waiting[positions]
             window[taken] = chosen
             within[taken] = sizes[chosen]
         sizes[chosen] += 1
@@ -165,9 +172,9 @@ def _match(seconds: np.ndarray, segment: np.ndarray, waiting: np.ndarray, width:
         items, item_seconds, item_seg = items[ok], item_seconds[ok], item_seg[ok]
         used = ~used
         windows, window_seg, window_gaps = windows[used], window_seg[used], window_gaps[used]
-        if not len(taken) or not len(items):
+        if not len(picked) or not len(items):
             break
-    return np.sort(items)
+    return waiting[~taken_any]
 
 
 def _by_segment_descending(values: np.ndarray, segment: np.ndarray) -> np.ndarray:
