@@ -117,6 +117,15 @@ def sample_offsets(counts: np.ndarray) -> np.ndarray:
     return offsets
 
 
+def ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The concatenation of ``arange(start, start + size)`` for each pair, vectorised."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    offsets = sample_offsets(sizes)
+    out = np.repeat(np.asarray(starts, dtype=np.int64) - offsets[:-1], sizes)
+    out += np.arange(offsets[-1], dtype=np.int64)
+    return out
+
+
 @dataclass(frozen=True)
 class ColumnFile:
     """A per-sample column stored in a file beside ``index.json``."""

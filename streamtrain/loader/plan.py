@@ -47,7 +47,7 @@ from functools import cached_property
 
 import numpy as np
 
-from streamtrain.format.index import sample_offsets
+from streamtrain.format.index import ranges, sample_offsets
 from streamtrain.loader.windows import count_windows, fill_windows
 
 #: A duration's bucket is the top bits of its float32 (sign 0, exponent, 11 mantissa bits), counted from
@@ -122,15 +122,6 @@ class BatchSettings:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """The concatenation of ``arange(start, start + size)`` for each pair, vectorised."""
-    sizes = np.asarray(sizes, dtype=np.int64)
-    offsets = sample_offsets(sizes)
-    out = np.repeat(np.asarray(starts, dtype=np.int64) - offsets[:-1], sizes)
-    out += np.arange(offsets[-1], dtype=np.int64)
-    return out
 
 
 def epoch_rng(seed: int, epoch: int, purpose: str) -> np.random.Generator:
@@ -243,7 +234,7 @@ _COUNT_FIRST_RANKS = 8  # from this many ranks, a windowed plan counts every blo
 
 
 def plan_windows(table: ShardTable, settings: BatchSettings, excluded: np.ndarray | None, seed: int, epoch: int,
-                 rank: int, world_size: int, equalize: bool) -> "RankPlan":
+                 rank: int, world_size: int, equalize: bool) -> RankPlan:
     """Steps 1 to 3 with ``fill_windows``: every block's samples joined into windows, the windows in random order.
 
     A block's samples, in shard order, are filled into windows
@@ -268,7 +259,7 @@ def plan_windows(table: ShardTable, settings: BatchSettings, excluded: np.ndarra
         states.append(rng.bit_generator.state)
         if world_size < _COUNT_FIRST_RANKS:
             break
-        gids, block, seconds, left_out = _group_samples(table, settings, excluded, shards, block_sizes, first, end)
+        _, block, seconds, left_out = _group_samples(table, settings, excluded, shards, block_sizes, first, end)
         segments = count_windows(seconds, block, settings.fill_windows, rng.random(end - first) * settings.fill_windows)
         rng.integers(0, _MAX_BUCKET + 1, len(segments), dtype=np.uint16)  # the draws placing them makes
         windows[first:end] = np.bincount(segments, minlength=end - first)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streamtrain.format.index import ranges
+
 MAX_ROUNDS = 3  # then what still waits (very few) gets a window each
 MATCH_ROUNDS = 2  # rounds whose straddlers are offered the gaps of the windows so far
 MATCH_PASSES = 2
@@ -150,29 +152,29 @@ def _match(seconds: np.ndarray, segment: np.ndarray, waiting: np.ndarray, width:
     window_seg, window_gaps = window_segment[windows], gaps[windows]
     segments = np.arange(max(int(window_segment.max(initial=0)), int(item_seg.max())) + 2)
     for _ in range(MATCH_PASSES):
-        if not len(windows):
-            break
-        window_bounds = np.searchsorted(window_seg, segments)  # where each segment's windows start
-        item_rank = np.arange(len(items)) - np.searchsorted(item_seg, segments)[item_seg]
-        candidate = window_bounds[item_seg] + item_rank
-        ok = candidate < window_bounds[item_seg + 1]
-        ok &= item_seconds <= window_gaps[np.minimum(candidate, len(windows) - 1)]
-        picked, positions = candidate[ok], items[ok]
+        # the r-th item of each segment with its r-th window, as many pairs as the fewer of the two
+        item_bounds, window_bounds = np.searchsorted(item_seg, segments), np.searchsorted(window_seg, segments)
+        pairs = np.minimum(np.diff(item_bounds), np.diff(window_bounds))
+        paired, offered = ranges(item_bounds[:-1], pairs), ranges(window_bounds[:-1], pairs)
+        fit = item_seconds[paired] <= window_gaps[offered]
+        ok, picked = paired[fit], offered[fit]  # items (positions in ``items``) taken, and where
+        positions, chosen = items[ok], windows[picked]
         taken_any[positions] = True
-        chosen = windows[picked]
         if window is not None:
             taken = waiting[positions]
             window[taken] = chosen
             within[taken] = sizes[chosen]
         sizes[chosen] += 1
         content[chosen] += item_seconds[ok]
-        used = np.zeros(len(windows), dtype=bool)
-        used[picked] = True
-        ok = ~ok
-        items, item_seconds, item_seg = items[ok], item_seconds[ok], item_seg[ok]
-        used = ~used
-        windows, window_seg, window_gaps = windows[used], window_seg[used], window_gaps[used]
-        if not len(picked) or not len(items):
+        if not len(ok):
+            break
+        left = np.ones(len(items), dtype=bool)
+        left[ok] = False
+        items, item_seconds, item_seg = items[left], item_seconds[left], item_seg[left]
+        left = np.ones(len(windows), dtype=bool)
+        left[picked] = False
+        windows, window_seg, window_gaps = windows[left], window_seg[left], window_gaps[left]
+        if not len(items):
             break
     return waiting[~taken_any]
 
