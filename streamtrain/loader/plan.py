@@ -343,6 +343,8 @@ def _group_samples(table: ShardTable, settings: BatchSettings, excluded: np.ndar
         keep &= ~excluded[gids]
     else:
         filtered = len(gids) - int(keep.sum())
+    if keep.all():
+        return gids, block, seconds, filtered
     return gids[keep], block[keep], seconds[keep], filtered
 
 
