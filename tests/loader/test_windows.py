@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamtrain.loader import plan as plan_module
 from streamtrain.loader.plan import BatchSettings, ShardTable, plan_epoch
 from streamtrain.loader.windows import fill_ratio, fill_windows
 
@@ -100,6 +101,23 @@ def test_ranks_split_one_global_plan_of_windows():
     joined += [w.tolist() for b in window_rows(parts[0].dropped) for w in b]
     assert joined == [w.tolist() for b in window_rows(whole.batches) for w in b]
 
+
+
+@pytest.mark.parametrize("world", [8, 13])
+@pytest.mark.parametrize("equalize", [True, False])
+def test_many_ranks_count_windows_then_place_their_own_the_same_plan(world, equalize, monkeypatch):
+    """From ``_COUNT_FIRST_RANKS`` ranks on, a rank counts every block's windows and places only its own
+    groups, replaying the generator there: the ranks' batches, then the dropped ones, are the one-rank plan."""
+    monkeypatch.setattr(plan_module, "_WINDOW_GROUP_SAMPLES", 300)  # many groups, so shares start inside them
+    t = synthetic([90] * 60, 0.3, 9.0, seed=2)
+    excluded = np.random.default_rng(2).random(t.samples) < 0.2
+    batching = BatchSettings(batch_size=3, fill_windows=12.0, min_seconds=0.5, block_shards=2)
+    whole = plan_epoch(t, batching, excluded, 5, 2)
+    parts = [plan_epoch(t, batching, excluded, 5, 2, rank, world, equalize) for rank in range(world)]
+    rows = lambda batches: [w.tolist() for b in window_rows(batches) for w in b]  # noqa: E731
+    assert [w for p in parts for w in rows(p.batches)] + rows(parts[0].dropped) == rows(whole.batches)
+    assert len(parts[0].dropped) == (whole.total_batches % world if equalize else 0)
+    assert {(p.total_batches, p.filtered) for p in parts} == {(whole.total_batches, whole.filtered)}
 
 def test_windows_are_a_function_of_seed_and_epoch():
     t = synthetic([60] * 6, 0.5, 6.0)
