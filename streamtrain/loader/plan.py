@@ -335,7 +335,7 @@ def _group_samples(table: ShardTable, settings: BatchSettings, excluded: np.ndar
     ``first``) and seconds; and how many were left out by the duration limits."""
     group = shards[first * settings.block_shards : end * settings.block_shards]
     gids = ranges(table.offsets[group], table.counts[group])
-    block = np.repeat(np.arange(end - first, dtype=np.int64), block_sizes[first:end])
+    block = np.repeat(np.arange(end - first, dtype=np.int32), block_sizes[first:end])
     seconds = np.asarray(table.durations)[gids]  # a plain view of a memory map: no subclass overhead per gather
     keep = inside_limits(seconds, settings.min_seconds, settings.longest_sample)
     if excluded is not None:

@@ -37,7 +37,7 @@ class Windows:
 
     window: np.ndarray  # (n,) int32
     within: np.ndarray  # (n,) int32: the item's place in its window (0 first)
-    segment: np.ndarray  # (W,) int64: the segment each window belongs to
+    segment: np.ndarray  # (W,) int32: the segment each window belongs to
     sizes: np.ndarray  # (W,) int32: items per window
 
 
@@ -72,7 +72,7 @@ def _checked(seconds: np.ndarray, segment: np.ndarray, width: float) -> tuple[np
     seconds = np.asarray(seconds, dtype=np.float64)
     if len(seconds) and seconds.max() > width:
         raise ValueError(f"an item lasts {seconds.max():.3f} s, longer than the window ({width} s)")
-    return seconds, np.asarray(segment, dtype=np.int64)
+    return seconds, np.asarray(segment, dtype=np.int32)
 
 
 def _pack(seconds: np.ndarray, segment: np.ndarray, width: float, phase: np.ndarray | None,
@@ -81,7 +81,7 @@ def _pack(seconds: np.ndarray, segment: np.ndarray, width: float, phase: np.ndar
     into ``window`` and ``within`` unless they are None (``count_windows``)."""
     content = np.zeros(0, dtype=np.float64)  # seconds in each window so far
     sizes = np.zeros(0, dtype=np.int32)
-    window_segment = np.zeros(0, dtype=np.int64)
+    window_segment = np.zeros(0, dtype=np.int32)
     waiting = np.arange(len(seconds), dtype=np.int32)
     for round_ in range(MAX_ROUNDS + 1):
         if not len(waiting):
@@ -150,7 +150,7 @@ def _match(seconds: np.ndarray, segment: np.ndarray, waiting: np.ndarray, width:
     taken_any = np.zeros(len(waiting), dtype=bool)
     windows = _by_segment_descending(gaps, window_segment)
     window_seg, window_gaps = window_segment[windows], gaps[windows]
-    segments = np.arange(max(int(window_segment.max(initial=0)), int(item_seg.max())) + 2)
+    segments = np.arange(max(int(window_segment.max(initial=0)), int(item_seg.max())) + 2, dtype=np.int32)
     for _ in range(MATCH_PASSES):
         # the r-th item of each segment with its r-th window, as many pairs as the fewer of the two
         item_bounds, window_bounds = np.searchsorted(item_seg, segments), np.searchsorted(window_seg, segments)
