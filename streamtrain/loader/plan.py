@@ -14,15 +14,15 @@ An epoch is planned in four steps:
    waits for one shard, not a block: ``block_starts``); the samples of each block are permuted; samples already
    delivered or outside the duration limits are left out; with bucketing each
    block's samples are then sorted by duration (ties stay in random order).
-   With ``fill_windows``, ``window_runs`` instead joins each block's samples
-   into windows (``streamtrain.loader.windows``) and permutes the windows.
+   With ``fill_windows``, ``plan_windows`` instead joins each block's samples
+   into windows (``streamtrain.loader.windows``), permutes the windows and
+   does steps 2 and 3 itself: a batch is a run of consecutive windows.
 2. ``cut_batches``: each block's run is cut into batches; what remains of a
    block (less than a batch) joins the other blocks' remains, in block order,
    and these are cut the same way (such a batch spans neighbouring blocks), so
    only the epoch's last batch can be smaller than the settings allow. With
    bucketing the batches of a block are shuffled, so lengths stay mixed over
-   steps. With windows a batch is a run of consecutive windows, block by block.
-   Batch composition does not depend on the number of ranks or workers.
+   steps. Batch composition does not depend on the number of ranks or workers.
 3. ``split_for_ranks``: the batch list is cut into one contiguous run per rank,
    of equal length (DDP needs every rank to take the same number of steps);
    the few batches left over (fewer than the number of ranks) are dropped for
@@ -88,7 +88,7 @@ class BatchSettings:
 
     With ``batch_seconds`` a batch holds as many samples as fit in that many
     padded seconds; ``batch_size`` alone fixes the count, and with both it caps it.
-    With ``fill_windows`` both count windows of that many seconds (``window_runs``;
+    With ``fill_windows`` both count windows of that many seconds (``plan_windows``;
     bucketing does not apply) and longer samples are left out like those over
     ``max_seconds``.
     """

@@ -166,7 +166,7 @@ def plan_digest(plan) -> str:
 ])
 def test_windows_of_a_plan_stay_pinned(batching, excluded, seed, epoch, rank, world, expected):
     """The packing is an epoch's sample order: a faster implementation must place every sample where this one
-    does (about 390,000 samples: two groups of ``window_runs``, so the group boundaries are pinned too)."""
+    does (about 390,000 samples: two groups of ``plan_windows``, so the group boundaries are pinned too)."""
     rng = np.random.default_rng(5)
     counts = rng.integers(0, 2000, 400).astype(np.int64)
     t = ShardTable(counts, rng.uniform(0.3, 16.0, int(counts.sum())).astype(np.float32))
