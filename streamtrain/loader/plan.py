@@ -253,20 +253,21 @@ def plan_windows(table: ShardTable, settings: BatchSettings, excluded: np.ndarra
     counts = table.counts[shards]
     block_sizes = np.add.reduceat(counts, np.arange(0, len(counts), settings.block_shards)) if len(counts) else counts
     groups = list(_block_groups(block_sizes, _WINDOW_GROUP_SAMPLES))
-    windows = np.zeros(len(block_sizes), dtype=np.int64)  # windows per block
-    states, filtered, everything = [], 0, None
-    for first, end in groups:  # count every block's windows (or, with few ranks, place them at once)
-        states.append(rng.bit_generator.state)
-        if world_size < _COUNT_FIRST_RANKS:
-            break
-        _, block, seconds, left_out = _group_samples(table, settings, excluded, shards, block_sizes, first, end)
-        segments = count_windows(seconds, block, settings.fill_windows, rng.random(end - first) * settings.fill_windows)
-        rng.integers(0, _MAX_BUCKET + 1, len(segments), dtype=np.uint16)  # the draws placing them makes
-        windows[first:end] = np.bincount(segments, minlength=end - first)
-        filtered += left_out
-    if world_size < _COUNT_FIRST_RANKS:
+    states: list[dict] = []  # the generator's state where each group begins
+    if world_size < _COUNT_FIRST_RANKS:  # most of the epoch is this rank's: place every block at once
         everything = _placed_windows(table, settings, excluded, shards, block_sizes, groups, rng)
         windows, filtered = everything.windows, everything.filtered
+    else:  # count every block's windows
+        everything, filtered = None, 0
+        windows = np.zeros(len(block_sizes), dtype=np.int64)
+        for first, end in groups:
+            states.append(rng.bit_generator.state)
+            _, block, seconds, left_out = _group_samples(table, settings, excluded, shards, block_sizes, first, end)
+            phase = rng.random(end - first) * settings.fill_windows
+            segments = count_windows(seconds, block, settings.fill_windows, phase)
+            rng.integers(0, _MAX_BUCKET + 1, len(segments), dtype=np.uint16)  # the draws placing them makes
+            windows[first:end] = np.bincount(segments, minlength=end - first)
+            filtered += left_out
     window_offsets = sample_offsets(windows)  # (blocks + 1,) the epoch's first window of each block, and the total
     group_firsts = np.asarray([first for first, _ in groups], dtype=np.int64)
     per_batch = int(_count_for(np.array([settings.fill_windows]), settings)[0])
