@@ -276,7 +276,8 @@ def plan_windows(table: ShardTable, settings: BatchSettings, excluded: np.ndarra
     def batches(taken: range) -> BatchList:
         first_window, end_window = taken.start * per_batch, min(taken.stop * per_batch, int(window_offsets[-1]))
         if first_window >= end_window:
-            return BatchList.of([]).take(np.zeros(0, dtype=np.int64))
+            none = np.zeros(0, dtype=np.int64)
+            return BatchList(none, none, none.astype(bool), none, none, none.astype(bool))
         blocks = np.searchsorted(window_offsets, [first_window, end_window - 1], side="right") - 1
         g0, g1 = np.searchsorted(group_firsts, blocks, side="right") - 1
         placed = everything
