@@ -114,7 +114,9 @@ def test_many_ranks_count_windows_then_place_their_own_the_same_plan(world, equa
     batching = BatchSettings(batch_size=3, fill_windows=12.0, min_seconds=0.5, block_shards=2)
     whole = plan_epoch(t, batching, excluded, 5, 2)
     parts = [plan_epoch(t, batching, excluded, 5, 2, rank, world, equalize) for rank in range(world)]
-    rows = lambda batches: [w.tolist() for b in window_rows(batches) for w in b]  # noqa: E731
+    def rows(batches):
+        return [w.tolist() for b in window_rows(batches) for w in b]
+
     assert [w for p in parts for w in rows(p.batches)] + rows(parts[0].dropped) == rows(whole.batches)
     assert len(parts[0].dropped) == (whole.total_batches % world if equalize else 0)
     assert {(p.total_batches, p.filtered) for p in parts} == {(whole.total_batches, whole.filtered)}
