@@ -86,25 +86,25 @@ def _pack(seconds: np.ndarray, segment: np.ndarray, width: float, phase: np.ndar
     for round_ in range(MAX_ROUNDS + 1):
         if not len(waiting):
             break
-        s, seg = (seconds, segment) if round_ == 0 else (seconds[waiting], segment[waiting])
+        s, seg = (seconds, segment) if round_ == 0 else (seconds.take(waiting), segment.take(waiting))
         if round_ == MAX_ROUNDS:  # what still waits: a window each
             fits, key = np.ones(len(waiting), dtype=bool), np.arange(len(waiting))
         else:
             fits, key = _lay_out(s, seg, width, phase if round_ == 0 else None)
         inside = np.flatnonzero(fits)  # positions in this round's items
-        key = key[inside]
+        key = key.take(inside)
         new = np.ones(len(inside), dtype=bool)
         np.not_equal(key[1:], key[:-1], out=new[1:])
         starts = np.flatnonzero(new)
         counts = np.diff(np.append(starts, len(inside))).astype(np.int32)
         if window is not None:
-            placed = waiting[inside]
+            placed = waiting.take(inside)
             window[placed] = np.repeat(np.arange(len(content), len(content) + len(starts), dtype=np.int32), counts)
             within[placed] = np.arange(len(placed), dtype=np.int32) - np.repeat(starts.astype(np.int32), counts)
-        content = np.append(content, np.add.reduceat(s[inside], starts) if len(starts) else [])
+        content = np.append(content, np.add.reduceat(s.take(inside), starts) if len(starts) else [])
         sizes = np.append(sizes, counts)
-        window_segment = np.append(window_segment, seg[inside[starts]])
-        waiting = waiting[~fits]
+        window_segment = np.append(window_segment, seg.take(inside.take(starts)))
+        waiting = waiting.take(np.flatnonzero(~fits))
         if round_ < MATCH_ROUNDS:
             waiting = _match(seconds, segment, waiting, width, content, sizes, window_segment, window, within)
     return window_segment, sizes
@@ -144,46 +144,49 @@ def _match(seconds: np.ndarray, segment: np.ndarray, waiting: np.ndarray, width:
     if not len(waiting):
         return waiting
     gaps = width - content
-    item_seconds, item_seg = seconds[waiting], segment[waiting]
+    item_seconds, item_seg = seconds.take(waiting), segment.take(waiting)
     items = _by_segment_descending(item_seconds, item_seg)  # positions in ``waiting``
-    item_seconds, item_seg = item_seconds[items], item_seg[items]
+    item_seconds, item_seg = item_seconds.take(items), item_seg.take(items)
     taken_any = np.zeros(len(waiting), dtype=bool)
     windows = _by_segment_descending(gaps, window_segment)
-    window_seg, window_gaps = window_segment[windows], gaps[windows]
+    window_seg, window_gaps = window_segment.take(windows), gaps.take(windows)
     segments = np.arange(max(int(window_segment.max(initial=0)), int(item_seg.max())) + 2, dtype=np.int32)
     for _ in range(MATCH_PASSES):
         # the r-th item of each segment with its r-th window, as many pairs as the fewer of the two
         item_bounds, window_bounds = np.searchsorted(item_seg, segments), np.searchsorted(window_seg, segments)
         pairs = np.minimum(np.diff(item_bounds), np.diff(window_bounds))
         paired, offered = ranges(item_bounds[:-1], pairs), ranges(window_bounds[:-1], pairs)
-        fit = item_seconds[paired] <= window_gaps[offered]
-        ok, picked = paired[fit], offered[fit]  # items (positions in ``items``) taken, and where
-        positions, chosen = items[ok], windows[picked]
+        fit = item_seconds.take(paired) <= window_gaps.take(offered)
+        fit = np.flatnonzero(fit)
+        ok, picked = paired.take(fit), offered.take(fit)  # items (positions in ``items``) taken, and where
+        positions, chosen = items.take(ok), windows.take(picked)
         taken_any[positions] = True
         if window is not None:
             taken = waiting[positions]
             window[taken] = chosen
             within[taken] = sizes[chosen]
         sizes[chosen] += 1
-        content[chosen] += item_seconds[ok]
+        content[chosen] += item_seconds.take(ok)
         if not len(ok):
             break
         left = np.ones(len(items), dtype=bool)
         left[ok] = False
-        items, item_seconds, item_seg = items[left], item_seconds[left], item_seg[left]
+        left = np.flatnonzero(left)
+        items, item_seconds, item_seg = items.take(left), item_seconds.take(left), item_seg.take(left)
         left = np.ones(len(windows), dtype=bool)
         left[picked] = False
-        windows, window_seg, window_gaps = windows[left], window_seg[left], window_gaps[left]
+        left = np.flatnonzero(left)
+        windows, window_seg, window_gaps = windows.take(left), window_seg.take(left), window_gaps.take(left)
         if not len(items):
             break
-    return waiting[~taken_any]
+    return waiting.take(np.flatnonzero(~taken_any))
 
 
 def _by_segment_descending(values: np.ndarray, segment: np.ndarray) -> np.ndarray:
     """The order sorting by segment, then by value descending (16-bit keys: stable radix passes)."""
     key = np.uint16(0x7FFF) - (np.maximum(values, 0).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
     order = np.argsort(key, kind="stable")
-    return order[np.argsort(segment[order].astype(np.uint16), kind="stable")]
+    return order.take(np.argsort(segment.take(order).astype(np.uint16), kind="stable"))
 
 
 def fill_ratio(seconds: np.ndarray, windows: int, width: float) -> float:
