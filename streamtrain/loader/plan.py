@@ -323,8 +323,8 @@ def _placed_windows(table: ShardTable, settings: BatchSettings, excluded: np.nda
         keys = [rng.integers(0, _MAX_BUCKET + 1, len(placed.segment), dtype=np.uint16)]
         shuffled = _sorted_within(placed.segment.astype(np.uint16), keys)
         window_start = np.empty(len(shuffled), dtype=np.int64)
-        window_start[shuffled] = sample_offsets(placed.sizes[shuffled])[:-1]
-        order[filled + window_start[placed.window] + placed.within] = gids
+        window_start[shuffled] = sample_offsets(placed.sizes.take(shuffled))[:-1]
+        order[filled + window_start.take(placed.window) + placed.within] = gids
         first_in_row[filled + window_start] = True
         windows[first - blocks.start : end - blocks.start] = np.bincount(placed.segment, minlength=end - first)
         filled += len(gids)
@@ -338,16 +338,18 @@ def _group_samples(table: ShardTable, settings: BatchSettings, excluded: np.ndar
     group = shards[first * settings.block_shards : end * settings.block_shards]
     gids = ranges(table.offsets[group], table.counts[group])
     block = np.repeat(np.arange(end - first, dtype=np.int32), block_sizes[first:end])
-    seconds = np.asarray(table.durations)[gids]  # a plain view of a memory map: no subclass overhead per gather
+    seconds = np.asarray(table.durations).take(gids)  # a plain view of a memory map: no subclass overhead
     keep = inside_limits(seconds, settings.min_seconds, settings.longest_sample)
     if excluded is not None:
-        filtered = int((~keep & ~excluded[gids]).sum())
-        keep &= ~excluded[gids]
+        planned = ~excluded.take(gids)
+        filtered = int((~keep & planned).sum())
+        keep &= planned
     else:
         filtered = len(gids) - int(keep.sum())
     if keep.all():
         return gids, block, seconds, filtered
-    return gids[keep], block[keep], seconds[keep], filtered
+    keep = np.flatnonzero(keep)  # indices, then gathers: faster than three boolean masks
+    return gids.take(keep), block.take(keep), seconds.take(keep), filtered
 
 
 def inside_limits(seconds: np.ndarray, min_seconds: float | None, max_seconds: float | None) -> np.ndarray:
