@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 
 import numpy as np
 import pytest
 
+from streamtrain.cli import main
 from streamtrain.format.columns import publish_index
 from streamtrain.format.dataset import open_dataset
 from streamtrain.format.index import DatasetIndex, ShardList
@@ -115,3 +117,14 @@ def test_a_label_column_without_a_keep_file_warns_once_and_reads_every_sample(la
     assert sorted(key for batch in loader for key in batch.keys) == sorted(keys)
     (plan,) = [e for e in loader.pop_events() if e["event"] == "epoch"]
     assert plan["filtered_by_label"] == 0 and plan["left_out_by"] == []
+
+
+def test_inspect_verify_names_a_damaged_keep_file(labelled, tmp_path, capsys):
+    _, labels, _, _, _, _ = labelled
+    damaged = tmp_path / "labels"
+    shutil.copytree(labels, damaged)
+    keep = damaged / "index.keep.u1"
+    keep.write_bytes(bytes([1 - keep.read_bytes()[0]]) + keep.read_bytes()[1:])  # one verdict flipped
+    assert main(["inspect", str(labels), "--verify"]) == 0
+    assert main(["inspect", str(damaged), "--verify"]) != 0
+    assert f"{keep}: column file's sha256 does not match the index" in capsys.readouterr().out
