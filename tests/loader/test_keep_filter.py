@@ -83,6 +83,15 @@ def test_keep_false_samples_are_never_read_and_are_counted_in_the_plan(labelled,
     assert loader.state_dict()["counters"]["delivered"] == len(delivered)
 
 
+def test_a_dataset_read_twice_an_epoch_leaves_its_keep_false_samples_out_of_both_passes(labelled):
+    data, labels, _, keys, keep, _ = labelled
+    loader = StreamLoader({str(data): 2.0}, batch_size=4, epochs=1, num_workers=0, columns=[str(labels)])
+    delivered = [key for batch in loader for key in batch.keys]
+    assert sorted(delivered) == sorted(2 * list(kept_keys(keys, keep)))
+    (plan,) = [e for e in loader.pop_events() if e["event"] == "epoch"]
+    assert plan["filtered_by_label"] == 2 * keep.count(False)
+
+
 @pytest.mark.parametrize("stop_after", [1, 3])
 def test_a_resume_with_other_settings_is_exact_and_other_labels_replan_the_rest(labelled, stop_after):
     data, labels, relabelled, keys, keep, other_keep = labelled
