@@ -5,7 +5,7 @@ Each sample gets ``<key>.json``: ``{"text", "token_ids", "avg_logprob", "wer",
 truth (after the plain normaliser, ``normalizer.plain``) and ``keep`` is false when it exceeds the
 ``max_wer`` filter. The index also lists a keep file (one byte per sample,
 ``streamtrain.format.columns``), from which training leaves the keep=false
-samples out of its plan before reading them. The teacher decodes greedily after its prompt (or the one
+samples out of its plan before decoding them. The teacher decodes greedily after its prompt (or the one
 given); with ``<|notimestamps|>`` in the prompt, Whisper's timestamp tokens are
 suppressed, so labels are plain text, as the student is trained on. Shards are
 written whole and atomically in dataset order; a killed run, started again with

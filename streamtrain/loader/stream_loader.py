@@ -130,7 +130,7 @@ class StreamLoader:
     columns: folders or URLs of sidecar columns (cached features, pseudo-labels)
     of a single dataset, joined to each sample by key (``batch.columns``). The
     samples a pseudo-label column marks keep=false (its keep file) are left out
-    of the plan, never read, and counted (the epoch event's ``filtered_by_label``).
+    of the plan, never decoded, and counted (the epoch event's ``filtered_by_label``).
     fill_windows: seconds; consecutive samples are joined into windows of at most
     that long (``streamtrain.loader.windows``): a batch row is a window,
     ``batch.window`` and ``batch.offsets`` place each sample in it,

@@ -327,7 +327,6 @@ class _EpochTally:
         }
         return audit
 
-
     def _left_out(self) -> np.ndarray | None:
         """By sample id: what the label columns of the epoch's last plan mark keep=false (opened by fingerprint)."""
         named = self.plan.get("left_out_by", [])

@@ -59,3 +59,10 @@ def test_distillation_never_reads_filtered_samples_resumes_exactly_and_audits_cl
     report = capsys.readouterr().out
     assert "audit: OK" in report and "epoch 0 (complete)" in report
     assert f"{len(filtered)} filtered by label (keep=false)" in report and "0 filtered by duration" in report
+
+    index = json.loads((labels / "index.json").read_text())
+    del index["columns"]["keep"]  # the column as an older streamtrain wrote it: the audit cannot explain the plan
+    (labels / "index.json").write_text(json.dumps(index))
+    assert main(["audit", str(run)]) == 1
+    assert f"problem: the label columns the plan left samples out by ({labels}) have no keep file now" in \
+        capsys.readouterr().out
