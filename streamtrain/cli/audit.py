@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"epoch {epoch.epoch} ({state}): {epoch.samples} samples{table}, {epoch.seen} seen, "
               f"{epoch.duplicates} duplicates, {epoch.missing} {'missing' if epoch.complete else 'not yet seen'}, "
               f"{epoch.dropped} dropped to equalize ranks, {epoch.filtered} filtered by duration, "
+              f"{epoch.filtered_by_label} filtered by label (keep=false), "
               f"{epoch.skipped} skipped as bad, {epoch.unknown} not in the epoch's table")
         if epoch.mixture_changes:
             print(f"  the data mixture changed {epoch.mixture_changes} time(s) in this epoch; {epoch.left_out} samples "

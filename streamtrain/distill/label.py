@@ -3,7 +3,9 @@
 Each sample gets ``<key>.json``: ``{"text", "token_ids", "avg_logprob", "wer",
 "keep"}``, where ``wer`` is the label's word error rate against the ground
 truth (after the plain normaliser, ``normalizer.plain``) and ``keep`` is false when it exceeds the
-``max_wer`` filter. The teacher decodes greedily after its prompt (or the one
+``max_wer`` filter. The index also lists a keep file (one byte per sample,
+``streamtrain.format.columns``), from which training leaves the keep=false
+samples out of its plan before decoding them. The teacher decodes greedily after its prompt (or the one
 given); with ``<|notimestamps|>`` in the prompt, Whisper's timestamp tokens are
 suppressed, so labels are plain text, as the student is trained on. Shards are
 written whole and atomically in dataset order; a killed run, started again with
@@ -14,7 +16,7 @@ shard already complete, so no shard is written twice.
 Several processes (``torchrun --nproc_per_node N -m streamtrain label ...``,
 ``accelerate launch -m streamtrain label ...``) split the shards: shard i is
 labelled by rank i mod N, and rank 0, once every rank is done, counts the
-column from the shards written and publishes the index. The column is the one a
+column (and its keep file) from the shards written and publishes the index. The column is the one a
 single process writes, each key once.
 """
 
@@ -28,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from streamtrain.loader.shard_chunks import DecodedChunk, write_column_shard
@@ -143,7 +146,7 @@ def label_dataset(
                                  created_by="streamtrain label",
                                  column={"name": LABELS_COLUMN, "kind": "pseudo_labels", **run, "prompt": codec.prompt,
                                          "kept": tally.kept, "label_wer": tally.counts.wer})
-            publish_index(out, index, source.durations, tally.keys)
+            publish_index(out, index, source.durations, tally.keys, keep=np.array(tally.keep, dtype=bool))
         return LabelSummary(source.index.samples, tally.kept, tally.written, len(tally.infos) - tally.written,
                             tally.counts.wer, wait, ranks)
 
@@ -181,10 +184,14 @@ class _Tally:
     """What the column's index and the summary need, from shards labelled now or complete from an earlier run."""
 
     counts: ErrorCounts = field(default_factory=ErrorCounts)
-    kept: int = 0
     written: int = 0
     infos: list[ShardInfo] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
+    keep: list[bool] = field(default_factory=list)  # in dataset order: labels are made and counted shard by shard
+
+    @property
+    def kept(self) -> int:
+        return sum(self.keep)
 
     def label(self, text: str, generation, max_wer: float | None) -> dict:
         """A sample's label, counted."""
@@ -192,7 +199,7 @@ class _Tally:
         words = len(plain(text).split())
         wer = word_errors / max(words, 1)
         keep = max_wer is None or wer <= max_wer
-        self.kept += keep
+        self.keep.append(keep)
         return {"text": generation.text, "token_ids": generation.token_ids,
                 "avg_logprob": round(generation.avg_logprob, 6), "wer": round(wer, 6), "keep": keep,
                 "word_errors": word_errors, "words": words}
@@ -208,7 +215,7 @@ class _Tally:
             line = json.loads(members["json"])
             self.counts.word_errors += line["word_errors"]
             self.counts.words += line["words"]
-            self.kept += line["keep"]
+            self.keep.append(bool(line["keep"]))
             keys.append(key)
         self.add(aligned_shard_info(shard, len(data), hashlib.sha256(data).hexdigest()), keys)
 

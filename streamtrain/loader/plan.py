@@ -12,7 +12,8 @@ An epoch is planned in four steps:
 1. ``block_runs``: shards are permuted and grouped into blocks of
    ``block_shards`` (the first block holds one shard, so the epoch's first batch
    waits for one shard, not a block: ``block_starts``); the samples of each block are permuted; samples already
-   delivered or outside the duration limits are left out; with bucketing each
+   delivered, outside the duration limits or marked keep=false by a label column
+   (``plan_epoch``'s ``left_out``) are left out; with bucketing each
    block's samples are then sorted by duration (ties stay in random order).
    With ``fill_windows``, ``window_runs`` instead joins each block's samples
    into windows (``streamtrain.loader.windows``) and permutes the windows.
@@ -561,6 +562,7 @@ class RankPlan:
     total_batches: int  # over all ranks, the dropped ones included
     dropped: BatchList  # the leftover batches no rank takes (equalized ranks only)
     filtered: int  # samples outside the duration limits
+    filtered_by_label: int = 0  # samples a label column marks keep=false
 
 
 def plan_epoch(
@@ -572,12 +574,20 @@ def plan_epoch(
     rank: int = 0,
     world_size: int = 1,
     equalize: bool = True,
+    left_out: np.ndarray | None = None,
 ) -> RankPlan:
-    """Steps 1 to 3 for one rank. ``excluded``: bool mask by gid of samples not to plan (delivered)."""
+    """Steps 1 to 3 for one rank. ``excluded``: bool mask by gid of samples not to plan (delivered);
+    ``left_out``: bool mask by gid of samples the data leaves out (keep=false pseudo-labels), counted as
+    ``filtered_by_label`` where not excluded already, and not again as outside the duration limits."""
+    by_label = 0
+    if left_out is not None:
+        by_label = int(left_out.sum()) if excluded is None else int(np.count_nonzero(left_out & ~excluded))
+        excluded = left_out if excluded is None else excluded | left_out
     runs = (block_runs if settings.fill_windows is None else window_runs)(table, settings, excluded, seed, epoch)
     batches = cut_batches(table, runs, settings, seed, epoch)
     per_rank, dropped = split_for_ranks(len(batches), world_size, equalize)
     mine = batches.window(per_rank[rank].start, per_rank[rank].stop)
     if 2 * len(mine) < len(batches):  # a small share: copy it out and let the epoch's arrays go
         mine = mine.take(np.arange(len(mine)))
-    return RankPlan(mine, len(batches), batches.take(np.arange(dropped.start, dropped.stop)), runs.filtered)
+    return RankPlan(mine, len(batches), batches.take(np.arange(dropped.start, dropped.stop)), runs.filtered,
+                    by_label)

@@ -27,8 +27,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from streamtrain.loader.batch import Batch, Collated, WorkerNote
-from streamtrain.format.sidecar import open_sidecar
-from streamtrain.loader.dataset_sources import EpochTable, epoch_table, open_source
+from streamtrain.format.sidecar import left_out, open_sidecar
+from streamtrain.loader.dataset_sources import EpochTable, epoch_table, open_source, per_gid
 from streamtrain.loader.mixture import Mixture, carry_epoch, describe_change
 from streamtrain.loader.state import LoaderState, LoaderStateError, SampleSet, Schedule, check_header, merge_states
 from streamtrain.loader.transfer import SPARE_SLOTS, AudioSlots, slot_floats
@@ -128,7 +128,9 @@ class StreamLoader:
     equalize_ranks: every rank yields the same number of batches (training under
     DDP needs it); False deals the leftover batches too (evaluation).
     columns: folders or URLs of sidecar columns (cached features, pseudo-labels)
-    of a single dataset, joined to each sample by key (``batch.columns``).
+    of a single dataset, joined to each sample by key (``batch.columns``). The
+    samples a pseudo-label column marks keep=false (its keep file) are left out
+    of the plan, never decoded, and counted (the epoch event's ``filtered_by_label``).
     fill_windows: seconds; consecutive samples are joined into windows of at most
     that long (``streamtrain.loader.windows``): a batch row is a window,
     ``batch.window`` and ``batch.offsets`` place each sample in it,
@@ -225,6 +227,7 @@ class StreamLoader:
             raise ValueError("sidecar columns need a single dataset (not a mix)")
         self.columns = [open_sidecar(str(url), self.sources[0].dataset, reading.storage_options, reading.retry)
                         for url in columns]
+        self.left_out = left_out(self.columns)
         self.stats = LoaderStats()
         self._events: list[dict] = []
         self._table_cache: tuple[int, EpochTable] | None = None
@@ -338,6 +341,8 @@ class StreamLoader:
             "world_size": self.world_size,
             "num_workers": self.workers.num_workers,
             "equalize_ranks": self.equalize_ranks,
+            # other labels at a resume leave out other samples: the rest of the epoch is planned anew
+            **({"left_out_by": self.left_out.fingerprints} if self.left_out is not None else {}),
         }
 
     def _current_plan(self) -> _EpochPlan:
@@ -350,7 +355,8 @@ class StreamLoader:
             table = self._table(state.epoch)
             excluded = state.schedule.excluded
             plan = plan_epoch(table, self.batching, excluded.mask if len(excluded) else None, self.seed, state.epoch,
-                              self.rank, self.world_size, self.equalize_ranks)
+                              self.rank, self.world_size, self.equalize_ranks,
+                              None if self.left_out is None else per_gid(table, [self.left_out.mask]))
             workers = split_for_workers(len(plan.batches), self.workers.num_workers)
             pending = _undelivered(plan.batches, state.delivered.mask, len(state.delivered) > len(excluded))
             self._plan_cache = _EpochPlan(table, plan, delivery_sequence(workers), workers, pending)
@@ -463,7 +469,12 @@ class StreamLoader:
             "batch_size": self.batching.batch_size,  # with batches: bounds what may be dropped, for the audit
             "batches": plan.total_batches,
             "filtered": plan.filtered,
+            "filtered_by_label": plan.filtered_by_label,  # keep=false in these columns (recomputed by the audit)
+            "left_out_by": [] if self.left_out is None else list(self.left_out.columns),
         })
+        if self.rank == 0 and plan.filtered_by_label:
+            log.info("epoch %d: %d samples left out: their pseudo-labels are keep=false (label --max-wer)",
+                     self.epoch, plan.filtered_by_label)
         if self.rank == 0 and len(plan.dropped):
             dropped = plan.dropped.gids()
             self._events.append({"event": "dropped", "epoch": self.epoch, "world_size": self.world_size,
@@ -473,8 +484,9 @@ class StreamLoader:
 
     def _why_empty(self, plan: RankPlan, table: EpochTable) -> str:
         if plan.total_batches == 0:
+            labels = f" or marked keep=false by {len(self.left_out.columns)} label column(s)" if self.left_out else ""
             return (f"epoch {self.epoch} has no batch: all {table.samples} samples are outside "
-                    f"min_seconds={self.batching.min_seconds} / max_seconds={self.batching.max_seconds}")
+                    f"min_seconds={self.batching.min_seconds} / max_seconds={self.batching.max_seconds}{labels}")
         return (f"epoch {self.epoch} has {plan.total_batches} batches for {self.world_size} ranks: rank {self.rank} "
                 f"gets none (use a smaller batch, or fewer ranks)")
 

@@ -32,7 +32,8 @@ def column(out):
     shards = list(zip(index["shards"]["name"], index["shards"]["sha256"]))
     keys = [key for shard in sorted(out.glob("shard-*.tar"))
             for key, _ in ShardFile.in_memory(shard.read_bytes(), str(shard))]
-    return shards, keys, {k: index["column"][k] for k in ("kept", "label_wer", "teacher_fingerprint")}
+    return shards, keys, {k: index["column"][k] for k in ("kept", "label_wer", "teacher_fingerprint")}, \
+        index["columns"]["keep"]["sha256"]  # the keep file rank 0 builds from every rank's shards
 
 
 @pytest.mark.distributed
