@@ -240,7 +240,8 @@ class Trainer:
             piece.load_state_dict(trainer[name])
         del tensors  # the model and optimizer hold their own copies now
         gc.collect()
-        self.accelerator.print(f"resumed from {self.run}/{ckpt.CHECKPOINTS}/{path.name} (step {self.progress.step}, epoch {self.loader.epoch})")
+        self.accelerator.print(f"resumed from {self.run}/{ckpt.CHECKPOINTS}/{path.name} "
+                               f"(step {self.progress.step}, epoch {self.loader.epoch})")
         if changes:
             self.accelerator.print("the recipe changed since that checkpoint:\n  " + "\n  ".join(changes))
         saved_recipe_accum = trainer["recipe"]["train"]["grad_accum"]

@@ -101,18 +101,23 @@ class StoreLease:
                              "at the same time; choose another train.output_dir or wait") from None
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
-            try:
-                self._etag = self._replace(self._etag)
-            except _Conflict:
-                holder = self._holder()
-                self.lost = (f"run folder {self.run}: the lock was taken over by {holder.get('owner', 'another run')} "
-                             f"(this run's heartbeat was late by more than the {self.lease_s:.0f} s lease); "
-                             "stopping without writing a checkpoint")
-                log.error("%s", self.lost)
-                return
-            except OSError as error:  # the store did not answer: try again at the next beat
-                log.warning("%s: heartbeat failed (%s); retrying in %.0f s", self.display, error, self.heartbeat_s)
+        while not self._stop.wait(self.heartbeat_s) and self.beat():
+            pass
+
+    def beat(self) -> bool:
+        """Renew the lease; False once it is lost (``check`` then raises)."""
+        try:
+            self._etag = self._replace(self._etag)
+        except _Conflict:
+            holder = self._holder()
+            self.lost = (f"run folder {self.run}: the lock was taken over by {holder.get('owner', 'another run')} "
+                         f"(this run's heartbeat was late by more than the {self.lease_s:.0f} s lease); "
+                         "stopping without writing a checkpoint")
+            log.error("%s", self.lost)
+            return False
+        except OSError as error:  # the store did not answer: try again at the next beat
+            log.warning("%s: heartbeat failed (%s); retrying in %.0f s", self.display, error, self.heartbeat_s)
+        return True
 
     def _body(self) -> bytes:
         return json.dumps({"owner": self.owner, "token": self.token, "heartbeat": time.time(),
