@@ -33,6 +33,8 @@ from streamtrain.loader.state import Stateful
 from streamtrain.features import SpecAugment, build_featurizer, generator_for_step
 from streamtrain.features.feature_cache import check_feature_column
 from streamtrain.pack.progress import ProgressReport, message
+from streamtrain.storage.location import LocationError
+from streamtrain.storage.output import OutputError
 from streamtrain.storage.remote import RetryPolicy
 from streamtrain.train import checkpoint as ckpt
 from streamtrain.train.audit import AUDIT_DIR, AuditLog, encode_ids, next_session
@@ -52,6 +54,7 @@ from streamtrain.train.loss import ObjectiveContext, ObjectiveFactory, StepFeatu
 from streamtrain.train.plot import plot_history
 from streamtrain.train.run_dir import RunLock, recipe_changes
 from streamtrain.train.run_folder import RunFolder
+from streamtrain.train.store_lock import LeaseError
 from streamtrain.train.signals import StopRequest
 
 log = logging.getLogger("streamtrain.train")
@@ -98,7 +101,10 @@ class Trainer:
         validate(recipe)
         self.recipe, cfg = recipe, recipe.train
         #: the run folder; at a URL its files are written to ``run.local`` first, then published
-        self.run = RunFolder(cfg.output_dir, recipe.data.storage_options)
+        try:
+            self.run = RunFolder(cfg.output_dir, recipe.data.storage_options)
+        except (LocationError, OutputError) as error:
+            raise RecipeError(f"train.output_dir: {error}") from None
         self.accelerator = Accelerator(cpu=use_cpu(cfg.cpu), mixed_precision=cfg.mixed_precision, log_with="tensorboard",
                                        project_dir=str(self.run.local))
         self.device = self.accelerator.device
@@ -409,14 +415,15 @@ class Trainer:
     def save(self) -> None:
         """A checkpoint: model, optimizer, scheduler, scaler, every rank's RNG, counters, loader state, recipe."""
         accelerator = self.accelerator
+        lost = _broadcast(self.lock.lost if self.lock is not None else None)  # rank 0 holds the lock
+        if lost:  # a lease taken over at a URL: the other run owns the folder now; every rank stops
+            raise LeaseError(lost)
         # on every rank: the loader's state_dict is a collective (merged over ranks)
         states = {name: piece.state_dict() for name, piece in self.checkpointed().items()}
         rng = gather_object([torch.get_rng_state()])
         cuda_rng = gather_object([torch.cuda.get_rng_state()]) if torch.cuda.is_available() else []
         self.audit.flush()
         if accelerator.is_main_process:
-            if self.lock is not None:
-                self.lock.check()  # a lease taken over at a URL: the other run owns the folder now
             tensors = {
                 "model": accelerator.unwrap_model(self.model).state_dict(),
                 "optimizer": self.optimizer.state_dict(),

@@ -37,10 +37,10 @@ class RunLock:
         self._file: IO[str] | None = None
         self.lease = None if run.is_local else StoreLease(run, LOCK_NAME, lease_s, lease_s / 4)
 
-    def check(self) -> None:
-        """LeaseError if this run no longer holds its folder (a lease taken over at a URL)."""
-        if self.lease is not None:
-            self.lease.check()
+    @property
+    def lost(self) -> str | None:
+        """Why this run no longer holds its folder (a lease taken over at a URL), or None."""
+        return None if self.lease is None else self.lease.lost
 
     def __enter__(self) -> "RunLock":
         if self.lease is not None:

@@ -10,8 +10,8 @@ process wrote (``If-Match`` on its ETag), and removed at exit.
 A second trainer is refused while the heartbeat is younger than the lease. A
 lease that has expired (its holder was killed, or lost its network) is taken
 over, again with ``If-Match``, so of two trainers taking it over at once one
-wins. A holder whose heartbeat finds the lease taken stops at its next
-checkpoint instead of writing one (``check``).
+wins. A holder whose heartbeat finds the lease taken (``lost``) stops at its
+next checkpoint instead of writing one.
 
 Limits: the heartbeat times are the nodes' clocks, so they must agree within
 a fraction of the lease (NTP does); a run killed with SIGKILL keeps its folder
@@ -32,7 +32,7 @@ import time
 
 from fsspec.asyn import sync
 
-from streamtrain.storage.remote import filesystem
+from streamtrain.storage.remote import filesystem, scrub
 from streamtrain.train.config import RecipeError
 from streamtrain.train.run_folder import RunFolder
 
@@ -69,13 +69,11 @@ class StoreLease:
             self._etag = self._create()
         except _Conflict:
             self._take_over()
+        except OSError as error:  # no such bucket, no credentials, no network
+            raise LeaseError(f"cannot use run folder {self.run}: cannot write its lock object {self.display}: "
+                             f"{scrub(str(error))}") from None
         self._thread = threading.Thread(target=self._beat, name="streamtrain-lease", daemon=True)
         self._thread.start()
-
-    def check(self) -> None:
-        """LeaseError if another trainer has taken the lease over (before writing a checkpoint)."""
-        if self.lost:
-            raise LeaseError(self.lost)
 
     def release(self) -> None:
         self._stop.set()

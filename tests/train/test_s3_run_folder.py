@@ -5,6 +5,7 @@ crash; the resume waits out the lease (train.lock_lease) and takes the lock over
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,9 +17,10 @@ import s3fs
 import torch
 
 from streamtrain.cli import main as cli_main
+from streamtrain.train import checkpoint as ckpt
 from streamtrain.train.run_dir import RunLock
 from streamtrain.train.run_folder import RunFolder
-from streamtrain.train.store_lock import LeaseError, StoreLease
+from streamtrain.train.store_lock import StoreLease
 from tests.support.cli import run_cli
 from tests.support.runs import accelerate_launch, micro_recipe
 from tests.support.servers import s3_server
@@ -112,14 +114,44 @@ def test_a_lease_taken_over_stops_its_old_holder_before_a_checkpoint(endpoint):
     with RunFolder(f"s3://{BUCKET}/taken", options(endpoint)) as run:
         stalled = StoreLease(run, ".lock", lease_s=0.5, heartbeat_s=3600)  # beats only when told to
         stalled.acquire()
-        stalled.check()
+        assert stalled.beat() and stalled.lost is None
         time.sleep(0.6)
         with RunLock(run, lease_s=60.0):
             assert not stalled.beat()
-            with pytest.raises(LeaseError, match="the lock was taken over by pid .* stopping without writing"):
-                stalled.check()
+            assert re.search("the lock was taken over by pid .* stopping without writing", stalled.lost)
             stalled.release()  # not its lock any more: left in place
             assert store(run.storage_options["client_kwargs"]["endpoint_url"]).exists(f"{BUCKET}/taken/.lock")
+
+
+def test_checkpoints_at_s3_are_complete_only_with_their_manifest_and_rotate(endpoint, caplog):
+    tensors = {"model": {"w": torch.arange(4.0)}}
+    with RunFolder(f"s3://{BUCKET}/store", options(endpoint)) as run:
+        for step in (1, 2, 3):
+            ckpt.save_checkpoint(run, step, tensors, {"step": step}, keep=2)
+        assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-00000002", "step-00000003"]
+        assert not ckpt.checkpoint_root(run).joinpath("step-00000003").exists()  # uploaded, then removed locally
+        fs = store(endpoint)
+        fs.pipe_file(f"{BUCKET}/store/checkpoints/step-00000004/state.pt", b"an upload cut short")
+        assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-00000002", "step-00000003"]
+        ckpt.remove_partial_checkpoints(run)
+        assert "removing incomplete checkpoint s3://runs/store/checkpoints/step-00000004" in caplog.text
+        assert not fs.exists(f"{BUCKET}/store/checkpoints/step-00000004/state.pt")
+        fs.pipe_file(f"{BUCKET}/store/checkpoints/step-00000003/state.pt", b"damaged")
+        newest = ckpt.newest_valid_checkpoint(run)
+        assert newest.name == "step-00000002" and "skipping damaged checkpoint" in caplog.text
+        loaded, trainer = ckpt.load_checkpoint(newest)
+        assert trainer == {"step": 2} and torch.equal(loaded["model"]["w"], tensors["model"]["w"])
+
+
+@pytest.mark.parametrize("output_dir, message", [
+    ("s3://no-such-bucket/run", "cannot use run folder s3://no-such-bucket/run: cannot write its lock object"),
+    ("s3:/runs/one-slash", "train.output_dir: 's3:/runs/one-slash' is neither a local path nor a URL"),
+])
+def test_a_run_folder_url_that_cannot_be_used_is_one_line(digits, endpoint, tmp_path, capsys, output_dir, message):
+    recipe = s3_recipe(tmp_path, "bad", digits, endpoint, output_dir=output_dir)
+    assert cli_main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
 
 
 @pytest.mark.slow
