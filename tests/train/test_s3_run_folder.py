@@ -141,6 +141,8 @@ def test_checkpoints_at_s3_are_complete_only_with_their_manifest_and_rotate(endp
         assert newest.name == "step-00000002" and "skipping damaged checkpoint" in caplog.text
         loaded, trainer = ckpt.load_checkpoint(newest)
         assert trainer == {"step": 2} and torch.equal(loaded["model"]["w"], tensors["model"]["w"])
+        run.remove_folder(ckpt.CHECKPOINTS)  # what --no-resume does
+        assert ckpt.list_checkpoints(run) == [] and not fs.exists(f"{BUCKET}/store/checkpoints/step-00000002")
 
 
 @pytest.mark.parametrize("output_dir, message", [
