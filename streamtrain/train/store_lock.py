@@ -83,7 +83,14 @@ class StoreLease:
             self.fs.rm_file(self.path)
 
     def _take_over(self) -> None:
-        holder, etag = self._holder(), self._etag_now()
+        # the ETag first: a holder that renews in between changes it, and the takeover below fails
+        etag, holder = self._etag_now(), self._holder()
+        if not holder:  # released since: create it again, if no one else did first
+            try:
+                self._etag = self._create()
+                return
+            except _Conflict:
+                etag, holder = self._etag_now(), self._holder()
         age = time.time() - holder.get("heartbeat", 0.0)
         if age < holder.get("lease_s", self.lease_s):
             raise LeaseError(f"run folder {self.run} is in use by another `streamtrain train` "
@@ -127,7 +134,8 @@ class StoreLease:
         except FileNotFoundError:
             return {}
         except ValueError:  # not ours to read: treat as held with an unknown heartbeat
-            return {"owner": "an unreadable lock object", "heartbeat": time.time()}
+            return {"owner": f"{self.display} is not a streamtrain lock: remove it if no run holds the folder",
+                    "heartbeat": time.time()}
 
     def _etag_now(self) -> str | None:
         self.fs.invalidate_cache(self.path)
