@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from pathlib import Path
 from typing import IO
 
 from streamtrain.train.config import RecipeError
