@@ -2,7 +2,9 @@
 
 Each run of the trainer is a *session*; each rank of a session appends JSON
 lines to ``<run>/audit/session-KKKK-rank-RRRRR.jsonl.zst``, one zstd frame per
-flush (the trainer flushes at every checkpoint). Samples are named by their
+flush (the trainer flushes at every checkpoint). In a run folder at a URL the
+file is appended to in the local staging folder and uploaded whole at each
+flush; ``audit_run`` reads a local folder (the command downloads the logs). Samples are named by their
 id in the epoch's sample table (see ``streamtrain.loader.dataset_sources``), never by
 key or URL, so a record costs a few bytes per sample. Records:
 
@@ -51,6 +53,7 @@ from streamtrain.loader.state import SampleSet
 from streamtrain.format.dataset import Dataset
 from streamtrain.format.sidecar import left_out
 from streamtrain.loader.plan import inside_limits
+from streamtrain.train.run_folder import RunFolder
 
 AUDIT_DIR = "audit"
 SHOWN = 10
@@ -64,10 +67,11 @@ class AuditLogError(ValueError):
 class AuditLog:
     """Appends this rank's records for one session; ``flush`` writes one zstd frame."""
 
-    def __init__(self, run_dir: Path, session: int, rank: int, world_size: int, resumed_from_step: int):
-        directory = Path(run_dir) / AUDIT_DIR
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / f"session-{session:04d}-rank-{rank:05d}.jsonl.zst"
+    def __init__(self, run_dir: RunFolder | Path, session: int, rank: int, world_size: int, resumed_from_step: int):
+        self.run = RunFolder.of(run_dir)
+        self.name = f"{AUDIT_DIR}/session-{session:04d}-rank-{rank:05d}.jsonl.zst"
+        self.path = self.run.local / self.name
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._pending: list[dict] = []
         self.add({"event": "session", "resumed_from_step": resumed_from_step, "world_size": world_size})
         self.flush()  # every session leaves its mark, even one killed before its first checkpoint
@@ -84,11 +88,11 @@ class AuditLog:
             f.write(frame)
             f.flush()
         self._pending = []
+        self.run.publish(self.name)  # at a URL: the whole file again (an object cannot be appended to)
 
 
-def next_session(run_dir: Path) -> int:
-    directory = Path(run_dir) / AUDIT_DIR
-    sessions = [int(m.group(1)) for p in directory.glob("*.zst") if (m := _FILE.search(p.name))]
+def next_session(run_dir: RunFolder | Path) -> int:
+    sessions = [int(m.group(1)) for name in RunFolder.of(run_dir).names(AUDIT_DIR) if (m := _FILE.search(name))]
     return max(sessions, default=-1) + 1
 
 
