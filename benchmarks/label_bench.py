@@ -23,7 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from streamtrain.distill.label import LabelSettings, label_dataset  # noqa: E402
+from streamtrain.distill.label import LabelSettings, label_dataset
 
 
 def label_once(args, workers: int, out: Path) -> dict:

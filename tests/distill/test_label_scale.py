@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-import streamtrain.loader.worker as worker
 from streamtrain.cli import main
 from streamtrain.format.shard_reader import ShardFile
+from streamtrain.loader import worker
 from tests.support.runs import accelerate_launch, digit_dataset, micro_recipe, random_whisper
 from tests.support.servers import free_port
 

@@ -1,5 +1,7 @@
 """The epoch plan is pure: tested on shard tables alone, without any audio."""
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -268,7 +270,7 @@ def test_an_ordered_plan_by_seconds_cuts_each_shard_greedily_and_leaves_out_what
     for batch in batches:
         assert len(set(shard_of[batch])) == 1  # never spans two shards
         assert len(batch) <= 6 and (len(batch) == 1 or t.durations[batch].max() * len(batch) <= 12.0)
-    for first, second in zip(batches, batches[1:]):  # greedy: the next sample would not have fitted
+    for first, second in itertools.pairwise(batches):  # greedy: the next sample would not have fitted
         if shard_of[first[0]] == shard_of[second[0]] and len(first) < 6:
             grown = np.append(first, second[0])
             assert t.durations[grown].max() * len(grown) > 12.0
