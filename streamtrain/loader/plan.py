@@ -591,3 +591,39 @@ def plan_epoch(
         mine = mine.take(np.arange(len(mine)))
     return RankPlan(mine, len(batches), batches.take(np.arange(dropped.start, dropped.stop)), runs.filtered,
                     by_label)
+
+
+
+def ordered_plan(table: ShardTable, settings: BatchSettings, shards: np.ndarray, excluded: np.ndarray | None
+                 ) -> RankPlan:
+    """"These shards, in order": the plan of a pass that writes a column (``streamtrain label``).
+
+    ``shards`` (indices into the table) are read in the order given, each shard's
+    samples in stored order, nothing permuted or bucketed; each shard is cut into
+    batches of its own (``batch_size``, or greedily by ``batch_seconds``), so no
+    batch spans two shards and a shard's batches are the same whatever else is
+    read. The caller chooses the shards of each rank: nothing is split over ranks
+    or dropped. ``excluded``: bool mask by gid of samples not to plan (delivered).
+    """
+    shards = np.asarray(shards, dtype=np.int64)
+    gids = ranges(table.offsets[shards], table.counts[shards])
+    owner = np.repeat(np.arange(len(shards)), table.counts[shards])
+    inside = inside_limits(np.asarray(table.durations)[gids], settings.min_seconds, settings.longest_sample)
+    filtered = len(gids) - int(inside.sum())
+    keep = inside if excluded is None else inside & ~excluded[gids]
+    gids, owner = gids[keep], owner[keep]
+    per_shard = np.bincount(owner, minlength=len(shards))
+    bounds = sample_offsets(per_shard)
+    if settings.batch_seconds is None:  # every shard cut in steps of batch_size, vectorised
+        cuts = -(-per_shard // settings.batch_size)
+        starts = np.repeat(bounds[:-1], cuts) + settings.batch_size * (
+            np.arange(int(cuts.sum())) - np.repeat(sample_offsets(cuts)[:-1], cuts))
+    else:
+        seconds = np.asarray(table.durations)[gids].astype(np.float64)
+        starts = np.concatenate([np.zeros(0, dtype=np.int64)] + [
+            first + _greedy_starts(seconds[first:end], settings)
+            for first, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()) if end > first])
+    starts = starts.astype(np.int64)
+    sizes = np.diff(np.append(starts, len(gids)))
+    batches = BatchList(gids, gids[:0], np.zeros(len(starts), dtype=bool), starts, sizes)
+    return RankPlan(batches, len(batches), BatchList.of([]), filtered)
