@@ -1,26 +1,30 @@
 """``streamtrain audit RUN_DIR``: prove (or refute) exactly-once delivery on a real run.
 
 Reads the run's audit log and the datasets' indexes (and, to name a few
-samples, their keys columns); never a shard.
+samples, their keys columns); never a shard. A run folder at a URL is read
+with the store's credentials and endpoint from the environment (e.g.
+``AWS_ENDPOINT_URL``); its log is downloaded to a temporary folder first.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import yaml
 
 from streamtrain.format.dataset import Dataset, open_dataset
 from streamtrain.format.index import DatasetIndexError
 from streamtrain.storage.remote import ReadError
-from streamtrain.train.audit import AuditLogError, audit_run
+from streamtrain.storage.location import LocationError
+from streamtrain.storage.output import OutputError
+from streamtrain.train.audit import AUDIT_DIR, AuditLogError, audit_run
+from streamtrain.train.run_folder import RunFolder
 
-ERRORS = (DatasetIndexError, ReadError, FileNotFoundError, AuditLogError)
+ERRORS = (DatasetIndexError, ReadError, FileNotFoundError, AuditLogError, OutputError, LocationError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", help="a run folder written by streamtrain train")
+    parser.add_argument("run_dir", help="a run folder written by streamtrain train (a path or a URL)")
     parser.add_argument("--dataset", action="append", default=[],
                         help="a training dataset the log names (default: data.train of the run's recipe.yaml); "
                              "repeatable, e.g. for a dataset that has moved")
@@ -55,10 +59,13 @@ class Datasets:
         return self.opened[fingerprint]
 
 
-def recipe_datasets(run_dir: Path) -> tuple[list[str], dict | None]:
-    recipe_file = run_dir / "recipe.yaml"
-    if not recipe_file.is_file():
-        raise FileNotFoundError(f"{recipe_file}: not a run folder (no recipe.yaml); pass --dataset")
+def recipe_datasets(run: RunFolder) -> tuple[list[str], dict | None]:
+    try:
+        recipe_file = run.fetch("recipe.yaml")
+    except FileNotFoundError:
+        recipe_file = None
+    if recipe_file is None or not recipe_file.is_file():
+        raise FileNotFoundError(f"{run}/recipe.yaml: not a run folder (no recipe.yaml); pass --dataset")
     data = yaml.safe_load(recipe_file.read_text())["data"]
     train = data["train"]
     urls = list(train) if isinstance(train, dict) else [train]
@@ -66,9 +73,10 @@ def recipe_datasets(run_dir: Path) -> tuple[list[str], dict | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run_dir)
-    urls, storage_options = recipe_datasets(run_dir) if not args.dataset else (args.dataset, None)
-    report = audit_run(run_dir, Datasets(urls, storage_options))
+    with RunFolder(args.run_dir) as run_dir:
+        urls, storage_options = recipe_datasets(run_dir) if not args.dataset else (args.dataset, None)
+        run_dir.fetch_folder(AUDIT_DIR)
+        report = audit_run(run_dir.local, Datasets(urls, storage_options))
     print(f"{run_dir}: {report.sessions} session(s), {report.steps} optimizer steps"
           + (f", {report.torn_frames} torn log frame(s) from killed runs ignored" if report.torn_frames else ""))
     for epoch in report.epochs:
@@ -77,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"epoch {epoch.epoch} ({state}): {epoch.samples} samples{table}, {epoch.seen} seen, "
               f"{epoch.duplicates} duplicates, {epoch.missing} {'missing' if epoch.complete else 'not yet seen'}, "
               f"{epoch.dropped} dropped to equalize ranks, {epoch.filtered} filtered by duration, "
+              f"{epoch.filtered_by_label} filtered by label (keep=false), "
               f"{epoch.skipped} skipped as bad, {epoch.unknown} not in the epoch's table")
         if epoch.mixture_changes:
             print(f"  the data mixture changed {epoch.mixture_changes} time(s) in this epoch; {epoch.left_out} samples "

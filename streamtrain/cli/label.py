@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, help="longest label, prompt and end token included "
                                                        "(default: the teacher's own limit, 448 for Whisper)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-workers", type=int, default=2,
+                        help="processes that read and decode the audio while this one generates (0: this one does)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
@@ -36,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     settings = LabelSettings(args.precision, args.max_wer, args.max_tokens, args.prompt)
     summary = label_dataset(args.dataset, args.teacher, args.out, settings,
-                            batch_size=args.batch_size, device=args.device, overwrite=args.overwrite,
-                            progress=not args.no_progress)
+                            batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
+                            overwrite=args.overwrite, progress=not args.no_progress)
     filtered = summary.samples - summary.kept
     print(f"{redact(args.out)}: {summary.samples} samples labelled ({summary.shards_written} shards written, "
           f"{summary.shards_skipped} already complete); label WER {100 * summary.wer:.2f}%"

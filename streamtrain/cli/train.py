@@ -26,9 +26,10 @@ def __getattr__(name: str):
     from streamtrain.features.feature_cache import FeatureCacheError
     from streamtrain.train.checkpoint import CheckpointError
     from streamtrain.train.config import RecipeError
+    from streamtrain.storage.output import OutputError
 
     return (RecipeError, DatasetIndexError, LoaderStateError, FeatureCacheError, CheckpointError, FileNotFoundError,
-            EmptyEpochError, *DATA_ERRORS)
+            EmptyEpochError, OutputError, *DATA_ERRORS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

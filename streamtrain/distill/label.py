@@ -3,10 +3,17 @@
 Each sample gets ``<key>.json``: ``{"text", "token_ids", "avg_logprob", "wer",
 "keep"}``, where ``wer`` is the label's word error rate against the ground
 truth (after the plain normaliser, ``normalizer.plain``) and ``keep`` is false when it exceeds the
-``max_wer`` filter. The teacher decodes greedily after its prompt (or the one
+``max_wer`` filter. The index also lists a keep file (one byte per sample,
+``streamtrain.format.columns``), from which training leaves the keep=false
+samples out of its plan before decoding them. The teacher decodes greedily after its prompt (or the one
 given); with ``<|notimestamps|>`` in the prompt, Whisper's timestamp tokens are
-suppressed, so labels are plain text, as the student is trained on. Shards are
-written whole and atomically in dataset order; a killed run, started again with
+suppressed, so labels are plain text, as the student is trained on.
+
+The audio comes through the training loader (``StreamLoader`` with ``shards=``:
+this process's shards, each in stored order, in batches that never span two
+shards), whose workers read and decode while this process only generates and
+writes. A shard's column is written once all its samples' labels are in: whole,
+atomically, its samples in stored order; a killed run, started again with
 the same teacher, settings and dataset content (``label-run.json`` holds the
 dataset's fingerprint: a dataset re-packed in place is refused), skips every
 shard already complete, so no shard is written twice.
@@ -14,7 +21,7 @@ shard already complete, so no shard is written twice.
 Several processes (``torchrun --nproc_per_node N -m streamtrain label ...``,
 ``accelerate launch -m streamtrain label ...``) split the shards: shard i is
 labelled by rank i mod N, and rank 0, once every rank is done, counts the
-column from the shards written and publishes the index. The column is the one a
+column (and its keep file) from the shards written and publishes the index. The column is the one a
 single process writes, each key once.
 """
 
@@ -28,14 +35,16 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from streamtrain.loader.shard_chunks import DecodedChunk, write_column_shard
 from streamtrain.format.columns import publish_index
 from streamtrain.format.dataset import open_dataset
 from streamtrain.format.index import DatasetIndex, ShardInfo, ShardList
 from streamtrain.format.shard_reader import ShardFile
-from streamtrain.format.sidecar import LABELS_COLUMN, aligned_shard_info, base_identity
+from streamtrain.format.sidecar import LABELS_COLUMN, aligned_shard_info, base_identity, write_aligned_shard
+from streamtrain.format.dataset import Dataset
+from streamtrain.loader import StreamLoader
 from streamtrain.pack.progress import ProgressReport
 from streamtrain.storage.output import Output
 from streamtrain.distill.teacher import load_teacher
@@ -67,7 +76,7 @@ class LabelSummary:
     shards_written: int
     shards_skipped: int  # complete from an earlier, interrupted run
     wer: float  # of the labels against the ground truth
-    data_wait: float = 0.0  # share of this process's labelling time spent reading and decoding, not generating
+    data_wait: float = 0.0  # share of this process's labelling time spent waiting for the next batch of audio
     ranks: int = 1
 
 
@@ -78,12 +87,17 @@ def label_dataset(
     settings: LabelSettings = LabelSettings(),
     *,
     batch_size: int = 16,
+    num_workers: int = 2,
     device: str = "cpu",
     overwrite: bool = False,
     progress: bool = True,
     storage_options: dict | None = None,
 ) -> LabelSummary:
-    """Label ``dataset`` into a column at ``out_dir`` (a folder or URL); see the module docstring."""
+    """Label ``dataset`` into a column at ``out_dir`` (a folder or URL); see the module docstring.
+    ``num_workers``: the loader's processes that read and decode (0: this process does)."""
+    if batch_size < 1 or num_workers < 0:  # before the teacher loads
+        raise LabelError(f"batch size {batch_size} and {num_workers} workers: the batch size must be >= 1 and "
+                         "the number of workers >= 0")
     source = open_dataset(dataset, storage_options)
     with _process_group() as (rank, ranks):
         if str(device) == "cuda" and ranks > 1:  # one GPU a process, as the launcher numbers them on a machine
@@ -106,30 +120,33 @@ def label_dataset(
             mine = [n for n in range(len(source.index.shards)) if n % ranks == rank]
             report = ProgressReport("label" if ranks == 1 else f"label rank {rank}",
                                     int(source.index.shards.samples[mine].sum()), "samples", enabled=progress)
-            generating = [0.0]
-            started = time.perf_counter()
-
-            def label_chunk(chunk: DecodedChunk) -> list[dict[str, bytes]]:
-                began = time.perf_counter()
-                generations = transcribe(teacher, featurizer, codec, chunk.audio, chunk.lengths, backoff,
-                                         torch.inference_mode, suppressed)
-                generating[0] += time.perf_counter() - began
-                return [{"json": json.dumps(tally.label(meta["text"], generation, settings.max_wer)).encode()}
-                        for meta, generation in zip(chunk.metas, generations)]
-
             with report:
+                todo = []
                 for number in mine:
                     shard = source.index.shards[number]
                     if shard.name in complete:  # shards are published under their name only once whole
-                        tally.count_complete(shard, out.read(shard.name), out.describe(shard.name))
+                        tally.count_complete(number, shard, out.read(shard.name), out.describe(shard.name))
                         report.update(shard.samples)
-                        continue
-                    tally.add(*write_column_shard(source, number, out, sample_rate=featurizer.sample_rate,
-                                                  batch_size=batch_size, device=device, members_for=label_chunk,
-                                                  on_chunk=report.update))
-                    tally.written += 1
-            elapsed = time.perf_counter() - started
-            wait = (elapsed - generating[0]) / elapsed if tally.written else 0.0
+                    else:
+                        todo.append(number)
+                started = time.perf_counter()
+                loader = StreamLoader(dataset, batch_size=batch_size, epochs=1, num_workers=num_workers,
+                                      sample_rate=featurizer.sample_rate, rank=0, world_size=1, shards=todo,
+                                      storage_options=storage_options)
+                assembled, batches, waited = _ColumnShards(source, out, tally), iter(loader), 0.0
+                while True:
+                    asked = time.perf_counter()
+                    batch = next(batches, None)
+                    waited += time.perf_counter() - asked
+                    if batch is None:
+                        break
+                    generations = transcribe(teacher, featurizer, codec, batch.audio.to(device),
+                                             batch.audio_lens.to(device), backoff, torch.inference_mode, suppressed)
+                    labels = [{"json": json.dumps(tally.label(meta["text"], generation, settings.max_wer)).encode()}
+                              for meta, generation in zip(batch.meta, generations)]
+                    assembled.add(*loader.shard_positions(batch.sample_ids.numpy()), batch.keys, labels)
+                    report.update(batch.size)
+            wait = waited / (time.perf_counter() - started) if tally.written else 0.0
             if ranks > 1:
                 written = torch.tensor([tally.written])
                 torch.distributed.all_reduce(written)  # also waits for every rank's shards to be published
@@ -137,13 +154,13 @@ def label_dataset(
                     return LabelSummary(len(tally.keys), tally.kept, tally.written, len(tally.infos) - tally.written,
                                         tally.counts.wer, wait, ranks)
                 tally = _Tally(written=int(written))  # the whole column, from the shards every rank wrote
-                for shard in source.index.shards:
-                    tally.count_complete(shard, out.read(shard.name), out.describe(shard.name))
+                for number, shard in enumerate(source.index.shards):
+                    tally.count_complete(number, shard, out.read(shard.name), out.describe(shard.name))
             index = DatasetIndex(codec="column", sample_rate=None, shards=ShardList.of(tally.infos),
                                  created_by="streamtrain label",
                                  column={"name": LABELS_COLUMN, "kind": "pseudo_labels", **run, "prompt": codec.prompt,
                                          "kept": tally.kept, "label_wer": tally.counts.wer})
-            publish_index(out, index, source.durations, tally.keys)
+            publish_index(out, index, source.durations, tally.keys, keep=tally.keep)
         return LabelSummary(source.index.samples, tally.kept, tally.written, len(tally.infos) - tally.written,
                             tally.counts.wer, wait, ranks)
 
@@ -181,10 +198,26 @@ class _Tally:
     """What the column's index and the summary need, from shards labelled now or complete from an earlier run."""
 
     counts: ErrorCounts = field(default_factory=ErrorCounts)
-    kept: int = 0
     written: int = 0
-    infos: list[ShardInfo] = field(default_factory=list)
-    keys: list[str] = field(default_factory=list)
+    #: by shard number: its info, keys and keep flags (shards complete out of order: workers read runs of them)
+    shards: dict[int, tuple[ShardInfo, list[str], list[bool]]] = field(default_factory=dict)
+
+    @property
+    def infos(self) -> list[ShardInfo]:
+        return [self.shards[n][0] for n in sorted(self.shards)]
+
+    @property
+    def keys(self) -> list[str]:
+        return [key for n in sorted(self.shards) for key in self.shards[n][1]]
+
+    @property
+    def keep(self) -> np.ndarray:
+        """One flag per sample, in dataset order: the column's keep file."""
+        return np.array([flag for n in sorted(self.shards) for flag in self.shards[n][2]], dtype=bool)
+
+    @property
+    def kept(self) -> int:
+        return int(self.keep.sum())
 
     def label(self, text: str, generation, max_wer: float | None) -> dict:
         """A sample's label, counted."""
@@ -192,25 +225,47 @@ class _Tally:
         words = len(plain(text).split())
         wer = word_errors / max(words, 1)
         keep = max_wer is None or wer <= max_wer
-        self.kept += keep
         return {"text": generation.text, "token_ids": generation.token_ids,
                 "avg_logprob": round(generation.avg_logprob, 6), "wer": round(wer, 6), "keep": keep,
                 "word_errors": word_errors, "words": words}
 
-    def add(self, info: ShardInfo, keys: list[str]) -> None:
-        self.infos.append(info)
-        self.keys += keys
-
-    def count_complete(self, shard: ShardInfo, data: bytes, origin: str) -> None:
+    def count_complete(self, number: int, shard: ShardInfo, data: bytes, origin: str) -> None:
         """Count a shard an earlier run wrote, from its labels."""
-        keys = []
+        keys, keep = [], []
         for key, members in ShardFile.in_memory(data, origin):
             line = json.loads(members["json"])
             self.counts.word_errors += line["word_errors"]
             self.counts.words += line["words"]
-            self.kept += line["keep"]
+            keep.append(bool(line["keep"]))
             keys.append(key)
-        self.add(aligned_shard_info(shard, len(data), hashlib.sha256(data).hexdigest()), keys)
+        self.shards[number] = aligned_shard_info(shard, len(data), hashlib.sha256(data).hexdigest()), keys, keep
+
+
+class _ColumnShards:
+    """The label shards in the making. The loader's workers each read a run of the shards and their
+    batches come round-robin, so a shard's labels can arrive out of order: each goes to its sample's
+    place, and a shard is written (whole, in stored order, published atomically) once all are in."""
+
+    def __init__(self, source: Dataset, out: Output, tally: _Tally):
+        self.source, self.out, self.tally = source, out, tally
+        self.open: dict[int, list] = {}  # shard number -> (key, members) by position, None until labelled
+        self.missing: dict[int, int] = {}
+
+    def add(self, shards: np.ndarray, positions: np.ndarray, keys: list[str], members: list[dict[str, bytes]]
+            ) -> None:
+        for number, position, key, member in zip(shards.tolist(), positions.tolist(), keys, members):
+            if number not in self.open:
+                self.open[number] = [None] * int(self.source.index.shards.samples[number])
+                self.missing[number] = len(self.open[number])
+            self.open[number][position] = key, member
+            self.missing[number] -= 1
+            if self.missing[number] == 0:
+                del self.missing[number]
+                labelled = self.open.pop(number)
+                info, written = write_aligned_shard(self.source.index.shards[number], self.out, labelled)
+                keep = [bool(json.loads(members["json"])["keep"]) for _, members in labelled]
+                self.tally.shards[number] = info, written, keep
+                self.tally.written += 1
 
 
 def _prepare(out: Output, run: dict, overwrite: bool) -> set[str]:

@@ -5,6 +5,11 @@
   opening a shard.
 - ``keys``: each sample's key on its own line, in dataset order
   (``<index stem>.keys.txt``). The audit and error messages name samples by it.
+- ``keep``: one byte per sample, 1 or 0, in dataset order (``<index stem>.keep.u1``),
+  only in a pseudo-label column: whether the sample's label passed ``label --max-wer``.
+  The loader leaves the 0s out of the plan without opening a shard. It is derived
+  from the column's shards, which the column's fingerprint covers, and is checked
+  against its size and sha256 like the others.
 
 Local column files are memory-mapped, so the ranks of a node share one
 page-cache copy; remote ones are streamed (ranged, retried) into a local file
@@ -45,8 +50,10 @@ from streamtrain.storage.remote import (
 
 DURATIONS = "durations"
 KEYS = "keys"
-_EXTENSIONS = {DURATIONS: "f32", KEYS: "txt"}
+KEEP = "keep"
+_EXTENSIONS = {DURATIONS: "f32", KEYS: "txt", KEEP: "u1"}
 DURATIONS_DTYPE = "<f4"
+KEEP_DTYPE = "|u1"
 TEXT = "text"
 #: Every how many keys the key column remembers a line start (memory: 8 bytes per this many samples).
 KEY_STRIDE = 1024
@@ -74,6 +81,13 @@ def write_keys(root: str | os.PathLike, index_name: str, keys: Iterable[str]) ->
             raise ValueError(f"invalid sample key {key!r} for the keys column")
     blob = ("\n".join(keys) + "\n").encode("utf-8") if keys else b""
     return write_column_file(Path(root) / column_file_name(index_name, KEYS), [blob], TEXT, len(keys))
+
+
+def write_keep(root: str | os.PathLike, index_name: str, keep: np.ndarray) -> ColumnFile:
+    """Write the keep column (atomically), 1 or 0 per sample, and return its index entry."""
+    values = np.ascontiguousarray(keep, dtype=bool).astype(KEEP_DTYPE)
+    return write_column_file(Path(root) / column_file_name(index_name, KEEP), [values.tobytes()], KEEP_DTYPE,
+                             len(values))
 
 
 def concatenate_columns(root: str | os.PathLike, index_name: str, column: str,
@@ -207,22 +221,27 @@ def save_index(root: str | os.PathLike, index: DatasetIndex, durations: np.ndarr
 
     ``durations`` and ``keys`` are in dataset order (shard after shard).
     """
-    _write_columns(Path(root), index, durations, keys, index_name)
+    _write_columns(Path(root), index, durations, keys, None, index_name)
     index.save(Path(root) / index_name)
     return index
 
 
 def publish_index(out: Output, index: DatasetIndex, durations: np.ndarray, keys: Iterable[str],
-                  index_name: str = INDEX_NAME) -> DatasetIndex:
-    """``save_index`` at an output location: the column files are published first, the index last."""
-    _write_columns(out.stage(index_name).parent, index, durations, keys, index_name)
+                  index_name: str = INDEX_NAME, keep: np.ndarray | None = None) -> DatasetIndex:
+    """``save_index`` at an output location: the column files are published first, the index last.
+
+    ``keep`` (bool per sample, dataset order), for a pseudo-label column, is written as its keep column.
+    """
+    _write_columns(out.stage(index_name).parent, index, durations, keys, keep, index_name)
     publish_staged_index(out, index, index_name)
     return index
 
 
 def _write_columns(root: Path, index: DatasetIndex, durations: np.ndarray, keys: Iterable[str],
-                   index_name: str) -> None:
+                   keep: np.ndarray | None, index_name: str) -> None:
     index.columns = {DURATIONS: write_durations(root, index_name, durations), KEYS: write_keys(root, index_name, keys)}
+    if keep is not None:
+        index.columns[KEEP] = write_keep(root, index_name, keep)
     index.format_version = FORMAT_VERSION
     index.inline_durations = None
     if index.columns[DURATIONS].length != index.samples:

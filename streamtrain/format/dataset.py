@@ -12,7 +12,7 @@ from functools import cached_property
 
 import numpy as np
 
-from streamtrain.format.columns import DURATIONS, KEYS, KeyColumn, open_column
+from streamtrain.format.columns import DURATIONS, KEEP, KEYS, KeyColumn, open_column
 from streamtrain.format.index import (
     INDEX_NAME,
     LEGACY_VERSION,
@@ -66,6 +66,14 @@ class Dataset:
         column = self._column(KEYS)
         return KeyColumn(open_column(self.url, column, self.storage_options, self.retry), column.length,
                          f"{self.display}/{column.file}")
+
+    @cached_property
+    def keep(self) -> np.ndarray | None:
+        """(N,) uint8, 1 or 0 per sample in dataset order: a pseudo-label column's verdicts
+        (``label --max-wer``); None where the index lists no keep column."""
+        if KEEP not in self.index.columns:
+            return None
+        return open_column(self.url, self._column(KEEP), self.storage_options, self.retry)
 
     def describe(self, shard: int, position: int) -> str:
         """``dataset/shard.tar#position (key)`` for messages and audits."""

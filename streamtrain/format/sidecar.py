@@ -9,14 +9,18 @@ the keys (``batch.columns[name]``).
 This module owns the format: the column names, how their members are encoded
 (``json`` members are JSON; ``feat.zst`` members are features in the codec of
 ``streamtrain.format.feature_codec``), writing a column shard from member sets
-per key, and opening a column against its base. What is computed per sample
-(features, labels) is the business of the commands above.
+per key, opening a column against its base, and which samples the columns
+leave out of training (``left_out``: a pseudo-label column's keep=false
+samples, from its keep file). What is computed per sample (features, labels)
+is the business of the commands above.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,6 +37,8 @@ FEATURES_COLUMN = "features"
 FEATURES_EXT = "feat.zst"
 #: The column ``streamtrain label`` writes (a ``json`` member per sample).
 LABELS_COLUMN = "labels"
+
+log = logging.getLogger("streamtrain.format")
 
 
 class ColumnError(ShardError):
@@ -115,3 +121,40 @@ def base_identity(source: Dataset) -> dict:
 def aligned_shard_info(base: ShardInfo, size: int, sha256: str) -> ShardInfo:
     """A column shard's index entry: the base shard's counts and seconds, its own bytes and checksum."""
     return ShardInfo(base.name, base.samples, base.seconds, size, sha256, base.max_seconds)
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """The base samples that a dataset's columns leave out of training (keep=false pseudo-labels)."""
+
+    mask: np.ndarray  # (N,) bool by base position: True = left out
+    columns: tuple[dict, ...]  # the columns that leave samples out: {"url", "fingerprint"} each
+
+    @property
+    def fingerprints(self) -> list[str]:
+        """What identifies the filter: the columns' fingerprints (their shards, from which the keep files are
+        derived)."""
+        return [column["fingerprint"] for column in self.columns]
+
+
+def left_out(columns: Sequence[Dataset]) -> LeftOut | None:
+    """The samples ``columns`` (sidecars of one base dataset) mark keep=false in their keep files; None if no
+    column has a keep file.
+
+    A pseudo-label column written before columns carried a keep file still trains, as before: its keep=false
+    samples are read and decoded and the objective gives them no target; that is said once, here.
+    """
+    mask, named = None, []
+    for column in columns:
+        info = column.index.column or {}
+        if column.keep is None:
+            if info.get("kept") is not None and info["kept"] < column.index.samples:
+                log.warning("%s: %d of its %d labels are keep=false, but it has no keep file (written before "
+                            "streamtrain label wrote one): they are still read and decoded, and get no target; "
+                            "run `streamtrain label` again to leave them out when planning",
+                            column.display, column.index.samples - info["kept"], column.index.samples)
+            continue
+        dropped = np.asarray(column.keep) == 0
+        mask = dropped if mask is None else mask | dropped
+        named.append({"url": column.display, "fingerprint": column.index.fingerprint})
+    return None if mask is None else LeftOut(mask, tuple(named))

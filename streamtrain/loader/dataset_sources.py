@@ -117,20 +117,27 @@ def epoch_table(sources: list[DatasetSource], seed: int, epoch: int) -> EpochTab
     for s, source in enumerate(sources):
         mine = source_of == s
         counts[mine] = source.index.shards.samples[shard_of[mine]]
-    return EpochTable(counts, _durations(sources, source_of, shard_of), source_of, shard_of, copy_of, tuple(sources))
+    durations = _gathered(sources, source_of, shard_of, [source.dataset.durations for source in sources])
+    return EpochTable(counts, durations, source_of, shard_of, copy_of, tuple(sources))
 
 
-def _durations(sources: list[DatasetSource], source_of: np.ndarray, shard_of: np.ndarray) -> np.ndarray:
-    """The durations of the virtual shards' samples, in table order.
+def per_gid(table: EpochTable, values: list[np.ndarray]) -> np.ndarray:
+    """A per-sample column of each of the table's sources (by position in its dataset: durations, a label
+    column's verdicts), gathered by the table's sample ids."""
+    return _gathered(list(table.sources), table.source, table.shard, values)
 
-    A single dataset read once per epoch uses its column as it is (memory-mapped, no copy).
+
+def _gathered(sources: list[DatasetSource], source_of: np.ndarray, shard_of: np.ndarray, values: list[np.ndarray]
+              ) -> np.ndarray:
+    """``values`` (one array per source, by dataset position) for the virtual shards' samples, in table order.
+
+    A single dataset read once per epoch uses its array as it is (memory-mapped, no copy).
     """
     if len(sources) == 1 and np.array_equal(shard_of, np.arange(len(sources[0].index.shards))):
-        return sources[0].dataset.durations
+        return values[0]
     pieces = []
     for s, source in enumerate(sources):
         shards = shard_of[source_of == s]
-        pieces.append((s, source.dataset.durations[ranges(source.index.shards.offsets[shards],
-                                                          source.index.shards.samples[shards])]))
+        pieces.append(values[s][ranges(source.index.shards.offsets[shards], source.index.shards.samples[shards])])
     # table order is source by source (virtual_shards lists them so)
-    return np.concatenate([piece for _, piece in pieces]) if pieces else np.zeros(0, np.float32)
+    return np.concatenate(pieces) if pieces else np.zeros(0, values[0].dtype if values else np.float32)

@@ -12,7 +12,8 @@ An epoch is planned in four steps:
 1. ``block_runs``: shards are permuted and grouped into blocks of
    ``block_shards`` (the first block holds one shard, so the epoch's first batch
    waits for one shard, not a block: ``block_starts``); the samples of each block are permuted; samples already
-   delivered or outside the duration limits are left out; with bucketing each
+   delivered, outside the duration limits or marked keep=false by a label column
+   (``plan_epoch``'s ``left_out``) are left out; with bucketing each
    block's samples are then sorted by duration (ties stay in random order).
    With ``fill_windows``, ``plan_windows`` instead joins each block's samples
    into windows (``streamtrain.loader.windows``), permutes the windows and
@@ -42,7 +43,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -618,6 +619,7 @@ class RankPlan:
     total_batches: int  # over all ranks, the dropped ones included
     dropped: BatchList  # the leftover batches no rank takes (equalized ranks only)
     filtered: int  # samples outside the duration limits
+    filtered_by_label: int = 0  # samples a label column marks keep=false
 
 
 def plan_epoch(
@@ -629,14 +631,59 @@ def plan_epoch(
     rank: int = 0,
     world_size: int = 1,
     equalize: bool = True,
+    left_out: np.ndarray | None = None,
 ) -> RankPlan:
-    """Steps 1 to 3 for one rank. ``excluded``: bool mask by gid of samples not to plan (delivered)."""
+    """Steps 1 to 3 for one rank. ``excluded``: bool mask by gid of samples not to plan (delivered);
+    ``left_out``: bool mask by gid of samples the data leaves out (keep=false pseudo-labels), counted as
+    ``filtered_by_label`` where not excluded already, and not again as outside the duration limits."""
+    by_label = 0
+    if left_out is not None:
+        by_label = int(left_out.sum()) if excluded is None else int(np.count_nonzero(left_out & ~excluded))
+        excluded = left_out if excluded is None else excluded | left_out
     if settings.fill_windows is not None:
-        return plan_windows(table, settings, excluded, seed, epoch, rank, world_size, equalize)
+        windows = plan_windows(table, settings, excluded, seed, epoch, rank, world_size, equalize)
+        return replace(windows, filtered_by_label=by_label)
     runs = block_runs(table, settings, excluded, seed, epoch)
     batches = cut_batches(table, runs, settings, seed, epoch)
     per_rank, dropped = split_for_ranks(len(batches), world_size, equalize)
     mine = batches.window(per_rank[rank].start, per_rank[rank].stop)
     if 2 * len(mine) < len(batches):  # a small share: copy it out and let the epoch's arrays go
         mine = mine.take(np.arange(len(mine)))
-    return RankPlan(mine, len(batches), batches.take(np.arange(dropped.start, dropped.stop)), runs.filtered)
+    return RankPlan(mine, len(batches), batches.take(np.arange(dropped.start, dropped.stop)), runs.filtered,
+                    by_label)
+
+
+
+def ordered_plan(table: ShardTable, settings: BatchSettings, shards: np.ndarray, excluded: np.ndarray | None
+                 ) -> RankPlan:
+    """"These shards, in order": the plan of a pass that writes a column (``streamtrain label``).
+
+    ``shards`` (indices into the table) are read in the order given, each shard's
+    samples in stored order, nothing permuted or bucketed; each shard is cut into
+    batches of its own (``batch_size``, or greedily by ``batch_seconds``), so no
+    batch spans two shards and a shard's batches are the same whatever else is
+    read. The caller chooses the shards of each rank: nothing is split over ranks
+    or dropped. ``excluded``: bool mask by gid of samples not to plan (delivered).
+    """
+    shards = np.asarray(shards, dtype=np.int64)
+    gids = ranges(table.offsets[shards], table.counts[shards])
+    owner = np.repeat(np.arange(len(shards)), table.counts[shards])
+    inside = inside_limits(np.asarray(table.durations)[gids], settings.min_seconds, settings.longest_sample)
+    filtered = len(gids) - int(inside.sum())
+    keep = inside if excluded is None else inside & ~excluded[gids]
+    gids, owner = gids[keep], owner[keep]
+    per_shard = np.bincount(owner, minlength=len(shards))
+    bounds = sample_offsets(per_shard)
+    if settings.batch_seconds is None:  # every shard cut in steps of batch_size, vectorised
+        cuts = -(-per_shard // settings.batch_size)
+        starts = np.repeat(bounds[:-1], cuts) + settings.batch_size * (
+            np.arange(int(cuts.sum())) - np.repeat(sample_offsets(cuts)[:-1], cuts))
+    else:
+        seconds = np.asarray(table.durations)[gids].astype(np.float64)
+        starts = np.concatenate([np.zeros(0, dtype=np.int64)] + [
+            first + _greedy_starts(seconds[first:end], settings)
+            for first, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()) if end > first])
+    starts = starts.astype(np.int64)
+    sizes = np.diff(np.append(starts, len(gids)))
+    batches = BatchList(gids, gids[:0], np.zeros(len(starts), dtype=bool), starts, sizes)
+    return RankPlan(batches, len(batches), BatchList.of([]), filtered)

@@ -1,10 +1,12 @@
-"""A base shard's samples decoded in stored order, chunk by chunk, for the commands that write a column.
+"""A base shard's samples decoded in stored order, chunk by chunk, for writing a feature cache.
 
-Feature caches (``streamtrain featurize``) and pseudo-labels (``streamtrain
-label``) both read a base shard through the loader's reader (by offset, its
-sha256 checked: ``streamtrain.format.shard_reader``), decode its samples batch
-by batch, and write one member set per sample into the aligned column shard
-(``streamtrain.format.sidecar``); only what they compute per chunk differs.
+``streamtrain featurize`` reads a base shard through the loader's reader (by
+offset, its sha256 checked: ``streamtrain.format.shard_reader``), decodes its
+samples batch by batch in the calling process, and writes one member set per
+sample into the aligned column shard (``streamtrain.format.sidecar``) as it
+goes: a shard's features are never all in memory. (``streamtrain label``, whose
+members are small, reads through ``StreamLoader(shards=...)`` workers instead
+and writes a shard once all its labels are in.)
 """
 
 from __future__ import annotations

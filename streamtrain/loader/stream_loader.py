@@ -15,6 +15,7 @@ by id, for logs and audits.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import multiprocessing.util
 import os
@@ -27,15 +28,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from streamtrain.loader.batch import Batch, Collated, WorkerNote
-from streamtrain.format.sidecar import open_sidecar
-from streamtrain.loader.dataset_sources import EpochTable, epoch_table, open_source
+from streamtrain.format.sidecar import left_out, open_sidecar
+from streamtrain.loader.dataset_sources import EpochTable, epoch_table, open_source, per_gid
 from streamtrain.loader.mixture import Mixture, carry_epoch, describe_change
 from streamtrain.loader.state import LoaderState, LoaderStateError, SampleSet, Schedule, check_header, merge_states
 from streamtrain.loader.transfer import SPARE_SLOTS, AudioSlots, slot_floats
 from streamtrain.format.shard_reader import ReadSettings
 from streamtrain.loader.worker import ON_BAD_SAMPLE, BatchStream, ShardWithColumnsOpener, worker_init
-from streamtrain.loader.plan import (BatchList, BatchSettings, RankPlan, delivery_sequence, inside_limits, plan_epoch,
-                              split_for_workers)
+from streamtrain.loader.plan import (BatchList, BatchSettings, RankPlan, delivery_sequence, inside_limits, ordered_plan,
+                              plan_epoch, split_for_workers)
 from streamtrain.storage.remote import RetryPolicy
 
 log = logging.getLogger("streamtrain.loader")
@@ -82,11 +83,17 @@ class LoaderStats:
 
 @dataclass(frozen=True)
 class Topology:
-    """This loader's rank among how many (None: torch.distributed's), and whether ranks take equal batch counts."""
+    """This loader's rank among how many (None: torch.distributed's), and whether ranks take equal batch counts.
+
+    ``shards``: this rank reads exactly these shards of its single dataset, in the order given, once,
+    each in stored order (``streamtrain.loader.plan.ordered_plan``): the pass of a command that writes
+    a column shard by shard (``streamtrain label``). The caller splits the shards over ranks.
+    """
 
     rank: int | None = None
     world_size: int | None = None
     equalize_ranks: bool = True
+    shards: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -128,18 +135,25 @@ class StreamLoader:
     equalize_ranks: every rank yields the same number of batches (training under
     DDP needs it); False deals the leftover batches too (evaluation).
     columns: folders or URLs of sidecar columns (cached features, pseudo-labels)
-    of a single dataset, joined to each sample by key (``batch.columns``).
+    of a single dataset, joined to each sample by key (``batch.columns``). The
+    samples a pseudo-label column marks keep=false (its keep file) are left out
+    of the plan, never decoded, and counted (the epoch event's ``filtered_by_label``).
     fill_windows: seconds; consecutive samples are joined into windows of at most
     that long (``streamtrain.loader.windows``): a batch row is a window,
     ``batch.window`` and ``batch.offsets`` place each sample in it,
     batch_size and batch_seconds count windows, and longer samples are left out
     like those over max_seconds. Exactly once still holds per sample.
+    shards: read only these shards (indices into the single dataset's index), in
+    this order, each shard's samples in stored order and cut into batches of its
+    own, nothing shuffled or bucketed; the caller gives each rank its own shards.
+    Batches still come round-robin from the workers (each reads a contiguous run
+    of the shards): ``shard_positions`` says where each sample belongs.
 
     The keywords fall into four groups, each a plain dataclass that
     ``StreamLoader.from_settings`` takes as it is: ``BatchSettings`` (batch_size,
     batch_seconds, bucketing, min/max_seconds, block_shards, fill_windows), ``ReadSettings``
     (sample_rate, on_bad_sample, cache_dir, cache_limit, storage_options, retry,
-    prefetch_shards), ``Topology`` (rank, world_size, equalize_ranks) and
+    prefetch_shards), ``Topology`` (rank, world_size, equalize_ranks, shards) and
     ``WorkerSettings`` (num_workers, prefetch_factor, pin_memory).
     """
 
@@ -170,6 +184,7 @@ class StreamLoader:
         equalize_ranks: bool = True,
         columns: Sequence[str] = (),
         fill_windows: float | None = None,
+        shards: Sequence[int] | None = None,
     ):
         self._setup(
             dataset,
@@ -179,7 +194,8 @@ class StreamLoader:
             ReadSettings(sample_rate=sample_rate, on_bad_sample=on_bad_sample,
                          cache_dir=None if cache_dir is None else str(cache_dir), cache_limit=cache_limit,
                          storage_options=storage_options, retry=retry, prefetch_shards=prefetch_shards),
-            Topology(rank=rank, world_size=world_size, equalize_ranks=equalize_ranks),
+            Topology(rank=rank, world_size=world_size, equalize_ranks=equalize_ranks,
+                     shards=None if shards is None else tuple(int(n) for n in shards)),
             WorkerSettings(num_workers=num_workers, prefetch_factor=prefetch_factor, pin_memory=pin_memory),
             seed=seed, epochs=epochs, columns=columns,
         )
@@ -223,8 +239,10 @@ class StreamLoader:
                         for url, weight in _dataset_specs(dataset)]
         if columns and len(self.sources) != 1:
             raise ValueError("sidecar columns need a single dataset (not a mix)")
+        self.shards = None if topology.shards is None else self._chosen_shards(topology.shards)
         self.columns = [open_sidecar(str(url), self.sources[0].dataset, reading.storage_options, reading.retry)
                         for url in columns]
+        self.left_out = left_out(self.columns)
         self.stats = LoaderStats()
         self._events: list[dict] = []
         self._table_cache: tuple[int, EpochTable] | None = None
@@ -235,6 +253,21 @@ class StreamLoader:
             if shortest > batching.fill_windows:
                 raise ValueError(f"fill_windows={batching.fill_windows:g} s is shorter than every sample "
                                  f"(the shortest lasts {shortest:.2f} s)")
+
+    def _chosen_shards(self, shards: Sequence[int]) -> np.ndarray:
+        """``Topology.shards`` checked: one dataset read once, each shard once, no windows."""
+        if len(self.sources) != 1 or self.sources[0].weight != 1.0:
+            raise ValueError("shards= reads one dataset once (not a mix, weight 1)")
+        if self.batching.fill_windows is not None:
+            raise ValueError("shards= reads each shard's samples in stored order: no fill_windows")
+        chosen = np.asarray(shards, dtype=np.int64)
+        count = len(self.sources[0].index.shards)
+        outside = chosen[(chosen < 0) | (chosen >= count)]
+        if len(outside):
+            raise ValueError(f"shards=: {self.sources[0].display} has shards 0..{count - 1}, not {int(outside[0])}")
+        if len(np.unique(chosen)) != len(chosen):
+            raise ValueError("shards=: a shard is named twice")
+        return chosen
 
     # -- state -----------------------------------------------------------------
 
@@ -333,12 +366,17 @@ class StreamLoader:
         return int(current.plan.batches.sizes[current.pending].sum())
 
     def _schedule_settings(self) -> dict:
-        return {
+        settings = {
             **self.batching.to_json(),
             "world_size": self.world_size,
             "num_workers": self.workers.num_workers,
             "equalize_ranks": self.equalize_ranks,
+            # other labels at a resume leave out other samples: the rest of the epoch is planned anew
+            **({"left_out_by": self.left_out.fingerprints} if self.left_out is not None else {}),
         }
+        if self.shards is not None:  # only then: the schedules of states saved without the option stay the same
+            settings["shards"] = hashlib.sha256(self.shards.astype("<i8").tobytes()).hexdigest()[:16]
+        return settings
 
     def _current_plan(self) -> _EpochPlan:
         state = self._state
@@ -349,8 +387,13 @@ class StreamLoader:
         if self._plan_cache is None:
             table = self._table(state.epoch)
             excluded = state.schedule.excluded
-            plan = plan_epoch(table, self.batching, excluded.mask if len(excluded) else None, self.seed, state.epoch,
-                              self.rank, self.world_size, self.equalize_ranks)
+            excluded_mask = excluded.mask if len(excluded) else None
+            if self.shards is None:
+                plan = plan_epoch(table, self.batching, excluded_mask, self.seed, state.epoch, self.rank,
+                                  self.world_size, self.equalize_ranks,
+                                  None if self.left_out is None else per_gid(table, [self.left_out.mask]))
+            else:
+                plan = ordered_plan(table, self.batching, self.shards, excluded_mask)
             workers = split_for_workers(len(plan.batches), self.workers.num_workers)
             pending = _undelivered(plan.batches, state.delivered.mask, len(state.delivered) > len(excluded))
             self._plan_cache = _EpochPlan(table, plan, delivery_sequence(workers), workers, pending)
@@ -463,7 +506,12 @@ class StreamLoader:
             "batch_size": self.batching.batch_size,  # with batches: bounds what may be dropped, for the audit
             "batches": plan.total_batches,
             "filtered": plan.filtered,
+            "filtered_by_label": plan.filtered_by_label,  # keep=false in these columns (recomputed by the audit)
+            "left_out_by": [] if self.left_out is None else list(self.left_out.columns),
         })
+        if self.rank == 0 and plan.filtered_by_label:
+            log.info("epoch %d: %d samples left out: their pseudo-labels are keep=false (label --max-wer)",
+                     self.epoch, plan.filtered_by_label)
         if self.rank == 0 and len(plan.dropped):
             dropped = plan.dropped.gids()
             self._events.append({"event": "dropped", "epoch": self.epoch, "world_size": self.world_size,
@@ -473,8 +521,9 @@ class StreamLoader:
 
     def _why_empty(self, plan: RankPlan, table: EpochTable) -> str:
         if plan.total_batches == 0:
+            labels = f" or marked keep=false by {len(self.left_out.columns)} label column(s)" if self.left_out else ""
             return (f"epoch {self.epoch} has no batch: all {table.samples} samples are outside "
-                    f"min_seconds={self.batching.min_seconds} / max_seconds={self.batching.max_seconds}")
+                    f"min_seconds={self.batching.min_seconds} / max_seconds={self.batching.max_seconds}{labels}")
         return (f"epoch {self.epoch} has {plan.total_batches} batches for {self.world_size} ranks: rank {self.rank} "
                 f"gets none (use a smaller batch, or fewer ranks)")
 
@@ -488,6 +537,13 @@ class StreamLoader:
         table = self._table(self.epoch if epoch is None else epoch)
         virtual, _ = table.locate(np.asarray(sample_ids, dtype=np.int64))
         return table.source[virtual]
+
+    def shard_positions(self, sample_ids: np.ndarray, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """((B,) shard index in its dataset, (B,) position in that shard) of each sample id of ``epoch``
+        (default: the current one): where a column's member for the sample goes."""
+        table = self._table(self.epoch if epoch is None else epoch)
+        virtual, position = table.locate(np.asarray(sample_ids, dtype=np.int64))
+        return table.shard[virtual], position
 
     def _record(self, batch: Batch, note: WorkerNote) -> None:
         """Mark the batch's samples (and the bad ones it skipped) delivered, and count them."""

@@ -120,6 +120,10 @@ def _column_problems(opened: Dataset):
                                            index.shards.seconds.tolist(), index.shards.samples.tolist()):
         if abs(total - seconds) > SAMPLE_SECONDS_ROUNDING * count + 1e-3:
             problems.append(f"{name}: durations add up to {total:.3f} s, the index says {seconds:.3f} s")
+    try:
+        opened.keep  # a label column's keep file: its size and sha256
+    except DatasetIndexError as error:
+        problems.append(str(error))
     if KEYS not in index.columns:
         return problems, None
     try:

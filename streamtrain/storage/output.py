@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from streamtrain.storage.atomic import write_atomic
+from streamtrain.storage.atomic import temporary_name, write_atomic
 from streamtrain.storage.location import check_location
 from streamtrain.storage.remote import (
+    MissingFileError,
     RetryPolicy,
     ReadError,
     child_url,
@@ -117,6 +118,23 @@ class Output:
         """A whole file, with retries (ReadError naming it if it cannot be read)."""
         return read_all(self.file_url(name), self.storage_options, self.policy)
 
+    def download(self, name: str, target: Path) -> None:
+        """Copy ``name`` from a URL to the local file ``target``, atomically, with retries; FileNotFoundError
+        naming it when it is not there."""
+        fs, path = filesystem(self.file_url(name), self.storage_options, self.policy)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = temporary_name(target)
+        try:
+            with_retries(lambda: fs.get_file(path, str(partial)), self.file_url(name), self.policy, time.sleep,
+                         "cannot download")
+        except MissingFileError:
+            partial.unlink(missing_ok=True)
+            raise FileNotFoundError(f"{self.describe(name)}: no such file") from None
+        except ReadError as error:
+            partial.unlink(missing_ok=True)
+            raise OutputError(str(error)) from None
+        os.replace(partial, target)
+
     def stage(self, name: str) -> Path:
         """The local path to write ``name`` to, complete and atomically, before ``publish(name)``."""
         if self.is_local:
@@ -130,10 +148,17 @@ class Output:
         if self.is_local:
             return
         staged = self.stage(name)
-        size, sha256 = staged.stat().st_size, sha256_of_file(staged)
+        self.upload(staged, name)
+        staged.unlink()
+
+    def upload(self, source: Path, name: str) -> None:
+        """Copy the local file ``source`` to ``name`` at a URL, whole, and verify it reads back intact (size and
+        sha256); ``source`` stays. For files that grow locally and are sent again (a log), or that a program
+        writes into a folder of its own (``save_pretrained``)."""
+        size, sha256 = source.stat().st_size, sha256_of_file(source)
         url = self.file_url(name)
         fs, path = filesystem(url, self.storage_options, self.policy)
-        self._retried(lambda: fs.put_file(str(staged), path), "cannot upload", name)
+        self._retried(lambda: fs.put_file(str(source), path), "cannot upload", name)
         stored = self._retried(lambda: fs.size(path), "cannot stat the upload", name)
         try:
             if stored != size:
@@ -141,7 +166,6 @@ class Output:
             verify_url(url, size, sha256, self.storage_options, self.policy)
         except ReadError as error:
             raise OutputError(f"{self.describe(name)}: the upload does not read back intact: {error.reason}") from None
-        staged.unlink()
 
     def write(self, name: str, data: bytes | str) -> None:
         """Stage and publish a small file in one go."""

@@ -2,7 +2,9 @@
 
 Each run of the trainer is a *session*; each rank of a session appends JSON
 lines to ``<run>/audit/session-KKKK-rank-RRRRR.jsonl.zst``, one zstd frame per
-flush (the trainer flushes at every checkpoint). Samples are named by their
+flush (the trainer flushes at every checkpoint). In a run folder at a URL the
+file is appended to in the local staging folder and uploaded whole at each
+flush; ``audit_run`` reads a local folder (the command downloads the logs). Samples are named by their
 id in the epoch's sample table (see ``streamtrain.loader.dataset_sources``), never by
 key or URL, so a record costs a few bytes per sample. Records:
 
@@ -19,8 +21,9 @@ key or URL, so a record costs a few bytes per sample. Records:
 S rolls back every record of earlier sessions after step S (those steps were
 redone). Then each epoch's table is rebuilt from the datasets' indexes alone
 (no shard is read) and every sample is accounted for with a few bits of
-memory each: seen once, or filtered by the duration limits (recomputed from
-the index, not taken from the log), or dropped to equalize ranks (bounded), or
+memory each: seen once, or filtered by a label column's keep file (keep=false
+pseudo-labels) or else by the duration limits (both recomputed from the
+indexes, not taken from the log), or dropped to equalize ranks (bounded), or
 skipped as bad; anything else is a duplicate or a gap. An epoch whose data
 mixture changed at a resume is checked against the loader's own carry-over
 rule: nothing delivered before the change comes again (datasets removed and
@@ -45,10 +48,12 @@ import zstandard
 
 from streamtrain.loader.bitmap import Bitmap
 from streamtrain.loader.mixture import Mixture, carry_epoch
-from streamtrain.loader.dataset_sources import DatasetSource, EpochTable, epoch_table
+from streamtrain.loader.dataset_sources import DatasetSource, EpochTable, epoch_table, per_gid
 from streamtrain.loader.state import SampleSet
 from streamtrain.format.dataset import Dataset
+from streamtrain.format.sidecar import left_out
 from streamtrain.loader.plan import inside_limits
+from streamtrain.train.run_folder import RunFolder
 
 AUDIT_DIR = "audit"
 SHOWN = 10
@@ -62,10 +67,11 @@ class AuditLogError(ValueError):
 class AuditLog:
     """Appends this rank's records for one session; ``flush`` writes one zstd frame."""
 
-    def __init__(self, run_dir: Path, session: int, rank: int, world_size: int, resumed_from_step: int):
-        directory = Path(run_dir) / AUDIT_DIR
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / f"session-{session:04d}-rank-{rank:05d}.jsonl.zst"
+    def __init__(self, run_dir: RunFolder | Path, session: int, rank: int, world_size: int, resumed_from_step: int):
+        self.run = RunFolder.of(run_dir)
+        self.name = f"{AUDIT_DIR}/session-{session:04d}-rank-{rank:05d}.jsonl.zst"
+        self.path = self.run.local / self.name
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._pending: list[dict] = []
         self.add({"event": "session", "resumed_from_step": resumed_from_step, "world_size": world_size})
         self.flush()  # every session leaves its mark, even one killed before its first checkpoint
@@ -82,11 +88,11 @@ class AuditLog:
             f.write(frame)
             f.flush()
         self._pending = []
+        self.run.publish(self.name)  # at a URL: the whole file again (an object cannot be appended to)
 
 
-def next_session(run_dir: Path) -> int:
-    directory = Path(run_dir) / AUDIT_DIR
-    sessions = [int(m.group(1)) for p in directory.glob("*.zst") if (m := _FILE.search(p.name))]
+def next_session(run_dir: RunFolder | Path) -> int:
+    sessions = [int(m.group(1)) for name in RunFolder.of(run_dir).names(AUDIT_DIR) if (m := _FILE.search(name))]
     return max(sessions, default=-1) + 1
 
 
@@ -99,7 +105,8 @@ class EpochAudit:
     duplicates: int = 0
     missing: int = 0  # neither seen nor explained
     dropped: int = 0
-    filtered: int = 0
+    filtered: int = 0  # by the duration limits
+    filtered_by_label: int = 0  # keep=false in a label column (not counted again by duration)
     skipped: int = 0
     unknown: int = 0  # ids that are not in the epoch's table
     mixture_changes: int = 0  # resumes that changed the epoch's data mixture
@@ -308,9 +315,13 @@ class _EpochTally:
         repeated = _repeated(self.segments) if len(self.segments) > 1 else []
         audit.repeated = len(repeated)
         longest = [x for x in (self.plan["max_seconds"], self.plan.get("fill_windows")) if x is not None]
-        filtered = Bitmap.of_mask(~inside_limits(self.table.durations, self.plan["min_seconds"],
-                                               min(longest) if longest else None))
-        audit.filtered = filtered.count()
+        by_label = self._left_out()
+        by_duration = ~inside_limits(self.table.durations, self.plan["min_seconds"], min(longest) if longest else None)
+        if by_label is not None:
+            by_duration &= ~by_label
+            audit.filtered_by_label = int(np.count_nonzero(by_label))
+        filtered = Bitmap.of_mask(by_duration if by_label is None else by_duration | by_label)
+        audit.filtered = int(np.count_nonzero(by_duration))
         audit.missing, gaps = (self.seen | self.explained | self.before | filtered).missing(SHOWN)
         audit.examples = {
             "duplicate": self.duplicates,
@@ -319,6 +330,18 @@ class _EpochTally:
             "repeated": repeated[:SHOWN],
         }
         return audit
+
+    def _left_out(self) -> np.ndarray | None:
+        """By sample id: what the label columns of the epoch's last plan mark keep=false (opened by fingerprint)."""
+        named = self.plan.get("left_out_by", [])
+        if not named:
+            return None
+        found = left_out([self.resolve(column["fingerprint"], column["url"]) for column in named])
+        if found is None or len(found.columns) != len(named):
+            urls = ", ".join(column["url"] for column in named)
+            self.audit.problems.append(f"the label columns the plan left samples out by ({urls}) have no keep file now")
+            return None
+        return per_gid(self.table, [found.mask])
 
 
 def _repeated(segments: list[tuple[EpochTable, Bitmap]]) -> list[str]:

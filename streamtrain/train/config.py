@@ -153,6 +153,9 @@ class TrainConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
     progress: bool = True
+    #: seconds a run folder at a URL stays locked after its trainer's last heartbeat (one every quarter of it):
+    #: how long a run killed with SIGKILL keeps others out (train/store_lock.py)
+    lock_lease: float = 60.0
 
 
 @dataclass
@@ -378,6 +381,7 @@ def _check_values(recipe: Recipe) -> None:
         "train.micro_batches": recipe.train.micro_batches,
         "train.checkpoint_every": recipe.train.checkpoint_every,
         "train.keep_checkpoints": recipe.train.keep_checkpoints,
+        "train.lock_lease": recipe.train.lock_lease,
         "train.log_every": recipe.train.log_every,
         "eval.batch_size": recipe.eval.batch_size,
         "optim.lr": recipe.optim.lr,

@@ -19,7 +19,6 @@ import gc
 import hashlib
 import logging
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -34,9 +33,11 @@ from streamtrain.loader.state import Stateful
 from streamtrain.features import SpecAugment, build_featurizer, generator_for_step
 from streamtrain.features.feature_cache import check_feature_column
 from streamtrain.pack.progress import ProgressReport, message
+from streamtrain.storage.location import LocationError
+from streamtrain.storage.output import OutputError
 from streamtrain.storage.remote import RetryPolicy
 from streamtrain.train import checkpoint as ckpt
-from streamtrain.train.audit import AuditLog, encode_ids, next_session
+from streamtrain.train.audit import AUDIT_DIR, AuditLog, encode_ids, next_session
 from streamtrain.train.backoff import OomBackoff
 from streamtrain.train.config import (MixtureEntry, Recipe, RecipeError, train_batch_size, train_max_seconds, validate,
                                       window_seconds)
@@ -52,11 +53,14 @@ from streamtrain.train.window_targets import row_targets, timestamp_draw
 from streamtrain.train.loss import ObjectiveContext, ObjectiveFactory, StepFeatures, cross_entropy_objective
 from streamtrain.train.plot import plot_history
 from streamtrain.train.run_dir import RunLock, recipe_changes
+from streamtrain.train.run_folder import RunFolder
+from streamtrain.train.store_lock import LeaseError
 from streamtrain.train.signals import StopRequest
 
 log = logging.getLogger("streamtrain.train")
 
 MODEL_DIR = "model"
+TRACKER = "streamtrain"  # accelerate's tensorboard logs: RUN/streamtrain/
 
 
 @dataclass
@@ -84,7 +88,7 @@ class Progress:
 
 @dataclass
 class TrainResult:
-    run_dir: Path
+    run_dir: str  # the run folder as it may be printed (a URL without credentials)
     progress: Progress
     stopped_by_signal: bool
     main_process: bool = True  # rank 0: the one that prints the run's summary
@@ -96,9 +100,13 @@ class Trainer:
     def __init__(self, recipe: Recipe, objective_for: ObjectiveFactory = cross_entropy_objective):
         validate(recipe)
         self.recipe, cfg = recipe, recipe.train
-        self.run_dir = Path(cfg.output_dir)
+        #: the run folder; at a URL its files are written to ``run.local`` first, then published
+        try:
+            self.run = RunFolder(cfg.output_dir, recipe.data.storage_options)
+        except (LocationError, OutputError) as error:
+            raise RecipeError(f"train.output_dir: {error}") from None
         self.accelerator = Accelerator(cpu=use_cpu(cfg.cpu), mixed_precision=cfg.mixed_precision, log_with="tensorboard",
-                                       project_dir=str(self.run_dir))
+                                       project_dir=str(self.run.local))
         self.device = self.accelerator.device
         self.rank = self.accelerator.process_index
         if cfg.deterministic:
@@ -139,6 +147,7 @@ class Trainer:
         self.progress = Progress(micro_batches=cfg.micro_batches)
         self.grad_accum = cfg.grad_accum  # loader batches a step: the recipe's, or kept from a resume's global batch
         self.audit: AuditLog | None = None
+        self.lock: RunLock | None = None  # rank 0's, held by ``train``
 
     def _mixture_prompts(self) -> list[MixtureEntry]:
         """Each training dataset's entry (language, task), in the loader's order; checked against the prompt."""
@@ -192,21 +201,22 @@ class Trainer:
         """Continue from the newest valid checkpoint (rank 0 chooses it for every rank), or start over."""
         accelerator = self.accelerator
         if accelerator.is_main_process:
-            ckpt.remove_partial_checkpoints(self.run_dir)
+            ckpt.remove_partial_checkpoints(self.run)
             if not resume:
-                for stale in (ckpt.checkpoint_root(self.run_dir), self.run_dir / "audit"):
-                    if stale.exists():
-                        log.warning("--no-resume: removing %s from an earlier run", stale)
-                        shutil.rmtree(stale)
-        chosen = _broadcast(_newest_checkpoint(self.run_dir) if resume and accelerator.is_main_process else None)
+                for stale in (ckpt.CHECKPOINTS, AUDIT_DIR):
+                    if self.run.names(stale):
+                        log.warning("--no-resume: removing %s/%s from an earlier run", self.run, stale)
+                        self.run.remove_folder(stale)
+        chosen = _broadcast(_newest_checkpoint(self.run) if resume and accelerator.is_main_process else None)
         if isinstance(chosen, dict):  # every checkpoint damaged: every rank stops with rank 0's message
             raise ckpt.CheckpointError(chosen["error"])
-        if chosen is not None:
-            self._load(Path(chosen))
-        session = _broadcast(next_session(self.run_dir) if accelerator.is_main_process else None)
-        self.audit = AuditLog(self.run_dir, session, self.rank, accelerator.num_processes, self.progress.step)
+        if chosen is not None:  # its name: at a URL each rank downloads it (ranks may be on other nodes)
+            self._load(ckpt.fetch_checkpoint(self.run, chosen))
+        session = _broadcast(next_session(self.run) if accelerator.is_main_process else None)
+        self.audit = AuditLog(self.run, session, self.rank, accelerator.num_processes, self.progress.step)
         if accelerator.is_main_process:
-            (self.run_dir / "recipe.yaml").write_text(yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
+            (self.run.local / "recipe.yaml").write_text(yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
+            self.run.publish("recipe.yaml")
             accelerator.init_trackers("streamtrain", config=_flat(self.recipe.to_dict()))
 
     def checkpointed(self) -> dict[str, Stateful]:
@@ -236,7 +246,8 @@ class Trainer:
             piece.load_state_dict(trainer[name])
         del tensors  # the model and optimizer hold their own copies now
         gc.collect()
-        self.accelerator.print(f"resumed from {path} (step {self.progress.step}, epoch {self.loader.epoch})")
+        self.accelerator.print(f"resumed from {self.run}/{ckpt.CHECKPOINTS}/{path.name} "
+                               f"(step {self.progress.step}, epoch {self.loader.epoch})")
         if changes:
             self.accelerator.print("the recipe changed since that checkpoint:\n  " + "\n  ".join(changes))
         saved_recipe_accum = trainer["recipe"]["train"]["grad_accum"]
@@ -397,12 +408,16 @@ class Trainer:
                     f"CER {100 * counts.cer:.2f}% on {counts.utterances} utterances (normalizer {self.normalizer})"
                     + "".join(f"; {k} {100 * c.wer:.2f}% ({c.utterances})" for k, c in sorted(by_language.items())))
             accelerator.log({"eval/wer": counts.wer, "eval/cer": counts.cer}, step=self.progress.step)
-            plot_history(self.progress.history, self.progress.evaluations, self.run_dir / "metrics.png")
+            plot_history(self.progress.history, self.progress.evaluations, self.run.local / "metrics.png")
+            self.run.publish("metrics.png")
         return record
 
     def save(self) -> None:
         """A checkpoint: model, optimizer, scheduler, scaler, every rank's RNG, counters, loader state, recipe."""
         accelerator = self.accelerator
+        lost = _broadcast(self.lock.lost if self.lock is not None else None)  # rank 0 holds the lock
+        if lost:  # a lease taken over at a URL: the other run owns the folder now; every rank stops
+            raise LeaseError(lost)
         # on every rank: the loader's state_dict is a collective (merged over ranks)
         states = {name: piece.state_dict() for name, piece in self.checkpointed().items()}
         rng = gather_object([torch.get_rng_state()])
@@ -424,14 +439,15 @@ class Trainer:
                 **states,
                 "recipe": self.recipe.to_dict(),
             }
-            ckpt.save_checkpoint(self.run_dir, self.progress.step, tensors, trainer, self.recipe.train.keep_checkpoints)
+            ckpt.save_checkpoint(self.run, self.progress.step, tensors, trainer, self.recipe.train.keep_checkpoints)
+            self.run.publish_folder(TRACKER)
         accelerator.wait_for_everyone()
 
     def finish(self, stop: StopRequest) -> TrainResult:
         """Stopped by a signal: a checkpoint (if a step was taken since the last). Done: evaluate, export."""
         stopped = self.progress.step < self.recipe.train.max_steps
         if stopped:
-            saved = any(c.name == f"step-{self.progress.step:08d}" for c in ckpt.list_checkpoints(self.run_dir))
+            saved = any(c.name == f"step-{self.progress.step:08d}" for c in ckpt.list_checkpoints(self.run))
             if self.progress.step and not saved:
                 self.save()
             self.accelerator.print(f"stopped by signal at step {self.progress.step}; "
@@ -441,13 +457,16 @@ class Trainer:
             self.accelerator.wait_for_everyone()
             if self.accelerator.is_main_process:
                 export_model(self.accelerator.unwrap_model(self.model), self.tokenizer, self.featurizer, self.recipe,
-                             self.run_dir / MODEL_DIR)
-                self.accelerator.print(f"model saved to {self.run_dir / MODEL_DIR}")
+                             self.run.local / MODEL_DIR)
+                self.run.publish_folder(MODEL_DIR, last="config.json")  # transformers reads config.json first
+                self.accelerator.print(f"model saved to {self.run}/{MODEL_DIR}")
             if self.progress.evaluations:
                 self.save()  # keep the final evaluation in the counters
         self.audit.flush()
         self.accelerator.end_training()
-        return TrainResult(self.run_dir, self.progress, stopped, self.accelerator.is_main_process)
+        if self.accelerator.is_main_process:
+            self.run.publish_folder(TRACKER)  # the event files, closed
+        return TrainResult(str(self.run), self.progress, stopped, self.accelerator.is_main_process)
 
 
 def train(recipe: Recipe, resume: bool = True, objective_for: ObjectiveFactory = cross_entropy_objective,
@@ -456,8 +475,9 @@ def train(recipe: Recipe, resume: bool = True, objective_for: ObjectiveFactory =
     with contextlib.ExitStack() as stack:
         stop = stop or stack.enter_context(StopRequest())
         trainer = Trainer(recipe, objective_for)
+        stack.callback(trainer.run.close)
         if trainer.accelerator.is_main_process:
-            stack.enter_context(RunLock(trainer.run_dir))
+            trainer.lock = stack.enter_context(RunLock(trainer.run, recipe.train.lock_lease))
         trainer.accelerator.wait_for_everyone()
         trainer.restore(resume)
         return trainer.fit(stop)
@@ -526,13 +546,13 @@ def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
     return bool(accelerator.reduce(value, "sum").item() > 0)
 
 
-def _newest_checkpoint(run_dir: Path) -> str | dict | None:
-    """The checkpoint to resume (as a path), none, or ``{"error": message}`` for the other ranks to raise too."""
+def _newest_checkpoint(run: RunFolder) -> str | dict | None:
+    """The checkpoint to resume (its name), none, or ``{"error": message}`` for the other ranks to raise too."""
     try:
-        newest = ckpt.newest_valid_checkpoint(run_dir)
+        newest = ckpt.newest_valid_checkpoint(run)
     except ckpt.CheckpointError as error:
         return {"error": str(error)}
-    return None if newest is None else str(newest)
+    return None if newest is None else newest.name
 
 
 def _broadcast(value):

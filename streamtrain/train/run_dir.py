@@ -6,6 +6,7 @@ checkpoints and mix their audit logs. The first holds an exclusive POSIX lock
 holder's pid. The kernel drops the lock when its process dies, so a SIGKILLed
 run never leaves the folder locked; a POSIX lock belongs to the process, not to
 the file descriptor, so DataLoader workers forked from it do not hold it on.
+A run folder at a URL is locked by a lease object instead (``store_lock.py``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from pathlib import Path
 from typing import IO
 
 from streamtrain.train.config import RecipeError
+from streamtrain.train.run_folder import RunFolder
+from streamtrain.train.store_lock import LEASE_S, StoreLease
 
 LOCK_NAME = ".lock"
 
@@ -28,11 +30,21 @@ class RunDirectoryError(RecipeError):
 class RunLock:
     """Exclusive use of a run folder by this process (a context manager)."""
 
-    def __init__(self, run_dir: str | os.PathLike):
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: RunFolder | str | os.PathLike, lease_s: float = LEASE_S):
+        run = RunFolder.of(run_dir)
+        self.run_dir = run.local
         self._file: IO[str] | None = None
+        self.lease = None if run.is_local else StoreLease(run, LOCK_NAME, lease_s, lease_s / 4)
+
+    @property
+    def lost(self) -> str | None:
+        """Why this run no longer holds its folder (a lease taken over at a URL), or None."""
+        return None if self.lease is None else self.lease.lost
 
     def __enter__(self) -> "RunLock":
+        if self.lease is not None:
+            self.lease.acquire()
+            return self
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise RunDirectoryError(f"train.output_dir {self.run_dir} is a file, not a folder")
         try:
@@ -59,6 +71,8 @@ class RunLock:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.lease is not None:
+            self.lease.release()
         if self._file is not None:
             self._file.close()  # releases the lock
 

@@ -139,3 +139,14 @@ def test_inspect_into_a_closed_pipe_prints_no_traceback(data):
     err = process.stderr.read().decode()
     assert process.wait(timeout=120) != 0
     assert err == ""
+
+
+def test_label_with_a_bad_shard_read_by_a_worker_or_a_bad_worker_count_is_one_line(data, model, tmp_path, capfd):
+    shard = data / "shard-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:2000] + b"\0" * (shard.stat().st_size - 2000))
+    argv = commands(data, model, tmp_path / "out")["label"]
+    assert main([*argv, "--num-workers", "2"]) == 2
+    assert "shard-000001.tar" in the_error_line(capfd.readouterr().err)
+    assert main([*argv, "--num-workers", "-1", "--overwrite"]) == 2
+    error = the_error_line(capfd.readouterr().err)
+    assert "-1 workers" in error and "the number of workers >= 0" in error

@@ -11,6 +11,7 @@ import pytest
 
 from streamtrain.cli import main
 from streamtrain.format.shard_reader import ShardFile
+from streamtrain.loader import worker
 from tests.support.runs import accelerate_launch, digit_dataset, micro_recipe, random_whisper
 from tests.support.servers import free_port
 
@@ -32,7 +33,8 @@ def column(out):
     shards = list(zip(index["shards"]["name"], index["shards"]["sha256"]))
     keys = [key for shard in sorted(out.glob("shard-*.tar"))
             for key, _ in ShardFile.in_memory(shard.read_bytes(), str(shard))]
-    return shards, keys, {k: index["column"][k] for k in ("kept", "label_wer", "teacher_fingerprint")}
+    return shards, keys, {k: index["column"][k] for k in ("kept", "label_wer", "teacher_fingerprint")}, \
+        index["columns"]["keep"]["sha256"]  # the keep file rank 0 builds from every rank's shards
 
 
 @pytest.mark.distributed
@@ -84,3 +86,24 @@ def test_labels_that_are_all_filtered_are_one_line_not_a_silent_run(setup, tmp_p
     assert main(["train", str(recipe)]) == 2
     (error,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert "distill.labels: every label in" in error and "none of 12 passed `label --max-wer`" in error
+
+
+@pytest.mark.slow
+def test_loader_workers_decode_and_write_the_column_the_generating_process_writes_alone(setup, monkeypatch, capsys):
+    """With workers the generating process decodes nothing (a decode there fails the run), and the column is the
+    one written when it decodes everything itself (--num-workers 0), byte for byte."""
+    root, data, teacher = setup
+    assert main([*label_args(data, teacher, root / "in-process"), "--num-workers", "0"]) == 0
+    generating = os.getpid()
+    real_decode = worker.decode_sample
+
+    def decode_in_a_worker_only(*args):
+        if os.getpid() == generating:
+            raise AssertionError("the generating process decoded audio")
+        return real_decode(*args)
+
+    monkeypatch.setattr(worker, "decode_sample", decode_in_a_worker_only)
+    assert main([*label_args(data, teacher, root / "workers"), "--num-workers", "2"]) == 0
+    assert "waited for data" in capsys.readouterr().out
+    in_process = column(root / "in-process")
+    assert column(root / "workers") == in_process and len(in_process[1]) == len(set(in_process[1])) == 12

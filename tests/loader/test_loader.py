@@ -346,6 +346,41 @@ def test_an_epoch_without_a_batch_for_this_rank_is_an_error_not_an_endless_loop(
         next(iter(StreamLoader(path, batch_size=9, num_workers=0, rank=1, world_size=2)))
 
 
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_chosen_shards_come_once_each_in_stored_order_and_say_where_each_sample_belongs(datasets, workers):
+    path = datasets((5, 7, 3, 6))
+    loader = StreamLoader(path, batch_size=2, num_workers=workers, epochs=1, shards=[3, 1], rank=0, world_size=1)
+    placed, batches = set(), []
+    for batch in loader:
+        shards, positions = loader.shard_positions(batch.sample_ids.numpy())
+        assert len(set(shards.tolist())) == 1  # a batch never spans two shards
+        assert positions.tolist() == sorted(positions.tolist())
+        batches.append(batch.keys)
+        for key, shard, position in zip(batch.keys, shards.tolist(), positions.tolist()):
+            assert key == f"utt-{shard:03d}-{position:04d}" and key not in placed
+            placed.add(key)
+    assert set(placed) == {f"utt-{s:03d}-{i:04d}" for s, n in ((3, 6), (1, 7)) for i in range(n)}
+    in_process = StreamLoader(path, batch_size=2, num_workers=0, epochs=1, shards=[3, 1], rank=0, world_size=1)
+    assert sorted(batches) == sorted(b.keys for b in in_process)  # the same batches whatever the workers
+
+
+def test_chosen_shards_resume_exactly_once_and_bad_choices_are_refused(datasets):
+    path = datasets((5, 7, 3, 6))
+    first = StreamLoader(path, batch_size=2, num_workers=2, epochs=1, shards=[0, 2, 3], rank=0, world_size=1)
+    seen = [key for _, batch in zip(range(3), first) for key in batch.keys]
+    again = StreamLoader(path, batch_size=3, num_workers=0, epochs=1, shards=[0, 2, 3], rank=0, world_size=1)
+    again.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    seen += [key for batch in again for key in batch.keys]
+    assert sorted(seen) == sorted(f"utt-{s:03d}-{i:04d}" for s, n in ((0, 5), (2, 3), (3, 6)) for i in range(n))
+    for kwargs, message in (({"shards": [4]}, "has shards 0..3, not 4"), ({"shards": [1, 1]}, "named twice"),
+                            ({"shards": [0], "fill_windows": 30.0}, "no fill_windows")):
+        with pytest.raises(ValueError, match=message):
+            StreamLoader(path, batch_size=2, num_workers=0, **kwargs)
+    with pytest.raises(ValueError, match="not a mix"):
+        StreamLoader([path, path], batch_size=2, num_workers=0, shards=[0])
+
+
 def test_grouped_settings_make_the_same_loader_as_the_keywords(tmp_path):
     root = str(tmp_path / "d")
     write_dataset(root, [5, 4, 6], seed=3)

@@ -1,5 +1,7 @@
 """The epoch plan is pure: tested on shard tables alone, without any audio."""
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,6 +15,7 @@ from streamtrain.loader.plan import (
     block_starts,
     cut_batches,
     delivery_sequence,
+    ordered_plan,
     plan_epoch,
     ranges,
     shard_order,
@@ -237,3 +240,37 @@ def test_cut_batches_does_not_depend_on_the_world_size():
     runs = block_runs(t, batching, None, 2, 1)
     batches = cut_batches(t, runs, batching, 2, 1)
     assert [b.tolist() for b in batches.to_list()] == [b.tolist() for b in all_batches(t, batching, seed=2, epoch=1)]
+
+
+
+def test_an_ordered_plan_reads_the_shards_given_in_stored_order_in_batches_of_their_own():
+    t = table([5, 3, 8, 1, 4])
+    plan_ = ordered_plan(t, BatchSettings(batch_size=3), np.array([2, 0, 4]), None)
+    expected = []
+    for shard in (2, 0, 4):
+        gids = list(range(t.offsets[shard], t.offsets[shard + 1]))
+        expected += [gids[i : i + 3] for i in range(0, len(gids), 3)]
+    assert [b.tolist() for b in plan_.batches.to_list()] == expected
+    assert (plan_.total_batches, len(plan_.dropped), plan_.filtered) == (len(expected), 0, 0)
+    assert len(ordered_plan(t, BatchSettings(batch_size=3), np.zeros(0, dtype=np.int64), None).batches) == 0
+
+
+def test_an_ordered_plan_by_seconds_cuts_each_shard_greedily_and_leaves_out_what_it_must():
+    t = table([40, 7, 25], seed=3)
+    settings = BatchSettings(batch_seconds=12.0, batch_size=6, max_seconds=9.0)
+    excluded = np.zeros(t.samples, dtype=bool)
+    excluded[[0, 41, 50]] = True  # delivered already
+    plan_ = ordered_plan(t, settings, np.array([1, 2, 0]), excluded)
+    batches = plan_.batches.to_list()
+    inside = t.durations <= 9.0
+    wanted = [g for s in (1, 2, 0) for g in range(t.offsets[s], t.offsets[s + 1]) if inside[g] and not excluded[g]]
+    assert np.concatenate(batches).tolist() == wanted  # shard by shard, stored order
+    assert plan_.filtered == int((~inside).sum())
+    shard_of = np.searchsorted(t.offsets, np.arange(t.samples), side="right") - 1
+    for batch in batches:
+        assert len(set(shard_of[batch])) == 1  # never spans two shards
+        assert len(batch) <= 6 and (len(batch) == 1 or t.durations[batch].max() * len(batch) <= 12.0)
+    for first, second in itertools.pairwise(batches):  # greedy: the next sample would not have fitted
+        if shard_of[first[0]] == shard_of[second[0]] and len(first) < 6:
+            grown = np.append(first, second[0])
+            assert t.durations[grown].max() * len(grown) > 12.0
