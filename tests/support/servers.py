@@ -161,6 +161,18 @@ def s3_server():
         server.stop()
 
 
+def point_aws_at(monkeypatch, endpoint: str) -> None:
+    """``AWS_ENDPOINT_URL`` set as a user sets it, for what opens ``s3://`` with no options (``audit``).
+
+    fsspec keeps one S3FileSystem per set of options for the process: one made earlier, while
+    the variable named another test's server, would be handed back without reading it again.
+    """
+    import s3fs
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 def upload_dataset(local_root: str | os.PathLike, s3_url: str, endpoint_url: str) -> None:
     """Copy a packed dataset folder to ``s3://bucket/prefix`` (the bucket is created)."""
     import s3fs

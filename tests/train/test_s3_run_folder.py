@@ -23,7 +23,7 @@ from streamtrain.train.run_folder import RunFolder
 from streamtrain.train.store_lock import StoreLease
 from tests.support.cli import run_cli
 from tests.support.runs import accelerate_launch, micro_recipe
-from tests.support.servers import s3_server
+from tests.support.servers import point_aws_at, s3_server
 
 pytestmark = pytest.mark.servers
 
@@ -86,7 +86,7 @@ def test_a_run_at_s3_killed_resumed_audits_clean_and_its_export_loads(digits, en
     assert all(torch.equal(local_final[k], s3_final[k]) for k in local_final)
     assert not Path("s3:").exists()
 
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    point_aws_at(monkeypatch, endpoint)
     audit = run_cli("audit", f"s3://{url}")
     assert "audit: OK" in audit.out and "2 session(s), 12 optimizer steps" in audit.out, audit.out
 
@@ -169,6 +169,6 @@ def test_two_processes_write_one_s3_run_folder_and_it_audits_clean(digits, endpo
         "session-0000-rank-00000.jsonl.zst", "session-0000-rank-00001.jsonl.zst"]
     assert json.loads(fs.cat(f"{url}/checkpoints/step-00000006/trainer.json"))["world_size"] == 2
     assert not fs.exists(f"{url}/.lock")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    point_aws_at(monkeypatch, endpoint)
     audit = run_cli("audit", f"s3://{url}")
     assert "audit: OK" in audit.out and "epoch 0 (complete)" in audit.out, audit.out
