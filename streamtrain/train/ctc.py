@@ -33,7 +33,8 @@ class AuxiliaryCtc:
     def __init__(self, head: nn.Linear, weight: float, not_spoken: list[int]):
         self.head, self.weight = head, weight
         self.blank = head.out_features - 1
-        self.not_spoken = torch.tensor(sorted(set(not_spoken)), dtype=torch.long)
+        # a buffer of the head (not saved): it moves to the device with the model, once, not every micro-batch
+        head.register_buffer("not_spoken", torch.tensor(sorted(set(not_spoken)), dtype=torch.long), persistent=False)
 
     def mix(self, loss: torch.Tensor, encoded: torch.Tensor, frames: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``(1 - w) * loss + w * CTC``, both summed over the micro-batch.
@@ -48,7 +49,7 @@ class AuxiliaryCtc:
     def loss(self, encoded: torch.Tensor, frames: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         rows = labels.ne(IGNORE_INDEX).any(dim=1)
         encoded, frames, labels = encoded[rows], frames[rows], labels[rows]
-        spoken = labels.ne(IGNORE_INDEX) & ~torch.isin(labels, self.not_spoken.to(labels.device))
+        spoken = labels.ne(IGNORE_INDEX) & ~torch.isin(labels, self.head.not_spoken)
         # Whisper's second convolution halves the frames (stride 2, padding 1)
         lengths = torch.clamp((frames.to(labels.device) + 1) // 2, max=encoded.shape[1])
         log_probs = F.log_softmax(self.head(encoded.float()), dim=-1).transpose(0, 1)  # T x B x V+1
