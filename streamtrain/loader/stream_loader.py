@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import logging
 import multiprocessing.util
 import os
@@ -418,15 +419,20 @@ class StreamLoader:
                 raise EmptyEpochError(self._why_empty(plan, table))  # every epoch would be empty: never yields
             self._events.append({"event": "epoch_end", "epoch": self.epoch})
             return
-        slots = self._audio_slots(current) if self.workers.num_workers else None
         opener = ShardWithColumnsOpener(self.sources, self.columns, self.reading)
-        stream = BatchStream(table, plan.batches, opener, tasks, slots)
-        produced = iter(stream if self.workers.num_workers == 0 else self._data_loader(stream))
-        # The workers stop by the DataLoader's own protocol (they ignore SIGTERM): when this generator
-        # ends or is closed, or else at interpreter exit, before multiprocessing's exit handler, which
-        # would SIGTERM them and wait forever (a loop that raised leaves this generator suspended).
-        shutdown = getattr(produced, "_shutdown_workers", None)
-        at_exit = multiprocessing.util.Finalize(None, shutdown, exitpriority=10) if shutdown is not None else None
+        if self.workers.num_workers == 0:
+            produced, slots, at_exit = iter(BatchStream(table, plan.batches, opener, tasks)), None, None
+        else:
+            lead, tasks = _lead_task(tasks)
+            slots = self._audio_slots(current)
+            workers = iter(self._data_loader(BatchStream(table, plan.batches, opener, tasks, slots)))
+            # The workers stop by the DataLoader's own protocol (they ignore SIGTERM): when this generator
+            # ends or is closed, or else at interpreter exit, before multiprocessing's exit handler, which
+            # would SIGTERM them and wait forever (a loop that raised leaves this generator suspended).
+            at_exit = multiprocessing.util.Finalize(None, workers._shutdown_workers, exitpriority=10)
+            # The workers have forked; while they start, this process makes the first batch itself: the
+            # first batch (fresh or resumed) waits for its own shards, not for the workers' start.
+            produced = itertools.chain(BatchStream(table, plan.batches, opener, [lead]), workers)
         try:
             yield from self._in_order(produced, expected, slots)
         finally:
@@ -567,6 +573,16 @@ class StreamLoader:
         stats.skipped += len(read["skipped"])
         stats.worker_read_seconds += read["read_seconds"]
         stats.worker_decode_seconds += read["decode_seconds"]
+
+
+def _lead_task(tasks: list[tuple[np.ndarray, np.ndarray]]) -> tuple[tuple[np.ndarray, np.ndarray],
+                                                                   list[tuple[np.ndarray, np.ndarray]]]:
+    """(the first batch in delivery order as a task of its own, the workers' tasks without it)."""
+    worker = min((w for w, (sequences, _) in enumerate(tasks) if len(sequences)), key=lambda w: tasks[w][0][0])
+    sequences, indices = tasks[worker]
+    rest = list(tasks)
+    rest[worker] = (sequences[1:], indices[1:])
+    return (sequences[:1], indices[:1]), rest
 
 
 def _undelivered(batches: BatchList, delivered: np.ndarray, any_delivered: bool, chunk: int = 2**16) -> np.ndarray:

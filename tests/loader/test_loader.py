@@ -180,6 +180,42 @@ def test_resume_with_the_same_settings_continues_with_the_same_batches(datasets,
     assert first + [tuple(b.keys) for b in resumed] == uninterrupted
 
 
+@pytest.mark.parametrize("resume_after", [None, 5])
+def test_the_first_batch_is_made_while_the_workers_start(datasets, monkeypatch, resume_after):
+    """Fresh or resumed, the first batch does not wait for a worker: here no worker may begin until the
+    caller holds it, and the rest still comes exactly once, in the uninterrupted order."""
+    import multiprocessing
+
+    import streamtrain.loader.stream_loader as stream_loader
+
+    path = datasets((8, 8, 8, 8, 8))
+    kwargs = dict(batch_size=3, seed=3, num_workers=2, epochs=1, block_shards=2)
+    uninterrupted = [tuple(b.keys) for b in StreamLoader(path, **kwargs)]
+    go = multiprocessing.get_context("fork").Event()
+    worker_init = stream_loader.worker_init
+
+    def held_worker_init(worker_id):
+        assert go.wait(timeout=60), "the worker was never let go: the first batch waited for it"
+        worker_init(worker_id)
+
+    loader = StreamLoader(path, **kwargs)
+    done = []
+    if resume_after:
+        for batch in loader:
+            done.append(tuple(batch.keys))
+            if len(done) == resume_after:
+                break
+        state = loader.state_dict()
+        loader = StreamLoader(path, **kwargs)
+        loader.load_state_dict(state)
+    monkeypatch.setattr(stream_loader, "worker_init", held_worker_init)
+    batches = iter(loader)
+    done.append(tuple(next(batches).keys))
+    assert not go.is_set()
+    go.set()
+    assert done + [tuple(b.keys) for b in batches] == uninterrupted
+
+
 def test_epochs_count_from_zero_also_after_resume(datasets):
     path = datasets((5, 4))
     loader = StreamLoader(path, batch_size=2, num_workers=0, epochs=2)
