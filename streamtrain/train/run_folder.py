@@ -2,7 +2,8 @@
 
 Several nodes need no shared filesystem when the run folder is a URL. Writers
 still write into a real local folder, ``local``: the run folder itself when it
-is local, else a private staging folder of this process. ``publish`` then makes
+is local, else a private staging folder of this process, made on first use and
+removed by ``close`` (or when the object is collected). ``publish`` then makes
 a written file visible at the URL with ``Output``'s atomic publish (uploaded
 whole, read back and checked by size and sha256); ``fetch`` brings one back
 for reading. Locally both do nothing, so the local run folder works as it
@@ -22,9 +23,11 @@ What lives where at a URL, and who writes it:
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 from streamtrain.storage.output import Output
@@ -39,7 +42,16 @@ class RunFolder:
         self.url = self.output.url
         self.is_local = self.output.is_local
         self.storage_options = storage_options
-        self.local = Path(local_path(self.url)) if self.is_local else Path(tempfile.mkdtemp(prefix="streamtrain-run-"))
+        self._staging: weakref.finalize | None = None
+
+    @functools.cached_property
+    def local(self) -> Path:
+        """Where writers write: the run folder itself, or this object's staging folder (made now)."""
+        if self.is_local:
+            return Path(local_path(self.url))
+        staging = tempfile.mkdtemp(prefix="streamtrain-run-")
+        self._staging = weakref.finalize(self, shutil.rmtree, staging, ignore_errors=True)
+        return Path(staging)
 
     @classmethod
     def of(cls, run: "RunFolder | str | os.PathLike") -> "RunFolder":
@@ -56,8 +68,8 @@ class RunFolder:
         return self.output.display
 
     def close(self) -> None:
-        if not self.is_local:
-            shutil.rmtree(self.local, ignore_errors=True)
+        if self._staging is not None:
+            self._staging()  # once: the finalizer is then dead
 
     def folder(self, relative: str) -> Output:
         """The sub-folder ``relative`` as an ``Output``."""
