@@ -21,7 +21,7 @@ import logging
 import multiprocessing.util
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +43,10 @@ from streamtrain.storage.remote import RetryPolicy
 log = logging.getLogger("streamtrain.loader")
 
 DatasetSpec = str | os.PathLike | Sequence | Mapping
+
+
+#: how DataLoader workers start: fork where there is one (no re-import, the plan is inherited)
+_START_METHOD = "fork" if "fork" in torch.multiprocessing.get_all_start_methods() else None
 
 
 class EmptyEpochError(ValueError):
@@ -425,14 +429,16 @@ class StreamLoader:
         else:
             lead, tasks = _lead_task(tasks)
             slots = self._audio_slots(current)
-            workers = iter(self._data_loader(BatchStream(table, plan.batches, opener, tasks, slots)))
+            lead_made = torch.multiprocessing.get_context(_START_METHOD).Event()
+            workers = iter(self._data_loader(BatchStream(table, plan.batches, opener, tasks, slots, lead_made)))
             # The workers stop by the DataLoader's own protocol (they ignore SIGTERM): when this generator
             # ends or is closed, or else at interpreter exit, before multiprocessing's exit handler, which
             # would SIGTERM them and wait forever (a loop that raised leaves this generator suspended).
-            at_exit = multiprocessing.util.Finalize(None, workers._shutdown_workers, exitpriority=10)
-            # The workers have forked; while they start, this process makes the first batch itself: the
-            # first batch (fresh or resumed) waits for its own shards, not for the workers' start.
-            produced = itertools.chain(BatchStream(table, plan.batches, opener, [lead]), workers)
+            at_exit = multiprocessing.util.Finalize(None, _stopper(workers, lead_made), exitpriority=10)
+            # The workers have forked; this process makes the first batch itself, with the CPU to itself
+            # (the workers wait for it): the first batch, fresh or resumed, waits for its own shards only.
+            produced = itertools.chain(_made_then_set(BatchStream(table, plan.batches, opener, [lead]), lead_made),
+                                       workers)
         try:
             yield from self._in_order(produced, expected, slots)
         finally:
@@ -491,7 +497,7 @@ class StreamLoader:
             # its own generator: creating the workers must not draw from the global
             # RNG, or a resumed run's dropout would differ from an uninterrupted one
             generator=torch.Generator().manual_seed(self.seed),
-            multiprocessing_context="fork" if "fork" in torch.multiprocessing.get_all_start_methods() else None,
+            multiprocessing_context=_START_METHOD,
         )
 
     def _announce(self, current: _EpochPlan) -> None:
@@ -573,6 +579,23 @@ class StreamLoader:
         stats.skipped += len(read["skipped"])
         stats.worker_read_seconds += read["read_seconds"]
         stats.worker_decode_seconds += read["decode_seconds"]
+
+
+def _made_then_set(stream: BatchStream, event) -> Iterator:
+    """What ``stream`` makes, with ``event`` set as soon as it is made (or has failed)."""
+    try:
+        made = list(stream)
+    finally:
+        event.set()
+    yield from made
+
+
+def _stopper(workers, lead_made) -> Callable[[], None]:
+    """Stops the DataLoader's workers, those still waiting for the first batch too."""
+    def stop() -> None:
+        lead_made.set()
+        workers._shutdown_workers()
+    return stop
 
 
 def _lead_task(tasks: list[tuple[np.ndarray, np.ndarray]]) -> tuple[tuple[np.ndarray, np.ndarray],

@@ -11,6 +11,8 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import logging
+import multiprocessing
+import multiprocessing.synchronize
 import signal
 import time
 
@@ -91,12 +93,16 @@ class BatchStream(IterableDataset):
     """
 
     def __init__(self, table: EpochTable, batches: BatchList, opener: ShardWithColumnsOpener,
-                 tasks: list[tuple[np.ndarray, np.ndarray]], slots: AudioSlots | None = None):
+                 tasks: list[tuple[np.ndarray, np.ndarray]], slots: AudioSlots | None = None,
+                 start_after: "multiprocessing.synchronize.Event | None" = None):
         self.table = table
         self.batches = batches
         self.opener = opener
         self.tasks = tasks
         self.slots = slots  # shared memory for the audio, in a DataLoader worker
+        # set by the main process once it has made the first batch itself: until then the workers leave it
+        # the CPU (their own first batches come later in the delivery order anyway)
+        self.start_after = start_after
 
     def __iter__(self):
         """``(Collated, WorkerNote)`` per batch; a bad shard or sample (with ``on_bad_sample: raise``) ends
@@ -110,6 +116,8 @@ class BatchStream(IterableDataset):
     def _batches(self):
         info = get_worker_info()
         worker = info.id if info is not None else 0
+        if self.start_after is not None:
+            _wait_for(self.start_after)
         sequences, indices = self.tasks[worker]
         place = None if self.slots is None else (lambda waveforms: self.slots.pad_into(worker, waveforms))
         mine = self.batches.take(indices)
@@ -230,6 +238,14 @@ class ShardPrefetcher:
         for entry in [*opened_ahead, *self._open.values()]:
             if isinstance(entry, ShardWithColumns):
                 entry.close()
+
+
+def _wait_for(event: "multiprocessing.synchronize.Event") -> None:
+    """Wait until ``event`` is set, or the main process is gone (then this worker has nothing to do)."""
+    parent = multiprocessing.parent_process()
+    while not event.wait(timeout=1.0):
+        if parent is not None and not parent.is_alive():
+            raise SystemExit(0)
 
 
 def _release_schedule(shard_of: np.ndarray, sizes: np.ndarray) -> dict[int, list[int]]:

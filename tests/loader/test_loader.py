@@ -216,6 +216,33 @@ def test_the_first_batch_is_made_while_the_workers_start(datasets, monkeypatch, 
     assert done + [tuple(b.keys) for b in batches] == uninterrupted
 
 
+def test_the_workers_begin_once_the_first_batch_is_made(datasets, monkeypatch, tmp_path):
+    """They would take the CPU the first batch needs: each decode is logged (process, time), and this
+    process's decodes are slowed so that workers that did not wait would decode among them."""
+    import os
+    import time
+
+    import streamtrain.loader.worker as worker
+
+    decodes, decode, me = tmp_path / "decodes", worker.decode_sample, os.getpid()
+
+    def logged(*args):
+        if os.getpid() == me:
+            time.sleep(0.1)
+        with open(decodes, "a") as out:
+            out.write(f"{os.getpid()} {time.monotonic()}\n")
+        return decode(*args)
+
+    monkeypatch.setattr(worker, "decode_sample", logged)
+    path = datasets((8, 8, 8, 8, 8))
+    batches = list(StreamLoader(path, batch_size=3, seed=3, num_workers=2, epochs=1, block_shards=2))
+    entries = [line.split() for line in decodes.read_text().splitlines()]
+    mine = [float(t) for pid, t in entries if int(pid) == me]
+    theirs = [float(t) for pid, t in entries if int(pid) != me]
+    assert len(mine) == len(batches[0].keys) and len(theirs) == 40 - len(mine)
+    assert min(theirs) > max(mine)
+
+
 def test_epochs_count_from_zero_also_after_resume(datasets):
     path = datasets((5, 4))
     loader = StreamLoader(path, batch_size=2, num_workers=0, epochs=2)
