@@ -3,7 +3,8 @@
 Several nodes need no shared filesystem when the run folder is a URL. Writers
 still write into a real local folder, ``local``: the run folder itself when it
 is local, else a private staging folder of this process, made on first use and
-removed by ``close`` (or when the object is collected). ``publish`` then makes
+removed by ``close`` or, at the latest, when the process exits (paths returned
+into it stay valid until then). ``publish`` then makes
 a written file visible at the URL with ``Output``'s atomic publish (uploaded
 whole, read back and checked by size and sha256); ``fetch`` brings one back
 for reading. Locally both do nothing, so the local run folder works as it
@@ -23,11 +24,11 @@ What lives where at a URL, and who writes it:
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import shutil
 import tempfile
-import weakref
 from pathlib import Path
 
 from streamtrain.storage.output import Output
@@ -42,7 +43,7 @@ class RunFolder:
         self.url = self.output.url
         self.is_local = self.output.is_local
         self.storage_options = storage_options
-        self._staging: weakref.finalize | None = None
+        self._drop_staging: functools.partial | None = None
 
     @functools.cached_property
     def local(self) -> Path:
@@ -50,7 +51,8 @@ class RunFolder:
         if self.is_local:
             return Path(local_path(self.url))
         staging = tempfile.mkdtemp(prefix="streamtrain-run-")
-        self._staging = weakref.finalize(self, shutil.rmtree, staging, ignore_errors=True)
+        self._drop_staging = functools.partial(shutil.rmtree, staging, ignore_errors=True)
+        atexit.register(self._drop_staging)
         return Path(staging)
 
     @classmethod
@@ -68,8 +70,10 @@ class RunFolder:
         return self.output.display
 
     def close(self) -> None:
-        if self._staging is not None:
-            self._staging()  # once: the finalizer is then dead
+        if self._drop_staging is not None:
+            atexit.unregister(self._drop_staging)
+            self._drop_staging()
+            self._drop_staging = None
 
     def folder(self, relative: str) -> Output:
         """The sub-folder ``relative`` as an ``Output``."""
