@@ -23,9 +23,12 @@ def setup(tmp_path_factory):
     return root, data, random_whisper(root / "teacher", decoder_layers=2)
 
 
+BATCH = 4
+
+
 def label_args(data, teacher, out):
-    return ["label", str(data), "--teacher", str(teacher), "--out", str(out), "--max-wer", "0.5", "--batch-size", "4",
-            "--no-progress"]
+    return ["label", str(data), "--teacher", str(teacher), "--out", str(out), "--max-wer", "0.5", "--batch-size",
+            str(BATCH), "--no-progress"]
 
 
 def column(out):
@@ -90,20 +93,25 @@ def test_labels_that_are_all_filtered_are_one_line_not_a_silent_run(setup, tmp_p
 
 @pytest.mark.slow
 def test_loader_workers_decode_and_write_the_column_the_generating_process_writes_alone(setup, monkeypatch, capsys):
-    """With workers the generating process decodes nothing (a decode there fails the run), and the column is the
-    one written when it decodes everything itself (--num-workers 0), byte for byte."""
+    """With workers the generating process decodes only the first batch (made while the workers start; a decode
+    after it fails the run), and the column is the one written when it decodes everything itself
+    (--num-workers 0), byte for byte."""
     root, data, teacher = setup
     assert main([*label_args(data, teacher, root / "in-process"), "--num-workers", "0"]) == 0
     generating = os.getpid()
     real_decode = worker.decode_sample
+    decoded_here = []
 
     def decode_in_a_worker_only(*args):
         if os.getpid() == generating:
-            raise AssertionError("the generating process decoded audio")
+            decoded_here.append(args[0])
+            if len(decoded_here) > BATCH:
+                raise AssertionError("the generating process decoded audio after the first batch")
         return real_decode(*args)
 
     monkeypatch.setattr(worker, "decode_sample", decode_in_a_worker_only)
     assert main([*label_args(data, teacher, root / "workers"), "--num-workers", "2"]) == 0
     assert "waited for data" in capsys.readouterr().out
+    assert 0 < len(decoded_here) <= BATCH
     in_process = column(root / "in-process")
     assert column(root / "workers") == in_process and len(in_process[1]) == len(set(in_process[1])) == 12
