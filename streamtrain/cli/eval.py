@@ -1,9 +1,14 @@
-"""``streamtrain eval MODEL_OR_RUN DATASET``: WER/CER and per-utterance hypotheses (JSONL)."""
+"""``streamtrain eval MODEL_OR_RUN DATASET``: WER/CER and per-utterance hypotheses (JSONL).
+
+The model or run folder may be at a URL (a run trained with ``train.output_dir=s3://...``): the
+model's files are downloaded to a staging folder, and the hypotheses are published next to the model
+unless ``--out`` says otherwise."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import posixpath
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,9 +22,10 @@ ERRORS = (RecipeError, DatasetIndexError, ReadError, OSError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="a model folder, or a run folder (its model/ is used)")
+    parser.add_argument("model", help="a model folder, or a run folder (its model/ is used); local or a URL")
     parser.add_argument("dataset", help="a packed dataset folder or URL")
-    parser.add_argument("--out", help="hypotheses JSONL (default: <model>/eval-<dataset name>.jsonl)")
+    parser.add_argument("--out", help="hypotheses JSONL, a local file (default: <model>/eval-<dataset name>.jsonl, "
+                                      "published there when the model is at a URL)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--max-samples", type=int)
@@ -45,33 +51,57 @@ def run(args: argparse.Namespace) -> int:
     from streamtrain.pack.progress import ProgressReport
     from streamtrain.train.backoff import OomBackoff
     from streamtrain.train.evaluate import evaluate
-    from streamtrain.train.loop import MODEL_DIR
-    from streamtrain.train.model import load_trained, model_folder
+    from streamtrain.train.model import load_trained
     from streamtrain.train.normalizer import build_normalizer, trained_normalizer
+    from streamtrain.train.run_folder import RunFolder
 
-    path = model_folder(args.model)
-    if (path / MODEL_DIR).is_dir():
-        path = path / MODEL_DIR
-    out = Path(args.out) if args.out else path / f"eval-{Path(redact(str(args.dataset)).rstrip('/')).name}.jsonl"
-    check_writable(out.parent)  # before the work, not after it
-    model, featurizer, codec = load_trained(path)
-    normalizer = args.normalizer or trained_normalizer(path, codec.prompt, codec.tokenizer)
-    normalize = build_normalizer(normalizer, path)
-    device = torch.device(args.device)
-    model.to(device)
-    featurizer.to(device)
-    loader = StreamLoader(args.dataset, batch_size=args.batch_size, epochs=1, num_workers=args.num_workers,
-                          sample_rate=featurizer.sample_rate)
-    with ProgressReport("eval", len(loader), "batches", enabled=not args.no_progress) as report:
-        result = evaluate(model, featurizer, codec, loader, device, contextlib.nullcontext, OomBackoff("evaluation"),
-                          args.max_samples, on_batch=report.update, normalize=normalize)
-    with atomic_file(out, "w") as f:
-        for hypothesis in result.hypotheses:
-            f.write(json.dumps(asdict(hypothesis)) + "\n")
+    with RunFolder(args.model) as source:
+        path, place = _model_folder_of(source, args.model)
+        name = f"eval-{Path(redact(str(args.dataset)).rstrip('/')).name}.jsonl"
+        out = Path(args.out) if args.out else path / name
+        check_writable(out.parent)  # before the work, not after it
+        model, featurizer, codec = load_trained(path)
+        normalizer = args.normalizer or trained_normalizer(path, codec.prompt, codec.tokenizer)
+        normalize = build_normalizer(normalizer, path)
+        device = torch.device(args.device)
+        model.to(device)
+        featurizer.to(device)
+        loader = StreamLoader(args.dataset, batch_size=args.batch_size, epochs=1, num_workers=args.num_workers,
+                              sample_rate=featurizer.sample_rate)
+        with ProgressReport("eval", len(loader), "batches", enabled=not args.no_progress) as report:
+            result = evaluate(model, featurizer, codec, loader, device, contextlib.nullcontext,
+                              OomBackoff("evaluation"), args.max_samples, on_batch=report.update, normalize=normalize)
+        with atomic_file(out, "w") as f:
+            for hypothesis in result.hypotheses:
+                f.write(json.dumps(asdict(hypothesis)) + "\n")
+        shown = str(out)
+        if not args.out and not source.is_local:
+            source.publish(posixpath.join(place, name))
+            shown = source.output.describe(posixpath.join(place, name))
     counts = result.counts
     print(f"WER {100 * counts.wer:.2f}%  CER {100 * counts.cer:.2f}%  "
           f"({counts.word_errors}/{counts.words} words, {counts.utterances} utterances, normalizer {normalizer}); "
-          f"hypotheses: {out}")
+          f"hypotheses: {shown}")
     for language, counts in sorted(result.by_language.items()):
         print(f"  {language}: WER {100 * counts.wer:.2f}%  CER {100 * counts.cer:.2f}%  ({counts.utterances} utterances)")
     return 0
+
+
+def _model_folder_of(source, location: str) -> tuple[Path, str]:
+    """(the local model folder, its place in the ``RunFolder`` ``source``: model/ in a run folder, "" in a
+    model folder). At a URL the model's files are downloaded first; the export uploads config.json
+    last, so a model folder with config.json is whole."""
+    from streamtrain.train.loop import MODEL_DIR
+    from streamtrain.train.model import model_folder
+
+    if source.is_local:
+        path = model_folder(location)
+        return (path / MODEL_DIR, MODEL_DIR) if (path / MODEL_DIR).is_dir() else (path, "")
+    if "config.json" in source.names(MODEL_DIR):
+        return source.fetch_folder(MODEL_DIR), MODEL_DIR
+    names = source.output.names()
+    if "config.json" not in names:
+        raise RecipeError(f"{source}: no model there (no config.json, nor {MODEL_DIR}/config.json)")
+    for name in names:
+        source.fetch(name)
+    return source.local, ""

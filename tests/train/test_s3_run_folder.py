@@ -98,6 +98,18 @@ def test_a_run_at_s3_killed_resumed_audits_clean_and_its_export_loads(digits, en
     exported = dict(model.named_parameters())
     assert torch.equal(exported["model.encoder.conv1.weight"].detach(), s3_final["model.encoder.conv1.weight"])
 
+    # evaluated from the run folder's URL: the same WER as the downloaded model, hypotheses published there
+    validation = str(digits[1])
+    here = run_cli("eval", str(tmp_path / "model"), validation, "--num-workers", "0", "--no-progress")
+    there = run_cli("eval", f"s3://{url}", validation, "--num-workers", "0", "--no-progress")
+    assert here.out.split(";")[0] == there.out.split(";")[0] and "WER" in there.out
+    published = f"{url}/model/eval-{Path(validation).name}.jsonl"
+    assert f"hypotheses: s3://{published}" in there.out
+    fs.invalidate_cache()
+    assert fs.cat_file(published).decode() == (tmp_path / "model" / f"eval-{Path(validation).name}.jsonl").read_text()
+    missing = run_cli("eval", f"s3://{url}/audit", validation, check=False)
+    assert missing.code == 2 and "no model there" in missing.err, missing.err
+
 
 def test_a_second_run_on_a_locked_s3_run_folder_is_refused_in_one_line(digits, endpoint, tmp_path, capsys):
     recipe = s3_recipe(tmp_path, "locked", digits, endpoint, lock_lease=60.0)
