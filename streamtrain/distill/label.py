@@ -12,7 +12,8 @@ suppressed, so labels are plain text, as the student is trained on.
 The audio comes through the training loader (``StreamLoader`` with ``shards=``:
 this process's shards, each in stored order, in batches that never span two
 shards), whose workers read and decode while this process generates and writes
-(it makes only the first batch itself, while they start). A shard's column is written once all its samples' labels are in: whole,
+(of a dataset on local disk it makes only the first batch itself). A shard's
+column is written once all its samples' labels are in: whole,
 atomically, its samples in stored order; a killed run, started again with
 the same teacher, settings and dataset content (``label-run.json`` holds the
 dataset's fingerprint: a dataset re-packed in place is refused), skips every

@@ -21,7 +21,7 @@ import logging
 import multiprocessing.util
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,10 +35,10 @@ from streamtrain.loader.mixture import Mixture, carry_epoch, describe_change
 from streamtrain.loader.state import LoaderState, LoaderStateError, SampleSet, Schedule, check_header, merge_states
 from streamtrain.loader.transfer import SPARE_SLOTS, AudioSlots, slot_floats
 from streamtrain.format.shard_reader import ReadSettings
-from streamtrain.loader.worker import ON_BAD_SAMPLE, BatchStream, ShardWithColumnsOpener, worker_init
+from streamtrain.loader.worker import ON_BAD_SAMPLE, BatchStream, ShardWithColumnsOpener, open_shards, worker_init
 from streamtrain.loader.plan import (BatchList, BatchSettings, RankPlan, delivery_sequence, inside_limits, ordered_plan,
                               plan_epoch, split_for_workers)
-from streamtrain.storage.remote import RetryPolicy
+from streamtrain.storage.remote import RetryPolicy, is_local
 
 log = logging.getLogger("streamtrain.loader")
 
@@ -427,23 +427,39 @@ class StreamLoader:
         if self.workers.num_workers == 0:
             produced, slots, at_exit = iter(BatchStream(table, plan.batches, opener, tasks)), None, None
         else:
-            lead, tasks = _lead_task(tasks)
-            slots = self._audio_slots(current)
-            lead_made = torch.multiprocessing.get_context(_START_METHOD).Event()
-            workers = iter(self._data_loader(BatchStream(table, plan.batches, opener, tasks, slots, lead_made)))
+            made, opened = [], {}
+            if self._first_batch_here():
+                lead, tasks = _lead_task(tasks)
+                lead_shards = np.unique(table.locate(plan.batches.take(lead[1]).order)[0]).tolist()
+                opened = open_shards(opener, table, lead_shards)
+            try:
+                if opened:
+                    made = list(BatchStream(table, plan.batches, opener, [lead], opened=opened, borrowed=True))
+                slots = self._audio_slots(current)
+                workers = iter(self._data_loader(BatchStream(table, plan.batches, opener, tasks, slots, opened)))
+            finally:
+                for entry in opened.values():  # the workers have their own copies
+                    if not isinstance(entry, Exception):
+                        entry.close()
             # The workers stop by the DataLoader's own protocol (they ignore SIGTERM): when this generator
             # ends or is closed, or else at interpreter exit, before multiprocessing's exit handler, which
             # would SIGTERM them and wait forever (a loop that raised leaves this generator suspended).
-            at_exit = multiprocessing.util.Finalize(None, _stopper(workers, lead_made), exitpriority=10)
-            # The workers have forked; this process makes the first batch itself, with the CPU to itself
-            # (the workers wait for it): the first batch, fresh or resumed, waits for its own shards only.
-            produced = itertools.chain(_made_then_set(BatchStream(table, plan.batches, opener, [lead]), lead_made),
-                                       workers)
+            at_exit = multiprocessing.util.Finalize(None, workers._shutdown_workers, exitpriority=10)
+            produced = itertools.chain(made, workers)
         try:
             yield from self._in_order(produced, expected, slots)
         finally:
             if at_exit is not None:
                 at_exit()  # runs once, and leaves the exit handlers
+
+    def _first_batch_here(self) -> bool:
+        """Whether this process makes each pass's first batch itself, before the workers fork: where every
+        shard is on local disk. Its shards are read and checked once, here, and the workers inherit them
+        open; the first batch then waits for its own shards only, not for the workers' start, nor shares
+        the CPU with them. At a URL, where fetching dominates, the workers start at once and fetch in
+        parallel."""
+        return all(is_local(source.dataset.url) for source in self.sources) and all(
+            is_local(column.url) for column in self.columns)
 
     def _in_order(self, produced: Iterator[tuple[Collated, WorkerNote] | Exception], expected: list[int],
                   slots: AudioSlots | None) -> Iterator[Batch]:
@@ -579,23 +595,6 @@ class StreamLoader:
         stats.skipped += len(read["skipped"])
         stats.worker_read_seconds += read["read_seconds"]
         stats.worker_decode_seconds += read["decode_seconds"]
-
-
-def _made_then_set(stream: BatchStream, event) -> Iterator:
-    """What ``stream`` makes, with ``event`` set as soon as it is made (or has failed)."""
-    try:
-        made = list(stream)
-    finally:
-        event.set()
-    yield from made
-
-
-def _stopper(workers, lead_made) -> Callable[[], None]:
-    """Stops the DataLoader's workers, those still waiting for the first batch too."""
-    def stop() -> None:
-        lead_made.set()
-        workers._shutdown_workers()
-    return stop
 
 
 def _lead_task(tasks: list[tuple[np.ndarray, np.ndarray]]) -> tuple[tuple[np.ndarray, np.ndarray],

@@ -11,8 +11,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import logging
-import multiprocessing
-import multiprocessing.synchronize
 import signal
 import time
 
@@ -94,15 +92,17 @@ class BatchStream(IterableDataset):
 
     def __init__(self, table: EpochTable, batches: BatchList, opener: ShardWithColumnsOpener,
                  tasks: list[tuple[np.ndarray, np.ndarray]], slots: AudioSlots | None = None,
-                 start_after: "multiprocessing.synchronize.Event | None" = None):
+                 opened: "dict[int, ShardWithColumns | Exception] | None" = None, borrowed: bool = False):
         self.table = table
         self.batches = batches
         self.opener = opener
         self.tasks = tasks
         self.slots = slots  # shared memory for the audio, in a DataLoader worker
-        # set by the main process once it has made the first batch itself: until then the workers leave it
-        # the CPU (their own first batches come later in the delivery order anyway)
-        self.start_after = start_after
+        # shards (by table index) the main process opened and checked before the workers forked: each
+        # process uses its own copy of the open file instead of reading and hashing the shard again;
+        # ``borrowed``: they are the caller's to close (the main process, which forks after using them)
+        self.opened = opened or {}
+        self.borrowed = borrowed
 
     def __iter__(self):
         """``(Collated, WorkerNote)`` per batch; a bad shard or sample (with ``on_bad_sample: raise``) ends
@@ -116,8 +116,6 @@ class BatchStream(IterableDataset):
     def _batches(self):
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        if self.start_after is not None:
-            _wait_for(self.start_after)
         sequences, indices = self.tasks[worker]
         place = None if self.slots is None else (lambda waveforms: self.slots.pad_into(worker, waveforms))
         mine = self.batches.take(indices)
@@ -125,7 +123,7 @@ class BatchStream(IterableDataset):
         first_use = shard_of[np.sort(np.unique(shard_of, return_index=True)[1])].tolist()
         first_batch = len(np.unique(shard_of[: int(mine.sizes[0])])) if len(mine) else 0
         with ShardPrefetcher(self.opener, self.table, first_use, self.opener.settings.prefetch_shards,
-                             first_batch) as shards:
+                             first_batch, dict(self.opened), self.borrowed) as shards:
             release_after = _release_schedule(shard_of, mine.sizes)
             for t, sequence in enumerate(sequences.tolist()):
                 first, end = int(mine.starts[t]), int(mine.starts[t] + mine.sizes[t])
@@ -183,8 +181,11 @@ class ShardPrefetcher:
     """
 
     def __init__(self, opener: ShardWithColumnsOpener, table: EpochTable, first_use: list[int], depth: int,
-                 first_batch: int | None = None):
+                 first_batch: int | None = None, opened: "dict[int, ShardWithColumns | Exception] | None" = None,
+                 borrowed: bool = False):
         self.opener, self.table = opener, table
+        self._inherited = opened or {}  # opened already (``open_shards``): used instead of opening again
+        self._borrowed = set(self._inherited) if borrowed else set()  # used, never closed here
         self._upcoming = collections.deque(first_use)
         self._ahead: dict[int, concurrent.futures.Future] = {}
         self._open: dict[int, ShardWithColumns | Exception] = {}
@@ -207,7 +208,7 @@ class ShardPrefetcher:
 
     def release(self, shard: int) -> None:
         entry = self._open.pop(shard, None)
-        if isinstance(entry, ShardWithColumns):
+        if isinstance(entry, ShardWithColumns) and shard not in self._borrowed:
             entry.close()
 
     def look_ahead(self) -> None:
@@ -224,28 +225,34 @@ class ShardPrefetcher:
                 self._held -= 1
 
     def _opened(self, shard: int) -> ShardWithColumns | Exception:
-        try:
-            return self.opener.open(int(self.table.source[shard]), int(self.table.shard[shard]))
-        except (ShardError, ReadError) as error:
-            if self.opener.settings.on_bad_sample == "skip":
-                log.warning("skipping the rest of shard %s: %s", self.table.origin(shard), error)
-            return error
+        inherited = self._inherited.pop(shard, None)
+        return inherited if inherited is not None else _open_or_error(self.opener, self.table, shard)
 
     def __exit__(self, *exc) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         opened_ahead = [f.result() for f in self._ahead.values() if not f.cancelled() and f.exception() is None]
-        for entry in [*opened_ahead, *self._open.values()]:
+        left = {**self._inherited, **self._open}
+        for entry in [*opened_ahead, *(entry for shard, entry in left.items() if shard not in self._borrowed)]:
             if isinstance(entry, ShardWithColumns):
                 entry.close()
 
 
-def _wait_for(event: "multiprocessing.synchronize.Event") -> None:
-    """Wait until ``event`` is set, or the main process is gone (then this worker has nothing to do)."""
-    parent = multiprocessing.parent_process()
-    while not event.wait(timeout=1.0):
-        if parent is not None and not parent.is_alive():
-            raise SystemExit(0)
+def open_shards(opener: ShardWithColumnsOpener, table: EpochTable, shards: list[int]
+                ) -> dict[int, ShardWithColumns | Exception]:
+    """``shards`` (table indices) opened and checked, in threads that have all ended when this returns
+    (so that the process may fork): each as its ``ShardWithColumns``, or the error it raised."""
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(len(shards), 8))) as pool:
+        return dict(zip(shards, pool.map(lambda shard: _open_or_error(opener, table, shard), shards)))
+
+
+def _open_or_error(opener: ShardWithColumnsOpener, table: EpochTable, shard: int) -> ShardWithColumns | Exception:
+    try:
+        return opener.open(int(table.source[shard]), int(table.shard[shard]))
+    except (ShardError, ReadError) as error:
+        if opener.settings.on_bad_sample == "skip":
+            log.warning("skipping the rest of shard %s: %s", table.origin(shard), error)
+        return error
 
 
 def _release_schedule(shard_of: np.ndarray, sizes: np.ndarray) -> dict[int, list[int]]:

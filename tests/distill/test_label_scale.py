@@ -93,7 +93,7 @@ def test_labels_that_are_all_filtered_are_one_line_not_a_silent_run(setup, tmp_p
 
 @pytest.mark.slow
 def test_loader_workers_decode_and_write_the_column_the_generating_process_writes_alone(setup, monkeypatch, capsys):
-    """With workers the generating process decodes only the first batch (made while the workers start; a decode
+    """With workers the generating process decodes only the first batch (made before the workers fork; a decode
     after it fails the run), and the column is the one written when it decodes everything itself
     (--num-workers 0), byte for byte."""
     root, data, teacher = setup

@@ -216,31 +216,57 @@ def test_the_first_batch_is_made_while_the_workers_start(datasets, monkeypatch, 
     assert done + [tuple(b.keys) for b in batches] == uninterrupted
 
 
-def test_the_workers_begin_once_the_first_batch_is_made(datasets, monkeypatch, tmp_path):
-    """They would take the CPU the first batch needs: each decode is logged (process, time), and this
-    process's decodes are slowed so that workers that did not wait would decode among them."""
+def logged_opens_and_decodes(monkeypatch, log):
+    """Log each shard open and each decode, with the process that did it, to the file ``log``."""
     import os
-    import time
 
     import streamtrain.loader.worker as worker
 
-    decodes, decode, me = tmp_path / "decodes", worker.decode_sample, os.getpid()
+    open_shard, decode = worker.ShardWithColumnsOpener.open, worker.decode_sample
 
-    def logged(*args):
-        if os.getpid() == me:
-            time.sleep(0.1)
-        with open(decodes, "a") as out:
-            out.write(f"{os.getpid()} {time.monotonic()}\n")
+    def opened(self, source, shard):
+        with open(log, "a") as out:
+            out.write(f"open {os.getpid()} {source}:{shard}\n")
+        return open_shard(self, source, shard)
+
+    def decoded(*args):
+        with open(log, "a") as out:
+            out.write(f"decode {os.getpid()} {args[0]}\n")
         return decode(*args)
 
-    monkeypatch.setattr(worker, "decode_sample", logged)
+    monkeypatch.setattr(worker.ShardWithColumnsOpener, "open", opened)
+    monkeypatch.setattr(worker, "decode_sample", decoded)
+    return lambda: [line.split() for line in log.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("resume_after", [None, 5])
+def test_the_first_batch_is_made_here_and_the_workers_inherit_its_shards(datasets, monkeypatch, tmp_path,
+                                                                         resume_after):
+    """This process reads and checks the first batch's shards once, before the workers fork; they use
+    them as inherited, so no shard of that batch is opened twice."""
+    import os
+
     path = datasets((8, 8, 8, 8, 8))
-    batches = list(StreamLoader(path, batch_size=3, seed=3, num_workers=2, epochs=1, block_shards=2))
-    entries = [line.split() for line in decodes.read_text().splitlines()]
-    mine = [float(t) for pid, t in entries if int(pid) == me]
-    theirs = [float(t) for pid, t in entries if int(pid) != me]
-    assert len(mine) == len(batches[0].keys) and len(theirs) == 40 - len(mine)
-    assert min(theirs) > max(mine)
+    kwargs = dict(batch_size=3, seed=3, num_workers=2, epochs=1, block_shards=3)
+    loader = StreamLoader(path, **kwargs)
+    if resume_after:
+        for n, _ in enumerate(loader, start=1):
+            if n == resume_after:
+                break
+        state = loader.state_dict()
+        loader = StreamLoader(path, **kwargs)
+        loader.load_state_dict(state)
+    log = logged_opens_and_decodes(monkeypatch, tmp_path / "log")
+    first, *rest = list(loader)
+    entries = log()
+    here = [int(pid) == os.getpid() for _, pid, _ in entries]
+    assert [what for (what, _, _), mine in zip(entries, here) if mine][-1] == "decode"  # then the workers began
+    decoded_here = [name for (what, _, name), mine in zip(entries, here) if mine and what == "decode"]
+    assert decoded_here == first.keys
+    opens = collections.Counter(name for what, _, name in entries if what == "open")
+    opened_here = {name for (what, _, name), mine in zip(entries, here) if mine and what == "open"}
+    assert opened_here and all(opens[name] == 1 for name in opened_here)
+    assert len(first.keys) + sum(len(b.keys) for b in rest) == 40 - 3 * (resume_after or 0)
 
 
 def test_epochs_count_from_zero_also_after_resume(datasets):

@@ -50,6 +50,20 @@ def test_http_with_503s_and_dropped_connections_loses_and_duplicates_nothing(dat
 
 
 @pytest.mark.servers
+def test_at_a_url_the_workers_make_every_batch_and_fetch_in_parallel(dataset, monkeypatch, tmp_path):
+    """The first batch is made in the calling process only where shards are local (one read and hash,
+    inherited by the workers); at a URL the workers start at once and fetch in parallel."""
+    import os
+
+    from tests.loader.test_loader import logged_opens_and_decodes
+
+    log = logged_opens_and_decodes(monkeypatch, tmp_path / "log")
+    with file_server(dataset.parent) as origin:
+        assert delivered(StreamLoader(f"{origin}/ds", batch_size=3, num_workers=2, epochs=1)) == expected_keys()
+    assert {int(pid) for _, pid, _ in log()} and os.getpid() not in {int(pid) for _, pid, _ in log()}
+
+
+@pytest.mark.servers
 def test_http_missing_shard_is_a_clear_error_without_retries(dataset, tmp_path):
     write_dataset(tmp_path / "ds", [3, 3])
     (tmp_path / "ds" / "shard-000001.tar").unlink()
