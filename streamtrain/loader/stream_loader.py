@@ -457,8 +457,8 @@ class StreamLoader:
         shard is on local disk. Its shards are read and checked once, here, and the workers inherit them
         open; the first batch then waits for its own shards only, not for the workers' start, nor shares
         the CPU with them. At a URL, where fetching dominates, the workers start at once and fetch in
-        parallel."""
-        return all(is_local(source.dataset.url) for source in self.sources) and all(
+        parallel. Workers that are not forked (no fork on this platform) could not inherit open files."""
+        return _START_METHOD == "fork" and all(is_local(source.dataset.url) for source in self.sources) and all(
             is_local(column.url) for column in self.columns)
 
     def _in_order(self, produced: Iterator[tuple[Collated, WorkerNote] | Exception], expected: list[int],
