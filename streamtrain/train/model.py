@@ -169,6 +169,7 @@ class Generation:
     text: str
     token_ids: list[int]  # without the prompt and the end token
     avg_logprob: float  # mean log-probability of the generated tokens, the end token included
+    token_logprobs: list[float]  # the log-probability of each of ``token_ids``
 
 
 @torch.no_grad()
@@ -200,6 +201,7 @@ def greedy_generate(model, features: torch.Tensor, codec: TextCodec, suppressed:
     # transformers 5.2x renamed past_key_values (deprecated since) to cache
     cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     generated: list[torch.Tensor] = []
+    chosen: list[torch.Tensor] = []  # the log-probability of each step's token
     for _ in range(codec.max_tokens - len(prompt)):
         out = model(encoder_outputs=(encoder,), decoder_input_ids=step_input, use_cache=True, **{cache_name: cache})
         cache = getattr(out, cache_name)
@@ -210,7 +212,8 @@ def greedy_generate(model, features: torch.Tensor, codec: TextCodec, suppressed:
         logprobs = logits.log_softmax(-1)
         next_ids = logprobs.argmax(-1)
         next_ids = torch.where(finished, torch.full_like(next_ids, codec.eos_id), next_ids)
-        logprob_sum += torch.where(finished, 0.0, logprobs.gather(1, next_ids[:, None])[:, 0].double())
+        chosen.append(logprobs.gather(1, next_ids[:, None])[:, 0])
+        logprob_sum += torch.where(finished, 0.0, chosen[-1].double())
         counts += (~finished).long()
         generated.append(next_ids)
         finished |= next_ids == codec.eos_id
@@ -218,11 +221,12 @@ def greedy_generate(model, features: torch.Tensor, codec: TextCodec, suppressed:
             break
         step_input = next_ids[:, None]
     ids = torch.stack(generated, dim=1).tolist() if generated else [[] for _ in range(batch)]
+    token_logprobs = torch.stack(chosen, dim=1).tolist() if chosen else [[] for _ in range(batch)]
     results = []
     for row, tokens in enumerate(ids):
         tokens = tokens[: tokens.index(codec.eos_id)] if codec.eos_id in tokens else tokens
         average = float(logprob_sum[row] / max(int(counts[row]), 1))
-        results.append(Generation(codec.decode(tokens), tokens, average))
+        results.append(Generation(codec.decode(tokens), tokens, average, token_logprobs[row][: len(tokens)]))
     return results
 
 
