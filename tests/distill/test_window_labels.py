@@ -158,3 +158,18 @@ def test_windows_need_a_teacher_with_timestamp_tokens(tmp_path, capsys):
     assert label(data, teacher, tmp_path / "labels", "--fill-windows") == 2
     (error,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert "--fill-windows: the teacher's tokenizer has no timestamp tokens" in error
+
+
+@pytest.mark.slow
+def test_a_run_written_before_the_setting_existed_continues_without_windows(setup, tmp_path, capsys):
+    _, data, teacher = setup
+    out = tmp_path / "labels"
+    assert label(data, teacher, out) == 0
+    run = json.loads((out / "label-run.json").read_text())
+    del run["settings"]["fill_windows"]  # as an earlier streamtrain wrote it
+    (out / "label-run.json").write_text(json.dumps(run))
+    (out / "index.json").unlink()
+    sorted(out.glob("shard-*.tar"))[-1].unlink()
+    assert label(data, teacher, out) == 0 and "3 already complete" in capsys.readouterr().out
+    assert label(data, teacher, out, "--fill-windows") == 2
+    assert "an earlier run differs in its settings" in capsys.readouterr().err
