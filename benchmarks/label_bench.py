@@ -45,21 +45,37 @@ def label_once(args, workers: int, mode: str, out: Path) -> dict:
                             batch_size=args.batch_size, num_workers=workers, device=args.device, progress=False)
     elapsed = time.perf_counter() - started
     column = json.loads((out / "index.json").read_text())["shards"]["sha256"]
-    texts = {key: json.loads(members["json"])["text"] for shard in sorted(out.glob("shard-*.tar"))
-             for key, members in ShardFile.in_memory(shard.read_bytes(), str(shard))}
+    labels = {key: json.loads(members["json"]) for shard in sorted(out.glob("shard-*.tar"))
+              for key, members in ShardFile.in_memory(shard.read_bytes(), str(shard))}
     return {"mode": mode, "workers": workers, "seconds": elapsed, "utterances_per_s": summary.samples / elapsed,
             "data_wait": summary.data_wait, "label_wer": summary.wer, "labelled": summary.labelled,
-            "column": column, "texts": texts}
+            "column": column, "labels": labels}
 
 
-def agreement(windowed: dict[str, str], per_sample: dict[str, str]) -> dict:
-    """How far the windowed labels are from the per-sample ones (the reference here)."""
-    counts = ErrorCounts()
-    for key, text in per_sample.items():
-        counts.add(text, windowed[key])
-    return {"same_text": sum(windowed[k] == t for k, t in per_sample.items()) / len(per_sample),
-            "same_plain_text": sum(plain(windowed[k]) == plain(t) for k, t in per_sample.items()) / len(per_sample),
-            "wer_against_per_sample": counts.wer}
+def agreement(windowed: dict[str, dict], per_sample: dict[str, dict]) -> dict:
+    """How far the windowed labels are from the per-sample ones (the reference here): over all samples, and
+    by how each windowed label was made (window, alone, fallback), with both labels' WER against the truth."""
+    figures = {}
+    for part in ("all", "window", "alone", "fallback"):
+        keys = [k for k in per_sample if part == "all" or windowed[k].get("labelled") == part]
+        if not keys:
+            continue
+        counts = ErrorCounts()
+        for key in keys:
+            counts.add(per_sample[key]["text"], windowed[key]["text"])
+        figures[part] = {
+            "samples": len(keys),
+            "same_text": sum(windowed[k]["text"] == per_sample[k]["text"] for k in keys) / len(keys),
+            "same_plain_text": sum(plain(windowed[k]["text"]) == plain(per_sample[k]["text"]) for k in keys)
+            / len(keys),
+            "wer_against_per_sample": counts.wer,
+            "windowed_label_wer": label_wer(windowed, keys), "per_sample_label_wer": label_wer(per_sample, keys)}
+    return figures
+
+
+def label_wer(labels: dict[str, dict], keys: list[str]) -> float:
+    """The labels' WER against the ground truth, over ``keys`` (as ``label`` counts it)."""
+    return sum(labels[k]["word_errors"] for k in keys) / max(sum(labels[k]["words"] for k in keys), 1)
 
 
 def main() -> None:
@@ -86,10 +102,10 @@ def main() -> None:
         if row["mode"] == "windows" and "samples" in args.modes:
             (reference,) = [r for r in rows if (r["mode"], r["run"], r["workers"]) == ("samples", row["run"],
                                                                                        row["workers"])]
-            row["agreement"] = agreement(row["texts"], reference["texts"])
+            row["agreement"] = agreement(row["labels"], reference["labels"])
     identical = {mode: len({tuple(r["column"]) for r in rows if r["mode"] == mode}) == 1 for mode in args.modes}
     for row in rows:
-        del row["column"], row["texts"]
+        del row["column"], row["labels"]
     if args.json:
         print(json.dumps({"rows": rows, "identical_columns": identical}, indent=1))
         return
@@ -98,7 +114,7 @@ def main() -> None:
     print(f"{'mode':>8} {'workers':>7} {'run':>4} {'seconds':>8} {'utt/s':>7} {'data wait':>10} {'label WER':>10} "
           f"{'same text':>10} {'WER vs per-sample':>18}")
     for r in rows:
-        same = r.get("agreement", {})
+        same = r.get("agreement", {}).get("all")
         print(f"{r['mode']:>8} {r['workers']:7d} {r['run']:4d} {r['seconds']:8.1f} {r['utterances_per_s']:7.1f} "
               f"{100 * r['data_wait']:9.1f}% {100 * r['label_wer']:9.2f}% "
               + (f"{100 * same['same_text']:9.1f}% {100 * same['wer_against_per_sample']:17.2f}%" if same else ""))
@@ -110,6 +126,12 @@ def main() -> None:
                   f"{100 * statistics.median(r['data_wait'] for r in mine):.1f}%, "
                   f"median {statistics.median(r['seconds'] for r in mine):.1f} s"
                   + (f", labelled {mine[0]['labelled']}" if mode == "windows" else ""))
+    for r in rows:
+        for part, figures in r.get("agreement", {}).items():
+            print(f"run {r['run']}, {r['workers']} workers, {part} ({figures['samples']} samples): same text "
+                  f"{100 * figures['same_text']:.1f}%, WER against the per-sample labels "
+                  f"{100 * figures['wer_against_per_sample']:.2f}%, label WER windowed "
+                  f"{100 * figures['windowed_label_wer']:.2f}% / per sample {100 * figures['per_sample_label_wer']:.2f}%")
     print(f"every run of a mode wrote the same column: {identical}")
 
 
