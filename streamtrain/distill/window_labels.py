@@ -8,16 +8,22 @@ audio unchanged at its offset, no gap between them, as the training loader's fil
 A window of two or more samples is generated once, with the teacher's prompt less
 ``<|notimestamps|>``, so the teacher writes Whisper's timestamps: ``<|0.00|> one two<|1.84|>
 <|1.84|> three<|3.10|>``. ``timestamped_segments`` cuts that into segments and
-``segment_owners`` gives each segment to the sample whose ``[offset, offset + seconds]`` it
+``sample_segments`` gives each segment to the sample whose ``[offset, offset + seconds]`` it
 overlaps most (on a tie, the sample starting nearest the segment's start; a segment without
-an end timestamp is a point at its start, given to the sample it starts in). A sample's label
-is its segments' texts joined by spaces, in order.
+a usable end runs to the end of the window's audio), unless it also covers more than half of
+another sample: then the teacher did not cut between them, its text cannot be split by time,
+and those samples get no segment. A sample's label is its segments' texts joined by spaces,
+in order.
 
 Samples are labelled alone, as per-sample labelling labels them (the teacher's own prompt,
 timestamps suppressed), when they are alone in their window (the last of a batch, or one
 longer than the window), and, as a fallback, when no segment of their window's generation
 falls to them (the teacher wrote nothing over them, or no timestamp at all): never dropped,
 counted, and logged.
+
+Measured with a small teacher trained here (``recipes/tiny-timestamps.yaml``), windowed
+labels are much worse than per-sample ones (docs/distillation.md), so per-sample labelling
+stays the default.
 
 A windowed label's ``token_ids`` are its segments' text tokens (no timestamp tokens: the
 plain text a student trains on), and its ``avg_logprob`` the mean log-probability of those
@@ -49,7 +55,7 @@ class Segment:
     """Text between two timestamps of one window's generation; times in seconds from the window's start."""
 
     start: float
-    end: float | None  # None: the generation stopped before the segment's closing timestamp
+    end: float | None  # None: the generation stopped before the segment's closing timestamp, or it went back
     token_ids: list[int]  # its text tokens, without timestamps
     logprobs: list[float]  # of its text tokens, and of its closing timestamp where there is one
 
@@ -72,10 +78,10 @@ def timestamped_segments(token_ids: Sequence[int], logprobs: Sequence[float], ti
 
     A timestamp closes the text before it and opens the next segment; of several timestamps in a
     row (Whisper's ``<|1.84|><|1.84|>`` pairs) the last one opens it. Text before the first
-    timestamp starts at 0.00 (the window's start); text after the last one has no end. Timestamps
-    with no text between them make no segment, and a generation with no timestamp at all has no
-    segments (nothing ties its text to a time). A segment whose end precedes its start is taken
-    with the two swapped.
+    timestamp starts at 0.00 (the window's start); text after the last one has no end, nor has a
+    segment closed by a timestamp before its start (Whisper's times never go back: a slip of the
+    teacher). Timestamps with no text between them make no segment, and a generation with no
+    timestamp at all has no segments (nothing ties its text to a time).
     """
     segments: list[Segment] = []
     start: float | None = None
@@ -91,7 +97,7 @@ def timestamped_segments(token_ids: Sequence[int], logprobs: Sequence[float], ti
         seen_time = True
         if text:
             opened = 0.0 if start is None else start
-            segments.append(Segment(min(opened, time), max(opened, time), text, [*text_logprobs, logprob]))
+            segments.append(Segment(opened, time if time >= opened else None, text, [*text_logprobs, logprob]))
             text, text_logprobs = [], []
         start = time
     if text and seen_time:
@@ -99,19 +105,34 @@ def timestamped_segments(token_ids: Sequence[int], logprobs: Sequence[float], ti
     return segments
 
 
-def segment_owners(segments: Sequence[Segment], offsets: Sequence[float], seconds: Sequence[float]) -> list[int]:
-    """The sample (index into ``offsets``/``seconds``: where each sample starts in the window, and
-    its length) of each segment: most overlap, then the sample starting nearest the segment's start.
-    Overlaps are compared to the microsecond (timestamps have 0.02 s steps; offsets are float32)."""
+def sample_segments(segments: Sequence[Segment], offsets: Sequence[float], seconds: Sequence[float]
+                    ) -> list[list[Segment]]:
+    """Each sample's segments, in order (``offsets``, ``seconds``: where each sample starts in the
+    window, and its length; a segment without an end runs to the end of the last sample).
+
+    A segment goes to the sample it overlaps most; on a tie, the sample starting nearest the
+    segment's start. A segment that also covers more than half of another sample holds the speech
+    of several (the teacher wrote no timestamp between them): it goes to none, and the samples it
+    covers (the one it overlaps most, and each it covers more than half of) get no segment at all,
+    to be labelled alone. Overlaps are compared to the microsecond (timestamps have 0.02 s steps;
+    offsets are float32).
+    """
     starts = np.asarray(offsets, dtype=np.float64)
-    ends = starts + np.asarray(seconds, dtype=np.float64)
-    owners = []
+    lengths = np.asarray(seconds, dtype=np.float64)
+    ends = starts + lengths
+    mine: list[list[Segment]] = [[] for _ in starts]
+    spoiled = np.zeros(len(starts), dtype=bool)
     for segment in segments:
-        end = segment.start if segment.end is None else segment.end
+        end = ends.max() if segment.end is None else segment.end
         overlap = np.round(np.minimum(end, ends) - np.maximum(segment.start, starts), 6)
-        distance = np.abs(segment.start - starts)
-        owners.append(int(np.lexsort((distance, -overlap))[0]))
-    return owners
+        owner = int(np.lexsort((np.abs(segment.start - starts), -overlap))[0])
+        covered = overlap > lengths / 2
+        covered[owner] = False
+        if covered.any():
+            spoiled[covered] = spoiled[owner] = True
+        else:
+            mine[owner].append(segment)
+    return [[] if spoiled[i] else given for i, given in enumerate(mine)]
 
 
 def joined_generation(segments: Sequence[Segment], codec: TextCodec) -> Generation:
@@ -169,17 +190,16 @@ class WindowLabeller:
             for row, generation in enumerate(generations):
                 members = np.flatnonzero(window == row)
                 segments = timestamped_segments(generation.token_ids, generation.token_logprobs, self.times)
-                owners = segment_owners(segments, (offsets[members] / sample_rate).tolist(),
+                given = sample_segments(segments, (offsets[members] / sample_rate).tolist(),
                                         [seconds[i] for i in joined[members].tolist()])
-                for place, sample in enumerate(joined[members].tolist()):
-                    mine = [segment for segment, owner in zip(segments, owners) if owner == place]
+                for sample, mine in zip(joined[members].tolist(), given):
                     if mine:
                         labels[sample] = WindowLabel(joined_generation(mine, self.codec), "window")
         alone = [i for i, label in enumerate(labels) if label is None]
         if alone:
             for i in alone:
                 if sizes[rows[i]] > 1:
-                    log.info("label --fill-windows: no segment of its window's transcript falls to %s; "
+                    log.info("label --fill-windows: its window's transcript gives %s no segment of its own; "
                              "labelled alone", keys[i])
             generations = transcribe(self.teacher, self.featurizer, self.codec, audio[alone], lengths[alone],
                                      self.backoff, self.context, self.suppressed)

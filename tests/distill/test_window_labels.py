@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoTokenizer, GenerationConfig
 
 from streamtrain.cli import main
-from streamtrain.distill.window_labels import Segment, joined_generation, segment_owners, timestamped_segments, \
+from streamtrain.distill.window_labels import Segment, joined_generation, sample_segments, timestamped_segments, \
     window_rows
 from streamtrain.format.shard_reader import ShardFile
 from streamtrain.loader import StreamLoader
@@ -50,25 +50,36 @@ def test_segments_follow_whisper_timestamp_pairs():
     ("one two", []),  # no timestamp at all: nothing ties the text to a time
     ("<|0.00|><|1.00|><|2.00|>", []),  # timestamps with no text between them
     ("", []),
-    ("<|2.00|> one<|1.00|>", [(1.0, 2.0, "one", 2)]),  # backwards: taken swapped
+    ("<|2.00|> one<|1.00|>", [(2.0, None, "one", 2)]),  # a closing time before the start is no end
 ])
 def test_segment_edge_cases(text, expected):
     assert segments_of(text) == expected
 
 
 def test_each_segment_goes_to_the_sample_it_overlaps_most():
-    offsets, seconds = [0.0, 1.84, 3.0], [1.84, 1.16, 0.9]  # three samples end to end
-    segments = [
-        Segment(0.0, 1.84, [], []),  # exactly the first
-        Segment(1.5, 2.9, [], []),  # straddles the first two, mostly the second
-        Segment(0.2, 2.0, [], []),  # straddles the first two, mostly the first
-        Segment(1.0, 2.68, [], []),  # 0.84 s in each: the sample starting nearest its start
-        Segment(1.84, None, [], []),  # no end, on the boundary: the sample it starts
-        Segment(3.5, None, [], []),  # no end, inside the last
-        Segment(4.0, 4.2, [], []),  # past the last sample (the window's padding): the nearest
-    ]
-    assert segment_owners(segments, offsets, seconds) == [0, 1, 0, 1, 1, 2, 2]
-    assert segment_owners([], offsets, seconds) == []
+    offsets, seconds = [0.0, 1.84, 3.0], [1.84, 1.16, 0.9]  # three samples end to end, 3.9 s
+
+    def given(*segments):
+        found = sample_segments(segments, offsets, seconds)
+        return [[segments.index(segment) for segment in mine] for mine in found]
+
+    first, second, last = Segment(0.0, 1.84, [], []), Segment(1.5, 2.9, [], []), Segment(3.5, None, [], [])
+    # exactly the first; straddling the first two, mostly the second; no end: to the end of the audio
+    assert given(first, second, last) == [[0], [1], [2]]
+    assert given(Segment(0.2, 2.0, [], [])) == [[0], [], []]  # straddles, mostly the first
+    assert given(Segment(1.0, 2.68, [], [])) == [[], [0], []]  # 0.84 s in each: the one starting nearest
+    assert given(Segment(4.0, 4.2, [], [])) == [[], [], [0]]  # past the audio (the padding): the nearest
+    assert given() == [[], [], []]
+
+
+def test_a_segment_holding_several_samples_speech_gives_them_nothing():
+    """The teacher wrote no timestamp between two samples: its text cannot be split by time, so each sample it
+    covers more than half of, and the one it overlaps most, gets no segment (to be labelled alone)."""
+    offsets, seconds = [0.0, 1.84, 3.0], [1.84, 1.16, 0.9]
+    both, then, last = Segment(0.0, 3.0, [], []), Segment(2.9, 3.0, [], []), Segment(3.0, 3.9, [], [])
+    assert sample_segments([both, then, last], offsets, seconds) == [[], [], [last]]
+    # no end timestamp: it runs to the end of the audio, over the last sample too
+    assert sample_segments([Segment(1.84, None, [], [])], offsets, seconds) == [[], [], []]
 
 
 def test_a_sample_label_joins_its_segments():
@@ -82,7 +93,8 @@ def test_a_sample_label_joins_its_segments():
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("window-labels")
     data = digit_dataset(root / "train", 12, seed=5)  # 4 shards of 3 samples
-    return root, data, random_whisper(root / "teacher", decoder_layers=2, timestamps=True)
+    # seed 6: a random teacher that writes one timestamped segment per sample over some of its windows
+    return root, data, random_whisper(root / "teacher", decoder_layers=2, seed=6, timestamps=True)
 
 
 def label(data, teacher, out, *extra) -> int:
@@ -114,7 +126,7 @@ def test_labelling_on_windows_labels_every_key_once_resumes_and_refuses_other_se
         assert {"text", "token_ids", "avg_logprob", "wer", "keep", "labelled"} <= set(line)
     how = json.loads((out / "index.json").read_text())["column"]["labelled"]
     assert sum(how.values()) == 12 and how.get("alone", 0) == expected_alone(data) < 12
-    assert how["window"] > 0  # this random teacher writes timestamps over some of its windows, not all
+    assert how["window"] > 0 and how["fallback"] > 0  # this teacher's segments fit some windows' samples, not all
     assert "labelled from windows" in capsys.readouterr().out
     keys = [key for batch in StreamLoader(data, batch_size=5, epochs=1, num_workers=0, columns=[str(out)])
             for key in batch.keys]  # the column joins the dataset
