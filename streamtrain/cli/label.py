@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
           f"{summary.shards_skipped} already complete); label WER {100 * summary.wer:.2f}%"
           + (f"; {filtered} labels over --max-wer {args.max_wer} marked keep=false" if args.max_wer is not None else "")
           + (f"; labelled from windows {summary.labelled.get('window', 0)}, alone in a window "
-             f"{summary.labelled.get('alone', 0)}, alone after no segment fell to them "
+             f"{summary.labelled.get('alone', 0)}, alone after their window gave them no segment "
              f"{summary.labelled.get('fallback', 0)}" if args.fill_windows else "")
           + f"; waited for data {100 * summary.data_wait:.0f}% of the time"
           + (f" ({summary.ranks} processes; this one's share)" if summary.ranks > 1 else ""))

@@ -85,8 +85,8 @@ class LabelSummary:
     wer: float  # of the labels against the ground truth
     data_wait: float = 0.0  # share of this process's labelling time spent waiting for the next batch of audio
     ranks: int = 1
-    labelled: dict[str, int] = field(default_factory=dict)  # with fill_windows: samples by how (window, alone,
-    # fallback: no segment of its window fell to it), over the whole column
+    #: with fill_windows: samples by how they were labelled (window_labels.WindowLabel), over the whole column
+    labelled: dict[str, int] = field(default_factory=dict)
 
 
 def label_dataset(
