@@ -143,6 +143,49 @@ def joined_generation(segments: Sequence[Segment], codec: TextCodec) -> Generati
     return Generation(text, token_ids, sum(logprobs) / max(len(logprobs), 1), logprobs)
 
 
+class TimestampRules:
+    """Whisper's timestamp rules for one decoding step (openai-whisper's ``ApplyTimestampRules``, which
+    transformers' ``WhisperTimeStampLogitsProcessor`` follows), masking a B x V batch of logits in place:
+
+    - the first token is a timestamp, at most ``MAX_INITIAL`` seconds;
+    - after a timestamp pair (or the first timestamp) comes text; after a lone timestamp, a timestamp
+      or the end token, not text;
+    - timestamps never go back (after a lone timestamp, the pair repeats it or goes on);
+    - where the timestamps together are likelier than the likeliest other token, a timestamp it is.
+    """
+
+    MAX_INITIAL = 1.0
+
+    def __init__(self, times: Mapping[int, float], eos_id: int, vocabulary: int):
+        times = {token: time for token, time in times.items() if token < vocabulary}
+        self.is_time = torch.zeros(vocabulary, dtype=torch.bool)
+        self.is_time[list(times)] = True
+        self.time_of = torch.full((vocabulary,), -1.0, dtype=torch.float64)
+        self.time_of[list(times)] = torch.tensor(list(times.values()), dtype=torch.float64)
+        self.is_text = ~self.is_time
+        self.is_text[eos_id] = False
+
+    def __call__(self, logits: torch.Tensor, generated: list[torch.Tensor]) -> None:
+        is_time, time_of, is_text = (t.to(logits.device) for t in (self.is_time, self.time_of, self.is_text))
+        if not generated:
+            logits[:, ~is_time | (time_of > self.MAX_INITIAL)] = -torch.inf
+            return
+        chosen = torch.stack(generated, dim=1)  # B x steps
+        stamped = is_time[chosen]
+        last = stamped[:, -1]
+        before = stamped[:, -2] if chosen.shape[1] > 1 else torch.ones_like(last)
+        logits[(last & before)[:, None] & is_time] = -torch.inf  # after a pair: text
+        logits[(last & ~before)[:, None] & is_text] = -torch.inf  # after a lone timestamp: no text
+        # the last time so far (-1: none); a lone closing timestamp may be repeated to open the next segment
+        latest = torch.where(stamped, time_of[chosen], -1.0).amax(dim=1)
+        floor = torch.where(last & ~before, latest, latest + 1e-6)
+        logits[is_time & (time_of[None, :] < floor[:, None])] = -torch.inf
+        logprobs = logits.float().log_softmax(-1)
+        time_mass = logprobs.masked_fill(~is_time, -torch.inf).logsumexp(-1)
+        other_best = logprobs.masked_fill(is_time, -torch.inf).amax(-1)
+        logits[(time_mass > other_best)[:, None] & ~is_time] = -torch.inf
+
+
 @dataclass(frozen=True)
 class WindowLabel:
     """A sample's label and how it was made: ``window`` (from its window's segments), ``alone`` (alone in
@@ -170,6 +213,7 @@ class WindowLabeller:
         self.stamped_prompt = [i for i, token in zip(codec.prompt_ids, codec.prompt) if token != NO_TIMESTAMPS]
         # in a window, as in Whisper's timestamp mode, <|notimestamps|> is never chosen
         self.window_suppressed = [i for i, token in zip(codec.prompt_ids, codec.prompt) if token == NO_TIMESTAMPS]
+        self.rules = TimestampRules(self.times, codec.eos_id, teacher.config.vocab_size)
 
     def label(self, audio: torch.Tensor, lengths: torch.Tensor, seconds: Sequence[float], keys: Sequence[str]
               ) -> list[WindowLabel]:
@@ -185,7 +229,7 @@ class WindowLabeller:
             padded, window_lengths = pad_waveforms(windows)
             generations = transcribe(self.teacher, self.featurizer, self.codec, padded.to(audio.device),
                                      window_lengths.to(audio.device), self.backoff, self.context,
-                                     self.window_suppressed, prompts=[self.stamped_prompt] * len(windows))
+                                     self.window_suppressed, [self.stamped_prompt] * len(windows), self.rules)
             sample_rate = self.featurizer.sample_rate
             for row, generation in enumerate(generations):
                 members = np.flatnonzero(window == row)

@@ -10,7 +10,7 @@ own vocabulary and task tokens).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,6 +164,10 @@ def frozen_to_eval(model: WhisperForConditionalGeneration) -> None:
         encoder.eval()
 
 
+#: ``rules(logits, generated)``: masks one decoding step's logits (B x V, in place), given the tokens chosen so far.
+StepRules = Callable[[torch.Tensor, list[torch.Tensor]], None]
+
+
 @dataclass(frozen=True)
 class Generation:
     text: str
@@ -174,13 +178,15 @@ class Generation:
 
 @torch.no_grad()
 def greedy_generate(model, features: torch.Tensor, codec: TextCodec, suppressed: Sequence[int] = (),
-                    prompt: list[int] | None = None) -> list[Generation]:
+                    prompt: list[int] | None = None, rules: StepRules | None = None) -> list[Generation]:
     """Greedy transcripts of a batch of features (B x M x F) after ``prompt`` (ids; None: the codec's),
     with the KV cache.
 
     ``suppressed`` token ids, and those the model's generation config suppresses, are never chosen (their
     probability is moved to the others, as Whisper's decoding suppresses); its ``begin_suppress_tokens``
     are never chosen first. transformers' Whisper ``generate`` does the same with that config.
+    ``rules(logits, generated)``, when given, masks each step's logits (B x V, in place) after the
+    suppression, from the tokens chosen so far (one B tensor a step), e.g. Whisper's timestamp rules.
     """
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
@@ -209,6 +215,8 @@ def greedy_generate(model, features: torch.Tensor, codec: TextCodec, suppressed:
         logits[:, suppressed] = -torch.inf
         if not generated:
             logits[:, begin_suppressed] = -torch.inf
+        if rules is not None:
+            rules(logits, generated)
         logprobs = logits.log_softmax(-1)
         next_ids = logprobs.argmax(-1)
         next_ids = torch.where(finished, torch.full_like(next_ids, codec.eos_id), next_ids)

@@ -7,11 +7,12 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from transformers import AutoTokenizer, GenerationConfig
 
 from streamtrain.cli import main
-from streamtrain.distill.window_labels import Segment, joined_generation, sample_segments, timestamped_segments, \
-    window_rows
+from streamtrain.distill.window_labels import Segment, TimestampRules, joined_generation, sample_segments, \
+    timestamped_segments, window_rows
 from streamtrain.format.shard_reader import ShardFile
 from streamtrain.loader import StreamLoader
 from streamtrain.train.model import TextCodec
@@ -93,8 +94,8 @@ def test_a_sample_label_joins_its_segments():
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("window-labels")
     data = digit_dataset(root / "train", 12, seed=5)  # 4 shards of 3 samples
-    # seed 6: a random teacher that writes one timestamped segment per sample over some of its windows
-    return root, data, random_whisper(root / "teacher", decoder_layers=2, seed=6, timestamps=True)
+    # seed 0: a random teacher whose timestamped segments fit the samples of one of its windows
+    return root, data, random_whisper(root / "teacher", decoder_layers=2, seed=0, timestamps=True)
 
 
 def label(data, teacher, out, *extra) -> int:
@@ -185,3 +186,22 @@ def test_a_run_written_before_the_setting_existed_continues_without_windows(setu
     assert label(data, teacher, out) == 0 and "3 already complete" in capsys.readouterr().out
     assert label(data, teacher, out, "--fill-windows") == 2
     assert "an earlier run differs in its settings" in capsys.readouterr().err
+
+
+def test_whisper_timestamp_rules_mask_each_step():
+    """Vocabulary: 0 the end token, 1-2 text, 3-6 the times 0.0, 0.5, 1.0, 2.0 s; text much likelier than any time
+    (so only the ordering rules act), then times likelier together than the likeliest text (so a time it is)."""
+    rules = TimestampRules({3: 0.0, 4: 0.5, 5: 1.0, 6: 2.0}, eos_id=0, vocabulary=7)
+
+    def allowed(*chosen, text=10.0, end=0.0):
+        logits = torch.tensor([[end, text, text, 0.0, 0.0, 0.0, 0.0]])
+        rules(logits, [torch.tensor([token]) for token in chosen])
+        return torch.isfinite(logits[0]).nonzero()[:, 0].tolist()
+
+    assert allowed() == [3, 4, 5]  # a timestamp first, at most 1 s
+    assert allowed(3) == [0, 1, 2]  # after the first timestamp (or a pair): text (or the end)
+    assert allowed(3, 1) == [0, 1, 2, 4, 5, 6]  # after text: no time before the last
+    assert allowed(3, 1, 5, end=10.0) == [0, 5, 6]  # after a lone timestamp: repeat it, go on, or end; no text
+    assert allowed(3, 1, 5, 5) == [0, 1, 2]  # after a pair: text
+    assert allowed(3, 1, text=0.5) == [4, 5, 6]  # the times together outweigh the likeliest other token
+    assert allowed(3, 1, 5) == [5, 6]  # ... the end token included
