@@ -7,7 +7,7 @@ the samples of a batch are joined, in that order, into windows of at most the te
 audio unchanged at its offset, no gap between them, as the training loader's filled windows.
 A window of two or more samples is generated once, with the teacher's prompt less
 ``<|notimestamps|>``, so the teacher writes Whisper's timestamps: ``<|0.00|> one two<|1.84|>
-<|1.84|> three<|3.10|>``. ``timestamped_segments`` cuts that into segments and
+<|1.84|> three<|3.10|>``, under Whisper's timestamp rules (``TimestampRules``). ``timestamped_segments`` cuts that into segments and
 ``sample_segments`` gives each segment to the sample whose ``[offset, offset + seconds]`` it
 overlaps most (on a tie, the sample starting nearest the segment's start; a segment without
 a usable end runs to the end of the window's audio), unless it also covers more than half of
@@ -17,13 +17,13 @@ in order.
 
 Samples are labelled alone, as per-sample labelling labels them (the teacher's own prompt,
 timestamps suppressed), when they are alone in their window (the last of a batch, or one
-longer than the window), and, as a fallback, when no segment of their window's generation
-falls to them (the teacher wrote nothing over them, or no timestamp at all): never dropped,
-counted, and logged.
+longer than the window), and, as a fallback, when their window's generation gives them no
+segment (the teacher wrote nothing over them, no timestamp at all, or one segment over them
+and a neighbour): never dropped, counted, and logged.
 
 Measured with a small teacher trained here (``recipes/tiny-timestamps.yaml``), windowed
-labels are much worse than per-sample ones (docs/distillation.md), so per-sample labelling
-stays the default.
+labels are worse than per-sample ones (label WER 4.8 % against 1.1 % on the bundled train
+set; docs/distillation.md), so per-sample labelling stays the default.
 
 A windowed label's ``token_ids`` are its segments' text tokens (no timestamp tokens: the
 plain text a student trains on), and its ``avg_logprob`` the mean log-probability of those
