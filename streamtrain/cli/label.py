@@ -25,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                          "<|notimestamps|>'); the student's recipe should use the same")
     parser.add_argument("--max-tokens", type=int, help="longest label, prompt and end token included "
                                                        "(default: the teacher's own limit, 448 for Whisper)")
+    parser.add_argument("--fill-windows", action="store_true",
+                        help="join each batch's consecutive samples into the teacher's window, generate once per "
+                             "window with timestamps and give each timestamped segment back to its sample (the "
+                             "teacher needs timestamp tokens; see docs/distillation.md)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=2,
                         help="processes that read and decode the audio while this one generates (0: this one does)")
@@ -36,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from streamtrain.distill.label import LabelSettings, label_dataset
 
-    settings = LabelSettings(args.precision, args.max_wer, args.max_tokens, args.prompt)
+    settings = LabelSettings(args.precision, args.max_wer, args.max_tokens, args.prompt, args.fill_windows)
     summary = label_dataset(args.dataset, args.teacher, args.out, settings,
                             batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
                             overwrite=args.overwrite, progress=not args.no_progress)
@@ -44,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{redact(args.out)}: {summary.samples} samples labelled ({summary.shards_written} shards written, "
           f"{summary.shards_skipped} already complete); label WER {100 * summary.wer:.2f}%"
           + (f"; {filtered} labels over --max-wer {args.max_wer} marked keep=false" if args.max_wer is not None else "")
+          + (f"; labelled from windows {summary.labelled.get('window', 0)}, alone in a window "
+             f"{summary.labelled.get('alone', 0)}, alone after their window gave them no segment "
+             f"{summary.labelled.get('fallback', 0)}" if args.fill_windows else "")
           + f"; waited for data {100 * summary.data_wait:.0f}% of the time"
           + (f" ({summary.ranks} processes; this one's share)" if summary.ranks > 1 else ""))
     return 0

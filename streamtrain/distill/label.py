@@ -7,7 +7,11 @@ truth (after the plain normaliser, ``normalizer.plain``) and ``keep`` is false w
 ``streamtrain.format.columns``), from which training leaves the keep=false
 samples out of its plan before decoding them. The teacher decodes greedily after its prompt (or the one
 given); with ``<|notimestamps|>`` in the prompt, Whisper's timestamp tokens are
-suppressed, so labels are plain text, as the student is trained on.
+suppressed, so labels are plain text, as the student is trained on. With
+``fill_windows`` the consecutive samples of each batch are joined into the teacher's
+window, generated once with timestamps, and each timestamped segment is given back
+to its sample (``window_labels``); each label then also says how it was made
+(``"labelled"``: window, alone or fallback).
 
 The audio comes through the training loader (``StreamLoader`` with ``shards=``:
 this process's shards, each in stored order, in batches that never span two
@@ -32,6 +36,7 @@ import hashlib
 import json
 import os
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,6 +54,7 @@ from streamtrain.loader import StreamLoader
 from streamtrain.pack.progress import ProgressReport
 from streamtrain.storage.output import Output
 from streamtrain.distill.teacher import load_teacher
+from streamtrain.distill.window_labels import WindowLabeller
 from streamtrain.train.backoff import OomBackoff
 from streamtrain.train.evaluate import ErrorCounts, transcribe
 from streamtrain.train.model import TextCodec, inference_config
@@ -68,6 +74,7 @@ class LabelSettings:
     max_wer: float | None = None
     max_tokens: int | None = None  # None: the teacher's own limit (prompt included)
     prompt: str | None = None  # space-separated prompt tokens; None: the teacher's own
+    fill_windows: bool = False  # generate once per filled window, with timestamps (window_labels)
 
 
 @dataclass
@@ -79,6 +86,8 @@ class LabelSummary:
     wer: float  # of the labels against the ground truth
     data_wait: float = 0.0  # share of this process's labelling time spent waiting for the next batch of audio
     ranks: int = 1
+    #: with fill_windows: samples by how they were labelled (window_labels.WindowLabel), over the whole column
+    labelled: dict[str, int] = field(default_factory=dict)
 
 
 def label_dataset(
@@ -111,13 +120,15 @@ def label_dataset(
                               codec.eos_token, settings.max_tokens or codec.max_tokens)
             suppressed = timestamp_ids(codec.tokenizer) if "<|notimestamps|>" in codec.prompt else []
             featurizer.to(device)
+            backoff = OomBackoff("labelling")
+            windows = (WindowLabeller(teacher, featurizer, codec, backoff, torch.inference_mode, suppressed)
+                       if settings.fill_windows else None)
             run = {"teacher": str(teacher_dir), "teacher_fingerprint": fingerprint, "settings": asdict(settings),
                    **base_identity(source)}
             complete = _prepare(out, run, overwrite) if rank == 0 else set()
             if ranks > 1:
                 complete = _from_rank_zero(complete)
             tally = _Tally()
-            backoff = OomBackoff("labelling")
             mine = [n for n in range(len(source.index.shards)) if n % ranks == rank]
             report = ProgressReport("label" if ranks == 1 else f"label rank {rank}",
                                     int(source.index.shards.samples[mine].sum()), "samples", enabled=progress)
@@ -141,10 +152,16 @@ def label_dataset(
                     waited += time.perf_counter() - asked
                     if batch is None:
                         break
-                    generations = transcribe(teacher, featurizer, codec, batch.audio.to(device),
-                                             batch.audio_lens.to(device), backoff, torch.inference_mode, suppressed)
-                    labels = [{"json": json.dumps(tally.label(meta["text"], generation, settings.max_wer)).encode()}
-                              for meta, generation in zip(batch.meta, generations)]
+                    audio, lengths = batch.audio.to(device), batch.audio_lens.to(device)
+                    if windows is None:
+                        made = [(generation, None) for generation in transcribe(
+                            teacher, featurizer, codec, audio, lengths, backoff, torch.inference_mode, suppressed)]
+                    else:
+                        made = [(label.generation, label.labelled) for label in
+                                windows.label(audio, lengths, batch.seconds.tolist(), batch.keys)]
+                    labels = [{"json": json.dumps(tally.label(meta["text"], generation, settings.max_wer,
+                                                              labelled)).encode()}
+                              for meta, (generation, labelled) in zip(batch.meta, made)]
                     assembled.add(*loader.shard_positions(batch.sample_ids.numpy()), batch.keys, labels)
                     report.update(batch.size)
             wait = waited / (time.perf_counter() - started) if tally.written else 0.0
@@ -153,17 +170,18 @@ def label_dataset(
                 torch.distributed.all_reduce(written)  # also waits for every rank's shards to be published
                 if rank != 0:
                     return LabelSummary(len(tally.keys), tally.kept, tally.written, len(tally.infos) - tally.written,
-                                        tally.counts.wer, wait, ranks)
+                                        tally.counts.wer, wait, ranks, dict(tally.labelled))
                 tally = _Tally(written=int(written))  # the whole column, from the shards every rank wrote
                 for number, shard in enumerate(source.index.shards):
                     tally.count_complete(number, shard, out.read(shard.name), out.describe(shard.name))
             index = DatasetIndex(codec="column", sample_rate=None, shards=ShardList.of(tally.infos),
                                  created_by="streamtrain label",
                                  column={"name": LABELS_COLUMN, "kind": "pseudo_labels", **run, "prompt": codec.prompt,
-                                         "kept": tally.kept, "label_wer": tally.counts.wer})
+                                         "kept": tally.kept, "label_wer": tally.counts.wer,
+                                         **({"labelled": dict(tally.labelled)} if settings.fill_windows else {})})
             publish_index(out, index, source.durations, tally.keys, keep=tally.keep)
         return LabelSummary(source.index.samples, tally.kept, tally.written, len(tally.infos) - tally.written,
-                            tally.counts.wer, wait, ranks)
+                            tally.counts.wer, wait, ranks, dict(tally.labelled))
 
 
 @contextmanager
@@ -200,6 +218,7 @@ class _Tally:
 
     counts: ErrorCounts = field(default_factory=ErrorCounts)
     written: int = 0
+    labelled: Counter = field(default_factory=Counter)  # with fill_windows: samples by how they were labelled
     #: by shard number: its info, keys and keep flags (shards complete out of order: workers read runs of them)
     shards: dict[int, tuple[ShardInfo, list[str], list[bool]]] = field(default_factory=dict)
 
@@ -220,15 +239,17 @@ class _Tally:
     def kept(self) -> int:
         return int(self.keep.sum())
 
-    def label(self, text: str, generation, max_wer: float | None) -> dict:
-        """A sample's label, counted."""
+    def label(self, text: str, generation, max_wer: float | None, labelled: str | None = None) -> dict:
+        """A sample's label, counted; ``labelled``: how, with fill_windows (window, alone, fallback)."""
         word_errors, _ = self.counts.add(text, generation.text)
         words = len(plain(text).split())
         wer = word_errors / max(words, 1)
         keep = max_wer is None or wer <= max_wer
+        if labelled is not None:
+            self.labelled[labelled] += 1
         return {"text": generation.text, "token_ids": generation.token_ids,
                 "avg_logprob": round(generation.avg_logprob, 6), "wer": round(wer, 6), "keep": keep,
-                "word_errors": word_errors, "words": words}
+                "word_errors": word_errors, "words": words, **({"labelled": labelled} if labelled else {})}
 
     def count_complete(self, number: int, shard: ShardInfo, data: bytes, origin: str) -> None:
         """Count a shard an earlier run wrote, from its labels."""
@@ -237,6 +258,8 @@ class _Tally:
             line = json.loads(members["json"])
             self.counts.word_errors += line["word_errors"]
             self.counts.words += line["words"]
+            if "labelled" in line:
+                self.labelled[line["labelled"]] += 1
             keep.append(bool(line["keep"]))
             keys.append(key)
         self.shards[number] = aligned_shard_info(shard, len(data), hashlib.sha256(data).hexdigest()), keys, keep
@@ -278,6 +301,8 @@ def _prepare(out: Output, run: dict, overwrite: bool) -> set[str]:
         raise LabelError(f"{out.display}: not empty and not an interrupted labelling run (use --overwrite)")
     elif names:
         previous = json.loads(out.read(RUN_FILE))
+        # a setting added since the earlier run was written: that run had its default
+        previous["settings"] = {**asdict(LabelSettings()), **previous.get("settings", {})}
         if "base_fingerprint" not in previous:
             raise LabelError(f"{out.display}: the earlier run's {RUN_FILE} records no dataset fingerprint (an older "
                              "streamtrain wrote it), so it cannot be continued safely; use --overwrite to restart")

@@ -17,7 +17,7 @@ import torch
 
 from streamtrain.loader import StreamLoader
 from streamtrain.train.backoff import OomBackoff
-from streamtrain.train.model import LANGUAGE_CODES, Generation, TextCodec, greedy_generate
+from streamtrain.train.model import LANGUAGE_CODES, Generation, StepRules, TextCodec, greedy_generate
 from streamtrain.train.normalizer import Normalizer, plain
 
 
@@ -95,11 +95,12 @@ def prompt_language(codec: TextCodec) -> str | None:
 
 def transcribe(model, featurizer, codec: TextCodec, audio: torch.Tensor, lengths: torch.Tensor,
                backoff: OomBackoff, context: Callable[[], ContextManager] = contextlib.nullcontext,
-               suppressed: Sequence[int] = (), prompts: list[list[int]] | None = None) -> list[Generation]:
+               suppressed: Sequence[int] = (), prompts: list[list[int]] | None = None,
+               rules: StepRules | None = None) -> list[Generation]:
     """Greedy transcripts of a padded batch, featurized and decoded in ``backoff``'s pieces
     (more of them after an out-of-memory error), each piece inside ``context()`` (e.g. autocast);
     ``suppressed`` token ids are never chosen. ``prompts``: each row's prompt ids (rows of one
-    prompt are decoded together); None: the codec's."""
+    prompt are decoded together); None: the codec's. ``rules``: ``greedy_generate``'s."""
     prompts = prompts or [codec.prompt_ids] * len(audio)
 
     def pieces_of(pieces: list[slice]) -> list[Generation]:
@@ -111,7 +112,7 @@ def transcribe(model, featurizer, codec: TextCodec, audio: torch.Tensor, lengths
                 done: dict[int, Generation] = {}
                 for prompt in dict.fromkeys(tuple(prompts[row]) for row in rows):
                     mine = [i for i, row in enumerate(rows) if tuple(prompts[row]) == prompt]
-                    decoded = greedy_generate(model, features[mine], codec, suppressed, list(prompt))
+                    decoded = greedy_generate(model, features[mine], codec, suppressed, list(prompt), rules)
                     done.update(zip(mine, decoded))
                 generations += [done[i] for i in range(len(rows))]
         return generations

@@ -10,7 +10,7 @@ own vocabulary and task tokens).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,22 +164,29 @@ def frozen_to_eval(model: WhisperForConditionalGeneration) -> None:
         encoder.eval()
 
 
+#: ``rules(logits, generated)``: masks one decoding step's logits (B x V, in place), given the tokens chosen so far.
+StepRules = Callable[[torch.Tensor, list[torch.Tensor]], None]
+
+
 @dataclass(frozen=True)
 class Generation:
     text: str
     token_ids: list[int]  # without the prompt and the end token
     avg_logprob: float  # mean log-probability of the generated tokens, the end token included
+    token_logprobs: list[float]  # the log-probability of each of ``token_ids``
 
 
 @torch.no_grad()
 def greedy_generate(model, features: torch.Tensor, codec: TextCodec, suppressed: Sequence[int] = (),
-                    prompt: list[int] | None = None) -> list[Generation]:
+                    prompt: list[int] | None = None, rules: StepRules | None = None) -> list[Generation]:
     """Greedy transcripts of a batch of features (B x M x F) after ``prompt`` (ids; None: the codec's),
     with the KV cache.
 
     ``suppressed`` token ids, and those the model's generation config suppresses, are never chosen (their
     probability is moved to the others, as Whisper's decoding suppresses); its ``begin_suppress_tokens``
     are never chosen first. transformers' Whisper ``generate`` does the same with that config.
+    ``rules(logits, generated)``, when given, masks each step's logits (B x V, in place) after the
+    suppression, from the tokens chosen so far (one B tensor a step), e.g. Whisper's timestamp rules.
     """
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
@@ -200,6 +207,7 @@ def greedy_generate(model, features: torch.Tensor, codec: TextCodec, suppressed:
     # transformers 5.2x renamed past_key_values (deprecated since) to cache
     cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     generated: list[torch.Tensor] = []
+    chosen: list[torch.Tensor] = []  # the log-probability of each step's token
     for _ in range(codec.max_tokens - len(prompt)):
         out = model(encoder_outputs=(encoder,), decoder_input_ids=step_input, use_cache=True, **{cache_name: cache})
         cache = getattr(out, cache_name)
@@ -207,10 +215,13 @@ def greedy_generate(model, features: torch.Tensor, codec: TextCodec, suppressed:
         logits[:, suppressed] = -torch.inf
         if not generated:
             logits[:, begin_suppressed] = -torch.inf
+        if rules is not None:
+            rules(logits, generated)
         logprobs = logits.log_softmax(-1)
         next_ids = logprobs.argmax(-1)
         next_ids = torch.where(finished, torch.full_like(next_ids, codec.eos_id), next_ids)
-        logprob_sum += torch.where(finished, 0.0, logprobs.gather(1, next_ids[:, None])[:, 0].double())
+        chosen.append(logprobs.gather(1, next_ids[:, None])[:, 0])
+        logprob_sum += torch.where(finished, 0.0, chosen[-1].double())
         counts += (~finished).long()
         generated.append(next_ids)
         finished |= next_ids == codec.eos_id
@@ -218,11 +229,12 @@ def greedy_generate(model, features: torch.Tensor, codec: TextCodec, suppressed:
             break
         step_input = next_ids[:, None]
     ids = torch.stack(generated, dim=1).tolist() if generated else [[] for _ in range(batch)]
+    token_logprobs = torch.stack(chosen, dim=1).tolist() if chosen else [[] for _ in range(batch)]
     results = []
     for row, tokens in enumerate(ids):
         tokens = tokens[: tokens.index(codec.eos_id)] if codec.eos_id in tokens else tokens
         average = float(logprob_sum[row] / max(int(counts[row]), 1))
-        results.append(Generation(codec.decode(tokens), tokens, average))
+        results.append(Generation(codec.decode(tokens), tokens, average, token_logprobs[row][: len(tokens)]))
     return results
 
 

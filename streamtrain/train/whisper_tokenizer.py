@@ -51,8 +51,13 @@ PIPELINE_TOKENS = ["<|notimestamps|>", "<|startofprev|>"]
 
 def timestamp_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The ids of Whisper's timestamp tokens in ``tokenizer`` (none in a vocabulary without them)."""
+    return list(timestamp_times(tokenizer))
+
+
+def timestamp_times(tokenizer: PreTrainedTokenizerBase) -> dict[int, float]:
+    """Each timestamp token's id in ``tokenizer`` -> its time in seconds, in time order."""
     vocabulary = tokenizer.get_vocab()
-    return [vocabulary[token] for token in TIMESTAMPS if token in vocabulary]
+    return {vocabulary[token]: float(token[2:-2]) for token in TIMESTAMPS if token in vocabulary}
 
 
 class WhisperTokenizerError(ValueError):

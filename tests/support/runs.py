@@ -18,6 +18,8 @@ from tests.support.corpus import utterances, write_corpus
 from tests.support.servers import free_port
 
 DIGITS_TOKENIZER = Path(__file__).resolve().parents[2] / "recipes" / "tokenizers" / "digits"
+#: the digits tokenizer with <|notimestamps|> (id 13) and Whisper's timestamps <|0.00|>..<|8.00|> (ids 14..414)
+DIGITS_TIMESTAMPS_TOKENIZER = DIGITS_TOKENIZER.with_name("digits-timestamps")
 
 
 def digit_dataset(root: str | Path, count: int, seed: int, shard_size: int = 150_000) -> Path:
@@ -57,9 +59,11 @@ def micro_recipe(run_dir: str | Path, train_data: str | Path | dict, validation_
     return path
 
 
-def random_whisper(out_dir: str | Path, decoder_layers: int = 4, seed: int = 0, d_model: int = 32) -> Path:
+def random_whisper(out_dir: str | Path, decoder_layers: int = 4, seed: int = 0, d_model: int = 32,
+                   timestamps: bool = False) -> Path:
     """A randomly initialised small Whisper model folder (model, digits tokenizer, streamtrain.json),
-    shaped like the micro recipe's model: a stand-in teacher for tests."""
+    shaped like the micro recipe's model: a stand-in teacher for tests. ``timestamps``: with the
+    digits-timestamps tokenizer and the prompt ``<|startoftranscript|> <|notimestamps|>``."""
     import json
     import shutil
 
@@ -67,17 +71,21 @@ def random_whisper(out_dir: str | Path, decoder_layers: int = 4, seed: int = 0, 
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     torch.manual_seed(seed)
-    config = WhisperConfig(vocab_size=13, num_mel_bins=40, max_source_positions=200, max_target_positions=12,
+    tokenizer = DIGITS_TIMESTAMPS_TOKENIZER if timestamps else DIGITS_TOKENIZER
+    max_tokens = 24 if timestamps else 12
+    config = WhisperConfig(vocab_size=415 if timestamps else 13, num_mel_bins=40, max_source_positions=200,
+                           max_target_positions=max_tokens,
                            d_model=d_model, encoder_layers=2, decoder_layers=decoder_layers, encoder_attention_heads=2,
                            decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
                            decoder_start_token_id=1, pad_token_id=0, bos_token_id=1, eos_token_id=0)
     out = Path(out_dir)
     WhisperForConditionalGeneration(config).save_pretrained(out)
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(DIGITS_TOKENIZER / name, out / name)
+        shutil.copy(tokenizer / name, out / name)
+    prompt = ["<|startoftranscript|>", "<|notimestamps|>"] if timestamps else ["<|startoftranscript|>"]
     (out / "streamtrain.json").write_text(json.dumps({
         "features": {"name": "whisper_log_mel", "params": {"n_mels": 40, "chunk_seconds": 4}},
-        "prompt": ["<|startoftranscript|>"], "eos_token": "<|endoftext|>", "max_target_tokens": 12}))
+        "prompt": prompt, "eos_token": "<|endoftext|>", "max_target_tokens": max_tokens}))
     return out
 
 
