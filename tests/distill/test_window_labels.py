@@ -3,7 +3,10 @@ their samples (pure functions), and a labelling run on real espeak-ng audio (mec
 garbage text)."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from streamtrain.loader import StreamLoader
 from streamtrain.train.model import TextCodec
 from streamtrain.train.whisper_tokenizer import timestamp_times
 from tests.support.runs import DIGITS_TIMESTAMPS_TOKENIZER, digit_dataset, random_whisper
+from tests.support.servers import free_port
 
 TOKENIZER = AutoTokenizer.from_pretrained(DIGITS_TIMESTAMPS_TOKENIZER)
 TIMES = timestamp_times(TOKENIZER)
@@ -145,6 +149,32 @@ def test_labelling_on_windows_labels_every_key_once_resumes_and_refuses_other_se
     (out / "index.json").unlink()  # a resume without windows is refused
     assert label(data, teacher, out, "--max-wer", "10") == 2
     assert "an earlier run differs in its settings" in capsys.readouterr().err
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_ranks_label_on_windows_and_write_the_single_process_column(setup, tmp_path):
+    """Under torchrun each rank labels its own shards on windows; rank 0 counts how every sample was
+    labelled from all ranks' shards: the column, byte for byte, and the counts of one process."""
+    _, data, teacher = setup
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # one thread each: the same float sums
+
+    def args(out):
+        return ["-m", "streamtrain", "label", str(data), "--teacher", str(teacher), "--out", str(out),
+                "--batch-size", "4", "--no-progress", "--fill-windows", "--max-wer", "10"]
+
+    alone = subprocess.run([sys.executable, *args(tmp_path / "one")], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                               "--master_port", str(free_port()), *args(tmp_path / "two")], env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert "2 processes; this one's share" in launched.stdout
+    one, two = (json.loads((tmp_path / name / "index.json").read_text()) for name in ("one", "two"))
+    assert two["shards"] == one["shards"] and two["columns"] == one["columns"]
+    assert two["column"]["labelled"] == one["column"]["labelled"] and one["column"]["labelled"]["window"] > 0
+    assert lines(tmp_path / "two") == lines(tmp_path / "one")
 
 
 @pytest.mark.slow
