@@ -428,12 +428,11 @@ class StreamLoader:
             produced, slots, at_exit = iter(BatchStream(table, plan.batches, opener, tasks)), None, None
         else:
             made, opened = [], {}
-            if self._first_batch_here():
-                lead, tasks = _lead_task(tasks)
-                lead_shards = np.unique(table.locate(plan.batches.take(lead[1]).order)[0]).tolist()
-                opened = open_shards(opener, table, lead_shards)
             try:
-                if opened:
+                if self._first_batch_here():
+                    lead, tasks = _lead_task(tasks)
+                    lead_shards = np.unique(table.locate(plan.batches.take(lead[1]).order)[0]).tolist()
+                    opened = open_shards(opener, table, lead_shards)
                     made = list(BatchStream(table, plan.batches, opener, [lead], opened=opened, borrowed=True))
                 slots = self._audio_slots(current)
                 workers = iter(self._data_loader(BatchStream(table, plan.batches, opener, tasks, slots, opened)))
