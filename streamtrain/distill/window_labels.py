@@ -166,7 +166,10 @@ class TimestampRules:
         self.is_text[eos_id] = False
 
     def __call__(self, logits: torch.Tensor, generated: list[torch.Tensor]) -> None:
-        is_time, time_of, is_text = (t.to(logits.device) for t in (self.is_time, self.time_of, self.is_text))
+        if self.is_time.device != logits.device:  # once, not at every step
+            self.is_time, self.time_of, self.is_text = (t.to(logits.device)
+                                                        for t in (self.is_time, self.time_of, self.is_text))
+        is_time, time_of, is_text = self.is_time, self.time_of, self.is_text
         if not generated:
             logits[:, ~is_time | (time_of > self.MAX_INITIAL)] = -torch.inf
             return
