@@ -152,13 +152,13 @@ def label_dataset(
                     waited += time.perf_counter() - asked
                     if batch is None:
                         break
-                    audio, lengths = batch.audio.to(device), batch.audio_lens.to(device)
                     if windows is None:
                         made = [(generation, None) for generation in transcribe(
-                            teacher, featurizer, codec, audio, lengths, backoff, torch.inference_mode, suppressed)]
-                    else:
-                        made = [(label.generation, label.labelled) for label in
-                                windows.label(audio, lengths, batch.seconds.tolist(), batch.keys)]
+                            teacher, featurizer, codec, batch.audio.to(device), batch.audio_lens.to(device),
+                            backoff, torch.inference_mode, suppressed)]
+                    else:  # joined into windows on the CPU, where the batch is
+                        made = [(label.generation, label.labelled) for label in windows.label(
+                            batch.audio, batch.audio_lens, batch.seconds.tolist(), batch.keys, device)]
                     labels = [{"json": json.dumps(tally.label(meta["text"], generation, settings.max_wer,
                                                               labelled)).encode()}
                               for meta, (generation, labelled) in zip(batch.meta, made)]

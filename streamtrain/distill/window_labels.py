@@ -22,8 +22,8 @@ segment (the teacher wrote nothing over them, no timestamp at all, or one segmen
 and a neighbour): never dropped, counted, and logged.
 
 Measured with a small teacher trained here (``recipes/tiny-timestamps.yaml``), windowed
-labels are worse than per-sample ones (label WER 4.8 % against 1.1 % on the bundled train
-set; docs/distillation.md), so per-sample labelling stays the default.
+labels are worse than per-sample ones (benchmarks/README.md, "Labelling on filled windows"),
+so per-sample labelling stays the default.
 
 A windowed label's ``token_ids`` are its segments' text tokens (no timestamp tokens: the
 plain text a student trains on), and its ``avg_logprob`` the mean log-probability of those
@@ -218,20 +218,21 @@ class WindowLabeller:
         self.window_suppressed = [i for i, token in zip(codec.prompt_ids, codec.prompt) if token == NO_TIMESTAMPS]
         self.rules = TimestampRules(self.times, codec.eos_id, teacher.config.vocab_size)
 
-    def label(self, audio: torch.Tensor, lengths: torch.Tensor, seconds: Sequence[float], keys: Sequence[str]
-              ) -> list[WindowLabel]:
-        """Each sample's label. audio: (B, T) one sample a row, on the teacher's device; lengths: (B,);
-        seconds: (B,) each sample's length in seconds (its offset in a window is the sum of those before)."""
+    def label(self, audio: torch.Tensor, lengths: torch.Tensor, seconds: Sequence[float], keys: Sequence[str],
+              device: torch.device | str) -> list[WindowLabel]:
+        """Each sample's label. audio: (B, T) one sample a row, on the CPU (windows are joined there, then
+        moved to the teacher's ``device``); lengths: (B,); seconds: (B,) each sample's length in seconds
+        (its offset in a window is the sum of those before)."""
         rows = window_rows(seconds, self.width)
         sizes = np.bincount(rows)
         labels: list[WindowLabel | None] = [None] * len(rows)
         joined = np.flatnonzero(sizes[rows] > 1)  # samples in windows of several
         if len(joined):
-            waveforms = [audio[i, : int(lengths[i])].cpu().numpy() for i in joined.tolist()]
+            waveforms = [audio[i, : int(lengths[i])].numpy() for i in joined.tolist()]
             windows, window, offsets = join_rows(waveforms, rows[joined])
             padded, window_lengths = pad_waveforms(windows)
-            generations = transcribe(self.teacher, self.featurizer, self.codec, padded.to(audio.device),
-                                     window_lengths.to(audio.device), self.backoff, self.context,
+            generations = transcribe(self.teacher, self.featurizer, self.codec, padded.to(device),
+                                     window_lengths.to(device), self.backoff, self.context,
                                      self.window_suppressed, [self.stamped_prompt] * len(windows), self.rules)
             sample_rate = self.featurizer.sample_rate
             for row, generation in enumerate(generations):
@@ -248,8 +249,8 @@ class WindowLabeller:
                 if sizes[rows[i]] > 1:
                     log.info("label --fill-windows: its window's transcript gives %s no segment of its own; "
                              "labelled alone", keys[i])
-            generations = transcribe(self.teacher, self.featurizer, self.codec, audio[alone], lengths[alone],
-                                     self.backoff, self.context, self.suppressed)
+            generations = transcribe(self.teacher, self.featurizer, self.codec, audio[alone].to(device),
+                                     lengths[alone].to(device), self.backoff, self.context, self.suppressed)
             for i, generation in zip(alone, generations):
                 labels[i] = WindowLabel(generation, "alone" if sizes[rows[i]] == 1 else "fallback")
         return labels
