@@ -97,11 +97,7 @@ def _model_folder_of(source, location: str) -> tuple[Path, str]:
     if source.is_local:
         path = model_folder(location)
         return (path / MODEL_DIR, MODEL_DIR) if (path / MODEL_DIR).is_dir() else (path, "")
-    if "config.json" in source.names(MODEL_DIR):
-        return source.fetch_folder(MODEL_DIR), MODEL_DIR
-    names = source.output.names()
-    if "config.json" not in names:
-        raise RecipeError(f"{source}: no model there (no config.json, nor {MODEL_DIR}/config.json)")
-    for name in names:
-        source.fetch(name)
-    return source.local, ""
+    for place in (MODEL_DIR, ""):  # a run folder's model, or a model folder
+        if "config.json" in source.names(place):
+            return source.fetch_folder(place), place
+    raise RecipeError(f"{source}: no model there (no config.json, nor {MODEL_DIR}/config.json)")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import functools
 import os
+import posixpath
 import shutil
 import tempfile
 from pathlib import Path
@@ -76,8 +77,8 @@ class RunFolder:
             self._drop_staging = None
 
     def folder(self, relative: str) -> Output:
-        """The sub-folder ``relative`` as an ``Output``."""
-        return Output(child_url(self.url, relative), self.storage_options)
+        """The sub-folder ``relative`` ("": the run folder itself) as an ``Output``."""
+        return Output(child_url(self.url, relative), self.storage_options) if relative else self.output
 
     def names(self, relative: str) -> list[str]:
         """The names in the sub-folder ``relative`` (at the URL, if one), sorted; [] when it is not there."""
@@ -105,10 +106,11 @@ class RunFolder:
         return self.local / relative
 
     def fetch_folder(self, relative: str) -> Path:
-        """The files of the sub-folder ``relative`` (not its sub-folders), downloaded from the URL first."""
+        """The files of the sub-folder ``relative`` ("": the run folder itself; not its sub-folders),
+        downloaded from the URL first."""
         if not self.is_local:
             for name in self.names(relative):
-                self.fetch(f"{relative}/{name}")
+                self.fetch(posixpath.join(relative, name))
         return self.local / relative
 
     def remove_folder(self, relative: str, first: str | None = None) -> None:
